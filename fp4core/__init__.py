@@ -1,0 +1,30 @@
+"""fp4core: FP4 (NVFP4 / MXFP4) block-scaled GEMM with pluggable backends.
+
+    out = fp4core.mm_fp4(a_fp4, b_fp4.T, a_sf, b_sf.T, alpha, torch.bfloat16, backend="auto")
+
+The call convention is FlashInfer's ``mm_fp4``. Backends are pluggy plugins registered
+through the ``fp4core.backends`` entry-point group; ``torch`` is built in.
+"""
+
+__version__ = "0.1.0"
+
+from .api import (BackendStatus, autotune, backends, explain, is_backend_supported, make_problem,
+                  mm_fp4, register_backend, supported_backends, tune, unregister_backend)
+from .dispatch import Choice, Explanation
+from .errors import BackendError, BackendNotInstalledError, BackendUnsupportedError, NoBackendError
+from .formats import Fp4Format
+from .hookspec import BackendInfo, Support, Tactic, hookimpl, hookspec
+from .layouts import SfLayout, swizzle_scales, unswizzle_scales
+from .prepared import PreparedWeight, prepare
+from .problem import DeviceInfo, Operands, Problem
+from .quantize import compute_global_scale, dequantize, mxfp4_quantize, nvfp4_quantize
+
+__all__ = [
+    "__version__", "mm_fp4", "prepare", "PreparedWeight", "autotune", "tune", "explain",
+    "backends", "BackendStatus", "is_backend_supported", "supported_backends", "make_problem",
+    "register_backend", "unregister_backend", "nvfp4_quantize", "mxfp4_quantize", "dequantize",
+    "compute_global_scale", "swizzle_scales", "unswizzle_scales", "SfLayout", "Fp4Format",
+    "Problem", "Operands", "DeviceInfo", "BackendInfo", "Support", "Tactic", "hookimpl",
+    "hookspec", "Choice", "Explanation", "BackendError", "BackendNotInstalledError",
+    "BackendUnsupportedError", "NoBackendError",
+]

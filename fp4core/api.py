@@ -1,0 +1,279 @@
+"""The public entry points: ``mm_fp4``, backend queries, tuning and registration."""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import logging
+import sys
+from typing import Any, Iterator
+
+import torch
+
+from . import state
+from .dispatch import Explanation, dispatcher
+from .formats import Fp4Format
+from .layouts import SfLayout
+from .prepared import PreparedWeight, weight_problem
+from .problem import DeviceInfo, Operands, Problem, device_info
+from .registry import Backend
+from .validation import (activation, build_problem, check_alpha, check_format, check_out,
+                         check_out_dtype)
+
+log = logging.getLogger("fp4core")
+_warned_per_call_prepare: set[str] = set()
+
+
+def mm_fp4(a: torch.Tensor, b: torch.Tensor | PreparedWeight, a_descale: torch.Tensor,
+           b_descale: torch.Tensor | None, alpha: torch.Tensor | None = None,
+           out_dtype: torch.dtype = torch.bfloat16, out: torch.Tensor | None = None,
+           block_size: int = 16, use_8x4_sf_layout: bool = False, backend: str = "auto",
+           use_nvfp4: bool = True, skip_check: bool = False) -> torch.Tensor:
+    """FP4 block-scaled GEMM: ``out = alpha * dequant(a) @ dequant(b)``; FlashInfer's signature.
+
+    Args:
+        a: (M, K/2) packed E2M1, uint8 or float4_e2m1fn_x2, row-major.
+        b: (K/2, N) packed E2M1, column-major (pass ``b_fp4.T`` of a contiguous (N, K/2)
+            tensor), or a ``PreparedWeight`` from ``fp4core.prepare``.
+        a_descale: A's block scales, (round_up(M, 128), round_up(K/block, 4)) bytes in the
+            128x4 layout (8x4 and rows rounded to 8 with ``use_8x4_sf_layout``); uint8 or
+            float8_e4m3fn (NVFP4) / float8_e8m0fnu (MXFP4). Any shape with that many bytes.
+        b_descale: B's block scales over (N, K/block) in the 128x4 layout, passed
+            transposed (``b_sf.T``); None when ``b`` is a PreparedWeight.
+        alpha: float32 tensor with one element (NVFP4: ``1 / (gs_a * gs_b)``), or None.
+        out_dtype: torch.bfloat16 or torch.float16.
+        out: optional preallocated contiguous (M, N) tensor of ``out_dtype``.
+        block_size: 16 for NVFP4, 32 for MXFP4.
+        use_8x4_sf_layout: A's scales are in the 8x4 layout.
+        backend: "auto" or an installed backend's name (see ``fp4core.backends()``).
+        use_nvfp4: NVFP4 (True) or MXFP4 (False).
+        skip_check: skip argument validation (saves a few microseconds per call).
+    Returns:
+        ``out``, (M, N) of ``out_dtype``.
+    Raises:
+        ValueError / TypeError for bad arguments (naming the argument); BackendError
+        subclasses when the backend is missing or refuses the problem.
+    """
+    check = not skip_check
+    if isinstance(b, PreparedWeight):
+        problem, ops = _prepared_call(a, b, a_descale, b_descale, alpha, out_dtype, out, block_size,
+                                      use_8x4_sf_layout, use_nvfp4, check)
+    else:
+        problem, ops = build_problem(a, b, a_descale, b_descale, alpha, out_dtype, out, block_size,
+                                     use_8x4_sf_layout, use_nvfp4, check)
+    if out is None:
+        out = torch.empty((problem.m, problem.n), dtype=out_dtype, device=a.device)
+    if problem.m == 0 or problem.n == 0:
+        return out
+    if check and not isinstance(backend, str):
+        raise TypeError(f"backend: expected 'auto' or a backend name, got {type(backend).__name__}")
+    choice = dispatcher.choose(problem, backend)
+    be = choice.backend
+    if isinstance(b, PreparedWeight):
+        w = b.operands_for(be.name)
+        if w is None:
+            w = _prepare_per_call(be, problem, b.canonical)
+        ops = w.with_activation(ops.a, ops.a_scale, alpha)
+    elif be.info.needs_prepare:
+        ops = _prepare_per_call(be, problem, ops).with_activation(ops.a, ops.a_scale, alpha)
+        problem = dataclasses.replace(problem, prepared=True)
+    be.run(problem, ops, choice.tactic, out)
+    return out
+
+
+def _prepare_per_call(be: Backend, problem: Problem, weight: Operands) -> Operands:
+    if be.name not in _warned_per_call_prepare:
+        _warned_per_call_prepare.add(be.name)
+        log.warning("backend %r wants its own weight layout and got a plain weight: preparing it on "
+                    "every call. Use fp4core.prepare(b, b_descale) once instead.", be.name)
+    wp = dataclasses.replace(problem, m=None, prepared=True)
+    return be.prepare(wp, Operands(None, None, weight.b, weight.b_scale))
+
+
+def _prepared_call(a, w: PreparedWeight, a_descale, b_descale, alpha, out_dtype, out, block_size,
+                   use_8x4_sf_layout, use_nvfp4, check) -> tuple[Problem, Operands]:
+    fmt = Fp4Format.from_flags(use_nvfp4)
+    layout = SfLayout.layout_8x4 if use_8x4_sf_layout else SfLayout.layout_128x4
+    if check:
+        check_format(block_size, use_nvfp4)
+        check_out_dtype(out_dtype)
+        if b_descale is not None:
+            raise ValueError("b_descale: must be None when b is a PreparedWeight (its scales are inside it)")
+        if w.fmt is not fmt:
+            raise ValueError(f"b: the PreparedWeight holds {w.fmt.value} but use_nvfp4={use_nvfp4} asks for "
+                             f"{fmt.value}")
+    a8, asf, m, k = activation(a, a_descale, fmt, layout, check)
+    if check:
+        if k != w.k:
+            raise ValueError(f"a: K mismatch: a has K = {k}, the PreparedWeight has K = {w.k}")
+        if a.device != w.device:
+            raise ValueError(f"a: expected a tensor on {w.device} (where the PreparedWeight is), got {a.device}")
+        check_alpha(alpha, a.device)
+        check_out(out, m, w.n, out_dtype, a.device)
+    problem = Problem(m, w.n, k, fmt, out_dtype, layout, alpha is not None, device_info(a.device), True)
+    return problem, Operands(a8, asf, w.canonical.b, w.canonical.b_scale, alpha)
+
+
+# -- problems without tensors -----------------------------------------------------------------
+def make_problem(m: int | None, n: int, k: int, *, use_nvfp4: bool = True,
+                 out_dtype: torch.dtype = torch.bfloat16, use_8x4_sf_layout: bool = False,
+                 has_alpha: bool = True, prepared: bool = False,
+                 device: torch.device | str | DeviceInfo | None = None) -> Problem:
+    """Describe a problem by its sizes, for ``explain``, ``supported_backends`` and tuning.
+
+    ``device`` may be a torch device, a DeviceInfo (e.g. a hypothetical SM100 device), or
+    None for the current CUDA device (the CPU without one).
+    """
+    fmt = Fp4Format.from_flags(use_nvfp4)
+    check_out_dtype(out_dtype)
+    if k % fmt.block_size:
+        raise ValueError(f"k: must be a multiple of the {fmt.value} block size {fmt.block_size}, got {k}")
+    if n < 1 or (m is not None and m < 0):
+        raise ValueError(f"m, n: expected m >= 0 and n >= 1, got m={m}, n={n}")
+    dev = device if isinstance(device, DeviceInfo) else device_info(device)
+    layout = SfLayout.layout_8x4 if use_8x4_sf_layout else SfLayout.layout_128x4
+    return Problem(m, n, k, fmt, out_dtype, layout, has_alpha, dev, prepared)
+
+
+def _problem_from(args: tuple, kwargs: dict) -> Problem:
+    if len(args) == 1 and isinstance(args[0], Problem) and not kwargs:
+        return args[0]
+    params = dict(zip(("a", "b", "a_descale", "b_descale", "alpha", "out_dtype", "out", "block_size",
+                       "use_8x4_sf_layout", "backend", "use_nvfp4"), args))
+    params.update(kwargs)
+    params.pop("backend", None)
+    params.pop("skip_check", None)
+    defaults = dict(alpha=None, out_dtype=torch.bfloat16, out=None, block_size=16,
+                    use_8x4_sf_layout=False, use_nvfp4=True)
+    p = {**defaults, **params}
+    if isinstance(p["b"], PreparedWeight):
+        problem, _ = _prepared_call(p["a"], p["b"], p["a_descale"], p["b_descale"], p["alpha"],
+                                    p["out_dtype"], p["out"], p["block_size"], p["use_8x4_sf_layout"],
+                                    p["use_nvfp4"], True)
+        return problem
+    problem, _ = build_problem(p["a"], p["b"], p["a_descale"], p["b_descale"], p["alpha"], p["out_dtype"],
+                               p["out"], p["block_size"], p["use_8x4_sf_layout"], p["use_nvfp4"], True)
+    return problem
+
+
+def supported_backends(*args: Any, **kwargs: Any) -> list[str]:
+    """Backends ``auto`` would consider, best guess first.
+
+    Pass a ``Problem`` (see ``make_problem``) or the same arguments as ``mm_fp4``.
+    """
+    ok, _ = dispatcher.candidates(_problem_from(args, kwargs))
+    return [b.name for b in ok]
+
+
+def _capability_device(capability) -> DeviceInfo:
+    if capability is None:
+        return device_info()
+    if isinstance(capability, int):
+        capability = (capability // 10, capability % 10)
+    major, minor = capability
+    return DeviceInfo("cuda", None, f"hypothetical sm_{major}{minor}", (int(major), int(minor)))
+
+
+def is_backend_supported(backend: str, capability: int | tuple[int, int] | None = None) -> bool:
+    """Would ``backend`` (or ``"auto"``) run a typical NVFP4 problem on this capability?
+
+    ``capability`` is an int like 90 / 100, a (major, minor) tuple, or None for the current
+    device. The probe problem is 128 x 4096 x 4096, NVFP4, bf16 out, with alpha. For
+    ``"auto"`` the answer is whether any enabled backend would.
+    """
+    problem = make_problem(128, 4096, 4096, device=_capability_device(capability))
+    if backend == "auto":
+        return bool(dispatcher.candidates(problem)[0])
+    be = state.registry.get(backend)
+    return be is not None and bool(be.supports(problem))
+
+
+def explain(*args: Any, backend: str = "auto", **kwargs: Any) -> Explanation:
+    """Which backend and tactic a call would use, where that came from, and why every other
+    backend was excluded. Takes a ``Problem`` or ``mm_fp4``'s arguments; never tunes."""
+    return dispatcher.explain(_problem_from(args, kwargs), backend)
+
+
+# -- backends ---------------------------------------------------------------------------------
+@dataclasses.dataclass(frozen=True)
+class BackendStatus:
+    """One row of ``fp4core.backends()``."""
+
+    name: str
+    status: str  # "loaded", "broken" or "disabled"
+    package: str = ""
+    version: str = ""
+    origin: str = ""
+    description: str = ""
+    targets: tuple[str, ...] = ()
+    verified: tuple[str, ...] = ()
+    error: str = ""
+
+    @property
+    def unverified_targets(self) -> tuple[str, ...]:
+        return tuple(t for t in self.targets if t not in self.verified)
+
+
+def backends() -> list[BackendStatus]:
+    """Every backend fp4core knows of: loaded ones, broken plugins (with their error) and
+    ones disabled by FP4CORE_BACKENDS."""
+    rows = [BackendStatus(b.name, "loaded", b.info.package, b.version, b.origin, b.info.description,
+                          tuple(b.info.targets), tuple(b.info.verified), b.last_error)
+            for b in state.registry.backends()]
+    rows += [BackendStatus(b.name, "broken", origin=b.origin, error=b.error) for b in state.registry.broken()]
+    rows += [BackendStatus(n, "disabled", error=why) for n, why in state.registry.disabled().items()]
+    return rows
+
+
+def register_backend(plugin: Any) -> Backend:
+    """Register a backend plugin object (or class) in this process; returns it loaded.
+
+    Raises ValueError when the plugin is invalid (missing hooks, bad metadata, name taken).
+    """
+    return state.registry.register(plugin)
+
+
+def unregister_backend(name: str) -> None:
+    """Remove a registered backend by name."""
+    state.registry.unregister(name)
+
+
+# -- tuning -----------------------------------------------------------------------------------
+@contextlib.contextmanager
+def autotune(tune_mode: bool = True, *, force: bool = False, save: bool = True,
+             verbose: bool = True) -> Iterator[None]:
+    """Inside this context, ``auto`` calls on untuned problem buckets time every candidate
+    (backend, tactic) and remember the fastest; on exit new results are saved to the tuning
+    cache file.
+
+    Args:
+        tune_mode: False makes the context a no-op (FlashInfer's ``autotune(False)``).
+        force: re-tune buckets that already have a cached result (once per bucket).
+        save: write new results to the cache file on exit.
+        verbose: print progress lines to stderr while tuning.
+    """
+    if not tune_mode:
+        yield
+        return
+    prev = dispatcher.progress
+    if verbose and prev is None:
+        dispatcher.progress = lambda msg: print(msg, file=sys.stderr, flush=True)
+    try:
+        with dispatcher.tuning(force=force):
+            yield
+    finally:
+        dispatcher.progress = prev
+        if save and state.tuning_cache.dirty:
+            path = state.tuning_cache.save()
+            log.info("tuning cache saved to %s", path)
+
+
+def tune(problems: list[Problem], *, force: bool = False, verbose: bool = True,
+         save: bool = True) -> list[Explanation]:
+    """Tune each problem (as ``auto`` would be tuned for it) and return what was chosen."""
+    results = []
+    with autotune(force=force, save=save, verbose=verbose):
+        for problem in problems:
+            dispatcher.choose(problem, "auto")
+            results.append(dispatcher.explain(problem))
+    return results

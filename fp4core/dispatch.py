@@ -1,0 +1,221 @@
+"""Backend selection: ``auto`` and named backends, the heuristic and tuned choices.
+
+For ``auto`` the candidates are the enabled backends whose ``supports`` says yes (a backend
+that needs its own weight layout also needs a prepared weight), ordered by the heuristic
+priority they declare for the device and M regime. The choice is then, in order: a cached
+tuning result for the problem's bucket; a fresh tuning run when tuning is on (inside
+``fp4core.autotune()`` or with FP4CORE_AUTOTUNE=1) and no CUDA graph is being captured;
+else the first candidate with its first tactic. Resolved choices are memoised per exact
+problem, so a tuned call costs one dict lookup.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import os
+import threading
+from typing import Iterator
+
+import torch
+
+from . import state
+from .errors import BackendNotInstalledError, BackendUnsupportedError, NoBackendError
+from .hookspec import Tactic
+from .problem import Problem
+from .registry import ENV_ONLY, KNOWN_PACKAGES, Backend
+from .tuner import Progress, tune
+from .tuning_cache import problem_key
+
+ENV_AUTOTUNE = "FP4CORE_AUTOTUNE"
+
+
+@dataclasses.dataclass(frozen=True)
+class Choice:
+    """The backend and tactic a call uses, and where the choice came from
+    ("cache", "tuned", "heuristic" or "explicit")."""
+
+    backend: Backend
+    tactic: Tactic
+    source: str
+
+
+@dataclasses.dataclass
+class Explanation:
+    """What ``auto`` (or a named backend) would do for a problem, and why."""
+
+    problem: Problem
+    choice: Choice | None
+    candidates: list[str]
+    excluded: dict[str, str]
+    cache_key: str
+    cache_entry: dict | None
+    error: str = ""
+
+    def __str__(self) -> str:
+        lines = [f"problem:   {self.problem.describe()}", f"cache key: {self.cache_key}"]
+        if self.choice is not None:
+            from .tuner import tactic_label
+            lines.append(f"choice:    {self.choice.backend.name} [{tactic_label(self.choice.tactic)}] "
+                         f"from {self.choice.source}")
+        else:
+            lines.append(f"choice:    none ({self.error})")
+        lines.append("candidates (heuristic order): " + (", ".join(self.candidates) or "none"))
+        if self.cache_entry:
+            for name, rec in sorted(self.cache_entry.get("per_backend", {}).items(), key=lambda kv: kv[1]["us"]):
+                lines.append(f"  tuned {name}: {rec['us']:.1f} us")
+            for label, why in self.cache_entry.get("dropped", {}).items():
+                lines.append(f"  dropped while tuning {label}: {why}")
+        for name, why in sorted(self.excluded.items()):
+            lines.append(f"excluded {name}: {why}")
+        return "\n".join(lines)
+
+
+def not_installed_message(name: str) -> str:
+    broken = {b.name: b for b in state.registry.broken()}
+    if name in broken:
+        return f"backend {name!r} is installed but failed to load: {broken[name].error}"
+    disabled = state.registry.disabled()
+    if name in disabled or (os.environ.get(ENV_ONLY) and state.registry.get(name) is None
+                            and name in KNOWN_PACKAGES):
+        return f"backend {name!r} is disabled ({disabled.get(name, 'not in ' + ENV_ONLY)})"
+    known = sorted(b.name for b in state.registry.backends())
+    pkg = KNOWN_PACKAGES.get(name)
+    hint = f": pip install {pkg}" if pkg else " (no package of that name is known to fp4core)"
+    return f"backend {name!r} is not installed{hint}. Installed: {', '.join(known)}"
+
+
+class Dispatcher:
+    """Chooses (backend, tactic) per call. One global instance; tests may make their own."""
+
+    def __init__(self):
+        self._memo: dict[tuple[Problem, str], Choice] = {}
+        self._memo_gen: tuple[int, int, int] | None = None
+        self._lock = threading.RLock()
+        self._tuning_depth = 0
+        self._force = False
+        self._tuned_keys: set[str] = set()
+        self._epoch = 0
+        self.timer = None  # a timing.Timer to use instead of the default (tests)
+        self.progress: Progress | None = None
+
+    # -- tuning mode -----------------------------------------------------------------------
+    def tuning_enabled(self) -> bool:
+        return self._tuning_depth > 0 or os.environ.get(ENV_AUTOTUNE, "").strip() not in ("", "0")
+
+    @contextlib.contextmanager
+    def tuning(self, force: bool = False) -> Iterator[None]:
+        with self._lock:
+            self._tuning_depth += 1
+            prev_force, self._force = self._force, self._force or force
+            self._epoch += 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._tuning_depth -= 1
+                self._force = prev_force
+                if self._tuning_depth == 0:
+                    self._tuned_keys.clear()
+                self._epoch += 1
+
+    # -- candidates ------------------------------------------------------------------------
+    def candidates(self, problem: Problem) -> tuple[list[Backend], dict[str, str]]:
+        """Backends that can run ``problem`` (heuristic order) and the others' reasons."""
+        ok: list[Backend] = []
+        excluded: dict[str, str] = {}
+        for be in state.registry.backends():
+            if be.info.needs_prepare and not problem.prepared:
+                excluded[be.name] = ("needs its own weight layout: pass a weight from "
+                                     "fp4core.prepare(b, b_descale) to let auto consider it")
+                continue
+            answer = be.supports(problem)
+            if answer:
+                ok.append(be)
+            else:
+                excluded[be.name] = answer.reason or "unsupported (no reason given)"
+        for b in state.registry.broken():
+            excluded[b.name] = f"failed to load: {b.error}"
+        for name, why in state.registry.disabled().items():
+            excluded[name] = f"disabled: {why}"
+        ok.sort(key=lambda b: (-b.info.priority_for(problem), b.name))
+        return ok, excluded
+
+    # -- choosing --------------------------------------------------------------------------
+    def choose(self, problem: Problem, backend: str = "auto") -> Choice:
+        gen = (state.registry.generation, state.tuning_cache.generation, self._epoch)
+        if gen != self._memo_gen:
+            self._memo.clear()
+            self._memo_gen = gen
+        key = (problem, backend)
+        choice = self._memo.get(key)
+        if choice is not None:
+            return choice
+        with self._lock:
+            choice = self._resolve(problem, backend)
+            if not (choice.source == "heuristic" and self.tuning_enabled()):
+                self._memo[key] = choice
+            return choice
+
+    def _can_tune_now(self, problem: Problem) -> bool:
+        if not self.tuning_enabled():
+            return False
+        if problem.device.is_cuda and torch.cuda.is_current_stream_capturing():
+            return False  # never tune inside CUDA-graph capture
+        return True
+
+    def _resolve(self, problem: Problem, name: str) -> Choice:
+        cache = state.tuning_cache
+        key = problem_key(problem)
+        if name != "auto":
+            be = state.registry.get(name)
+            if be is None:
+                raise BackendNotInstalledError(not_installed_message(name))
+            answer = be.supports(problem)
+            if not answer:
+                raise BackendUnsupportedError(f"backend {name!r} does not support {problem.describe()}: "
+                                              f"{answer.reason}")
+            tactic = cache.tactic_for(key, be.name, be.version)
+            return Choice(be, tactic if tactic is not None else be.tactics(problem)[0], "explicit")
+        ok, excluded = self.candidates(problem)
+        if not ok:
+            reasons = "\n".join(f"  {n}: {why}" for n, why in sorted(excluded.items()))
+            raise NoBackendError(f"no backend supports {problem.describe()}:\n{reasons}")
+        versions = {b.name: b.version for b in ok}
+        entry = cache.lookup(key, versions)
+        retune = self._force and key not in self._tuned_keys
+        if (entry is None or retune) and self._can_tune_now(problem):
+            entry = tune(problem, ok, timer=self.timer, progress=self.progress)
+            cache.store(key, entry)
+            self._tuned_keys.add(key)
+            if self._tuning_depth == 0:  # tune-on-first-use: persist right away
+                cache.save()
+            return Choice(state.registry.get(entry["backend"]), entry["tactic"], "tuned")
+        if entry is not None:
+            return Choice(state.registry.get(entry["backend"]), entry["tactic"], "cache")
+        return Choice(ok[0], ok[0].tactics(problem)[0], "heuristic")
+
+    def explain(self, problem: Problem, backend: str = "auto") -> Explanation:
+        ok, excluded = self.candidates(problem)
+        key = problem_key(problem)
+        entry = state.tuning_cache.lookup(key, {b.name: b.version for b in ok})
+        try:
+            choice = self._resolve_without_tuning(problem, backend)
+            err = ""
+        except Exception as exc:
+            choice, err = None, str(exc)
+        return Explanation(problem, choice, [b.name for b in ok], excluded, key, entry, err)
+
+    def _resolve_without_tuning(self, problem: Problem, backend: str) -> Choice:
+        with self._lock:
+            depth, env = self._tuning_depth, os.environ.pop(ENV_AUTOTUNE, None)
+            self._tuning_depth = 0
+            try:
+                return self._resolve(problem, backend)
+            finally:
+                self._tuning_depth = depth
+                if env is not None:
+                    os.environ[ENV_AUTOTUNE] = env
+
+
+dispatcher = Dispatcher()

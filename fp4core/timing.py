@@ -1,0 +1,100 @@
+"""Timing of a GPU (or CPU) call, shared by the tuner and the benchmark.
+
+A measured function takes an input-set index; timers rotate through ``n_sets`` sets so
+repeated calls do not find their operands in L2. CUDA timings use events around batches
+of calls after warm-up and return per-call samples in microseconds (take the median).
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+import time
+from typing import Callable, Protocol
+
+import torch
+
+RunFn = Callable[[int], None]
+
+
+class Timer(Protocol):
+    def measure(self, run: RunFn, n_sets: int) -> list[float]:
+        """Per-call times in microseconds, one sample per batch of calls."""
+
+
+class CudaEventTimer:
+    """CUDA events around batches of calls on the current stream.
+
+    Args:
+        warmup_ms: time spent calling before measuring (clocks, caches, lazy init).
+        sample_ms: target length of one timed batch (short kernels get many calls).
+        samples: number of batches.
+    """
+
+    def __init__(self, warmup_ms: float = 20.0, sample_ms: float = 1.0, samples: int = 15):
+        self.warmup_ms, self.sample_ms, self.samples = warmup_ms, sample_ms, samples
+
+    def _batch_ms(self, run: RunFn, n_sets: int, calls: int, start_index: int = 0) -> float:
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        for i in range(calls):
+            run((start_index + i) % n_sets)
+        end.record()
+        end.synchronize()
+        return start.elapsed_time(end)
+
+    def measure(self, run: RunFn, n_sets: int) -> list[float]:
+        run(0)
+        torch.cuda.synchronize()
+        probe = max(self._batch_ms(run, n_sets, 3) / 3, 1e-4)
+        warm_calls = max(3, math.ceil(self.warmup_ms / probe))
+        self._batch_ms(run, n_sets, warm_calls)
+        calls = max(1, min(10000, math.ceil(self.sample_ms / probe)))
+        out = []
+        for s in range(self.samples):
+            out.append(self._batch_ms(run, n_sets, calls, s * calls) * 1000.0 / calls)
+        return out
+
+
+class HostTimer:
+    """Wall-clock timer for CPU backends (perf_counter around batches)."""
+
+    def __init__(self, warmup_calls: int = 1, samples: int = 5, sample_s: float = 0.05):
+        self.warmup_calls, self.samples, self.sample_s = warmup_calls, samples, sample_s
+
+    def measure(self, run: RunFn, n_sets: int) -> list[float]:
+        for i in range(self.warmup_calls):
+            run(i % n_sets)
+        t0 = time.perf_counter()
+        run(0)
+        probe = max(time.perf_counter() - t0, 1e-7)
+        calls = max(1, min(1000, math.ceil(self.sample_s / probe)))
+        out = []
+        for s in range(self.samples):
+            t0 = time.perf_counter()
+            for i in range(calls):
+                run((s * calls + i) % n_sets)
+            out.append((time.perf_counter() - t0) * 1e6 / calls)
+        return out
+
+
+def default_timer(device_is_cuda: bool) -> Timer:
+    return CudaEventTimer() if device_is_cuda else HostTimer()
+
+
+def median(samples: list[float]) -> float:
+    return statistics.median(samples)
+
+
+def rotation_sets(bytes_per_set: int, device_is_cuda: bool, max_sets: int = 32,
+                  budget_bytes: int = 2 << 30) -> int:
+    """How many input sets to rotate through so they do not all fit in L2 at once.
+
+    Aim for at least 3x the L2 size in total, capped by ``max_sets`` and a memory budget.
+    """
+    if not device_is_cuda:
+        return 1
+    l2 = getattr(torch.cuda.get_device_properties(torch.cuda.current_device()), "L2_cache_size", 50 << 20)
+    want = math.ceil(3 * l2 / max(bytes_per_set, 1))
+    by_budget = max(1, budget_bytes // max(bytes_per_set, 1))
+    return int(max(1, min(max_sets, want, by_budget)))

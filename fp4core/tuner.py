@@ -1,0 +1,115 @@
+"""Time every (backend, tactic) candidate of one problem and pick the fastest.
+
+Inputs are synthetic operands of the problem's exact shape and layouts, rotated across
+several sets so L2 does not flatter small shapes. Before timing, each candidate runs once
+into a NaN-poisoned output and is compared with the exact reference; a candidate that
+raises or is wrong (relative error > 1e-2, or unwritten output) is dropped with its reason.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Callable
+
+import torch
+
+from .hookspec import Tactic
+from .problem import Operands, Problem
+from .reference import TOLERANCE, reference_mm, relative_error
+from .registry import Backend
+from .synthetic import operand_bytes, random_operands
+from .timing import Timer, default_timer, median, rotation_sets
+
+log = logging.getLogger("fp4core")
+
+Progress = Callable[[str], None]
+
+
+def tactic_label(tactic: Tactic) -> str:
+    if not tactic:
+        return "default"
+    return ",".join(f"{k}={v}" for k, v in sorted(tactic.items()))
+
+
+def prepared_sets(backend: Backend, problem: Problem, sets: list[Operands]) -> list[Operands]:
+    """The operand sets as ``backend`` receives them (its own weight layout when prepared)."""
+    if not problem.prepared:
+        return sets
+    weight_problem = problem.with_m(None)
+    out = []
+    for ops in sets:
+        w = backend.prepare(weight_problem, Operands(None, None, ops.b, ops.b_scale))
+        out.append(w.with_activation(ops.a, ops.a_scale, ops.alpha))
+    return out
+
+
+def make_sets(problem: Problem, n_sets: int | None = None, seed: int = 1234) -> list[Operands]:
+    cuda = problem.device.is_cuda
+    if n_sets is None:
+        n_sets = rotation_sets(operand_bytes(problem), cuda)
+    device = f"cuda:{problem.device.index}" if cuda else "cpu"
+    gen = torch.Generator(device=device)
+    gen.manual_seed(seed)
+    return [random_operands(problem, device=device, generator=gen) for _ in range(n_sets)]
+
+
+def _poisoned_out(problem: Problem, device) -> torch.Tensor:
+    return torch.full((problem.m, problem.n), float("nan"), dtype=problem.out_dtype, device=device)
+
+
+def check_candidate(backend: Backend, problem: Problem, ops: Operands, tactic: Tactic,
+                    ref: torch.Tensor) -> str | None:
+    """Run once into a poisoned output; return None if correct, else the reason."""
+    out = _poisoned_out(problem, ref.device)
+    try:
+        backend.run(problem, ops, tactic, out)
+        if out.is_cuda:
+            torch.cuda.synchronize(out.device)
+    except Exception as exc:  # a failing candidate is dropped, not fatal
+        return f"raised {type(exc).__name__}: {exc}"
+    err = relative_error(out, ref)
+    if not err <= TOLERANCE:
+        return f"wrong answer: relative error {err:.3g} > {TOLERANCE:g}"
+    return None
+
+
+def tune(problem: Problem, candidates: list[Backend], timer: Timer | None = None,
+         progress: Progress | None = None) -> dict:
+    """Tune ``problem`` over ``candidates``; return the tuning-cache entry (see tuning_cache)."""
+    say = progress or (lambda msg: log.info("%s", msg))
+    timer = timer or default_timer(problem.device.is_cuda)
+    t_start = time.perf_counter()
+    sets = make_sets(problem)
+    ref = reference_mm(problem, sets[0], torch.float32 if problem.device.is_cuda else torch.float64)
+    say(f"tuning {problem.describe()}: {len(candidates)} backend(s), {len(sets)} rotating input set(s)")
+    per_backend: dict[str, dict] = {}
+    dropped: dict[str, str] = {}
+    for backend in candidates:
+        try:
+            tactics = backend.tactics(problem)
+            bsets = prepared_sets(backend, problem, sets)
+        except Exception as exc:
+            dropped[backend.name] = f"tactics/prepare raised {type(exc).__name__}: {exc}"
+            say(f"  {backend.name}: dropped ({dropped[backend.name]})")
+            continue
+        for tactic in tactics:
+            label = f"{backend.name}[{tactic_label(tactic)}]"
+            why = check_candidate(backend, problem, bsets[0], tactic, ref)
+            if why is not None:
+                dropped[label] = why
+                say(f"  {label}: dropped ({why})")
+                continue
+            out = torch.empty((problem.m, problem.n), dtype=problem.out_dtype, device=ref.device)
+            us = median(timer.measure(lambda i: backend.run(problem, bsets[i], tactic, out), len(bsets)))
+            say(f"  {label}: {us:.1f} us")
+            best = per_backend.get(backend.name)
+            if best is None or us < best["us"]:
+                per_backend[backend.name] = {"version": backend.version, "tactic": tactic, "us": us}
+    if not per_backend:
+        raise RuntimeError(f"tuning {problem.describe()}: every candidate failed: {dropped}")
+    name, rec = min(per_backend.items(), key=lambda kv: kv[1]["us"])
+    say(f"  -> {name}[{tactic_label(rec['tactic'])}] {rec['us']:.1f} us "
+        f"(tuned in {time.perf_counter() - t_start:.1f} s)")
+    return {"backend": name, "version": rec["version"], "tactic": rec["tactic"], "us": rec["us"],
+            "per_backend": per_backend, "dropped": dropped, "m": problem.m}
