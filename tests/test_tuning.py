@@ -1,0 +1,255 @@
+"""auto + autotuning with a fake clock: choice, dropped candidates, the persistent cache."""
+
+import json
+import subprocess
+import sys
+import threading
+import warnings
+
+import pytest
+import torch
+
+import fp4core
+from fp4core import state
+from fp4core.dispatch import dispatcher
+from fp4core.problem import DeviceInfo
+from fp4core.testing import registered
+from fp4core.torch_backend import TorchBackend
+from fp4core.tuning_cache import m_bucket, problem_key
+
+RUNS = []  # (backend, tactic label) of every run, read by the fake timer
+_TORCH_MATH = TorchBackend.run  # unpatched, for fakes that compute the right answer
+
+
+class FakeTimer:
+    """Calls the candidate once and reports the time table's value for it."""
+
+    def __init__(self, table):
+        self.table = table
+        self.measured = []
+
+    def measure(self, run, n_sets):
+        run(0)
+        key = RUNS[-1]
+        self.measured.append(key)
+        return [self.table[key]]
+
+
+def make_backend(name, behaviour="correct", tactics=({"t": 1}, {"t": 2}), priority=1, version="1.0"):
+    class Fake:
+        @fp4core.hookimpl
+        def backend_info(self):
+            return fp4core.BackendInfo(name=name, version=version, priority={"decode": priority, "small": priority})
+
+        @fp4core.hookimpl
+        def supports(self, problem):
+            return fp4core.Support.yes()
+
+        @fp4core.hookimpl
+        def tactics(self, problem):
+            return [dict(t) for t in tactics]
+
+        @fp4core.hookimpl
+        def run(self, problem, operands, tactic, out):
+            RUNS.append((name, tactic.get("t")))
+            if behaviour == "raises":
+                raise RuntimeError("kernel launch failed")
+            if behaviour == "wrong":
+                out.zero_()
+                return
+            if behaviour == "unwritten":
+                return
+            _TORCH_MATH(TorchBackend(), problem, operands, out)
+
+    return Fake()
+
+
+def record_torch_runs(monkeypatch):
+    orig_run = TorchBackend.run
+
+    def recording_run(self, problem, operands, out):
+        RUNS.append(("torch", None))
+        orig_run(self, problem, operands, out)
+
+    monkeypatch.setattr(TorchBackend, "run", fp4core.hookimpl(recording_run))
+
+
+@pytest.fixture
+def fakes(monkeypatch):
+    monkeypatch.setenv("FP4CORE_DISABLE_PLUGIN_AUTOLOAD", "1")
+    state.registry.reset()
+    RUNS.clear()
+    record_torch_runs(monkeypatch)
+    timer = FakeTimer({("fast", 1): 30.0, ("fast", 2): 20.0, ("slow", 1): 50.0, ("slow", 2): 60.0,
+                       ("torch", None): 500.0})
+    monkeypatch.setattr(dispatcher, "timer", timer)
+    monkeypatch.setattr(dispatcher, "progress", lambda msg: None)
+    with registered(make_backend("fast", priority=1)), registered(make_backend("slow", priority=9)), \
+            registered(make_backend("wrong", "wrong", priority=5)), \
+            registered(make_backend("raiser", "raises", priority=5)), \
+            registered(make_backend("lazy", "unwritten", priority=5)):
+        yield timer
+    state.registry.reset()
+
+
+P = fp4core.make_problem(6, 32, 64, device="cpu")
+
+
+def test_heuristic_then_tuned_then_cached(fakes):
+    assert dispatcher.choose(P).backend.name == "slow"  # highest priority, untuned
+    assert dispatcher.choose(P).source == "heuristic"
+    with fp4core.autotune(verbose=False):
+        choice = dispatcher.choose(P)
+    assert (choice.backend.name, choice.tactic, choice.source) == ("fast", {"t": 2}, "tuned")
+    entry = json.loads(state.tuning_cache.path.read_text())["entries"][problem_key(P)]
+    assert entry["backend"] == "fast" and entry["us"] == 20.0
+    assert "raised RuntimeError: kernel launch failed" in entry["dropped"]["raiser[t=1]"]
+    assert "wrong answer: relative error" in entry["dropped"]["wrong[t=1]"]
+    assert "relative error inf" in entry["dropped"]["lazy[t=1]"]  # NaN poison left in place
+    # wrong candidates were never timed
+    assert all(name in ("fast", "slow", "torch") for name, _ in fakes.measured)
+    assert dispatcher.choose(P).source == "cache"
+    # explicit backend calls use that backend's own best tactic from the same tuning run
+    assert dispatcher.choose(P, "slow").tactic == {"t": 1}
+    # the same bucket (m 4..7) shares the result; another bucket does not
+    assert dispatcher.choose(P.with_m(7)).source == "cache"
+    assert dispatcher.choose(P.with_m(8)).source == "heuristic"
+
+
+def test_mm_fp4_inside_autotune_returns_correct_result(fakes):
+    x, w = torch.randn(6, 64), torch.randn(32, 64)
+    a, asf = fp4core.nvfp4_quantize(x, 1.0)
+    b, bsf = fp4core.nvfp4_quantize(w, 1.0)
+    want = fp4core.mm_fp4(a, b.T, asf, bsf.T, backend="torch")
+    with fp4core.autotune(verbose=False):
+        got = fp4core.mm_fp4(a, b.T, asf, bsf.T)
+    assert torch.equal(got, want)
+
+
+def test_force_retunes_once_per_bucket(fakes):
+    with fp4core.autotune(verbose=False):
+        dispatcher.choose(P)
+    n = len(fakes.measured)
+    with fp4core.autotune(verbose=False):
+        dispatcher.choose(P)
+    assert len(fakes.measured) == n  # cached: no new timing
+    with fp4core.autotune(force=True, verbose=False):
+        dispatcher.choose(P)
+        dispatcher.choose(P)
+    assert len(fakes.measured) == 2 * n
+
+
+def test_autotune_false_is_a_no_op(fakes):
+    with fp4core.autotune(False):
+        assert dispatcher.choose(P).source == "heuristic"
+    assert not fakes.measured
+
+
+def test_tune_on_first_use_env(fakes, monkeypatch):
+    monkeypatch.setenv("FP4CORE_AUTOTUNE", "1")
+    assert dispatcher.choose(P).source == "tuned"
+    assert state.tuning_cache.path.exists()  # saved right away
+
+
+def test_backend_version_change_invalidates(fakes):
+    with fp4core.autotune(verbose=False):
+        dispatcher.choose(P)
+    state.registry.unregister("fast")
+    state.registry.register(make_backend("fast", version="2.0"))
+    c = dispatcher.choose(P)
+    assert c.source == "heuristic" and c.backend.name == "slow"
+    assert dispatcher.choose(P, "slow").tactic == {"t": 1}  # slow's own record is still valid
+
+
+def test_corrupt_cache_file_warns_and_is_replaced(fakes):
+    path = state.tuning_cache.path
+    path.write_text("{ not json")
+    state.tuning_cache.clear()
+    state.tuning_cache._loaded_from = None
+    with pytest.warns(RuntimeWarning, match="corrupt"):
+        assert dispatcher.choose(P).source == "heuristic"
+    with fp4core.autotune(verbose=False):
+        dispatcher.choose(P)
+    assert json.loads(path.read_text())["format"] == "fp4core-tuning-cache"
+
+
+@pytest.mark.parametrize("doc,match", [({"format": "other"}, "not an fp4core tuning cache"),
+                                       ({"format": "fp4core-tuning-cache", "version": 99}, "format version 99")])
+def test_foreign_or_future_cache_is_ignored(fakes, doc, match):
+    state.tuning_cache.path.write_text(json.dumps(doc))
+    state.tuning_cache._loaded_from = None
+    with pytest.warns(RuntimeWarning, match=match):
+        assert dispatcher.choose(P).source == "heuristic"
+
+
+def test_cache_is_read_by_a_fresh_process(tmp_path, monkeypatch):
+    """Tune the torch backend here, then ask a new interpreter what auto would do."""
+    monkeypatch.setenv("FP4CORE_DISABLE_PLUGIN_AUTOLOAD", "1")
+    state.registry.reset()
+    monkeypatch.setattr(dispatcher, "timer", FakeTimer({("torch", None): 1.0}))
+    monkeypatch.setattr(dispatcher, "progress", lambda msg: None)
+    RUNS.clear()
+    record_torch_runs(monkeypatch)
+    with fp4core.autotune(verbose=False):
+        assert dispatcher.choose(P).source == "tuned"
+    code = ("import fp4core; p = fp4core.make_problem(6, 32, 64, device='cpu'); "
+            "print(fp4core.explain(p).choice.source)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "cache"
+    state.registry.reset()
+
+
+def test_no_tuning_during_graph_capture(monkeypatch):
+    cuda_problem = fp4core.make_problem(16, 64, 64, device=DeviceInfo("cuda", 0, "fake", (9, 0)))
+    monkeypatch.setattr(torch.cuda, "is_current_stream_capturing", lambda: True)
+    with dispatcher.tuning():
+        assert dispatcher.tuning_enabled()
+        assert not dispatcher._can_tune_now(cuda_problem)
+    monkeypatch.setattr(torch.cuda, "is_current_stream_capturing", lambda: False)
+    with dispatcher.tuning():
+        assert dispatcher._can_tune_now(cuda_problem)
+
+
+def test_concurrent_first_calls_tune_once(fakes):
+    results, errors = [], []
+
+    def worker():
+        try:
+            results.append(dispatcher.choose(P).backend.name)
+        except Exception as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    with fp4core.autotune(verbose=False):
+        threads = [threading.Thread(target=worker) for _ in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    assert not errors and results == ["fast"] * 8
+    assert fakes.measured.count(("fast", 2)) == 1
+
+
+def test_m_bucket():
+    assert [m_bucket(m) for m in (1, 2, 3, 4, 7, 8, 129, 5000, 100000)] == [1, 2, 2, 4, 4, 8, 128, 4096, 16384]
+
+
+def test_no_backend_lists_every_reason(monkeypatch):
+    monkeypatch.setenv("FP4CORE_BACKENDS", "nothing")
+    state.registry.reset()
+    try:
+        with pytest.raises(fp4core.NoBackendError, match="torch: disabled"):
+            dispatcher.choose(P)
+    finally:
+        monkeypatch.delenv("FP4CORE_BACKENDS")
+        state.registry.reset()
+
+
+def test_explain_text_names_choice_and_exclusions(fakes):
+    with fp4core.autotune(verbose=False):
+        dispatcher.choose(P)
+    text = str(fp4core.explain(P))
+    assert "choice:    fast [t=2] from cache" in text
+    assert "tuned fast: 20.0 us" in text and "dropped while tuning wrong[t=1]" in text
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        fp4core.explain(P)
