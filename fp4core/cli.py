@@ -1,0 +1,158 @@
+"""The ``fp4core`` command line: backends, bench, tune, explain."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+import torch
+
+from . import __version__, api
+from .bench import PRESETS, BenchRow, run_bench, shapes_from_args
+
+
+def _device_line() -> str:
+    parts = [f"fp4core {__version__}", f"torch {torch.__version__}"]
+    if torch.version.cuda:
+        parts.append(f"CUDA {torch.version.cuda}")
+    if torch.backends.cudnn.is_available():
+        parts.append(f"cuDNN {torch.backends.cudnn.version()}")
+    if torch.cuda.is_available():
+        p = torch.cuda.get_device_properties(torch.cuda.current_device())
+        parts.append(f"device {p.name} (sm_{p.major}{p.minor})")
+    else:
+        parts.append("no CUDA device: GPU backends need one; the torch backend runs on the CPU")
+    return ", ".join(parts)
+
+
+def cmd_backends(args) -> int:
+    print(_device_line())
+    probe = api.make_problem(128, 4096, 4096)
+    for st in api.backends():
+        line = f"{st.name:10s} {st.status:9s} {st.package or '-'} {st.version or ''}  [{st.origin or ''}]"
+        print(line.rstrip())
+        if st.description:
+            print(f"           {st.description}")
+        if st.unverified_targets:
+            print(f"           not verified on hardware: {', '.join(st.unverified_targets)}")
+        if st.error:
+            print(f"           error: {st.error}")
+        if st.status == "loaded":
+            from . import state
+            ans = state.registry.get(st.name).supports(probe)
+            print(f"           {probe.describe()}: " + ("supported" if ans else f"not supported: {ans.reason}"))
+    return 0
+
+
+def _problem_kwargs(args) -> dict:
+    return dict(use_nvfp4=(args.format == "nvfp4"),
+                out_dtype=torch.float16 if args.out_dtype == "fp16" else torch.bfloat16,
+                use_8x4_sf_layout=args.sf_layout == "8x4", prepared=args.prepared)
+
+
+def cmd_explain(args) -> int:
+    problem = api.make_problem(args.m, args.n, args.k, **_problem_kwargs(args))
+    print(api.explain(problem, backend=args.backend))
+    return 0
+
+
+def cmd_tune(args) -> int:
+    shapes = shapes_from_args(args)
+    problems = [api.make_problem(m, n, k, **_problem_kwargs(args)) for m, n, k in shapes]
+    results = api.tune(problems, force=args.force)
+    from .tuner import tactic_label
+    for exp in results:
+        c = exp.choice
+        print(f"{exp.cache_key}: {c.backend.name} [{tactic_label(c.tactic)}] ({c.source})")
+    from . import state
+    print(f"tuning cache: {state.tuning_cache.path}")
+    return 0
+
+
+def _fmt_row(r: BenchRow) -> str:
+    if r.error:
+        return f"{r.m:6d} {r.n:6d} {r.k:6d}  {r.backend:12s}  {'FAILED: ' + r.error}"
+    flag = "" if r.correct else "  WRONG"
+    return (f"{r.m:6d} {r.n:6d} {r.k:6d}  {r.backend:12s} {r.median_us:10.1f} {r.spread_us:7.1f} "
+            f"{r.tflops:8.1f} {r.gbps:8.0f} {r.speedup:7.2f}x {r.rel_err:9.2e}{flag}")
+
+
+def cmd_bench(args) -> int:
+    shapes = shapes_from_args(args)
+    backends = [b for b in args.backends.split(",") if b] if args.backends else None
+    print(_device_line(), file=sys.stderr)
+    rows = run_bench(shapes, backends=backends, use_nvfp4=(args.format == "nvfp4"),
+                     out_dtype=torch.float16 if args.out_dtype == "fp16" else torch.bfloat16,
+                     autotune=args.autotune, progress=lambda s: print(s, file=sys.stderr, flush=True))
+    print(f"{'M':>6s} {'N':>6s} {'K':>6s}  {'backend':12s} {'median us':>10s} {'spread':>7s} "
+          f"{'TFLOP/s':>8s} {'GB/s':>8s} {'vs bf16':>8s} {'rel err':>9s}")
+    for r in rows:
+        print(_fmt_row(r))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump([r.__dict__ for r in rows], f, indent=1)
+    if args.csv:
+        import csv
+        with open(args.csv, "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=list(rows[0].__dict__))
+            w.writeheader()
+            w.writerows(r.__dict__ for r in rows)
+    wrong = [r for r in rows if not r.correct and r.backend != "bf16"]
+    if wrong:
+        print(f"WRONG results from: {sorted({r.backend for r in wrong})}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _add_shape_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--m", default=None, help="comma list of M (default depends on the device)")
+    p.add_argument("--n", default=None, help="comma list of N")
+    p.add_argument("--k", default=None, help="comma list of K")
+    p.add_argument("--preset", choices=sorted(PRESETS), help="(N, K) layers of a real model")
+    p.add_argument("--shapes-file", help="file with one 'M N K' per line")
+    _add_format_args(p)
+
+
+def _add_format_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--format", choices=["nvfp4", "mxfp4"], default="nvfp4")
+    p.add_argument("--out-dtype", choices=["bf16", "fp16"], default="bf16")
+    p.add_argument("--sf-layout", choices=["128x4", "8x4"], default="128x4")
+    p.add_argument("--prepared", action="store_true", help="the weight comes from fp4core.prepare")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="fp4core", description="FP4 GEMM backends: list, benchmark, tune, explain")
+    parser.add_argument("--version", action="version", version=f"fp4core {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("backends", help="installed backends, their status and support on this device")
+    p = sub.add_parser("bench", help="time backends against bf16 torch.matmul, with an exact cross-check")
+    _add_shape_args(p)
+    p.add_argument("--backends", default="", help="comma list (default: every loaded backend); auto always runs")
+    p.add_argument("--autotune", action="store_true", help="tune auto before timing it")
+    p.add_argument("--json")
+    p.add_argument("--csv")
+    p = sub.add_parser("tune", help="tune shapes and write the persistent tuning cache")
+    _add_shape_args(p)
+    p.add_argument("--force", action="store_true", help="re-tune shapes already in the cache")
+    p = sub.add_parser("explain", help="which backend and tactic auto would use for one shape, and why")
+    p.add_argument("--m", type=int, required=True)
+    p.add_argument("--n", type=int, required=True)
+    p.add_argument("--k", type=int, required=True)
+    p.add_argument("--backend", default="auto")
+    _add_format_args(p)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    handler = {"backends": cmd_backends, "bench": cmd_bench, "tune": cmd_tune, "explain": cmd_explain}
+    try:
+        return handler[args.command](args)
+    except (ValueError, LookupError, RuntimeError) as exc:
+        print(f"fp4core {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

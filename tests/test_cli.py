@@ -1,0 +1,88 @@
+"""The fp4core command line on the CPU: every command's output and exit code."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+import fp4core
+from fp4core import state
+from fp4core.cli import main
+from fp4core.testing import registered
+
+
+@pytest.fixture(autouse=True)
+def builtins_only(monkeypatch):
+    monkeypatch.setenv("FP4CORE_DISABLE_PLUGIN_AUTOLOAD", "1")
+    state.registry.reset()
+    yield
+    state.registry.reset()
+
+
+class Broken:
+    @fp4core.hookimpl
+    def backend_info(self):
+        return fp4core.BackendInfo(name="broken", version="0", targets=("sm100a",))
+
+    @fp4core.hookimpl
+    def supports(self, problem):
+        return fp4core.Support.yes()
+
+    @fp4core.hookimpl
+    def run(self, problem, operands, tactic, out):
+        out.fill_(3.0)
+
+
+def test_backends_lists_torch_and_device(capsys):
+    assert main(["backends"]) == 0
+    text = capsys.readouterr().out
+    assert "torch      loaded" in text and "supported" in text
+    assert "no CUDA device" in text or "device " in text
+
+
+def test_backends_marks_unverified_targets(capsys):
+    with registered(Broken):
+        main(["backends"])
+    assert "not verified on hardware: sm100a" in capsys.readouterr().out
+
+
+def test_bench_table_json_and_csv(tmp_path, capsys):
+    js, cs = tmp_path / "r.json", tmp_path / "r.csv"
+    assert main(["bench", "--m", "1,3", "--n", "64", "--k", "64", "--json", str(js), "--csv", str(cs)]) == 0
+    out = capsys.readouterr().out
+    assert "bf16" in out and "auto:torch" in out and "WRONG" not in out
+    rows = json.loads(js.read_text())
+    assert {r["backend"] for r in rows} == {"bf16", "torch", "auto:torch"}
+    assert all(r["rel_err"] <= 1e-2 for r in rows)
+    assert cs.read_text().splitlines()[0].startswith("m,n,k,backend")
+
+
+def test_bench_flags_wrong_backend_and_fails(capsys):
+    with registered(Broken):
+        rc = main(["bench", "--m", "2", "--n", "32", "--k", "64", "--backends", "broken,torch"])
+    cap = capsys.readouterr()
+    assert rc == 1
+    assert "WRONG" in cap.out and "WRONG results from: ['auto:broken', 'broken']" in cap.err
+
+
+def test_explain_and_bad_input(capsys):
+    assert main(["explain", "--m", "16", "--n", "64", "--k", "64"]) == 0
+    assert "choice:    torch [default] from heuristic" in capsys.readouterr().out
+    assert main(["explain", "--m", "16", "--n", "64", "--k", "24"]) == 2
+    assert "multiple of the nvfp4 block size 16" in capsys.readouterr().err
+    assert main(["explain", "--m", "16", "--n", "64", "--k", "64", "--backend", "cudnn"]) == 0
+    assert "pip install fp4-cudnn" in capsys.readouterr().out
+
+
+def test_tune_writes_the_cache(capsys):
+    assert main(["tune", "--m", "4", "--n", "32", "--k", "64"]) == 0
+    cap = capsys.readouterr()
+    assert "torch [default] (cache)" in cap.out
+    assert state.tuning_cache.path.exists()
+    assert "tuning 4x32x64" in cap.err  # progress on stderr
+
+
+def test_console_script_runs():
+    out = subprocess.run([sys.executable, "-m", "fp4core.cli", "--version"], capture_output=True, text=True)
+    assert out.returncode == 0 and "fp4core 0.1.0" in out.stdout
