@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# Create .venv (if missing) and install fp4core, every plugin under plugins/ and the test tools.
+# Torch: an already-importable torch is kept (e.g. a CUDA build); otherwise torch==2.13.0
+# (the CPU wheel this workplace has on disk; set FP4CORE_TORCH to choose another spec).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+[ -x .venv/bin/python ] || "$PY" -m venv .venv
+PIP=".venv/bin/python -m pip -q --disable-pip-version-check"
+.venv/bin/python -c "import torch" 2>/dev/null || $PIP install "${FP4CORE_TORCH:-torch==2.13.0}"
+$PIP install setuptools pluggy pytest
+$PIP install --no-build-isolation -e .
+for p in plugins/*/; do
+  [ -f "$p/pyproject.toml" ] && $PIP install --no-build-isolation -e "$p"
+done
+echo "environment ready: .venv ($(.venv/bin/python -c 'import torch; print("torch", torch.__version__)'))"
