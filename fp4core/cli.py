@@ -18,6 +18,11 @@ def _device_line() -> str:
         parts.append(f"CUDA {torch.version.cuda}")
     if torch.backends.cudnn.is_available():
         parts.append(f"cuDNN {torch.backends.cudnn.version()}")
+    try:
+        from .jit import nvcc_version
+        parts.append(f"nvcc {nvcc_version()}")
+    except Exception:  # no nvcc: JIT-built plugins will say so themselves
+        parts.append("nvcc not found")
     if torch.cuda.is_available():
         p = torch.cuda.get_device_properties(torch.cuda.current_device())
         parts.append(f"device {p.name} (sm_{p.major}{p.minor})")
@@ -98,6 +103,10 @@ def cmd_bench(args) -> int:
             w = csv.DictWriter(f, fieldnames=list(rows[0].__dict__))
             w.writeheader()
             w.writerows(r.__dict__ for r in rows)
+    if args.plot:
+        from .plot import plot_rows
+        plot_rows(rows, args.plot, floor_tbps=args.floor_tbps)
+        print(f"plot written to {args.plot}", file=sys.stderr)
     wrong = [r for r in rows if not r.correct and r.backend != "bf16"]
     if wrong:
         print(f"WRONG results from: {sorted({r.backend for r in wrong})}", file=sys.stderr)
@@ -132,6 +141,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--autotune", action="store_true", help="tune auto before timing it")
     p.add_argument("--json")
     p.add_argument("--csv")
+    p.add_argument("--plot", help="PNG: time vs M per backend (log scale) with the bandwidth floor")
+    p.add_argument("--floor-tbps", type=float, default=3.0, help="bandwidth for the floor line (TB/s)")
     p = sub.add_parser("tune", help="tune shapes and write the persistent tuning cache")
     _add_shape_args(p)
     p.add_argument("--force", action="store_true", help="re-tune shapes already in the cache")

@@ -86,3 +86,18 @@ def test_tune_writes_the_cache(capsys):
 def test_console_script_runs():
     out = subprocess.run([sys.executable, "-m", "fp4core.cli", "--version"], capture_output=True, text=True)
     assert out.returncode == 0 and "fp4core 0.1.0" in out.stdout
+
+
+def test_plot_without_matplotlib_is_a_clear_error(tmp_path, capsys, monkeypatch):
+    import builtins
+
+    real_import = builtins.__import__
+
+    def no_matplotlib(name, *a, **kw):
+        if name.startswith("matplotlib"):
+            raise ImportError("no matplotlib")
+        return real_import(name, *a, **kw)
+
+    monkeypatch.setattr(builtins, "__import__", no_matplotlib)
+    rc = main(["bench", "--m", "1", "--n", "32", "--k", "64", "--plot", str(tmp_path / "p.png")])
+    assert rc == 2 and "--plot needs matplotlib: pip install matplotlib" in capsys.readouterr().err
