@@ -101,3 +101,15 @@ def test_plot_without_matplotlib_is_a_clear_error(tmp_path, capsys, monkeypatch)
     monkeypatch.setattr(builtins, "__import__", no_matplotlib)
     rc = main(["bench", "--m", "1", "--n", "32", "--k", "64", "--plot", str(tmp_path / "p.png")])
     assert rc == 2 and "--plot needs matplotlib: pip install matplotlib" in capsys.readouterr().err
+
+
+def test_shapes_from_preset_and_file(tmp_path):
+    from fp4core.bench import shapes_from_args
+    from fp4core.cli import build_parser
+
+    args = build_parser().parse_args(["bench", "--m", "1,8", "--preset", "gpt-oss-120b"])
+    assert shapes_from_args(args) == [(1, 1280, 2880), (8, 1280, 2880), (1, 2880, 1024), (8, 2880, 1024)]
+    f = tmp_path / "shapes.txt"
+    f.write_text("# M N K\n4 64 128\n\n2 32 64\n")
+    args = build_parser().parse_args(["bench", "--shapes-file", str(f)])
+    assert shapes_from_args(args) == [(4, 64, 128), (2, 32, 64)]
