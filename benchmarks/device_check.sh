@@ -24,7 +24,6 @@ x = torch.empty(1 << 30, dtype=torch.uint8, device='cuda'); y = torch.empty_like
 ms = tt.do_bench(lambda: y.copy_(x), return_mode='median')
 print(f'device copy bandwidth {2 * x.numel() / ms / 1e9:.2f} TB/s (read+write)')" | tee -a "$OUT/device.txt"
 fp4core backends | tee "$OUT/backends.txt"
-:
 for t in tests plugins/*/tests; do
   [ -d "$t" ] && python3 -m pytest -q -p no:cacheprovider "$t" 2>&1 | tee -a "$OUT/tests.log" | tail -4
 done
