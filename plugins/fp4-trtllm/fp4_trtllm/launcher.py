@@ -1,0 +1,149 @@
+"""Build (through ``fp4core.jit``), load and launch the CUDA kernel; the split-K workspace.
+
+The library has one C entry point, ``fp4_trtllm_gemv(const Fp4GemvParams*, mx, t, nt, stream)``,
+taking raw device pointers and the current stream, so nothing here touches torch's C++ ABI.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import math
+import threading
+from pathlib import Path
+
+import torch
+
+from fp4core import jit
+
+SOURCE = Path(__file__).parent / "csrc" / "fp4_gemv.cu"
+LIB_NAME = "fp4_trtllm_gemv"
+ABI_VERSION = 1
+#: Activation rows per CTA pass, by the kernel's template parameter NT (8 rows per MMA tile).
+NT_CHOICES = (1, 2, 4, 8)
+
+
+class _Params(ctypes.Structure):
+    # Mirrors struct Fp4GemvParams in csrc/fp4_gemv.cu.
+    _fields_ = [(name, ctypes.c_void_p) for name in
+                ("a", "a_sf", "b", "b_sf", "alpha", "out", "ws", "counters")] + \
+               [(name, ctypes.c_int) for name in
+                ("m", "n", "k", "a_sf_8x4", "a_sf_col_tiles", "out_fp16", "splits", "warps", "m_tiles")]
+
+
+def arch_for(capability: tuple[int, int]) -> str:
+    """The nvcc target for a device: the 'a' variants on SM90/SM100/SM120, else plain."""
+    major, minor = capability
+    cc = major * 10 + minor
+    return f"sm_{cc}a" if cc in (90, 100, 103, 120, 121) else f"sm_{cc}"
+
+
+@functools.lru_cache(maxsize=None)
+def library(arch: str) -> ctypes.CDLL:
+    """The compiled kernel library for ``arch`` (built on first use, then from the cache)."""
+    lib = jit.load(LIB_NAME, [SOURCE], arch=arch, flags=["-lineinfo"])
+    lib.fp4_trtllm_gemv.restype = ctypes.c_int
+    lib.fp4_trtllm_gemv.argtypes = [ctypes.POINTER(_Params), ctypes.c_int, ctypes.c_int,
+                                    ctypes.c_int, ctypes.c_void_p]
+    lib.fp4_trtllm_error_string.restype = ctypes.c_char_p
+    lib.fp4_trtllm_error_string.argtypes = [ctypes.c_int]
+    lib.fp4_trtllm_abi_version.restype = ctypes.c_int
+    if lib.fp4_trtllm_abi_version() != ABI_VERSION:
+        raise RuntimeError(f"{LIB_NAME}: library ABI {lib.fp4_trtllm_abi_version()} != {ABI_VERSION}")
+    return lib
+
+
+def nt_for(m: int) -> int:
+    """Activation tiles of 8 rows per CTA pass: the fewest that cover m, at most 8 (64 rows)."""
+    for nt in NT_CHOICES:
+        if m <= 8 * nt:
+            return nt
+    return NT_CHOICES[-1]
+
+
+class Workspace:
+    """Split-K partials (float32) and arrival counters (int32, zero between launches) for one
+    device, grown on demand and never freed while the process lives: a CUDA graph captured
+    with an older buffer keeps using it, so replacing it must not release it."""
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self.partials = torch.empty(0, dtype=torch.float32, device=device)
+        self.counters = torch.zeros(0, dtype=torch.int32, device=device)
+        self._retired: list[torch.Tensor] = []
+
+    def ensure(self, floats: int, counters: int) -> tuple[int, int]:
+        """Data pointers of buffers at least this large (allocates only when growing)."""
+        if self.partials.numel() < floats:
+            self._retired.append(self.partials)
+            self.partials = torch.empty(max(floats, 1 << 20), dtype=torch.float32, device=self.device)
+        if self.counters.numel() < counters:
+            self._retired.append(self.counters)
+            self.counters = torch.zeros(max(counters, 1 << 14), dtype=torch.int32, device=self.device)
+        return self.partials.data_ptr(), self.counters.data_ptr()
+
+
+_workspaces: dict[int, Workspace] = {}
+_ws_lock = threading.Lock()
+
+
+def workspace(device: torch.device) -> Workspace:
+    """The workspace of ``device`` (one per device, shared by every call on it: calls on two
+    streams of one device at the same time are not supported)."""
+    idx = device.index if device.index is not None else torch.cuda.current_device()
+    ws = _workspaces.get(idx)  # one dict lookup on the hot path
+    if ws is None:
+        with _ws_lock:
+            ws = _workspaces.setdefault(idx, Workspace(torch.device("cuda", idx)))
+    return ws
+
+
+def grid(m: int, n: int, t: int, warps: int, splits: int) -> tuple[int, int, int]:
+    """(CTAs along N, splits, activation passes) for a launch."""
+    m_tiles = math.ceil(n / 16)
+    return math.ceil(m_tiles / (warps * t)), splits, math.ceil(m / (8 * nt_for(m)))
+
+
+@functools.lru_cache(maxsize=None)
+def _device_lib(index: int) -> ctypes.CDLL:
+    return library(arch_for(torch.cuda.get_device_capability(index)))
+
+
+def _raw_stream(index: int) -> int:
+    # The C++ accessor avoids building a torch.cuda.Stream object on every call.
+    get = getattr(torch._C, "_cuda_getCurrentRawStream", None)
+    return get(index) if get is not None else torch.cuda.current_stream(index).cuda_stream
+
+
+def launch(*, a: torch.Tensor, a_sf: torch.Tensor, w: torch.Tensor, w_sf: torch.Tensor,
+           alpha: torch.Tensor | None, out: torch.Tensor, m: int, n: int, k: int, mx: bool,
+           a_sf_8x4: bool, a_sf_cols: int, t: int, warps: int, splits: int) -> None:
+    """Launch the kernel on the current stream of ``out``'s device.
+
+    Args:
+        a: uint8 (m, k/2) contiguous; a_sf: flat A scale bytes (128x4 or 8x4, ``a_sf_8x4``).
+        w, w_sf: the prepared weight and scales (``layout.prepare_weight``).
+        alpha: float32 one element or None; out: contiguous (m, n) bf16 or fp16.
+        a_sf_cols: padded scale columns of A (multiple of 4).
+        t, warps, splits: the tactic (tiles of 16 rows per warp, warps per CTA, split-K).
+    Raises:
+        RuntimeError naming the CUDA error if the launch fails.
+    """
+    index = out.device.index
+    lib = _device_lib(index)
+    nt = nt_for(m)
+    m_tiles = (n + 15) // 16
+    ws = cnt = None
+    if splits > 1:
+        gx = -(-m_tiles // (warps * t))
+        gz = -(-m // (8 * nt))
+        ws, cnt = workspace(out.device).ensure(gx * splits * gz * warps * t * nt * 128, gx * gz)
+    p = _Params(a.data_ptr(), a_sf.data_ptr(), w.data_ptr(), w_sf.data_ptr(),
+                alpha.data_ptr() if alpha is not None else None, out.data_ptr(), ws, cnt,
+                m, n, k, int(a_sf_8x4), a_sf_cols // 4, int(out.dtype == torch.float16),
+                splits, warps, m_tiles)
+    err = lib.fp4_trtllm_gemv(ctypes.byref(p), int(mx), t, nt, _raw_stream(index))
+    if err != 0:
+        raise RuntimeError(f"fp4-trtllm kernel launch failed: CUDA error {err} "
+                           f"({lib.fp4_trtllm_error_string(err).decode()}) for m={m} n={n} k={k} "
+                           f"t={t} warps={warps} splits={splits}")

@@ -1,0 +1,137 @@
+"""The weight layout the fp4-trtllm kernel streams, made by ``prepare`` (pure torch, CPU or CUDA).
+
+Canonical input: ``b`` uint8 (N, K/2) row-major packed E2M1 and ``b_scale``, the (N, K/block)
+scale bytes in the 128x4 layout. Output: two flat uint8 tensors ordered by
+(weight tile r = 16 rows, K chunk c = 64 values), r major:
+
+* weight: 512 bytes per (r, c). Lane L = 4g + t (g = 0..7, t = 0..3) of the warp owning tile r
+  reads 16 bytes at 16L: bytes 8h + j (h = 0, 1; j = 0..7) are byte 32c + 8t + j of row
+  16r + 8h + g. One coalesced 16-byte load gives a lane its 16 values of rows g and g+8.
+* scales: NVFP4 64 bytes per (r, c): byte 2L + h is the scale of row 16r + 8h + g, block
+  4c + t. MXFP4 32 bytes per (r, c): byte 2(2g + u) + h is row 16r + 8h + g, block 2c + u
+  (u = t / 2; lanes 2u and 2u+1 of a row share a 32-value block).
+
+N is padded to a multiple of 16 with zero rows; K must be a multiple of 64. The permutation
+loses nothing: ``unprepare`` restores the canonical bytes exactly (the 128x4 padding bytes
+come back as zeros, which is what the quantizers write).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from fp4core.formats import Fp4Format, as_bytes
+from fp4core.layouts import SfLayout, flat_scale_bytes, round_up, swizzle_scales, unswizzle_scales
+
+TILE_ROWS = 16
+CHUNK_K = 64
+
+
+def _check(n: int, k: int) -> None:
+    if k % CHUNK_K:
+        raise ValueError(f"fp4-trtllm needs K to be a multiple of {CHUNK_K}, got K = {k}")
+    if n < 1:
+        raise ValueError(f"N must be >= 1, got {n}")
+
+
+def _sf_blocks_per_chunk(fmt: Fp4Format) -> int:
+    return CHUNK_K // fmt.block_size  # 4 for NVFP4, 2 for MXFP4
+
+
+def prepare_weight(b: torch.Tensor, b_scale: torch.Tensor, fmt: Fp4Format
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Canonical weight -> (weight bytes, scale bytes) in the kernel's layout.
+
+    Args:
+        b: uint8 (N, K/2) row-major packed E2M1 (any one-byte dtype is viewed as uint8).
+        b_scale: the weight's scale bytes in the 128x4 layout (flat or 2-D, as stored).
+        fmt: NVFP4 or MXFP4.
+    Returns:
+        (uint8 1-D of round_up(N, 16) * K/2 bytes, uint8 1-D of round_up(N, 16) * K/block
+        bytes), on ``b``'s device, laid out as the module docstring says.
+    """
+    b = as_bytes(b)
+    n, k = b.shape[0], b.shape[1] * 2
+    _check(n, k)
+    npad, chunks = round_up(n, TILE_ROWS), k // CHUNK_K
+    rows = torch.zeros((npad, k // 2), dtype=torch.uint8, device=b.device)
+    rows[:n] = b
+    # (r, h, g, c, t, j) -> (r, c, g, t, h, j)
+    w = rows.view(npad // 16, 2, 8, chunks, 4, 8).permute(0, 3, 2, 4, 1, 5).reshape(-1)
+
+    spc = _sf_blocks_per_chunk(fmt)
+    lin = unswizzle_scales(b_scale, n, k // fmt.block_size, SfLayout.layout_128x4)
+    sf = torch.zeros((npad, k // fmt.block_size), dtype=torch.uint8, device=b.device)
+    sf[:n] = lin
+    # NVFP4 (r, h, g, c, t) -> (r, c, g, t, h); MXFP4 the same with u = t / 2 in place of t.
+    s = sf.view(npad // 16, 2, 8, chunks, spc).permute(0, 3, 2, 4, 1).reshape(-1)
+    return w.contiguous(), s.contiguous()
+
+
+def unprepare_weight(w: torch.Tensor, s: torch.Tensor, n: int, k: int, fmt: Fp4Format
+                     ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Exact inverse of ``prepare_weight``.
+
+    Args:
+        w, s: the two tensors ``prepare_weight`` returned.
+        n, k: the weight's shape in elements.
+        fmt: NVFP4 or MXFP4.
+    Returns:
+        (b uint8 (N, K/2) row-major, b_scale uint8 (round_up(N, 128), round_up(K/block, 4))
+        in the 128x4 layout).
+    """
+    _check(n, k)
+    npad, chunks = round_up(n, TILE_ROWS), k // CHUNK_K
+    spc = _sf_blocks_per_chunk(fmt)
+    if w.numel() != npad * k // 2 or s.numel() != npad * chunks * spc:
+        raise ValueError(f"unprepare_weight: sizes {w.numel()}, {s.numel()} do not match "
+                         f"N={n}, K={k}, {fmt.value}")
+    # inverse of (0, 3, 2, 4, 1, 5) is (0, 4, 2, 1, 3, 5)
+    rows = w.reshape(npad // 16, chunks, 8, 4, 2, 8).permute(0, 4, 2, 1, 3, 5).reshape(npad, k // 2)
+    # inverse of (0, 3, 2, 4, 1) is (0, 4, 2, 1, 3)
+    sf = s.reshape(npad // 16, chunks, 8, spc, 2).permute(0, 4, 2, 1, 3).reshape(npad, k // fmt.block_size)
+    return rows[:n].contiguous(), swizzle_scales(sf[:n], SfLayout.layout_128x4)
+
+
+# -- FlashInfer's trtllm weight shuffle (shuffle_matrix_a / shuffle_matrix_sf_a) ---------------
+def flashinfer_shuffle_block(epilogue_tile_m: int = 128) -> int:
+    """Rows per shuffle block: 32 when the epilogue tile is a multiple of 128, else 16."""
+    return 32 if epilogue_tile_m % 128 == 0 else 16
+
+
+def flashinfer_row_map(n: int, epilogue_tile_m: int = 128, device=None) -> torch.Tensor:
+    """int64 (n,): row i of the shuffled matrix is row ``map[i]`` of the original.
+
+    FlashInfer's ``shuffle_matrix_a`` moves row q of each block of B rows (B = 16 or 32) to
+    position (q % (B/8)) * 8 + q // (B/8) of that block (its srcToDstBlk{16,32}RowMap).
+    """
+    blk = flashinfer_shuffle_block(epilogue_tile_m)
+    if n % blk:
+        raise ValueError(f"FlashInfer-shuffled weights have N a multiple of {blk}, got N = {n}")
+    q = torch.arange(blk)
+    dst = (q % (blk // 8)) * 8 + q // (blk // 8)
+    inv = torch.empty_like(q)
+    inv[dst] = q
+    base = torch.arange(0, n, blk).unsqueeze(1)
+    return (base + inv.unsqueeze(0)).reshape(-1).to(device)
+
+
+def unshuffle_flashinfer(b: torch.Tensor, b_scale: torch.Tensor, fmt: Fp4Format,
+                         epilogue_tile_m: int = 128) -> tuple[torch.Tensor, torch.Tensor]:
+    """FlashInfer trtllm-shuffled weight -> canonical (b (N, K/2), flat 128x4 scale bytes).
+
+    Args:
+        b: uint8 (N, K/2) rows after ``shuffle_matrix_a`` (pass the row-major tensor, i.e.
+            the ``.T`` of what ``mm_fp4`` takes).
+        b_scale: scales after ``shuffle_matrix_sf_a``: the linear scales row-shuffled the
+            same way, then 128x4-swizzled (flat, 2-D, or its transpose).
+    """
+    b = as_bytes(b)
+    n, k = b.shape[0], b.shape[1] * 2
+    rmap = flashinfer_row_map(n, epilogue_tile_m, b.device)
+    canon = torch.empty_like(b)
+    canon[rmap] = b
+    lin = unswizzle_scales(flat_scale_bytes(b_scale), n, k // fmt.block_size, SfLayout.layout_128x4)
+    sf = torch.empty_like(lin)
+    sf[rmap] = lin
+    return canon, swizzle_scales(sf, SfLayout.layout_128x4).reshape(-1)

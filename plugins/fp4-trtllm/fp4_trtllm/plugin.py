@@ -1,0 +1,121 @@
+"""The ``trtllm`` backend: hooks for fp4core (entry point ``fp4core.backends: trtllm``)."""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+
+from fp4core import jit
+from fp4core.formats import Fp4Format
+from fp4core.hookspec import BackendInfo, Support, hookimpl
+from fp4core.layouts import SfLayout
+from fp4core.problem import Operands, Problem
+
+from . import __version__, launcher
+from .layout import CHUNK_K, prepare_weight
+
+#: Largest M accepted: past it the weight is streamed once per 64 rows and a tensor-core
+#: GEMM backend is the right tool.
+MAX_M = 256
+#: Marker the prepare hook leaves in Operands.extra; run checks it.
+EXTRA_KEY = "fp4_trtllm"
+
+
+@functools.lru_cache(maxsize=None)
+def _sm_count(index: int | None) -> int:
+    if index is None or not torch.cuda.is_available():
+        return 132
+    return torch.cuda.get_device_properties(index).multi_processor_count
+
+
+@functools.lru_cache(maxsize=1)
+def _have_nvcc() -> bool:
+    return jit.nvcc_path() is not None
+
+
+def _auto_splits(problem: Problem, t: int, warps: int, ctas_per_sm: int = 3) -> int:
+    """Split K until the grid fills the SMs about ``ctas_per_sm`` times over, keeping at least
+    4 chunks (256 values of K) per split."""
+    gx, _, gz = launcher.grid(problem.m or 1, problem.n, t, warps, 1)
+    chunks = problem.k // CHUNK_K
+    want = _sm_count(problem.device.index) * ctas_per_sm
+    return max(1, min(max(1, chunks // 4), round(want / (gx * gz))))
+
+
+class TrtllmBackend:
+    """TensorRT-LLM-style small-M FP4 GEMM: prepared (shuffled) weight, swap-AB mma.sync kernel."""
+
+    @hookimpl
+    def backend_info(self) -> BackendInfo:
+        return BackendInfo(
+            name="trtllm", version=__version__, package="fp4-trtllm",
+            description="swap-AB streaming mma.sync kernel for small M (decode), prepared weight",
+            targets=("sm80", "sm90a", "sm100a", "sm120a"), verified=(),
+            priority={"decode": 50, "small": 30, "medium": -10},
+            needs_prepare=True)
+
+    @hookimpl
+    def supports(self, problem: Problem) -> Support:
+        dev = problem.device
+        if not dev.is_cuda:
+            return Support.no(f"needs a CUDA device (the problem is on {dev.type})")
+        if dev.sm < 80:
+            return Support.no(f"needs SM80 or newer (mma.sync bf16/fp16), device is sm_{dev.sm}")
+        if problem.k % CHUNK_K:
+            return Support.no(f"K must be a multiple of {CHUNK_K}, got K = {problem.k}")
+        if problem.m is not None and problem.m > MAX_M:
+            return Support.no(f"small-M kernel: M <= {MAX_M}, got M = {problem.m}")
+        if problem.a_sf_layout not in (SfLayout.layout_128x4, SfLayout.layout_8x4):
+            return Support.no(f"A scales must be 128x4 or 8x4, got {problem.a_sf_layout.value}")
+        if problem.n * problem.k // 2 >= 2**31 or (problem.m or 1) * problem.n >= 2**31:
+            return Support.no("sizes past 2^31 elements are not supported (32-bit indices)")
+        if not _have_nvcc():
+            return Support.no("nvcc (CUDA compiler) not found: the kernel is compiled on first use; "
+                              "install a CUDA toolkit and put nvcc on PATH or set CUDA_HOME")
+        return Support.yes()
+
+    @hookimpl
+    def prepare(self, problem: Problem, operands: Operands) -> Operands:
+        w, s = prepare_weight(operands.b, operands.b_scale, problem.fmt)
+        extra = {EXTRA_KEY: {"n": problem.n, "k": problem.k, "fmt": problem.fmt.value}}
+        return Operands(None, None, w, s, None, extra)
+
+    @hookimpl
+    def tactics(self, problem: Problem) -> list[dict]:
+        m = problem.m or 1
+        nt = launcher.nt_for(m)
+        # (tiles of 16 rows per warp, warps per CTA), best guess first: two tiles per warp
+        # halve the activation decode per weight byte; NT=8 has no registers left for t=4.
+        shapes = [(2, 4), (1, 4), (2, 8), (4, 4)] if nt <= 2 else [(2, 4), (1, 4), (1, 8)]
+        if nt == 8:
+            shapes = [(1, 4), (2, 4), (1, 8)]
+        out = []
+        for t, warps in shapes:
+            s = _auto_splits(problem, t, warps)
+            for splits in sorted({s, max(1, s // 2)}, reverse=True):
+                tac = {"t": t, "warps": warps, "split_k": splits}
+                if tac not in out:
+                    out.append(tac)
+        return out
+
+    @hookimpl
+    def run(self, problem: Problem, operands: Operands, tactic: dict, out) -> None:
+        meta = operands.extra.get(EXTRA_KEY)
+        if meta is None:
+            raise ValueError("trtllm: the weight is not in this backend's layout; pass a weight from "
+                             "fp4core.prepare(b, b_descale) (mm_fp4 does this for backend='trtllm')")
+        if (meta["n"], meta["k"], meta["fmt"]) != (problem.n, problem.k, problem.fmt.value):
+            raise ValueError(f"trtllm: prepared weight is {meta}, problem is {problem.describe()}")
+        t = tactic.get("t", 2)
+        warps = tactic.get("warps", 4)
+        splits = tactic.get("split_k", 0) or _auto_splits(problem, t, warps)
+        splits = max(1, min(splits, problem.k // CHUNK_K))
+        if t > 2 and problem.m > 32:
+            t = 2  # the kernel has no t=4 variant for 64-row activation passes
+        cols = problem.k // problem.block_size
+        launcher.launch(
+            a=operands.a, a_sf=operands.a_scale, w=operands.b, w_sf=operands.b_scale,
+            alpha=operands.alpha, out=out, m=problem.m, n=problem.n, k=problem.k,
+            mx=problem.fmt is Fp4Format.MXFP4, a_sf_8x4=problem.a_sf_layout is SfLayout.layout_8x4,
+            a_sf_cols=(cols + 3) // 4 * 4, t=t, warps=warps, splits=splits)

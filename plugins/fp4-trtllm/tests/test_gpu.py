@@ -1,0 +1,169 @@
+"""GPU checks (marked ``gpu``): every tactic against the exact float64 reference, odd shapes,
+both formats and A-scale layouts, the fp4core.prepare + mm_fp4 paths, FlashInfer-style
+inputs, determinism and CUDA-graph capture."""
+
+import pytest
+import torch
+
+import fp4core
+from fp4core.reference import TOLERANCE, reference_mm, relative_error
+from fp4core.synthetic import random_operands
+
+from fp4_trtllm.layout import unshuffle_flashinfer  # noqa: F401  (FlashInfer path below)
+from fp4_trtllm import prepare_flashinfer_shuffled
+from fp4_trtllm.plugin import TrtllmBackend
+
+pytestmark = pytest.mark.gpu
+
+# (N, K): gpt-oss-like small layers and a DeepSeek-like one; K multiple of 64 but not 128 too.
+SHAPES = [(1280, 2880), (2880, 1024), (7168, 2048)]
+MS = [1, 3, 7, 33, 64]
+
+
+def _problem(m, n, k, nv=True, e8=False, out=torch.bfloat16):
+    return fp4core.make_problem(m, n, k, use_nvfp4=nv, use_8x4_sf_layout=e8, out_dtype=out,
+                                prepared=True, device="cuda")
+
+
+def _prepared(be, problem, ops):
+    w = be.prepare(problem.with_m(None), fp4core.Operands(None, None, ops.b, ops.b_scale))
+    return w.with_activation(ops.a, ops.a_scale, ops.alpha)
+
+
+def _check(be, problem, ops, tactic):
+    ref = reference_mm(problem, ops)  # float64 on the GPU
+    run_ops = _prepared(be, problem, ops)
+    out = torch.full((problem.m, problem.n), float("nan"), dtype=problem.out_dtype, device="cuda")
+    be.run(problem, run_ops, tactic, out)
+    torch.cuda.synchronize()
+    err = relative_error(out, ref)
+    assert err <= TOLERANCE, f"{problem.describe()} tactic {tactic}: rel err {err:.3g}"
+    return err
+
+
+@pytest.mark.parametrize("nv", [True, False], ids=["nvfp4", "mxfp4"])
+@pytest.mark.parametrize("e8", [False, True], ids=["a128x4", "a8x4"])
+@pytest.mark.parametrize("n,k", SHAPES)
+@pytest.mark.parametrize("m", MS)
+def test_every_tactic_exact(m, n, k, nv, e8):
+    be = TrtllmBackend()
+    problem = _problem(m, n, k, nv, e8)
+    gen = torch.Generator(device="cuda").manual_seed(m * 7919 + n + k + nv + 2 * e8)
+    ops = random_operands(problem, device="cuda", generator=gen)
+    for tactic in be.tactics(problem) + [{"t": 2, "warps": 4, "split_k": 1}]:
+        _check(be, problem, ops, tactic)
+
+
+@pytest.mark.parametrize("nv", [True, False], ids=["nvfp4", "mxfp4"])
+@pytest.mark.parametrize("m", [1, 16, 100, 256])
+def test_fp16_out_and_large_m(m, nv):
+    be = TrtllmBackend()
+    problem = _problem(m, 1040, 640, nv, out=torch.float16)  # N not a multiple of 32
+    ops = random_operands(problem, device="cuda", generator=torch.Generator(device="cuda").manual_seed(m))
+    for tactic in be.tactics(problem)[:3]:
+        _check(be, problem, ops, tactic)
+
+
+def _quantized(m, n, k, nv, e8=False, seed=0):
+    g = torch.Generator(device="cuda").manual_seed(seed)
+    a = torch.randn(m, k, device="cuda", generator=g, dtype=torch.bfloat16)
+    b = torch.randn(n, k, device="cuda", generator=g, dtype=torch.bfloat16)
+    layout = "8x4" if e8 else "128x4"
+    if nv:
+        ga, gb = fp4core.compute_global_scale(a), fp4core.compute_global_scale(b)
+        a4, asf = fp4core.nvfp4_quantize(a, ga, sfLayout=layout)
+        b4, bsf = fp4core.nvfp4_quantize(b, gb)
+        alpha = (1.0 / (ga * gb)).float()
+    else:
+        a4, asf = fp4core.mxfp4_quantize(a, sfLayout=layout)
+        b4, bsf = fp4core.mxfp4_quantize(b)
+        alpha = None
+    return a4, asf, b4, bsf, alpha
+
+
+@pytest.mark.parametrize("nv", [True, False], ids=["nvfp4", "mxfp4"])
+@pytest.mark.parametrize("e8", [False, True], ids=["a128x4", "a8x4"])
+@pytest.mark.parametrize("m", [1, 7, 64])
+def test_prepare_then_mm_fp4_auto_and_named(m, nv, e8):
+    n, k = 2880, 1024
+    a4, asf, b4, bsf, alpha = _quantized(m, n, k, nv, e8, seed=m)
+    bs = 16 if nv else 32
+    ref = fp4core.mm_fp4(a4, b4.T, asf, bsf.T, alpha, block_size=bs, use_8x4_sf_layout=e8,
+                         backend="torch", use_nvfp4=nv).float()
+    w = fp4core.prepare(b4.T, bsf.T, use_nvfp4=nv, use_8x4_sf_layout=e8)
+    assert "trtllm" in w.by_backend, w.skipped
+    for backend in ("auto", "trtllm"):
+        out = torch.full((m, n), float("nan"), dtype=torch.bfloat16, device="cuda")
+        fp4core.mm_fp4(a4, w, asf, None, alpha, out=out, block_size=bs, use_8x4_sf_layout=e8,
+                       backend=backend, use_nvfp4=nv)
+        assert relative_error(out, ref) <= TOLERANCE
+    exp = fp4core.explain(a4, w, asf, None, alpha, block_size=bs, use_8x4_sf_layout=e8, use_nvfp4=nv)
+    if m <= 16:
+        assert exp.choice.backend.name == "trtllm", str(exp)
+    # A plain weight with backend="trtllm" is prepared per call and still right.
+    out = fp4core.mm_fp4(a4, b4.T, asf, bsf.T, alpha, block_size=bs, use_8x4_sf_layout=e8,
+                         backend="trtllm", use_nvfp4=nv)
+    assert relative_error(out, ref) <= TOLERANCE
+
+
+def _flashinfer_shuffle_rows(x, bs=32):
+    row_map = [(q % (bs // 8)) * 8 + q // (bs // 8) for q in range(bs)]
+    idx = torch.empty(x.shape[0], dtype=torch.long)
+    for old in range(x.shape[0]):
+        idx[(old // bs) * bs + row_map[old % bs]] = old
+    return x[idx.to(x.device)]
+
+
+def test_flashinfer_style_inputs():
+    m, n, k = 8, 2880, 1024
+    a4, asf, b4, bsf, alpha = _quantized(m, n, k, True, True, seed=5)
+    ref = fp4core.mm_fp4(a4, b4.T, asf, bsf.T, alpha, use_8x4_sf_layout=True, backend="torch").float()
+    lin = fp4core.unswizzle_scales(bsf, n, k // 16)
+    b_shuf = _flashinfer_shuffle_rows(b4)
+    sf_shuf = fp4core.swizzle_scales(_flashinfer_shuffle_rows(lin), "128x4")
+    w = prepare_flashinfer_shuffled(b_shuf.T, sf_shuf.T, use_8x4_sf_layout=True)
+    out = fp4core.mm_fp4(a4, w, asf, None, alpha, use_8x4_sf_layout=True, backend="trtllm")
+    assert relative_error(out, ref) <= TOLERANCE
+
+
+@pytest.mark.parametrize("nv", [True, False], ids=["nvfp4", "mxfp4"])
+def test_deterministic(nv):
+    be = TrtllmBackend()
+    problem = _problem(16, 7168, 8192, nv)
+    ops = _prepared(be, problem, random_operands(problem, device="cuda"))
+    for tactic in be.tactics(problem):
+        outs = []
+        for _ in range(3):
+            out = torch.full((16, 7168), float("nan"), dtype=torch.bfloat16, device="cuda")
+            be.run(problem, ops, tactic, out)
+            outs.append(out)
+        torch.cuda.synchronize()
+        assert all(torch.equal(outs[0].view(torch.int16), o.view(torch.int16)) for o in outs[1:]), tactic
+
+
+def test_cuda_graph_capture_replay():
+    m, n, k = 4, 8192, 4096
+    a4, asf, b4, bsf, alpha = _quantized(m, n, k, True, seed=11)
+    w = fp4core.prepare(b4.T, bsf.T)
+    out = torch.empty(m, n, dtype=torch.bfloat16, device="cuda")
+    fp4core.mm_fp4(a4, w, asf, None, alpha, out=out, backend="trtllm")  # warm up: build, workspace
+    eager = out.clone()
+    s = torch.cuda.Stream()
+    s.wait_stream(torch.cuda.current_stream())
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.stream(s):
+        with torch.cuda.graph(graph):
+            fp4core.mm_fp4(a4, w, asf, None, alpha, out=out, backend="trtllm")
+    torch.cuda.current_stream().wait_stream(s)
+    out.fill_(float("nan"))
+    graph.replay()
+    torch.cuda.synchronize()
+    assert torch.equal(out, eager)
+    # New activations copied into the captured buffers: replay follows them.
+    a2, asf2, _, _, _ = _quantized(m, n, k, True, seed=12)
+    a4.copy_(a2)
+    asf.copy_(asf2)
+    graph.replay()
+    want = fp4core.mm_fp4(a4, w, asf, None, alpha, backend="trtllm")
+    torch.cuda.synchronize()
+    assert torch.equal(out, want)
