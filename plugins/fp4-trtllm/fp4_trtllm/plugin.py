@@ -85,9 +85,10 @@ class TrtllmBackend:
     def tactics(self, problem: Problem) -> list[dict]:
         m = problem.m or 1
         nt = launcher.nt_for(m)
-        # (tiles of 16 rows per warp, warps per CTA), best guess first: two tiles per warp
-        # halve the activation decode per weight byte; NT=8 has no registers left for t=4.
-        shapes = [(2, 4), (1, 4), (2, 8), (4, 4)] if nt <= 2 else [(2, 4), (1, 4), (1, 8)]
+        # (tiles of 16 rows per warp, warps per CTA), best guess first (measured on H100):
+        # more tiles per warp share one activation decode; NT=8 has no registers for t=4.
+        shapes = {1: [(4, 4), (2, 4), (1, 4), (2, 8)], 2: [(2, 4), (4, 4), (1, 4), (2, 8)]}.get(
+            nt, [(2, 4), (1, 4), (1, 8)])
         if nt == 8:
             shapes = [(1, 4), (2, 4), (1, 8)]
         out = []
