@@ -51,7 +51,7 @@ class TrtllmBackend:
         return BackendInfo(
             name="trtllm", version=__version__, package="fp4-trtllm",
             description="swap-AB streaming mma.sync kernel for small M (decode), prepared weight",
-            targets=("sm80", "sm90a", "sm100a", "sm120a"), verified=(),
+            targets=("sm80", "sm90a", "sm100a", "sm120a"), verified=("sm90a",),
             priority={"decode": 50, "small": 30, "medium": -10},
             needs_prepare=True)
 

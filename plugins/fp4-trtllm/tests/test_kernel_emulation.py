@@ -1,0 +1,187 @@
+"""CPU emulation of the kernel's arithmetic: the prmt decode tables (all 16 codes in every
+nibble position), the scale conversions, and the lane/fragment mapping of mma.sync m16n8k16
+over the prepared layout, compared with the exact reference. It checks the index math of
+csrc/fp4_gemv.cu without a GPU; the GPU tests check the compiled kernel itself."""
+
+import math
+import random
+import struct
+
+import numpy as np
+import pytest
+import torch
+
+import fp4core
+from fp4core.formats import E2M1_VALUES, Fp4Format, e4m3_decode
+from fp4core.layouts import SfLayout, padded_scale_shape
+from fp4core.reference import reference_mm, relative_error
+from fp4core.synthetic import random_operands
+
+from fp4_trtllm.layout import prepare_weight
+
+M32 = 0xFFFFFFFF
+
+
+def prmt(a, b, sel):
+    """PTX prmt.b32 (default mode): byte i = {b, a}[sel nibble i & 7], or its msb replicated
+    when the nibble's bit 3 is set."""
+    by = [(a >> (8 * i)) & 0xFF for i in range(4)] + [(b >> (8 * i)) & 0xFF for i in range(4)]
+    out = 0
+    for i in range(4):
+        nib = (sel >> (4 * i)) & 0xF
+        v = by[nib & 7]
+        if nib & 8:
+            v = 0xFF if v & 0x80 else 0
+        out |= v << (8 * i)
+    return out
+
+
+def decode_word(w, mx):
+    """Mirror of decode_word in fp4_gemv.cu."""
+    mag = w & 0x77777777
+    r = [0] * 4
+    for half in range(2):
+        sel = (mag >> 16) if half else mag
+        ssel = (w >> 16) if half else w
+        hi = prmt(0x3F3F3F00, 0x40404040, sel) if mx else prmt(0x3E3C3800, 0x46444240, sel)
+        neg = prmt(0x80808080, 0x80808080, ssel)
+        hi |= ((neg << 7) & M32) & 0x80808080
+        if mx:
+            lo = prmt(0xC0800000, 0xC0804000, sel)
+            r[2 * half] = prmt(lo, hi, 0x5140)
+            r[2 * half + 1] = prmt(lo, hi, 0x7362)
+        else:
+            r[2 * half] = prmt(hi, 0, 0x1404)
+            r[2 * half + 1] = prmt(hi, 0, 0x3424)
+    return r
+
+
+def f16(bits):
+    return float(np.array([bits], dtype=np.uint16).view(np.float16)[0])
+
+
+def bf16(bits):
+    return struct.unpack("<f", struct.pack("<I", bits << 16))[0]
+
+
+def halves(x, mx):
+    f = bf16 if mx else f16
+    return f(x & 0xFFFF), f(x >> 16)
+
+
+def scale_value(byte, mx):
+    """The scale the kernel uses for a scale byte (E8M0 as bf16, E4M3 as fp16)."""
+    if mx:
+        return bf16(0x40 if byte == 0 else (0x7FC0 if byte == 0xFF else byte << 7))
+    return float(e4m3_decode(torch.tensor([byte], dtype=torch.uint8))[0])
+
+
+@pytest.mark.parametrize("mx", [False, True])
+def test_decode_tables(mx):
+    rng = random.Random(1)
+    words = [rng.getrandbits(32) for _ in range(500)] + [0x01234567, 0x89ABCDEF, 0xFEDCBA98]
+    for w in words:
+        r = decode_word(w, mx)
+        for q in range(4):
+            lo, hi = halves(r[q], mx)
+            n0, n1 = (w >> (8 * q)) & 0xF, (w >> (8 * q + 4)) & 0xF
+            assert lo == E2M1_VALUES[n0] and math.copysign(1, lo) == math.copysign(1, E2M1_VALUES[n0])
+            assert hi == E2M1_VALUES[n1] and math.copysign(1, hi) == math.copysign(1, E2M1_VALUES[n1])
+
+
+def test_e8m0_as_bf16():
+    for byte in range(255):
+        assert scale_value(byte, True) == 2.0 ** (byte - 127)
+    assert math.isnan(scale_value(255, True))
+
+def emulate(problem, ops, T=2, W=2, S=3):
+    """Values of one launch of fp4_gemv_kernel (T tiles per warp, W warps, S splits), lane by lane."""
+    mx = problem.fmt is Fp4Format.MXFP4
+    m, n, k = problem.m, problem.n, problem.k
+    w, s = prepare_weight(ops.b, ops.b_scale, problem.fmt)
+    wb = w.numpy(); sb = s.numpy(); ab = ops.a.numpy(); asf = ops.a_scale.numpy()
+    chunks = k // 64; m_tiles = math.ceil(n / 16)
+    NT = 1 if m <= 8 else 2 if m <= 16 else 4 if m <= 32 else 8
+    _, pcol = padded_scale_shape(m, k // problem.block_size, problem.a_sf_layout)
+    coltiles = pcol // 4; e8 = problem.a_sf_layout is SfLayout.layout_8x4
+    tile_bytes = 32 if e8 else 512
+    out = np.full((m, n), np.nan)
+    gx = math.ceil(m_tiles / (W * T)); gz = math.ceil(m / (8 * NT))
+    def lanevals(raw8, sc):  # 8 bytes -> 8 regs of 2 values
+        w0 = int.from_bytes(bytes(raw8[:4]), 'little'); w1 = int.from_bytes(bytes(raw8[4:]), 'little')
+        regs = decode_word(w0, mx) + decode_word(w1, mx)
+        return [[v * sc for v in halves(r, mx)] for r in regs]
+    for bx in range(gx):
+        for bz in range(gz):
+            m0 = bz * 8 * NT
+            partial = []
+            for by in range(S):
+                cb = chunks * by // S; ce = chunks * (by + 1) // S
+                acc = {}
+                for warp in range(W):
+                    tile0 = (bx * W + warp) * T
+                    for c in range(cb, ce):
+                        # B fragments per lane
+                        bv = {}
+                        for j in range(NT):
+                            for lane in range(32):
+                                g, t = lane >> 2, lane & 3
+                                mm = m0 + 8*j + g
+                                if mm < m:
+                                    raw = ab[mm, c*32 + 8*t: c*32 + 8*t + 8]
+                                    rb = (mm >> 3) * coltiles * 32 + (mm & 7) * 4 if e8 else (mm >> 7) * coltiles * 512 + (mm & 31) * 16 + ((mm >> 5) & 3) * 4
+                                    base = rb + ((t >> 1) if mx else t)
+                                    off = ((c >> 1) * tile_bytes + ((c & 1) << 1)) if mx else c * tile_bytes
+                                    sc = scale_value(int(asf[base + off]), mx)
+                                    bv[j, lane] = lanevals(raw, sc)
+                                else:
+                                    bv[j, lane] = [[0.0, 0.0]] * 8
+                        for i in range(T):
+                            tile = tile0 + i
+                            if tile >= m_tiles: continue
+                            av = {}
+                            for lane in range(32):
+                                blk = (tile * chunks + c)
+                                raw = wb[blk*512 + lane*16: blk*512 + lane*16 + 16]
+                                sw = sb[blk*(16 if mx else 32)*2 + ((lane >> 1) if mx else lane)*2:][:2]
+                                av[lane] = (lanevals(raw[:8], scale_value(int(sw[0]), mx)), lanevals(raw[8:], scale_value(int(sw[1]), mx)))
+                            for st in range(4):
+                                A = np.zeros((16, 16)); 
+                                for lane in range(32):
+                                    g, t = lane >> 2, lane & 3
+                                    lo, hi = av[lane]
+                                    A[g, 2*t:2*t+2] = lo[2*st]; A[g+8, 2*t:2*t+2] = hi[2*st]
+                                    A[g, 2*t+8:2*t+10] = lo[2*st+1]; A[g+8, 2*t+8:2*t+10] = hi[2*st+1]
+                                for j in range(NT):
+                                    B = np.zeros((16, 8))
+                                    for lane in range(32):
+                                        g, t = lane >> 2, lane & 3
+                                        B[2*t:2*t+2, g] = bv[j, lane][2*st]; B[2*t+8:2*t+10, g] = bv[j, lane][2*st+1]
+                                    C = A @ B
+                                    key = (tile, j)
+                                    acc[key] = acc.get(key, 0) + C
+                partial.append(acc)
+            alpha = float(ops.alpha) if ops.alpha is not None else 1.0
+            keys = set().union(*[p.keys() for p in partial])
+            for key in keys:
+                tile, j = key
+                Csum = sum(p.get(key, 0) for p in partial)
+                for r in range(16):
+                    for col in range(8):
+                        nn = tile*16 + r; mm = m0 + 8*j + col
+                        if nn < n and mm < m: out[mm, nn] = Csum[r, col] * alpha
+    return out
+
+
+
+CASES = [(5, 40, 128, 2, 2, 3), (17, 48, 192, 2, 2, 3), (3, 16, 256, 2, 2, 3), (70, 16, 128, 1, 1, 2)]
+
+
+@pytest.mark.parametrize("nv", [True, False], ids=["nvfp4", "mxfp4"])
+@pytest.mark.parametrize("e8", [False, True], ids=["a128x4", "a8x4"])
+@pytest.mark.parametrize("m,n,k,t,w,s", CASES)
+def test_fragment_mapping_matches_reference(m, n, k, t, w, s, nv, e8):
+    p = fp4core.make_problem(m, n, k, use_nvfp4=nv, use_8x4_sf_layout=e8, device="cpu")
+    ops = random_operands(p, device="cpu", generator=torch.Generator().manual_seed(m + n + k))
+    got = emulate(p, ops, T=t, W=w, S=s)
+    assert relative_error(torch.tensor(got), reference_mm(p, ops)) < 1e-12
