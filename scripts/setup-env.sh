@@ -8,7 +8,7 @@ PY=${PYTHON:-python3}
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
 PIP=".venv/bin/python -m pip -q --disable-pip-version-check"
 .venv/bin/python -c "import torch" 2>/dev/null || $PIP install "${FP4CORE_TORCH:-torch==2.13.0}"
-$PIP install setuptools pluggy pytest
+$PIP install setuptools pluggy pytest numpy
 $PIP install --no-build-isolation -e .
 for p in plugins/*/; do
   [ -f "$p/pyproject.toml" ] && $PIP install --no-build-isolation -e "$p"
