@@ -15,12 +15,13 @@ from .errors import BackendError, BackendNotInstalledError, BackendUnsupportedEr
 from .formats import Fp4Format
 from .hookspec import BackendInfo, Support, Tactic, hookimpl, hookspec
 from .layouts import SfLayout, swizzle_scales, unswizzle_scales
+from .prebuild import build
 from .prepared import PreparedWeight, prepare
 from .problem import DeviceInfo, Operands, Problem
 from .quantize import compute_global_scale, dequantize, mxfp4_quantize, nvfp4_quantize
 
 __all__ = [
-    "__version__", "mm_fp4", "prepare", "PreparedWeight", "autotune", "tune", "explain",
+    "__version__", "mm_fp4", "prepare", "build", "PreparedWeight", "autotune", "tune", "explain",
     "backends", "BackendStatus", "is_backend_supported", "supported_backends", "make_problem",
     "register_backend", "unregister_backend", "nvfp4_quantize", "mxfp4_quantize", "dequantize",
     "compute_global_scale", "swizzle_scales", "unswizzle_scales", "SfLayout", "Fp4Format",

@@ -1,4 +1,4 @@
-"""The ``fp4core`` command line: backends, bench, tune, explain."""
+"""The ``fp4core`` command line: backends, bench, tune, explain, build."""
 
 from __future__ import annotations
 
@@ -130,6 +130,19 @@ def _add_format_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--prepared", action="store_true", help="the weight comes from fp4core.prepare")
 
 
+def cmd_build(args) -> int:
+    from .prebuild import build
+    names = [n.strip() for n in args.backends.split(",") if n.strip()] or None
+    results = build(names, args.arch or None, progress=True)
+    if not results:
+        print("no installed backend has kernels to build")
+    for name, lines in results.items():
+        print(f"{name}: " + ("nothing to build for these architectures" if not lines else f"{len(lines)} built"))
+        for line in lines:
+            print(f"  {line}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fp4core", description="FP4 GEMM backends: list, benchmark, tune, explain")
     parser.add_argument("--version", action="version", version=f"fp4core {__version__}")
@@ -152,12 +165,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--k", type=int, required=True)
     p.add_argument("--backend", default="auto")
     _add_format_args(p)
+    p = sub.add_parser("build", help="compile the backends' kernels ahead of time (no GPU needed with --arch)")
+    p.add_argument("--arch", action="append", default=[],
+                   help="nvcc architecture, repeatable (default: the visible GPUs'), e.g. sm_90a")
+    p.add_argument("--backends", default="", help="comma list (default: every backend that builds kernels)")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    handler = {"backends": cmd_backends, "bench": cmd_bench, "tune": cmd_tune, "explain": cmd_explain}
+    handler = {"backends": cmd_backends, "bench": cmd_bench, "tune": cmd_tune, "explain": cmd_explain,
+               "build": cmd_build}
     try:
         return handler[args.command](args)
     except (ValueError, LookupError, RuntimeError) as exc:

@@ -135,3 +135,15 @@ class BackendSpec:
         the current stream: no host synchronisation, no allocation beyond a workspace
         cached across calls, safe inside CUDA-graph capture.
         """
+
+    @hookspec
+    def build(self, archs: list[str], progress: bool) -> list[str]:
+        """Optional: compile ahead of time (or find in the JIT cache) every kernel this
+        backend may run on GPUs of the architectures ``archs`` (nvcc names such as
+        ``"sm_90a"``), so the first ``mm_fp4`` call does not wait for nvcc.
+
+        Return one human-readable line per artifact (e.g. the library path). Skip
+        architectures the backend has no kernels for. Raise ``fp4core.jit.JitError`` when a
+        build fails. ``progress`` asks for progress output on stderr. Called by
+        ``fp4core build`` and ``fp4core.build()``; needs no GPU.
+        """

@@ -65,6 +65,7 @@ class Backend:
     _run: Callable[..., Any]
     _tactics: Callable[..., Any] | None
     _prepare: Callable[..., Any] | None
+    _build: Callable[..., Any] | None = None
     last_error: str = ""
 
     @property
@@ -99,6 +100,17 @@ class Backend:
 
     def run(self, problem: Problem, operands: Operands, tactic: Tactic, out) -> None:
         self._run(problem=problem, operands=operands, tactic=tactic, out=out)
+
+    @property
+    def can_build(self) -> bool:
+        """Whether the backend implements the optional ``build`` hook."""
+        return self._build is not None
+
+    def build(self, archs: list[str], progress: bool = True) -> list[str]:
+        """Prebuild this backend's kernels for ``archs``; [] when it has nothing to build."""
+        if self._build is None:
+            return []
+        return list(self._build(archs=list(archs), progress=progress) or [])
 
 
 @dataclasses.dataclass(frozen=True)
@@ -196,7 +208,7 @@ class Registry:
 
     def _wrap(self, plugin: Any, pm_name: str, origin: str) -> Backend:
         impls: dict[str, pluggy.HookImpl] = {}
-        for hook_name in ("backend_info", "supports", "prepare", "tactics", "run"):
+        for hook_name in ("backend_info", "supports", "prepare", "tactics", "run", "build"):
             for impl in getattr(self._pm.hook, hook_name).get_hookimpls():
                 if impl.plugin_name == pm_name:
                     impls[hook_name] = impl
@@ -209,7 +221,7 @@ class Registry:
             raise TypeError(f"backend_info() must return fp4core.BackendInfo, got {type(info).__name__}")
         return Backend(info.name, info, origin, plugin, _caller(impls["supports"]),
                        _caller(impls["run"]), _caller(impls.get("tactics")),
-                       _caller(impls.get("prepare")))
+                       _caller(impls.get("prepare")), _caller(impls.get("build")))
 
     # -- public ----------------------------------------------------------------------------
     def register(self, plugin: Any, origin: str = "registered in process") -> Backend:
