@@ -14,12 +14,15 @@ from .layouts import SfLayout
 
 @dataclasses.dataclass(frozen=True)
 class DeviceInfo:
-    """The device a problem runs on. ``capability`` is None on the CPU."""
+    """The device a problem runs on. ``capability`` is None on the CPU; ``sm_count`` (the
+    number of streaming multiprocessors, for grid sizing such as split-K) is None where it
+    is unknown (the CPU, hypothetical devices)."""
 
     type: str
     index: int | None
     name: str
     capability: tuple[int, int] | None
+    sm_count: int | None = None
 
     @property
     def is_cuda(self) -> bool:
@@ -42,7 +45,7 @@ def _device_info(type_: str, index: int | None) -> DeviceInfo:
         return DeviceInfo(type_, index, type_, None)
     idx = torch.cuda.current_device() if index is None else index
     props = torch.cuda.get_device_properties(idx)
-    return DeviceInfo("cuda", idx, props.name, (props.major, props.minor))
+    return DeviceInfo("cuda", idx, props.name, (props.major, props.minor), props.multi_processor_count)
 
 
 def device_info(device: torch.device | str | None = None) -> DeviceInfo:

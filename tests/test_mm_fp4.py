@@ -105,3 +105,16 @@ def test_torch_backend_large_shape_on_gpu():
     out = torch.full((256, 4096), float("nan"), dtype=torch.bfloat16, device="cuda")
     fp4core.mm_fp4(ops.a, ops.b.T, ops.a_scale, ops.b_scale, ops.alpha, out=out, backend="torch")
     assert relative_error(out, reference_mm(problem, ops)) <= 1e-2
+
+
+def test_device_info_describes_the_device():
+    cpu = fp4core.problem.device_info("cpu")
+    assert cpu.capability is None and cpu.sm == 0 and cpu.sm_count is None
+
+
+@pytest.mark.gpu
+def test_device_info_counts_sms_on_cuda():
+    info = fp4core.problem.device_info("cuda")
+    props = torch.cuda.get_device_properties(info.index)
+    assert info.capability == (props.major, props.minor)
+    assert info.sm_count == props.multi_processor_count > 0
