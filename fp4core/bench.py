@@ -90,13 +90,14 @@ def run_bench(shapes, backends: list[str] | None = None, use_nvfp4: bool = True,
                              (2 * (m + n) * k + 2 * m * n) / base_us / 1e3, 1.0, 0.0))
         progress(f"{m}x{n}x{k}: bf16 torch.matmul {base_us:.1f} us")
         del a16, w16
+        if autotune:
+            # Tune first so every named backend is timed with its own tuned tactic too.
+            api.tune([problem], verbose=False)
         for name in names + ["auto"]:
             row = BenchRow(m, n, k, name)
             try:
                 be_name = name
                 if name == "auto":
-                    if autotune:
-                        api.tune([problem], verbose=False)
                     be_name = api.explain(problem).choice.backend.name
                     row.backend = f"auto:{be_name}"
                 choice = api.dispatcher.choose(problem, name)
