@@ -41,6 +41,7 @@ class BenchRow:
     rel_err: float = 0.0
     correct: bool = True
     error: str = ""
+    skipped: str = ""  # why the backend does not take this shape (not a failure)
 
 
 def _ints(text: str | None, default: list[int]) -> list[int]:
@@ -95,6 +96,13 @@ def run_bench(shapes, backends: list[str] | None = None, use_nvfp4: bool = True,
             api.tune([problem], verbose=False)
         for name in names + ["auto"]:
             row = BenchRow(m, n, k, name)
+            backend = state.registry.get(name) if name != "auto" else None
+            answer = backend.supports(problem) if backend is not None else None
+            if answer is not None and not answer:
+                row.skipped = answer.reason
+                progress(f"{m}x{n}x{k}: {name} does not take this shape: {answer.reason}")
+                rows.append(row)
+                continue
             try:
                 be_name = name
                 if name == "auto":

@@ -76,6 +76,8 @@ def cmd_tune(args) -> int:
 
 
 def _fmt_row(r: BenchRow) -> str:
+    if r.skipped:
+        return f"{r.m:6d} {r.n:6d} {r.k:6d}  {r.backend:12s}  n/a: {r.skipped}"
     if r.error:
         return f"{r.m:6d} {r.n:6d} {r.k:6d}  {r.backend:12s}  {'FAILED: ' + r.error}"
     flag = "" if r.correct else "  WRONG"

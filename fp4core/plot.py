@@ -18,7 +18,7 @@ def plot_rows(rows, path: str, floor_tbps: float = 3.0) -> None:
     groups = sorted({(r.n, r.k) for r in rows})
     fig, axes = plt.subplots(1, len(groups), figsize=(6 * len(groups), 4.5), squeeze=False)
     for ax, (n, k) in zip(axes[0], groups):
-        sel = [r for r in rows if (r.n, r.k) == (n, k) and not r.error]
+        sel = [r for r in rows if (r.n, r.k) == (n, k) and not r.error and not r.skipped]
         for name in sorted({r.backend for r in sel}):
             pts = sorted((r.m, r.median_us) for r in sel if r.backend == name)
             ax.plot(*zip(*pts), marker="o", label=name)

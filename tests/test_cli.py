@@ -113,3 +113,29 @@ def test_shapes_from_preset_and_file(tmp_path):
     f.write_text("# M N K\n4 64 128\n\n2 32 64\n")
     args = build_parser().parse_args(["bench", "--shapes-file", str(f)])
     assert shapes_from_args(args) == [(4, 64, 128), (2, 32, 64)]
+
+
+class CudaOnly:
+    """Refuses every problem (as GPU backends do on a machine without a GPU)."""
+
+    @fp4core.hookimpl
+    def backend_info(self):
+        return fp4core.BackendInfo(name="cudaonly", version="0")
+
+    @fp4core.hookimpl
+    def supports(self, problem):
+        return fp4core.Support.no("needs a CUDA device")
+
+    @fp4core.hookimpl
+    def run(self, problem, operands, tactic, out):
+        raise AssertionError("must not run a problem it refused")
+
+
+def test_bench_reports_unsupported_backends_without_failing(tmp_path, capsys):
+    js = tmp_path / "r.json"
+    with registered(CudaOnly):
+        rc = main(["bench", "--m", "2", "--n", "32", "--k", "64", "--json", str(js)])
+    out = capsys.readouterr().out
+    assert rc == 0 and "cudaonly      n/a: needs a CUDA device" in out
+    rows = {r["backend"]: r for r in json.loads(js.read_text())}
+    assert rows["cudaonly"]["skipped"] == "needs a CUDA device" and rows["cudaonly"]["median_us"] == 0
