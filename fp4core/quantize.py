@@ -2,7 +2,9 @@
 
 The outputs are exactly the operands ``mm_fp4`` (and FlashInfer's ``mm_fp4``) takes:
 packed E2M1 bytes (rows, K/2) and swizzled scale bytes. These reference implementations
-are built from torch operations, so they run on CPU and CUDA (not fast on either).
+are built from torch operations and run on any device; on CUDA tensors the quantizers use
+the Triton kernels of ``fp4core.kernels`` when Triton is installed (the same bytes; set
+FP4CORE_QUANT_KERNEL=torch to force the torch code).
 
 Non-finite input: a block (16 or 32 values along K) that holds NaN or ±Inf gets the NaN
 scale byte (E4M3 0x7F, E8M0 0xFF) and zero codes, so everything computed from that block
@@ -17,6 +19,18 @@ from .formats import (E2M1_MAX, E4M3_MAX, E4M3_NAN_BYTE, E8M0_NAN_BYTE, Fp4Forma
                       decode_scales, e2m1_decode, e2m1_encode, e4m3_decode, e4m3_encode,
                       e8m0_decode, e8m0_encode_ceil, pack_fp4, unpack_fp4)
 from .layouts import SfLayout, swizzle_scales, unswizzle_scales
+
+
+def _gpu_kernels(x: torch.Tensor):
+    """The Triton quantizers for a CUDA ``x`` (same bytes as the code below), else None."""
+    if not x.is_cuda:
+        return None
+    from .kernels import quantize_kernels
+    return quantize_kernels()
+
+
+def _unit_stride(x: torch.Tensor) -> torch.Tensor:
+    return x if x.stride(1) == 1 else x.contiguous()
 
 
 def _check_input(x: torch.Tensor, block: int, fn: str) -> None:
@@ -74,6 +88,10 @@ def nvfp4_quantize(x: torch.Tensor, global_scale: torch.Tensor | float,
     gs = torch.as_tensor(global_scale, dtype=torch.float32, device=x.device).reshape(-1)
     if gs.numel() != 1:
         raise ValueError(f"nvfp4_quantize: global_scale must have one element, got {gs.numel()}")
+    kernels = _gpu_kernels(x)
+    if kernels is not None:
+        q, sf, _ = kernels.quantize(_unit_stride(x), Fp4Format.NVFP4, SfLayout.parse(sfLayout), gs, False)
+        return q, sf
     blocks = _blocks(x, 16)
     amax = blocks.abs().amax(dim=-1)
     scale_f = torch.where(amax > 0, amax * gs / E2M1_MAX, torch.zeros_like(amax))
@@ -105,6 +123,10 @@ def mxfp4_quantize(x: torch.Tensor, sfLayout: SfLayout | str = SfLayout.layout_1
         (padded_rows, padded_K/32) in ``sfLayout`` order.
     """
     _check_input(x, 32, "mxfp4_quantize")
+    kernels = _gpu_kernels(x)
+    if kernels is not None:
+        q, sf, _ = kernels.quantize(_unit_stride(x), Fp4Format.MXFP4, SfLayout.parse(sfLayout), None, False)
+        return q, sf
     blocks = _blocks(x, 32)
     amax = blocks.abs().amax(dim=-1)
     scale_b = e8m0_encode_ceil(amax / E2M1_MAX)

@@ -1,0 +1,197 @@
+"""Triton kernels: NVFP4 / MXFP4 quantization that writes swizzled scales directly.
+
+Byte-for-byte the recipe of ``fp4core.quantize`` (the CPU reference), in float32:
+
+* NVFP4, per block of 16: ``s = E4M3(min(amax * gs / 6, 448))`` (RNE), codes
+  ``E2M1(x * (gs / s))`` (0 multiplier for a zero scale). ``/`` is IEEE division
+  (``div_rn``; Triton's default ``/`` is approximate), the E4M3 rounding is done on the bits
+  so it does not depend on the hardware's FP8 conversion.
+* MXFP4, per block of 32: ``s = 2^ceil(log2(amax / 6))`` as E8M0, codes ``E2M1(x / s)``
+  (multiplying by the exact reciprocal power of two, which rounds identically).
+* A block holding NaN/Inf gets the NaN scale byte (0x7F / 0xFF) and zero codes; a
+  non-finite global scale marks every block.
+* ``global_scale="auto"``: ``gs = 2688 * (1 / amax(|x|))`` with NaN read as 0 and Inf as the
+  largest float (``compute_global_scale``), from a first pass that reduces amax with an
+  integer atomic max (non-negative floats order like their bit patterns), then read by every
+  program of the quantization pass.
+
+Each program quantizes a tile of ``BM`` rows x ``BC`` scale blocks and writes its codes and
+its scale bytes at their swizzled offsets (128x4, 8x4 or linear), zeros in the padding, so
+the scale tensor needs no separate swizzle pass and no zero fill.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from ..formats import Fp4Format
+from ..layouts import SfLayout, padded_scale_shape
+
+_LAYOUT_ID = {SfLayout.layout_linear: 0, SfLayout.layout_128x4: 1, SfLayout.layout_8x4: 2}
+
+
+@triton.jit
+def _amax_kernel(x_ptr, stride_xm, M, K, amax_ptr, BM: tl.constexpr, BK: tl.constexpr):
+    rows = tl.program_id(0) * BM + tl.arange(0, BM)
+    cols = tl.program_id(1) * BK + tl.arange(0, BK)
+    mask = (rows < M)[:, None] & (cols < K)[None, :]
+    x = tl.load(x_ptr + rows[:, None].to(tl.int64) * stride_xm + cols[None, :], mask=mask, other=0.0)
+    a = tl.abs(x.to(tl.float32))
+    a = tl.where(a == a, a, 0.0)  # nan_to_num(nan=0)
+    a = tl.minimum(a, 3.4028234663852886e38)  # ... and +inf -> the largest float
+    m = tl.max(tl.max(a, axis=1), axis=0)
+    tl.atomic_max(amax_ptr, m.to(tl.int32, bitcast=True))
+
+
+@triton.jit
+def _e4m3_byte(v):
+    """Non-negative float32 (<= 448) -> E4M3 byte, round to nearest even, subnormals kept."""
+    bits = v.to(tl.int32, bitcast=True)
+    normal = (bits + 0x7FFFF + ((bits >> 20) & 1)) >> 20  # RNE to 3 mantissa bits
+    sub = (v * 512.0 + 8388608.0) - 8388608.0  # RNE(v / 2^-9) for v < 2^-6
+    return tl.where(v < 0.015625, sub.to(tl.int32), normal - 960)
+
+
+@triton.jit
+def _e4m3_value(b):
+    """E4M3 byte (0..0x7E, int32) -> float32 (exact)."""
+    e = b >> 3
+    m = b & 7
+    normal = ((e + 120) << 23 | (m << 20)).to(tl.float32, bitcast=True)
+    return tl.where(e == 0, m.to(tl.float32) * 0.001953125, normal)
+
+
+@triton.jit
+def _e2m1_codes(q):
+    """Round to E2M1 codes (RNE, saturating at 6); sign from the sign bit, none for NaN."""
+    mag = tl.abs(q)
+    code = ((mag > 0.25).to(tl.int32) + (mag >= 0.75).to(tl.int32) + (mag > 1.25).to(tl.int32)
+            + (mag >= 1.75).to(tl.int32) + (mag > 2.5).to(tl.int32) + (mag >= 3.5).to(tl.int32)
+            + (mag > 5.0).to(tl.int32))
+    neg = (q.to(tl.int32, bitcast=True) < 0) & (q == q)
+    return code | tl.where(neg, 8, 0)
+
+
+@triton.jit
+def _quant_kernel(x_ptr, stride_xm, q_ptr, sf_ptr, gs_ptr, gs_out_ptr, M, K, NB, PROWS, PCOL,
+                  IS_NV: tl.constexpr, BLOCK: tl.constexpr, LAYOUT: tl.constexpr,
+                  GS_MODE: tl.constexpr, BM: tl.constexpr, BC: tl.constexpr):
+    # GS_MODE: 0 none (MXFP4), 1 gs_ptr holds the float32 global scale, 2 gs_ptr holds the
+    # int32 bits of amax(|x|) and the global scale is derived here.
+    pid_m = tl.program_id(0)
+    pid_c = tl.program_id(1)
+    rows = pid_m * BM + tl.arange(0, BM)
+    cols = pid_c * (BC * BLOCK) + tl.arange(0, BC * BLOCK)
+    row_ok = rows < M
+    mask = row_ok[:, None] & (cols < K)[None, :]
+    x = tl.load(x_ptr + rows[:, None].to(tl.int64) * stride_xm + cols[None, :], mask=mask, other=0.0)
+    xb = tl.reshape(x.to(tl.float32), (BM, BC, BLOCK))
+    finite = (xb == xb) & (tl.abs(xb) != float("inf"))
+    bad = tl.max(tl.where(finite, 0, 1), axis=2) > 0
+    amax = tl.max(tl.abs(xb), axis=2)  # bad blocks are overwritten below, NaN handling moot
+    if IS_NV:
+        if GS_MODE == 2:
+            am = tl.load(gs_ptr).to(tl.float32, bitcast=True)
+            gs = tl.where(am > 0, tl.math.div_rn(1.0, am) * 2688.0, 1.0)
+            if (pid_m == 0) & (pid_c == 0):
+                tl.store(gs_out_ptr, gs)
+        else:
+            gs = tl.load(gs_ptr)
+        gs = gs + tl.zeros_like(amax)  # broadcast once: the block math below is elementwise
+        scale_f = tl.where(amax > 0, tl.math.div_rn(amax * gs, 6.0), 0.0)
+        scale_f = tl.minimum(scale_f, 448.0)
+        sbyte = _e4m3_byte(scale_f)
+        scale_v = _e4m3_value(sbyte)
+        mult = tl.where(scale_v > 0, tl.math.div_rn(gs, scale_v), 0.0)
+        bad = bad | (gs != gs) | (tl.abs(gs) == float("inf"))
+        nan_byte = 0x7F
+    else:
+        v = tl.math.div_rn(amax, 6.0)
+        bits = v.to(tl.int32, bitcast=True)
+        ex = (bits >> 23) & 0xFF
+        man = bits & 0x7FFFFF
+        biased = tl.where(ex > 0, ex + (man != 0).to(tl.int32), (man > 0x400000).to(tl.int32))
+        biased = tl.minimum(biased, 254)
+        sbyte = tl.where(v > 0, biased, 0)
+        # 1 / 2^(b-127) = 2^(127-b): biased exponent 254-b, the subnormal 2^-127 for b = 254
+        mult = tl.where(sbyte == 254, 0x400000, (254 - sbyte) << 23).to(tl.float32, bitcast=True)
+        nan_byte = 0xFF
+    codes = _e2m1_codes(xb * mult[:, :, None])
+    codes = tl.where(bad[:, :, None], 0, codes)
+    sbyte = tl.where(bad, nan_byte, sbyte)
+    pairs = tl.reshape(codes, (BM, BC * BLOCK // 2, 2))
+    lo, hi = tl.split(pairs)
+    packed = (lo | (hi << 4)).to(tl.uint8)
+    pcols = pid_c * (BC * BLOCK // 2) + tl.arange(0, BC * BLOCK // 2)
+    pmask = row_ok[:, None] & (pcols < K // 2)[None, :]
+    tl.store(q_ptr + rows[:, None].to(tl.int64) * (K // 2) + pcols[None, :], packed, mask=pmask)
+    # scale bytes, padding included (zero), at their layout offsets
+    sc = pid_c * BC + tl.arange(0, BC)
+    r = rows[:, None]
+    c = sc[None, :]
+    valid = (r < M) & (c < NB)
+    sval = tl.where(valid, sbyte, 0).to(tl.uint8)
+    if LAYOUT == 0:
+        off = r.to(tl.int64) * PCOL + c
+    elif LAYOUT == 1:
+        tile = (r // 128).to(tl.int64) * (PCOL // 4) + c // 4
+        off = tile * 512 + (r % 32) * 16 + ((r // 32) % 4) * 4 + c % 4
+    else:
+        tile = (r // 8).to(tl.int64) * (PCOL // 4) + c // 4
+        off = tile * 32 + (r % 8) * 4 + c % 4
+    tl.store(sf_ptr + off, sval, mask=(r < PROWS) & (c < PCOL))
+
+
+#: (rows, scale blocks) per program and warps, per format; overridable for the benchmark sweep.
+DEFAULT_CONFIG = {Fp4Format.NVFP4: (16, 16, 4), Fp4Format.MXFP4: (16, 8, 4)}
+
+
+def quantize(x: torch.Tensor, fmt: Fp4Format, layout: SfLayout, global_scale: torch.Tensor | None,
+             auto_global_scale: bool, config: tuple[int, int, int] | None = None
+             ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Quantize a 2-D CUDA tensor; see the module docstring.
+
+    Args:
+        x: (rows, K) float32/float16/bfloat16 with unit stride along K; K a multiple of the
+            format's block (checked by the caller).
+        fmt, layout: format and scale layout of the result.
+        global_scale: NVFP4 float32 tensor with one element (ignored when
+            ``auto_global_scale``; None for MXFP4).
+        auto_global_scale: NVFP4 only: compute the global scale from ``x``.
+        config: (rows per program, scale blocks per program, warps), powers of two.
+    Returns:
+        (x_fp4 uint8 (rows, K/2), x_sf uint8 (padded_rows, padded_K/block) in ``layout``
+        order, global scale float32 (1,): the one used, ones for MXFP4).
+    """
+    rows, k = x.shape
+    block = fmt.block_size
+    nb = k // block
+    prow, pcol = padded_scale_shape(rows, nb, layout)
+    bm, bc, warps = config or DEFAULT_CONFIG[fmt]
+    q = torch.empty((rows, k // 2), dtype=torch.uint8, device=x.device)
+    sf = torch.empty((prow, pcol), dtype=torch.uint8, device=x.device)
+    nv = fmt is Fp4Format.NVFP4
+    if nv and auto_global_scale:
+        gs_out = torch.empty(1, dtype=torch.float32, device=x.device)
+        gs_in = torch.zeros(1, dtype=torch.int32, device=x.device)
+        abm, abk = 32, 256
+        if rows and k:
+            _amax_kernel[(triton.cdiv(rows, abm), triton.cdiv(k, abk))](
+                x, x.stride(0), rows, k, gs_in, BM=abm, BK=abk, num_warps=4)
+        mode = 2
+    elif nv:
+        gs_in = gs_out = global_scale.reshape(1).to(torch.float32)
+        mode = 1
+    else:
+        gs_in = gs_out = torch.ones(1, dtype=torch.float32, device=x.device)
+        mode = 0
+    if prow and pcol:
+        grid = (triton.cdiv(prow, bm), triton.cdiv(pcol, bc))
+        _quant_kernel[grid](x, x.stride(0), q, sf, gs_in, gs_out, rows, k, nb, prow, pcol,
+                            IS_NV=nv, BLOCK=block, LAYOUT=_LAYOUT_ID[layout], GS_MODE=mode,
+                            BM=bm, BC=bc, num_warps=warps)
+    elif mode == 2:
+        gs_out.fill_(1.0)
+    return q, sf, gs_out
