@@ -2,7 +2,10 @@
 
 For each (M, N, K) it times every requested backend, ``auto`` and the bf16 baseline
 (``torch.matmul`` of bf16 operands of the same shape) in the same run, on rotating input
-sets, and checks every backend's result against the exact reference.
+sets, and checks every backend's result against the exact reference. Each backend is timed
+interleaved with the baseline (batches alternate), and its ``speedup`` is the ratio of the
+two medians of that paired measurement (``baseline_us``), so drift between the two cannot
+pass for a speed difference.
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ class BenchRow:
     tflops: float = 0.0
     gbps: float = 0.0
     speedup: float = 0.0
+    baseline_us: float = 0.0  # bf16 median measured interleaved with this row
     rel_err: float = 0.0
     correct: bool = True
     error: str = ""
@@ -62,8 +66,8 @@ def shapes_from_args(args) -> list[tuple[int, int, int]]:
     return [(m, n, k) for n, k in nks for m in ms]
 
 
-def _time(fn: Callable[[int], None], n_sets: int, cuda: bool) -> tuple[float, float]:
-    samples = default_timer(cuda).measure(fn, n_sets)
+def _summary(samples: list[float]) -> tuple[float, float]:
+    """Median and the 20-80 percentile spread."""
     s = sorted(samples)
     return median(samples), s[int(0.8 * (len(s) - 1))] - s[int(0.2 * (len(s) - 1))]
 
@@ -76,6 +80,7 @@ def run_bench(shapes, backends: list[str] | None = None, use_nvfp4: bool = True,
     cuda = torch.cuda.is_available()
     device = "cuda" if cuda else "cpu"
     names = backends or [b.name for b in state.registry.backends()]
+    timer = default_timer(cuda)
     for m, n, k in shapes:
         problem = api.make_problem(m, n, k, use_nvfp4=use_nvfp4, out_dtype=out_dtype, device=device)
         sets = make_sets(problem)
@@ -86,11 +91,12 @@ def run_bench(shapes, backends: list[str] | None = None, use_nvfp4: bool = True,
         nb = rotation_sets(2 * (m + n) * k, cuda)
         a16 = [torch.randn(m, k, device=device, dtype=torch.bfloat16) for _ in range(nb)]
         w16 = [torch.randn(n, k, device=device, dtype=torch.bfloat16) for _ in range(nb)]
-        base_us, base_spread = _time(lambda i: torch.matmul(a16[i], w16[i].t()), nb, cuda)
+        out16 = torch.empty(m, n, device=device, dtype=torch.bfloat16)
+        baseline = (lambda i: torch.matmul(a16[i], w16[i].t(), out=out16), nb)
+        base_us, base_spread = _summary(timer.measure(*baseline))
         rows.append(BenchRow(m, n, k, "bf16", base_us, base_spread, flops / base_us / 1e6,
-                             (2 * (m + n) * k + 2 * m * n) / base_us / 1e3, 1.0, 0.0))
+                             (2 * (m + n) * k + 2 * m * n) / base_us / 1e3, 1.0, base_us, 0.0))
         progress(f"{m}x{n}x{k}: bf16 torch.matmul {base_us:.1f} us")
-        del a16, w16
         if autotune:
             # Tune first so every named backend is timed with its own tuned tactic too.
             api.tune([problem], verbose=False)
@@ -116,13 +122,16 @@ def run_bench(shapes, backends: list[str] | None = None, use_nvfp4: bool = True,
                 be.run(rp, bsets[0], choice.tactic, out)
                 row.rel_err = relative_error(out, ref)
                 row.correct = row.rel_err <= TOLERANCE
-                row.median_us, row.spread_us = _time(lambda i: be.run(rp, bsets[i], choice.tactic, out),
-                                                     len(bsets), cuda)
+                base_s, cand_s = timer.measure_interleaved(
+                    [baseline, (lambda i: be.run(rp, bsets[i], choice.tactic, out), len(bsets))])
+                row.median_us, row.spread_us = _summary(cand_s)
+                row.baseline_us = median(base_s)
                 row.tflops = flops / row.median_us / 1e6
                 row.gbps = fp4_bytes / row.median_us / 1e3
-                row.speedup = base_us / row.median_us
+                row.speedup = row.baseline_us / row.median_us
             except Exception as exc:  # a failing backend is reported, the sweep goes on
                 row.error, row.correct = f"{type(exc).__name__}: {exc}", False
             progress(f"{m}x{n}x{k}: {row.backend} " + (row.error or f"{row.median_us:.1f} us, err {row.rel_err:.1e}"))
             rows.append(row)
+        del a16, w16, out16
     return rows

@@ -21,6 +21,11 @@ class Timer(Protocol):
     def measure(self, run: RunFn, n_sets: int) -> list[float]:
         """Per-call times in microseconds, one sample per batch of calls."""
 
+    def measure_interleaved(self, runs: list[tuple[RunFn, int]]) -> list[list[float]]:
+        """Like ``measure`` for several ``(run, n_sets)`` at once, their batches alternating
+        (a, b, a, b, ...) so that clock and thermal drift hit all of them alike: use it
+        for ratios such as a backend against the bf16 baseline."""
+
 
 class CudaEventTimer:
     """CUDA events around batches of calls on the current stream.
@@ -43,16 +48,23 @@ class CudaEventTimer:
         end.synchronize()
         return start.elapsed_time(end)
 
-    def measure(self, run: RunFn, n_sets: int) -> list[float]:
+    def _warm(self, run: RunFn, n_sets: int) -> int:
+        """Warm ``run`` up; return how many calls make one timed batch."""
         run(0)
         torch.cuda.synchronize()
         probe = max(self._batch_ms(run, n_sets, 3) / 3, 1e-4)
-        warm_calls = max(3, math.ceil(self.warmup_ms / probe))
-        self._batch_ms(run, n_sets, warm_calls)
-        calls = max(1, min(10000, math.ceil(self.sample_ms / probe)))
-        out = []
+        self._batch_ms(run, n_sets, max(3, math.ceil(self.warmup_ms / probe)))
+        return max(1, min(10000, math.ceil(self.sample_ms / probe)))
+
+    def measure(self, run: RunFn, n_sets: int) -> list[float]:
+        return self.measure_interleaved([(run, n_sets)])[0]
+
+    def measure_interleaved(self, runs: list[tuple[RunFn, int]]) -> list[list[float]]:
+        calls = [self._warm(run, n) for run, n in runs]
+        out: list[list[float]] = [[] for _ in runs]
         for s in range(self.samples):
-            out.append(self._batch_ms(run, n_sets, calls, s * calls) * 1000.0 / calls)
+            for j, (run, n) in enumerate(runs):
+                out[j].append(self._batch_ms(run, n, calls[j], s * calls[j]) * 1000.0 / calls[j])
         return out
 
 
@@ -62,19 +74,26 @@ class HostTimer:
     def __init__(self, warmup_calls: int = 1, samples: int = 5, sample_s: float = 0.05):
         self.warmup_calls, self.samples, self.sample_s = warmup_calls, samples, sample_s
 
-    def measure(self, run: RunFn, n_sets: int) -> list[float]:
+    def _warm(self, run: RunFn, n_sets: int) -> int:
         for i in range(self.warmup_calls):
             run(i % n_sets)
         t0 = time.perf_counter()
         run(0)
         probe = max(time.perf_counter() - t0, 1e-7)
-        calls = max(1, min(1000, math.ceil(self.sample_s / probe)))
-        out = []
+        return max(1, min(1000, math.ceil(self.sample_s / probe)))
+
+    def measure(self, run: RunFn, n_sets: int) -> list[float]:
+        return self.measure_interleaved([(run, n_sets)])[0]
+
+    def measure_interleaved(self, runs: list[tuple[RunFn, int]]) -> list[list[float]]:
+        calls = [self._warm(run, n) for run, n in runs]
+        out: list[list[float]] = [[] for _ in runs]
         for s in range(self.samples):
-            t0 = time.perf_counter()
-            for i in range(calls):
-                run((s * calls + i) % n_sets)
-            out.append((time.perf_counter() - t0) * 1e6 / calls)
+            for j, (run, n) in enumerate(runs):
+                t0 = time.perf_counter()
+                for i in range(calls[j]):
+                    run((s * calls[j] + i) % n)
+                out[j].append((time.perf_counter() - t0) * 1e6 / calls[j])
         return out
 
 

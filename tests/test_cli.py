@@ -55,6 +55,9 @@ def test_bench_table_json_and_csv(tmp_path, capsys):
     rows = json.loads(js.read_text())
     assert {r["backend"] for r in rows} == {"bf16", "torch", "auto:torch"}
     assert all(r["rel_err"] <= 1e-2 for r in rows)
+    # every ratio comes from a baseline timed interleaved with that row
+    assert all(r["baseline_us"] > 0 and abs(r["speedup"] - r["baseline_us"] / r["median_us"]) < 1e-9
+               for r in rows)
     assert cs.read_text().splitlines()[0].startswith("m,n,k,backend")
 
 
