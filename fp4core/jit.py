@@ -194,13 +194,30 @@ def _sidecar_headers(sources: Sequence[Path]) -> list[Path]:
     return sorted(found)
 
 
+@functools.lru_cache(maxsize=None)
+def _include_fingerprint(include_dir: str) -> str:
+    """What an include folder contributes to a build key: its headers' relative paths and
+    sizes, not its location, so a cache built here is a hit where the same headers (say,
+    the same nvidia-cutlass wheel) are installed elsewhere, and a different version misses."""
+    root = Path(include_dir)
+    if not root.is_dir():
+        return f"missing:{include_dir}"
+    h = hashlib.sha256()
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames.sort()
+        for fname in sorted(filenames):
+            path = Path(dirpath) / fname
+            h.update(f"{path.relative_to(root)}:{path.stat().st_size}\0".encode())
+    return h.hexdigest()
+
+
 def build_key(name: str, sources: Sequence[Path], arch: str | Sequence[str], flags: Sequence[str],
               include_dirs: Sequence[Path], kind: str, nvcc_ver: str) -> str:
     """The hex digest naming a build in the cache (see the module docstring)."""
     h = hashlib.sha256()
     archs = [arch] if isinstance(arch, str) else list(arch)
     for part in (_RECIPE, name, kind, nvcc_ver, "|".join(normalize_arch(a) for a in archs),
-                 "\0".join(flags), "\0".join(str(d) for d in include_dirs)):
+                 "\0".join(flags), "\0".join(_include_fingerprint(str(d)) for d in include_dirs)):
         h.update(part.encode())
         h.update(b"\0")
     for p in list(sources) + _sidecar_headers(sources):

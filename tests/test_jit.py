@@ -140,3 +140,21 @@ def test_two_processes_build_at_once(tmp_path, cache):
     assert paths[0] == paths[1] and Path(paths[0]).is_file()
     lib = ctypes.CDLL(paths[0])
     assert lib.fp4core_jit_test_add(1, 1) == 2
+
+
+def test_build_key_follows_include_contents_not_location(tmp_path):
+    src = tmp_path / "src" / "k.cu"
+    src.parent.mkdir()
+    src.write_text("__global__ void k() {}\n")
+    inc_a, inc_b = tmp_path / "a" / "include", tmp_path / "b" / "include"
+    for inc in (inc_a, inc_b):
+        (inc / "lib").mkdir(parents=True)
+        (inc / "lib" / "x.h").write_text("#define X 1\n")
+
+    def key(inc):
+        jit._include_fingerprint.cache_clear()
+        return jit.build_key("k", [src], "sm_90a", [], [inc], "shared", "13.0")
+
+    assert key(inc_a) == key(inc_b)  # same headers installed elsewhere: a cache hit
+    (inc_b / "lib" / "x.h").write_text("#define X 22\n")
+    assert key(inc_a) != key(inc_b)  # other headers: rebuild
