@@ -11,7 +11,8 @@ works with any other.
 
 Cache: one folder per build under ``$FP4CORE_JIT_CACHE`` (default ``~/.cache/fp4core/jit``),
 named by a hash of the source contents (and of the headers beside them), flags, include
-folders, architectures, output kind and nvcc's version, so an edit or a new compiler rebuilds
+folders (the names and sizes of their files, not their location, so a cache built on one
+machine is reused on another with the same headers), architectures, output kind and nvcc's version, so an edit or a new compiler rebuilds
 and anything else is a cache hit. Two processes building the same library at once are safe:
 the builder holds an ``fcntl`` lock and moves the result into place with an atomic rename;
 the other waits for the lock and then finds the result.
