@@ -19,12 +19,15 @@ from .prebuild import build
 from .prepared import PreparedWeight, prepare
 from .problem import DeviceInfo, Operands, Problem
 from .quantize import compute_global_scale, dequantize, mxfp4_quantize, nvfp4_quantize
+from . import ops, nn  # noqa: E402  registers torch.ops.fp4core.{mm_fp4,quantize_fp4}
+from .ops import quantize_fp4
 
 __all__ = [
     "__version__", "mm_fp4", "prepare", "build", "PreparedWeight", "autotune", "tune", "explain",
     "backends", "BackendStatus", "is_backend_supported", "supported_backends", "make_problem",
     "register_backend", "unregister_backend", "nvfp4_quantize", "mxfp4_quantize", "dequantize",
-    "compute_global_scale", "swizzle_scales", "unswizzle_scales", "SfLayout", "Fp4Format",
+    "compute_global_scale", "quantize_fp4", "ops", "nn", "swizzle_scales", "unswizzle_scales",
+    "SfLayout", "Fp4Format",
     "Problem", "Operands", "DeviceInfo", "BackendInfo", "Support", "Tactic", "hookimpl",
     "hookspec", "Choice", "Explanation", "BackendError", "BackendNotInstalledError",
     "BackendUnsupportedError", "NoBackendError",

@@ -1,0 +1,175 @@
+"""``Fp4Linear``: an ``nn.Linear`` replacement that runs W4A4 through fp4core.
+
+    model = fp4core.nn.quantize_linears(model, format="nvfp4")   # every Linear it can take
+    y = model(x)                                                 # also under torch.compile
+
+The weight is quantized once (buffers: packed codes, 128x4 scales, global scale) and
+prepared for every backend that wants its own layout on first use; activations are quantized
+on the fly (NVFP4: per-tensor global scale from their amax, computed on the device). The GEMM
+is ``torch.ops.fp4core.mm_fp4`` with ``backend="auto"`` (the tuned/cached choice).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Callable
+
+import torch
+from torch import nn
+
+from . import ops
+from .formats import Fp4Format
+from .layouts import SfLayout, padded_scale_shape
+from .quantize import compute_global_scale, mxfp4_quantize, nvfp4_quantize
+
+log = logging.getLogger("fp4core")
+
+
+def _invalidate_prepared(module: "Fp4Linear", incompatible_keys) -> None:
+    module._entry.invalidate()
+
+
+class Fp4Linear(nn.Module):
+    """``y = x @ dequant(W).T + bias`` with W stored in FP4 and x quantized per call.
+
+    Args:
+        in_features: K, a multiple of 16 (NVFP4) or 32 (MXFP4).
+        out_features: N.
+        bias: keep a bias (stored in ``dtype``).
+        format: "nvfp4" or "mxfp4".
+        backend: fp4core backend name or "auto".
+        act_sf_layout: scale layout of the quantized activations, "128x4" or "8x4".
+        device, dtype: where the buffers live; ``dtype`` is the bias dtype.
+    Buffers (all in ``state_dict``): ``weight_fp4`` uint8 (N, K/2), ``weight_scale`` uint8
+    (round_up(N, 128), round_up(K/block, 4)) in the 128x4 layout, ``weight_global_scale``
+    float32 (1,) (ones for MXFP4), ``bias`` (N,) or None.
+    Input (..., K) float32/bfloat16/float16; output (..., N) of the input's dtype (the GEMM
+    writes bf16 for float32 inputs, fp16/bf16 otherwise).
+    """
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True, format: str = "nvfp4",
+                 backend: str = "auto", act_sf_layout: str = "128x4",
+                 device: torch.device | str | None = None, dtype: torch.dtype = torch.bfloat16):
+        super().__init__()
+        fmt = Fp4Format(format)
+        layout = SfLayout.parse(act_sf_layout)
+        if layout is SfLayout.layout_linear:
+            raise ValueError("act_sf_layout: expected '128x4' or '8x4', got 'linear'")
+        if in_features % fmt.block_size or in_features <= 0:
+            raise ValueError(f"in_features: {fmt.value} needs a positive multiple of {fmt.block_size}, "
+                             f"got {in_features}")
+        if out_features <= 0:
+            raise ValueError(f"out_features: expected a positive size, got {out_features}")
+        self.in_features, self.out_features = in_features, out_features
+        self.format, self.backend, self.act_sf_layout = fmt.value, backend, layout.value
+        prow, pcol = padded_scale_shape(out_features, in_features // fmt.block_size, SfLayout.layout_128x4)
+        self.register_buffer("weight_fp4", torch.zeros(out_features, in_features // 2, dtype=torch.uint8,
+                                                       device=device))
+        self.register_buffer("weight_scale", torch.zeros(prow, pcol, dtype=torch.uint8, device=device))
+        self.register_buffer("weight_global_scale", torch.ones(1, dtype=torch.float32, device=device))
+        self.register_buffer("bias", torch.zeros(out_features, dtype=dtype, device=device) if bias else None)
+        # the op finds this layer's prepared weight by key (a PreparedWeight is no tensor)
+        self._key, self._entry = ops.new_weight_key()
+        self.register_load_state_dict_post_hook(_invalidate_prepared)
+
+    # copies (deepcopy, pickle) get their own prepared-weight entry
+    def __getstate__(self):
+        state = self.__dict__.copy()
+        state.pop("_entry", None)
+        state.pop("_key", None)
+        return state
+
+    def __setstate__(self, state):
+        super().__setstate__(state)
+        self._key, self._entry = ops.new_weight_key()
+
+    @classmethod
+    def from_linear(cls, linear: nn.Linear, format: str = "nvfp4", backend: str = "auto",
+                    act_sf_layout: str = "128x4", quantize: bool = True) -> "Fp4Linear":
+        """Quantize ``linear``'s weight (on its device; Triton kernels on CUDA).
+
+        NVFP4 uses the global scale ``448 * 6 / amax(|W|)``. With ``quantize=False`` the buffers
+        are left zero, for a ``load_state_dict`` of already quantized weights.
+        """
+        w = linear.weight.detach()
+        bias_dtype = linear.bias.dtype if linear.bias is not None else w.dtype
+        m = cls(linear.in_features, linear.out_features, linear.bias is not None, format, backend,
+                act_sf_layout, device=w.device, dtype=bias_dtype)
+        if linear.bias is not None:
+            m.bias = linear.bias.detach().clone()
+        if not quantize:
+            return m
+        if m.format == "nvfp4":
+            gs = compute_global_scale(w)
+            m.weight_fp4, m.weight_scale = nvfp4_quantize(w, gs)
+            m.weight_global_scale = gs.reshape(1).to(torch.float32)
+        else:
+            m.weight_fp4, m.weight_scale = mxfp4_quantize(w)
+        return m
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[-1] != self.in_features:
+            raise ValueError(f"Fp4Linear: expected input (..., {self.in_features}), got {tuple(x.shape)}")
+        lead = x.shape[:-1]
+        x2 = x.reshape(-1, self.in_features)
+        nv = self.format == "nvfp4"
+        out_dtype = x.dtype if x.dtype in (torch.bfloat16, torch.float16) else torch.bfloat16
+        a, a_sf, gs_a = torch.ops.fp4core.quantize_fp4(x2, self.format, self.act_sf_layout, None, nv)
+        alpha = 1.0 / (gs_a * self.weight_global_scale) if nv else None
+        y = torch.ops.fp4core.mm_fp4(a, a_sf, self.weight_fp4, self.weight_scale, alpha, out_dtype, nv,
+                                     self.act_sf_layout == "8x4", self.backend, self._key)
+        if y.dtype != x.dtype:
+            y = y.to(x.dtype)
+        if self.bias is not None:
+            y = y + self.bias.to(y.dtype)
+        return y.reshape(*lead, self.out_features)
+
+    def dequantized_weight(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """The weight as the GEMM sees it, (N, K) in ``dtype`` (exact in float32/float64)."""
+        from .quantize import dequantize
+        nv = self.format == "nvfp4"
+        return dequantize(self.weight_fp4, self.weight_scale, self.weight_global_scale if nv else None,
+                          use_nvfp4=nv, dtype=dtype)
+
+    def extra_repr(self) -> str:
+        return (f"in_features={self.in_features}, out_features={self.out_features}, "
+                f"bias={self.bias is not None}, format={self.format}, backend={self.backend}, "
+                f"act_sf_layout={self.act_sf_layout}")
+
+
+def quantize_linears(model: nn.Module, format: str = "nvfp4",
+                     filter: Callable[[str, nn.Linear], bool] | None = None, backend: str = "auto",
+                     act_sf_layout: str = "128x4", quantize: bool = True) -> nn.Module:
+    """Replace every ``nn.Linear`` of ``model`` (in place) by an ``Fp4Linear``.
+
+    Args:
+        model: any module; returned for chaining.
+        format: "nvfp4" or "mxfp4".
+        filter: ``filter(qualified_name, linear) -> bool``; False keeps that layer as it is.
+        backend, act_sf_layout: passed to every Fp4Linear.
+        quantize: False leaves the weights zero (to ``load_state_dict`` a quantized model).
+    Layers whose ``in_features`` is not a multiple of the format's block size (16 NVFP4,
+    32 MXFP4) are kept, each with an INFO log line that names it and says why.
+    """
+    block = Fp4Format(format).block_size
+    targets = []
+    for name, mod in model.named_modules():
+        if type(mod) is not nn.Linear:  # subclasses may change forward; leave them alone
+            continue
+        if filter is not None and not filter(name, mod):
+            log.info("fp4core.nn: keeping %s as nn.Linear (filter)", name)
+            continue
+        if mod.in_features % block:
+            log.info("fp4core.nn: keeping %s as nn.Linear: in_features=%d is not a multiple of the %s "
+                     "block size %d", name, mod.in_features, format, block)
+            continue
+        targets.append(name)
+    for name in targets:
+        parent_name, _, child = name.rpartition(".")
+        parent = model.get_submodule(parent_name) if parent_name else model
+        new = Fp4Linear.from_linear(getattr(parent, child), format, backend, act_sf_layout, quantize)
+        if name:
+            setattr(parent, child, new)
+        else:
+            return new  # the model itself was a Linear
+    return model
