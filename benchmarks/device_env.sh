@@ -1,0 +1,23 @@
+# Sourced by the device scripts: install fp4core, every plugin and the example plugin from the
+# working tree (plus the carried wheels in .whl/), and record the device and its copy bandwidth.
+# Before the call, on the development machine: mkdir -p .whl && cp ../shared/wheels/*.whl .whl/
+# and pass carry=[".whl"] (add ".carry" when a JIT cache was built there: FP4CORE_JIT_CACHE).
+OUT=${OUT:-./device-out}
+mkdir -p "$OUT"
+export PYTHONUNBUFFERED=1
+PIP="python3 -m pip install -q --no-deps --no-build-isolation --no-index"
+if ls .whl/*.whl >/dev/null 2>&1; then
+  python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site:${PYTHONPATH:-}
+fi
+[ -d .carry/jit ] && export FP4CORE_JIT_CACHE=$PWD/.carry/jit
+$PIP -e . || exit 1
+for p in plugins/*/ examples/fp4-triton/; do
+  [ -f "$p/pyproject.toml" ] && { $PIP -e "$p" || echo "could not install $p"; }
+done
+{ nvidia-smi --query-gpu=name,driver_version --format=csv,noheader; date -u; } | tee "$OUT/device.txt"
+python3 -c "
+import torch, triton.testing as tt
+x = torch.empty(1 << 30, dtype=torch.uint8, device='cuda'); y = torch.empty_like(x)
+ms = tt.do_bench(lambda: y.copy_(x), return_mode='median')
+print(f'device copy bandwidth {2 * x.numel() / ms / 1e9:.2f} TB/s (read+write)')" | tee -a "$OUT/device.txt"
+fp4core backends | tee "$OUT/backends.txt"
