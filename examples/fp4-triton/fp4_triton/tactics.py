@@ -1,0 +1,83 @@
+"""The tactics (kernel configurations) the tuner times, best guess first.
+
+A tactic is a JSON dict: ``bm, bn, bk`` (tile sizes in values), ``warps``, ``stages``
+(software-pipelining depth), ``split_k`` (K ranges reduced by a second kernel), ``group_m``
+(row tiles sharing a weight tile in L2) and ``swap`` (compute B @ A^T so the weight rows
+fill the MMA's M side: for small M). Pure Python: importable without Triton or a GPU.
+"""
+
+from __future__ import annotations
+
+from fp4core import Problem
+
+KEYS = ("bm", "bn", "bk", "warps", "stages", "split_k", "group_m", "swap")
+DEFAULT = {"bm": 128, "bn": 128, "bk": 128, "warps": 8, "stages": 3, "split_k": 1,
+           "group_m": 8, "swap": 0}
+
+
+#: SM count assumed where the device does not say (an H100 SXM has 132).
+DEFAULT_SMS = 132
+
+
+def normalize(tactic: dict) -> dict:
+    """Fill missing keys from DEFAULT and check the values; raise ValueError naming the key."""
+    t = {**DEFAULT, **tactic}
+    unknown = set(t) - set(KEYS)
+    if unknown:
+        raise ValueError(f"fp4-triton tactic: unknown keys {sorted(unknown)}; known: {list(KEYS)}")
+    for key in ("bm", "bn", "bk"):
+        v = t[key]
+        if v < 16 or v & (v - 1):
+            raise ValueError(f"fp4-triton tactic: {key} must be a power of two >= 16, got {v}")
+    if t["bk"] < 32:
+        raise ValueError(f"fp4-triton tactic: bk must be >= 32 (one MXFP4 block), got {t['bk']}")
+    if t["split_k"] < 1 or t["group_m"] < 1 or t["warps"] not in (1, 2, 4, 8, 16) or t["stages"] < 1:
+        raise ValueError(f"fp4-triton tactic: bad split_k/group_m/warps/stages in {tactic}")
+    return t
+
+
+def auto_split(problem: Problem, bm: int, bn: int, bk: int, ctas_per_sm: int = 2) -> int:
+    """Split K until the grid covers the SMs about ``ctas_per_sm`` times, keeping at least 4
+    K steps per split; prefer a divisor of the step count (no tail masks)."""
+    m = problem.m or 1
+    tiles = -(-m // bm) * -(-problem.n // bn)
+    steps = -(-problem.k // bk)
+    want = max(1, min(steps // 4, round((problem.device.sm_count or DEFAULT_SMS) * ctas_per_sm / tiles)))
+    for s in range(want, 0, -1):
+        if steps % s == 0 and s * 2 > want:
+            return s
+    return want
+
+
+def _t(problem: Problem, bm, bn, bk, warps, stages, swap=0, split=None, group_m=8) -> dict:
+    if split is None:
+        split = auto_split(problem, bm, bn, bk) if (problem.m or 1) <= 256 else 1
+    return {"bm": bm, "bn": bn, "bk": bk, "warps": warps, "stages": stages,
+            "split_k": split, "group_m": group_m, "swap": swap}
+
+
+def tactics_for(problem: Problem) -> list[dict]:
+    """Tactics worth timing for ``problem``, best guess first (from H100 measurements)."""
+    m = problem.m or 1
+    if m <= 16:
+        cands = [_t(problem, 16, 64, 256, 4, 4, swap=1), _t(problem, 16, 128, 256, 4, 4, swap=1),
+                 _t(problem, 16, 64, 128, 4, 5, swap=1), _t(problem, 16, 128, 128, 4, 4, swap=1),
+                 _t(problem, 16, 64, 256, 4, 4, swap=1, split=1)]
+    elif m <= 64:
+        bm = 32 if m <= 32 else 64
+        cands = [_t(problem, bm, 128, 128, 4, 4, swap=1), _t(problem, bm, 64, 256, 4, 4, swap=1),
+                 _t(problem, bm, 128, 256, 4, 3, swap=1), _t(problem, 64, 128, 128, 4, 4),
+                 _t(problem, bm, 128, 128, 4, 4, swap=1, split=1)]
+    elif m <= 256:
+        cands = [_t(problem, 64, 128, 128, 4, 4), _t(problem, 128, 128, 128, 8, 3),
+                 _t(problem, 64, 256, 128, 8, 3), _t(problem, 128, 64, 128, 4, 4),
+                 _t(problem, 64, 128, 128, 4, 4, split=1)]
+    else:
+        cands = [_t(problem, 128, 256, 64, 8, 3), _t(problem, 128, 128, 128, 8, 3),
+                 _t(problem, 128, 256, 128, 8, 2), _t(problem, 256, 128, 64, 8, 3),
+                 _t(problem, 128, 128, 64, 4, 4)]
+    out = []
+    for c in cands:
+        if c not in out:
+            out.append(c)
+    return out

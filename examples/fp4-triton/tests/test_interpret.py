@@ -1,0 +1,41 @@
+"""The kernel's arithmetic and indexing in Triton's CPU interpreter (no GPU needed).
+
+Runs where Triton is installed but no CUDA device is visible (a developer's laptop); the
+interpreter cannot do bf16 arithmetic, so it checks the NVFP4 (fp16) path only. The GPU
+tests cover both formats on hardware.
+"""
+
+import importlib.util
+import os
+
+import pytest
+import torch
+
+if importlib.util.find_spec("triton") is None or torch.cuda.is_available():
+    pytest.skip("needs Triton and no CUDA device (runs the Triton interpreter)", allow_module_level=True)
+os.environ["TRITON_INTERPRET"] = "1"  # before fp4_triton.kernels is imported
+
+import fp4core  # noqa: E402
+from fp4core.reference import reference_mm, relative_error  # noqa: E402
+from fp4core.testing import canonical_operands  # noqa: E402
+from fp4_triton.launch import launch  # noqa: E402
+
+BASE = {"bm": 16, "bn": 16, "bk": 64, "warps": 4, "stages": 2, "split_k": 1, "group_m": 2, "swap": 0}
+
+
+@pytest.mark.parametrize("m, n, k, a8x4, tactic", [
+    (5, 48, 64, False, {}),
+    (40, 48, 96, True, {"swap": 1}),                     # K tail (96 = 64 + 32), 8x4 A scales
+    (40, 48, 128, False, {"group_m": 2}),                # 3 x 3 tiles, grouped order
+    (20, 130, 256, False, {"bn": 32, "bk": 128, "split_k": 2, "swap": 1}),
+    (7, 33, 512, True, {"split_k": 4}),
+    (130, 20, 128, False, {"bm": 32, "bk": 128}),        # rows past one 128-row scale tile
+])
+def test_interpreted_kernel_matches_reference(m, n, k, a8x4, tactic):
+    p = fp4core.make_problem(m, n, k, use_8x4_sf_layout=a8x4, device="cpu")
+    ops = canonical_operands(p, seed=m + n + k)
+    ref = reference_mm(p, ops, torch.float64)
+    out = torch.full((m, n), float("nan"), dtype=torch.bfloat16)
+    launch(p, ops, {**BASE, **tactic}, out)
+    err = relative_error(out, ref)
+    assert err <= 1e-2, f"relative error {err:.3g} for {p.describe()} {tactic}"
