@@ -121,7 +121,11 @@ def register_prepared(w: PreparedWeight) -> int:
 
 
 # -- the GEMM op ------------------------------------------------------------------------------
-@torch.library.custom_op("fp4core::mm_fp4", mutates_args=())
+@torch.library.custom_op(
+    "fp4core::mm_fp4", mutates_args=(),
+    # weight_key as int, not SymInt: it is a constant of the graph, never a symbolic size
+    schema="(Tensor a, Tensor a_descale, Tensor b, Tensor b_descale, Tensor? alpha, ScalarType out_dtype, "
+           "bool use_nvfp4, bool use_8x4_sf_layout, str backend, int weight_key) -> Tensor")
 def _mm_fp4_op(a: torch.Tensor, a_descale: torch.Tensor, b: torch.Tensor, b_descale: torch.Tensor,
                alpha: Optional[torch.Tensor], out_dtype: torch.dtype, use_nvfp4: bool,
                use_8x4_sf_layout: bool, backend: str, weight_key: int) -> torch.Tensor:
