@@ -165,11 +165,10 @@ def quantize_linears(model: nn.Module, format: str = "nvfp4",
             continue
         targets.append(name)
     for name in targets:
+        if not name:  # the model itself is a Linear
+            return Fp4Linear.from_linear(model, format, backend, act_sf_layout, quantize)
         parent_name, _, child = name.rpartition(".")
         parent = model.get_submodule(parent_name) if parent_name else model
-        new = Fp4Linear.from_linear(getattr(parent, child), format, backend, act_sf_layout, quantize)
-        if name:
-            setattr(parent, child, new)
-        else:
-            return new  # the model itself was a Linear
+        setattr(parent, child, Fp4Linear.from_linear(getattr(parent, child), format, backend,
+                                                     act_sf_layout, quantize))
     return model

@@ -217,6 +217,20 @@ def _quantize_fake(x, fmt, sf_layout, global_scale, auto_global_scale):
             x.new_empty((1,), dtype=torch.float32))
 
 
+def _quantize_setup(ctx, inputs, output):
+    ctx.mark_non_differentiable(*output)
+
+
+def _quantize_backward(ctx, *grads):
+    return None, None, None, None, None
+
+
+# Quantization is a step function: no gradient flows through it. Saying so keeps autograd
+# (and AOT autograd under torch.compile) from asking mm_fp4 for a backward when the input of
+# an Fp4Linear requires grad (e.g. after a float Linear of a partly quantized model).
+_quantize_op.register_autograd(_quantize_backward, setup_context=_quantize_setup)
+
+
 def quantize_fp4(x: torch.Tensor, fmt: Fp4Format | str = "nvfp4",
                  sf_layout: SfLayout | str = SfLayout.layout_128x4,
                  global_scale: torch.Tensor | float | str | None = "auto"
