@@ -1,0 +1,141 @@
+"""The Triton quantization kernels write the same bytes as the CPU reference quantizers.
+
+GPU (marked): random shapes (rows not a multiple of the tile, K of several blocks), every
+format, layout and input dtype, explicit and "auto" global scales, and edge inputs (zeros,
+negative zeros, huge values that saturate, subnormals, NaN, Inf). CPU: the same kernels
+under Triton's interpreter when Triton is installed (skipped otherwise).
+"""
+
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import fp4core
+from fp4core.formats import Fp4Format
+from fp4core.layouts import SfLayout
+
+LAYOUTS = [SfLayout.layout_128x4, SfLayout.layout_8x4, SfLayout.layout_linear]
+
+
+def edge_inputs(rows, k, dtype, seed=0):
+    """Random data across 12 decades plus rows of edge values."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(rows, k, generator=g) * torch.logspace(-5, 6, rows)[:, None]
+    x[0, : min(k, 40)] = 0.0
+    if rows > 1:
+        x[1, :] = -0.0
+    if rows > 2:
+        x[2, 3] = float("nan")
+    if rows > 3:
+        x[3, k - 1] = float("inf")
+        x[3, 0] = float("-inf")
+    if rows > 4:
+        x[4, :] = 1e-40  # float32 subnormals (0 in bf16/fp16)
+    if rows > 5:
+        x[5, ::7] = 3e38 if dtype == torch.float32 else 6e4  # saturating
+    if rows > 6:
+        x[6, :16] = torch.tensor([0.25, 0.75, 1.25, 1.75, 2.5, 3.5, 5.0, 6.0] * 2)  # E2M1 ties
+    return x.to(dtype)
+
+
+def check_bytes(x_cpu: torch.Tensor, device: str, fmt: Fp4Format, layout: SfLayout, gs) -> None:
+    """quantize on ``device`` (the kernels) == quantize on the CPU (the reference)."""
+    x_dev = x_cpu.to(device)
+    if fmt is Fp4Format.NVFP4:
+        if gs == "auto":
+            q, sf, g = fp4core.quantize_fp4(x_dev, "nvfp4", layout, "auto")
+            g_ref = fp4core.compute_global_scale(x_cpu)
+            assert torch.equal(g.cpu(), g_ref.reshape(1)), (g, g_ref)
+        else:
+            g_ref = torch.tensor([gs], dtype=torch.float32)
+            q, sf = fp4core.nvfp4_quantize(x_dev, g_ref.to(device), layout)
+        q_ref, sf_ref = fp4core.nvfp4_quantize(x_cpu, g_ref, layout)
+    else:
+        q, sf = fp4core.mxfp4_quantize(x_dev, layout)
+        q_ref, sf_ref = fp4core.mxfp4_quantize(x_cpu, layout)
+    assert q.device.type == torch.device(device).type
+    assert q.shape == q_ref.shape and sf.shape == sf_ref.shape
+    bad_q = (q.cpu() != q_ref).nonzero()
+    bad_s = (sf.cpu() != sf_ref).nonzero()
+    assert bad_q.numel() == 0, f"codes differ at {bad_q[:5].tolist()} ({fmt.value} {layout.value} gs={gs})"
+    assert bad_s.numel() == 0, f"scales differ at {bad_s[:5].tolist()} ({fmt.value} {layout.value} gs={gs})"
+
+
+CASES = [(fmt, layout, gs) for fmt in Fp4Format for layout in LAYOUTS
+         for gs in (["auto", 1.0, 2.5e4] if fmt is Fp4Format.NVFP4 else [None])]
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("fmt,layout,gs", CASES, ids=lambda v: getattr(v, "value", str(v)))
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_kernels_byte_equal_reference(fmt, layout, gs, dtype):
+    from fp4core.kernels import quantize_kernels, unavailable_reason
+    assert quantize_kernels() is not None, unavailable_reason()
+    for i, (rows, k) in enumerate([(1, 64), (7, 128), (130, 320), (257, 1024), (1000, 4096)]):
+        check_bytes(edge_inputs(rows, k, dtype, seed=i), "cuda", fmt, layout, gs)
+
+
+@pytest.mark.gpu
+def test_kernels_on_strided_rows_and_all_zero_input():
+    x = torch.randn(64, 512)[:, :256]  # row stride 512
+    check_bytes(x, "cuda", Fp4Format.NVFP4, SfLayout.layout_128x4, "auto")
+    check_bytes(torch.zeros(9, 64), "cuda", Fp4Format.NVFP4, SfLayout.layout_128x4, "auto")
+    check_bytes(torch.zeros(9, 64), "cuda", Fp4Format.MXFP4, SfLayout.layout_8x4, None)
+    q, sf, g = fp4core.quantize_fp4(torch.zeros(9, 64, device="cuda"))
+    assert g.item() == 1.0
+
+
+@pytest.mark.gpu
+def test_cuda_graph_capture_of_quantization_replays_identically():
+    x = torch.randn(33, 256, device="cuda")
+    fp4core.quantize_fp4(x)  # compile the kernels outside the capture
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        q, sf, g = fp4core.quantize_fp4(x)
+    x.copy_(torch.randn(33, 256))
+    graph.replay()
+    q2, sf2, g2 = fp4core.quantize_fp4(x)
+    assert torch.equal(q, q2) and torch.equal(sf, sf2) and torch.equal(g, g2)
+
+
+_INTERPRETER_SCRIPT = r"""
+import sys, torch, fp4core
+sys.path.insert(0, {tests!r})
+from test_quantize_gpu import CASES, edge_inputs
+from fp4core.formats import Fp4Format
+from fp4core.kernels import quantize_triton as qt
+for fmt, layout, gs in CASES:
+    for dtype in (torch.float32, torch.bfloat16):
+        for i, (rows, k) in enumerate([(9, 64), (130, 96)]):
+            x = edge_inputs(rows, k, dtype, seed=i)
+            if fmt is Fp4Format.NVFP4:
+                g_ref = fp4core.compute_global_scale(x) if gs == "auto" else torch.tensor([gs])
+                q, sf, g = qt.quantize(x, fmt, layout, None if gs == "auto" else g_ref, gs == "auto")
+                assert torch.equal(g, g_ref.reshape(1)), (g, g_ref)
+                q_ref, sf_ref = fp4core.nvfp4_quantize(x, g_ref, layout)
+            else:
+                q, sf, _ = qt.quantize(x, fmt, layout, None, False)
+                q_ref, sf_ref = fp4core.mxfp4_quantize(x, layout)
+            assert torch.equal(q, q_ref), (fmt, layout, gs, dtype, (q != q_ref).nonzero()[:5])
+            assert torch.equal(sf, sf_ref), (fmt, layout, gs, dtype, (sf != sf_ref).nonzero()[:5])
+print("interpreter: all equal")
+"""
+
+
+def _has_triton() -> bool:
+    import importlib.util
+    return importlib.util.find_spec("triton") is not None
+
+
+@pytest.mark.skipif(not _has_triton(), reason="triton is not installed")
+def test_kernels_byte_equal_reference_in_the_triton_interpreter():
+    """The kernels' arithmetic on the CPU through Triton's interpreter (no GPU needed); the
+    kernel module is called directly because the public functions use it for CUDA tensors only."""
+    script = _INTERPRETER_SCRIPT.format(tests=os.path.dirname(os.path.abspath(__file__)))
+    env = dict(os.environ, TRITON_INTERPRET="1")
+    res = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=900)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    assert "all equal" in res.stdout
