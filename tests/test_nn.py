@@ -152,3 +152,57 @@ def test_errors():
         Fp4Linear(32, 8, format="int4")
     with pytest.raises(RuntimeError, match="size mismatch"):
         Fp4Linear(32, 8).load_state_dict(Fp4Linear(64, 8).state_dict())
+
+
+# -- GPU ---------------------------------------------------------------------------------------
+@pytest.mark.gpu
+@pytest.mark.parametrize("fmt", ["nvfp4", "mxfp4"])
+def test_fp4linear_on_gpu_matches_float64_reference(fmt):
+    torch.manual_seed(2)
+    lin = nn.Linear(512, 384).cuda().to(torch.bfloat16)
+    layer = Fp4Linear.from_linear(lin, format=fmt)
+    x = torch.randn(4, 33, 512, device="cuda", dtype=torch.bfloat16)
+    y = layer(x)
+    assert y.is_cuda and y.dtype == torch.bfloat16 and y.shape == (4, 33, 384)
+    assert relative_error(y, _reference(layer, x)) <= 1e-2
+
+
+@pytest.mark.gpu
+def test_model_cuda_graph_replay_bit_identical_and_allocation_free():
+    model = quantize_linears(_model().cuda().to(torch.bfloat16))
+    x = torch.randn(8, 64, device="cuda", dtype=torch.bfloat16)
+    s = torch.cuda.Stream()
+    s.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(s):
+        for _ in range(2):
+            model(x)
+    torch.cuda.current_stream().wait_stream(s)
+    eager = model(x).clone()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        static = model(x)
+    static.fill_(float("nan"))
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    before = torch.cuda.memory_allocated()
+    for _ in range(5):
+        graph.replay()
+    torch.cuda.synchronize()
+    assert torch.equal(static, eager)
+    assert torch.cuda.memory_allocated() == before and torch.cuda.max_memory_allocated() == before
+    x.copy_(torch.randn_like(x))
+    graph.replay()
+    assert torch.equal(static, model(x))
+
+
+@pytest.mark.gpu
+def test_compiled_model_on_gpu_and_state_dict_across_devices():
+    torch._dynamo.reset()
+    model = quantize_linears(_model().cuda().to(torch.bfloat16))
+    x = torch.randn(3, 9, 64, device="cuda", dtype=torch.bfloat16)
+    compiled = torch.compile(model, fullgraph=True)
+    assert relative_error(compiled(x), model(x)) <= 1e-3
+    cpu = quantize_linears(_model().to(torch.bfloat16), quantize=False)
+    cpu.load_state_dict({k: v.cpu() for k, v in model.state_dict().items()})
+    cpu.cuda()  # moved: the prepared copies are rebuilt for the new tensors
+    assert torch.equal(cpu(x), model(x))

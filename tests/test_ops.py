@@ -251,3 +251,93 @@ def test_compiled_graph_uses_the_tuned_backend(monkeypatch):
         compiled(x)
         assert ("run", False) in log
     state.registry.reset()
+
+
+# -- GPU ---------------------------------------------------------------------------------------
+def _side_stream_warmup(fn, times=2):
+    """Warm up on a side stream, as torch.cuda.graph's documentation asks."""
+    s = torch.cuda.Stream()
+    s.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(s):
+        for _ in range(times):
+            out = fn()
+    torch.cuda.current_stream().wait_stream(s)
+    torch.cuda.synchronize()
+    return out
+
+
+@pytest.mark.gpu
+def test_cuda_graph_replay_is_bit_identical_and_never_tunes_during_capture():
+    shapes = [(16, 256, 512), (64, 512, 256), (5, 384, 128)]
+    data = [_operands(m, n, k, device="cuda", seed=i) for i, (m, n, k) in enumerate(shapes)]
+    problems = [fp4core.make_problem(m, n, k, device="cuda") for m, n, k in shapes]
+    fp4core.tune(problems[:2], verbose=False, save=False)  # the third shape stays untuned
+
+    def seq():
+        return [ops.mm_fp4(a, b.T, asf, bsf.T, alpha) for _, _, a, asf, b, bsf, alpha in data]
+
+    eager = [t.clone() for t in _side_stream_warmup(seq)]
+    graph = torch.cuda.CUDAGraph()
+    with fp4core.autotune(verbose=False, save=False):  # tuning is on, yet capture must not tune
+        with torch.cuda.graph(graph):
+            static = seq()
+        assert fp4core.explain(problems[2]).cache_entry is None
+        assert fp4core.explain(problems[2]).choice.source == "heuristic"
+    assert fp4core.explain(problems[0]).choice.source == "cache"
+    for t in static:
+        t.fill_(float("nan"))
+    graph.replay()
+    torch.cuda.synchronize()
+    for got, want in zip(static, eager):
+        assert torch.equal(got, want)
+    # the graph reads the inputs in place: new activations give the new eager result
+    for i, (m, n, k) in enumerate(shapes):
+        _, _, a2, asf2, _, _, _ = _operands(m, n, k, device="cuda", seed=100 + i)
+        data[i][2].copy_(a2)
+        data[i][3].copy_(asf2)
+    graph.replay()
+    for got, want in zip(static, seq()):
+        assert torch.equal(got, want)
+
+
+@pytest.mark.gpu
+def test_no_device_allocation_growth_per_call():
+    _, _, a, asf, b, bsf, alpha = _operands(16, 1024, 1024, device="cuda")
+    pw = fp4core.prepare(b.T, bsf.T)
+    call = lambda: ops.mm_fp4(a, pw, asf, None, alpha)
+    _side_stream_warmup(call, 3)
+    torch.cuda.reset_peak_memory_stats()
+    base = torch.cuda.memory_allocated()
+    call()
+    torch.cuda.synchronize()
+    peak = torch.cuda.max_memory_allocated()
+    for _ in range(20):
+        call()
+    torch.cuda.synchronize()
+    assert torch.cuda.max_memory_allocated() == peak
+    assert torch.cuda.memory_allocated() == base
+    # replaying a captured call allocates nothing at all
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out = call()
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    before = torch.cuda.memory_allocated()
+    for _ in range(10):
+        graph.replay()
+    torch.cuda.synchronize()
+    assert torch.cuda.memory_allocated() == before and torch.cuda.max_memory_allocated() == before
+    assert relative_error(out, _ref64(a.cpu(), asf.cpu(), b.cpu(), bsf.cpu(), alpha.cpu())) <= 1e-2
+
+
+@pytest.mark.gpu
+def test_compile_fullgraph_on_gpu():
+    torch._dynamo.reset()
+    x, w, _, _, _, _, _ = _operands(32, 256, 512, device="cuda")
+    gw = fp4core.compute_global_scale(w)
+    b, bsf = fp4core.nvfp4_quantize(w, gw)
+    f = _w4a4(b, bsf.reshape(-1), gw)
+    compiled = torch.compile(f, fullgraph=True)
+    got, want = compiled(x), f(x)
+    # inductor may compute alpha = 1/(gs*gw) with a differently rounded division
+    assert relative_error(got, want) <= 1e-5
