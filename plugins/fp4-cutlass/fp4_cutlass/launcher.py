@@ -1,0 +1,153 @@
+"""Build (through ``fp4core.jit``), load and launch the Hopper kernel; its cached workspaces.
+
+The SM90 library has one launch entry point, ``fp4c_sm90_gemm(const Params*, stream)``: the
+activation pre-pass, the GEMM and (for split-K) the reduction, all on the given stream with
+raw device pointers, so nothing here touches torch's C++ ABI.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import threading
+from pathlib import Path
+
+import torch
+
+from fp4core import jit
+
+CSRC = Path(__file__).parent / "csrc"
+SM90_SOURCE = CSRC / "fp4_sm90_gemm.cu"
+SM90_LIB = "fp4_cutlass_sm90"
+ABI_VERSION = 1
+#: K values per pipeline stage; the pre-pass pads A's K to a multiple of it.
+BK = 128
+#: Activation rows per CTA (wgmma N) and weight rows per CTA the library is compiled for.
+TM_CHOICES = (16, 32, 64, 128, 256)
+BN_CHOICES = (128, 64)
+#: Extra nvcc flags (part of the cache key).
+FLAGS = ("-lineinfo",)
+
+
+class Params(ctypes.Structure):
+    """Mirrors ``struct fp4c::Params`` in csrc/fp4_sm90_gemm.cu."""
+
+    _fields_ = [(name, ctypes.c_void_p) for name in
+                ("a", "a_sf", "b", "b_sf", "alpha", "out", "act", "partial")] + \
+               [(name, ctypes.c_int) for name in
+                ("m", "n", "k", "a_sf_8x4", "out_fp16", "mx", "splits", "tm", "bn")]
+
+
+def include_dirs() -> list[Path]:
+    """The CUTLASS/CuTe include folder; raises a clear error when nvidia-cutlass is missing."""
+    inc = jit.cutlass_include_dir()
+    if inc is None:
+        raise jit.JitError("CUTLASS/CuTe headers not found: pip install nvidia-cutlass "
+                           f"(or set ${jit.ENV_CUTLASS} to a folder holding cutlass/cutlass.h)")
+    return [inc]
+
+
+def build_sm90(progress: bool = True, kind: str = "shared") -> Path:
+    """Compile the SM90a library (or find it in the JIT cache); returns its path."""
+    return jit.build(SM90_LIB, [SM90_SOURCE], arch="sm_90a", flags=FLAGS, include_dirs=include_dirs(),
+                     progress=progress, kind=kind)
+
+
+@functools.lru_cache(maxsize=None)
+def library() -> ctypes.CDLL:
+    """The loaded SM90a library (built on first use)."""
+    lib = jit.load(SM90_LIB, [SM90_SOURCE], arch="sm_90a", flags=FLAGS, include_dirs=include_dirs())
+    lib.fp4c_sm90_gemm.restype = ctypes.c_int
+    lib.fp4c_sm90_gemm.argtypes = [ctypes.POINTER(Params), ctypes.c_void_p]
+    lib.fp4c_error_string.restype = ctypes.c_char_p
+    lib.fp4c_error_string.argtypes = [ctypes.c_int]
+    lib.fp4c_abi_version.restype = ctypes.c_int
+    lib.fp4c_params_size.restype = ctypes.c_int
+    if lib.fp4c_abi_version() != ABI_VERSION:
+        raise RuntimeError(f"{SM90_LIB}: library ABI {lib.fp4c_abi_version()} != {ABI_VERSION}")
+    if lib.fp4c_params_size() != ctypes.sizeof(Params):
+        raise RuntimeError(f"{SM90_LIB}: Params is {lib.fp4c_params_size()} bytes in C, "
+                           f"{ctypes.sizeof(Params)} in Python")
+    return lib
+
+
+def padded_k(k: int) -> int:
+    return (k + BK - 1) // BK * BK
+
+
+class Workspace:
+    """Per-device buffers: the bf16 K-permuted activations (m x padded K) and the split-K fp32
+    partials. Grown on demand and never freed while the process lives: a CUDA graph captured
+    with an older buffer keeps using it, so a replaced buffer must stay allocated."""
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self.act = torch.empty(0, dtype=torch.bfloat16, device=device)
+        self.partial = torch.empty(0, dtype=torch.float32, device=device)
+        self._retired: list[torch.Tensor] = []
+
+    def ensure(self, act_elems: int, partial_elems: int) -> tuple[int, int]:
+        """Data pointers of buffers at least this large (allocates only when growing)."""
+        if self.act.numel() < act_elems:
+            self._retired.append(self.act)
+            self.act = torch.empty(max(act_elems, 1 << 20), dtype=torch.bfloat16, device=self.device)
+        if self.partial.numel() < partial_elems:
+            self._retired.append(self.partial)
+            self.partial = torch.empty(max(partial_elems, 1 << 18), dtype=torch.float32, device=self.device)
+        return self.act.data_ptr(), (self.partial.data_ptr() if partial_elems else 0)
+
+
+_workspaces: dict[int, Workspace] = {}
+_ws_lock = threading.Lock()
+
+
+def workspace(device: torch.device) -> Workspace:
+    """The workspace of ``device`` (one per device: concurrent calls on two streams of one
+    device are not supported, as with the other JIT backends)."""
+    idx = device.index if device.index is not None else torch.cuda.current_device()
+    ws = _workspaces.get(idx)
+    if ws is None:
+        with _ws_lock:
+            ws = _workspaces.setdefault(idx, Workspace(torch.device("cuda", idx)))
+    return ws
+
+
+def _raw_stream(index: int) -> int:
+    get = getattr(torch._C, "_cuda_getCurrentRawStream", None)
+    return get(index) if get is not None else torch.cuda.current_stream(index).cuda_stream
+
+
+def _check_aligned(name: str, t: torch.Tensor) -> None:
+    if t.data_ptr() % 16:
+        raise ValueError(f"cutlass: {name} must start at a 16-byte aligned address (TMA), "
+                         f"got {t.data_ptr():#x}")
+
+
+def launch(*, a: torch.Tensor, a_sf: torch.Tensor, b: torch.Tensor, b_sf: torch.Tensor,
+           alpha: torch.Tensor | None, out: torch.Tensor, m: int, n: int, k: int, mx: bool,
+           a_sf_8x4: bool, tm: int, bn: int, splits: int) -> None:
+    """Run pre-pass + GEMM (+ split-K reduce) on the current stream of ``out``'s device.
+
+    Args:
+        a: uint8 (m, k/2) contiguous; a_sf: flat A scale bytes (128x4, or 8x4 if ``a_sf_8x4``).
+        b: uint8 (n, k/2) contiguous; b_sf: flat 128x4 B scale bytes.
+        alpha: float32 one element or None; out: contiguous (m, n) bf16 or fp16.
+        tm, bn, splits: the tactic (activation rows per CTA, weight rows per CTA, split-K).
+    Raises:
+        ValueError for a misaligned tensor; RuntimeError naming the CUDA error of a failed launch.
+    """
+    index = out.device.index
+    lib = library()
+    _check_aligned("a", a)
+    _check_aligned("b (the weight)", b)
+    _check_aligned("b_descale", b_sf)
+    ws = workspace(out.device)
+    act, part = ws.ensure(m * padded_k(k), splits * m * n if splits > 1 else 0)
+    p = Params(a.data_ptr(), a_sf.data_ptr(), b.data_ptr(), b_sf.data_ptr(),
+               alpha.data_ptr() if alpha is not None else None, out.data_ptr(), act, part or None,
+               m, n, k, int(a_sf_8x4), int(out.dtype == torch.float16), int(mx), splits, tm, bn)
+    err = lib.fp4c_sm90_gemm(ctypes.byref(p), _raw_stream(index))
+    if err != 0:
+        raise RuntimeError(f"fp4-cutlass kernel launch failed: error {err} "
+                           f"({lib.fp4c_error_string(err).decode()}) for m={m} n={n} k={k} "
+                           f"tm={tm} bn={bn} splits={splits}")

@@ -1,0 +1,90 @@
+"""GPU checks (marked ``gpu``): every tactic (each compiled tile variant, split-K on and off)
+against the exact float64 reference, both formats, odd shapes (M = 1, 7, 129, 1000; N not a
+multiple of the tile; K a multiple of 64 but not of the 128-wide stage), both A-scale layouts,
+fp16 output, mm_fp4 with FlashInfer-style arguments, and CUDA-graph capture."""
+
+import pytest
+import torch
+
+import fp4core
+from fp4core.reference import TOLERANCE, reference_mm, relative_error
+from fp4core.synthetic import random_operands
+from fp4core.testing import check_backend
+
+from fp4_cutlass import launcher
+from fp4_cutlass.plugin import CutlassBackend
+
+pytestmark = pytest.mark.gpu
+
+ALL_TACTICS = [{"tm": tm, "bn": bn, "split_k": s}
+               for tm in launcher.TM_CHOICES for bn in launcher.BN_CHOICES for s in (1, 3)]
+
+
+def _problem(m, n, k, nv=True, e8=False, out=torch.bfloat16):
+    return fp4core.make_problem(m, n, k, use_nvfp4=nv, use_8x4_sf_layout=e8, out_dtype=out, device="cuda")
+
+
+@pytest.mark.parametrize("nv", [True, False], ids=["nvfp4", "mxfp4"])
+@pytest.mark.parametrize("m", [1, 7, 129, 1000])
+@pytest.mark.parametrize("n,k", [(320, 1088), (1024, 2048)])
+def test_every_tactic_exact(m, n, k, nv):
+    problem = _problem(m, n, k, nv)
+    results = check_backend("cutlass", problem, seed=m + n + k + nv, tactics=ALL_TACTICS)
+    # Exact dequantization + fp32 accumulation: only the final bf16 rounding remains.
+    assert max(r.error for r in results) < 5e-3
+
+
+@pytest.mark.parametrize("nv", [True, False], ids=["nvfp4", "mxfp4"])
+def test_heuristic_tactics_a8x4_fp16(nv):
+    for m, out in ((33, torch.float16), (300, torch.bfloat16)):
+        problem = _problem(m, 576, 1344, nv, e8=True, out=out)
+        check_backend("cutlass", problem, seed=m, tactics=CutlassBackend().tactics(problem))
+
+
+def test_mm_fp4_flashinfer_arguments():
+    m, n, k = 200, 512, 1024
+    problem = _problem(m, n, k)
+    gen = torch.Generator(device="cuda").manual_seed(5)
+    ops = random_operands(problem, device="cuda", generator=gen)
+    ref = reference_mm(problem, ops)
+    b_sf = ops.b_scale.view(n, k // 16)  # 128x4 bytes as FlashInfer's (n, k/16) tensor
+    out = fp4core.mm_fp4(ops.a, ops.b.T, ops.a_scale.view(m + (-m) % 128, k // 16), b_sf.T,
+                         ops.alpha, backend="cutlass")
+    assert relative_error(out, ref) <= TOLERANCE
+
+
+def test_repeatable_and_poison_free():
+    """Same inputs twice -> bitwise the same output (no races), and every element written."""
+    problem = _problem(129, 640, 2048)
+    ops = random_operands(problem, device="cuda", generator=torch.Generator(device="cuda").manual_seed(1))
+    be = CutlassBackend()
+    for tac in ({"tm": 128, "bn": 64, "split_k": 1}, {"tm": 256, "bn": 128, "split_k": 4}):
+        outs = []
+        for _ in range(2):
+            out = torch.full((129, 640), float("nan"), dtype=torch.bfloat16, device="cuda")
+            be.run(problem, ops, tac, out)
+            outs.append(out)
+        torch.cuda.synchronize()
+        assert not outs[0].isnan().any()
+        assert torch.equal(outs[0], outs[1]), tac
+
+
+def test_cuda_graph_capture():
+    m, n, k = 64, 768, 1536
+    problem = _problem(m, n, k)
+    be = CutlassBackend()
+    tac = {"tm": 64, "bn": 64, "split_k": 2}
+    ops = random_operands(problem, device="cuda", generator=torch.Generator(device="cuda").manual_seed(2))
+    out = torch.full((m, n), float("nan"), dtype=torch.bfloat16, device="cuda")
+    be.run(problem, ops, tac, out)  # warm-up: builds/loads the library, sizes the workspace
+    torch.cuda.synchronize()
+    g = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(g):
+        be.run(problem, ops, tac, out)
+    fresh = random_operands(problem, device="cuda", generator=torch.Generator(device="cuda").manual_seed(3))
+    for dst, src in ((ops.a, fresh.a), (ops.a_scale, fresh.a_scale), (ops.b, fresh.b), (ops.b_scale, fresh.b_scale)):
+        dst.copy_(src)
+    out.fill_(float("nan"))
+    g.replay()
+    torch.cuda.synchronize()
+    assert relative_error(out, reference_mm(problem, fresh)) <= TOLERANCE

@@ -1,0 +1,117 @@
+"""CPU checks: the package installs and registers through its entry point, supports gives
+clear reasons, tactics are valid JSON-able variants, errors name the bad argument, and the
+K permutation used by the kernel is a bijection that matches the fragment mapping."""
+
+import json
+from importlib.metadata import entry_points
+
+import pytest
+import torch
+
+import fp4core
+from fp4core.problem import DeviceInfo
+
+from fp4_cutlass import launcher, plugin
+from fp4_cutlass.plugin import CutlassBackend
+
+H100 = DeviceInfo("cuda", 0, "NVIDIA H100 80GB HBM3", (9, 0))
+B200 = DeviceInfo("cuda", 0, "NVIDIA B200", (10, 0))
+RTX5090 = DeviceInfo("cuda", 0, "NVIDIA GeForce RTX 5090", (12, 0))
+A100 = DeviceInfo("cuda", 0, "NVIDIA A100", (8, 0))
+
+
+def _p(m, n, k, device=H100, **kw):
+    return fp4core.make_problem(m, n, k, device=device, **kw)
+
+
+def test_entry_point_registered():
+    eps = [ep for ep in entry_points(group="fp4core.backends") if ep.name == "cutlass"]
+    assert len(eps) == 1 and eps[0].value == "fp4_cutlass.plugin:CutlassBackend"
+    names = {b.name: b for b in fp4core.backends()}
+    assert "cutlass" in names
+    info = CutlassBackend().backend_info()
+    assert info.verified == ("sm90a",) and set(info.targets) == {"sm90a", "sm100a", "sm120a"}
+
+
+def test_supports_reasons(monkeypatch):
+    monkeypatch.setattr(plugin, "_toolchain_problem", lambda: "")
+    be = CutlassBackend()
+    assert be.supports(_p(128, 4096, 4096))
+    assert be.supports(_p(1, 100, 64, use_nvfp4=False))
+    r = be.supports(_p(128, 4096, 4000))
+    assert not r and "multiple of 64" in r.reason and "4000" in r.reason
+    r = be.supports(_p(128, 4096, 4096, device=B200))
+    assert not r and "not verified on hardware" in r.reason
+    r = be.supports(_p(128, 4096, 4096, device=RTX5090))
+    assert not r and "not verified on hardware" in r.reason
+    r = be.supports(_p(128, 4096, 4096, device=A100))
+    assert not r and "SM90" in r.reason
+    r = be.supports(_p(128, 4096, 4096, device="cpu"))
+    assert not r and "CUDA" in r.reason
+
+
+def test_supports_without_toolchain(monkeypatch):
+    monkeypatch.setattr(plugin, "_toolchain_problem", lambda: "nvcc (CUDA compiler) not found")
+    r = CutlassBackend().supports(_p(128, 4096, 4096))
+    assert not r and "nvcc" in r.reason
+
+
+@pytest.mark.parametrize("m", [1, 7, 128, 256, 1000, 4096])
+def test_tactics_valid(m):
+    be = CutlassBackend()
+    tacs = be.tactics(_p(m, 8192, 8192))
+    assert tacs and json.loads(json.dumps(tacs)) == tacs
+    for t in tacs:
+        assert t["tm"] in launcher.TM_CHOICES and t["bn"] in launcher.BN_CHOICES and t["split_k"] >= 1
+    assert len({json.dumps(t, sort_keys=True) for t in tacs}) == len(tacs)
+
+
+def test_split_k_fills_the_gpu():
+    # 128 x 8192 x 8192 with 128x128 tiles is 64 CTAs on 132 SMs: split K in two.
+    assert plugin.auto_splits(_p(128, 8192, 8192), 128, 128) == 2
+    assert plugin.auto_splits(_p(4096, 8192, 8192), 256, 128) == 1
+
+
+def test_bad_tactic_names_the_field():
+    with pytest.raises(ValueError, match="tm must be one of"):
+        CutlassBackend().run(_p(8, 256, 256), None, {"tm": 48, "bn": 128}, None)
+
+
+def _phys(l):
+    # Mirror of phys_of_logical() in csrc/fp4_sm90_gemm.cu.
+    return 32 * ((l % 8) // 2) + 8 * ((l // 16) // 2) + 2 * ((l // 16) % 2) + (l % 16) // 8 + 4 * (l % 2)
+
+
+def test_k_permutation_matches_fragment_mapping():
+    perm = [_phys(l) for l in range(128)]
+    assert sorted(perm) == list(range(128))
+    # Thread quad q, word i of its 16 weight bytes, code pair j -> (wgmma k-step, register, half).
+    for q in range(4):
+        for i in range(4):
+            for j in range(4):
+                for half in range(2):
+                    phys = 32 * q + 8 * i + j + 4 * half       # nibble j (+4 for the high half)
+                    s, p = 2 * i + j // 2, j % 2                 # k-step and a0/a2 register
+                    logical = 16 * s + 8 * p + 2 * q + half      # wgmma column inside the k-step
+                    assert perm[logical] == phys
+
+
+def test_decode_word_emulation():
+    """The bit trick of decode_word: raw bf16 * 2^126 is the E2M1 value, for every code pair."""
+    from fp4core.formats import E2M1_VALUES
+    import struct
+
+    def bf16_bits_to_float(b):
+        return struct.unpack("<f", struct.pack("<I", b << 16))[0]
+    for x in [0x76543210, 0xFEDCBA98, 0x0F1E2D3C, 0x89ABCDEF]:
+        m32 = 0xFFFFFFFF
+        x &= m32
+        r = [((x << 6) & 0x01C001C0) | ((x << 12) & 0x80008000),
+             ((x << 2) & 0x01C001C0) | ((x << 8) & 0x80008000),
+             ((x >> 2) & 0x01C001C0) | ((x << 4) & 0x80008000),
+             ((x >> 6) & 0x01C001C0) | (x & 0x80008000)]
+        for j in range(4):
+            for half in range(2):
+                code = (x >> (4 * (j + 4 * half))) & 0xF
+                bits = (r[j] >> (16 * half)) & 0xFFFF
+                assert bf16_bits_to_float(bits) * 2.0**126 == E2M1_VALUES[code]
