@@ -85,7 +85,25 @@ def _fmt_row(r: BenchRow) -> str:
             f"{r.tflops:8.1f} {r.gbps:8.0f} {r.speedup:7.2f}x {r.rel_err:9.2e}{flag}")
 
 
+def cmd_bench_quantize(args) -> int:
+    """``bench --quantize``: activation quantization (M x K) against the copy bandwidth."""
+    from .kernels.bench_quant import format_rows, run_quant_bench
+    cuda = torch.cuda.is_available()
+    ms = [int(v) for v in args.m.split(",")] if args.m else ([1, 16, 128, 2048, 8192] if cuda else [1, 64])
+    ks = [int(v) for v in args.k.split(",")] if args.k else ([4096, 8192] if cuda else [512])
+    print(_device_line(), file=sys.stderr)
+    rows, copy_gbps = run_quant_bench([(m, k) for m in ms for k in ks],
+                                      progress=lambda s: print(s, file=sys.stderr, flush=True))
+    print(format_rows(rows, copy_gbps))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"copy_gbps": copy_gbps, "rows": [r.__dict__ for r in rows]}, f, indent=1)
+    return 1 if any(r.error for r in rows) else 0
+
+
 def cmd_bench(args) -> int:
+    if getattr(args, "quantize", False):
+        return cmd_bench_quantize(args)
     shapes = shapes_from_args(args)
     backends = [b for b in args.backends.split(",") if b] if args.backends else None
     print(_device_line(), file=sys.stderr)
@@ -154,6 +172,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_shape_args(p)
     p.add_argument("--backends", default="", help="comma list (default: every loaded backend); auto always runs")
     p.add_argument("--autotune", action="store_true", help="tune auto before timing it")
+    p.add_argument("--quantize", action="store_true",
+                   help="benchmark activation quantization (M x K, bf16 -> NVFP4/MXFP4) instead of the GEMM")
     p.add_argument("--json")
     p.add_argument("--csv")
     p.add_argument("--plot", help="PNG: time vs M per backend (log scale) with the bandwidth floor")

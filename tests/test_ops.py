@@ -341,3 +341,10 @@ def test_compile_fullgraph_on_gpu():
     got, want = compiled(x), f(x)
     # inductor may compute alpha = 1/(gs*gw) with a differently rounded division
     assert relative_error(got, want) <= 1e-5
+
+
+def test_cli_bench_quantize_runs_on_cpu(capsys):
+    from fp4core.cli import main
+    assert main(["bench", "--quantize", "--m", "3", "--k", "64"]) == 0
+    out = capsys.readouterr().out
+    assert "nvfp4-auto" in out and "mxfp4" in out and "torch-ref" in out

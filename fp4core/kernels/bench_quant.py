@@ -1,0 +1,117 @@
+"""Activation-quantization benchmark (``fp4core bench --quantize``).
+
+Times ``fp4core.quantize_fp4`` (the Triton kernels on CUDA) per (M, K) and variant (NVFP4
+with a given global scale, NVFP4 with ``global_scale="auto"`` (amax pass + quantization),
+MXFP4), beside the torch reference quantizer and a device-to-device copy measured in the same
+run. Bandwidth counts the minimal traffic: the input read once plus codes and scales written.
+``copy %`` is that bandwidth over the copy's (read + write) bandwidth on a 1 GiB buffer.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Callable
+
+import torch
+
+from ..layouts import padded_scale_shape
+from ..timing import default_timer, median, rotation_sets
+
+VARIANTS = ("nvfp4", "nvfp4-auto", "mxfp4")
+
+
+@dataclasses.dataclass
+class QuantRow:
+    m: int
+    k: int
+    variant: str
+    impl: str  # "kernel" or "torch-ref"
+    median_us: float = 0.0
+    gbps: float = 0.0
+    copy_pct: float = 0.0
+    error: str = ""
+
+
+def traffic_bytes(m: int, k: int, variant: str, in_bytes: int = 2) -> int:
+    """Input read once + packed codes + 128x4 scale bytes written."""
+    block = 32 if variant == "mxfp4" else 16
+    prow, pcol = padded_scale_shape(m, k // block, "128x4")
+    return m * k * in_bytes + m * k // 2 + prow * pcol
+
+
+def copy_bandwidth_gbps(nbytes: int = 1 << 30) -> float:
+    """Device-to-device copy bandwidth (read + write) in GB/s, or 0 without CUDA."""
+    if not torch.cuda.is_available():
+        return 0.0
+    src = torch.empty(nbytes, dtype=torch.uint8, device="cuda")
+    dst = torch.empty_like(src)
+    us = median(default_timer(True).measure(lambda i: dst.copy_(src), 1))
+    del src, dst
+    return 2 * nbytes / us / 1e3
+
+
+def _call(variant: str, gs: torch.Tensor) -> Callable[[torch.Tensor], object]:
+    from ..ops import quantize_fp4
+    if variant == "nvfp4":
+        return lambda x: quantize_fp4(x, "nvfp4", "128x4", gs)
+    if variant == "nvfp4-auto":
+        return lambda x: quantize_fp4(x, "nvfp4", "128x4", "auto")
+    return lambda x: quantize_fp4(x, "mxfp4", "128x4", None)
+
+
+def run_quant_bench(shapes: list[tuple[int, int]], dtype: torch.dtype = torch.bfloat16,
+                    variants=VARIANTS, reference: bool = True,
+                    progress: Callable[[str], None] = lambda s: None) -> tuple[list[QuantRow], float]:
+    """Benchmark (M, K) shapes; returns the rows and the copy bandwidth (GB/s, 0 on CPU)."""
+    from . import ENV_QUANT_KERNEL, quantize_kernels
+    cuda = torch.cuda.is_available()
+    device = "cuda" if cuda else "cpu"
+    copy_gbps = copy_bandwidth_gbps()
+    if cuda:
+        progress(f"device copy: {copy_gbps:.0f} GB/s (read + write, 1 GiB)")
+    impls = [("kernel", True)] if cuda and quantize_kernels() is not None else []
+    if reference or not impls:
+        impls.append(("torch-ref", False))
+    rows: list[QuantRow] = []
+    es = torch.finfo(dtype).bits // 8
+    for m, k in shapes:
+        n_sets = rotation_sets(m * k * es, cuda, max_sets=8)
+        xs = [torch.randn(m, k, device=device, dtype=dtype) for _ in range(n_sets)]
+        gs = torch.tensor([1.0], device=device)
+        for variant in variants:
+            fn = _call(variant, gs)
+            nbytes = traffic_bytes(m, k, variant, es)
+            for impl, use_kernel in impls:
+                row = QuantRow(m, k, variant, impl)
+                prev = os.environ.get(ENV_QUANT_KERNEL)
+                if not use_kernel:
+                    os.environ[ENV_QUANT_KERNEL] = "torch"
+                try:
+                    row.median_us = median(default_timer(cuda).measure(lambda i: fn(xs[i]), n_sets))
+                    row.gbps = nbytes / row.median_us / 1e3
+                    row.copy_pct = 100.0 * row.gbps / copy_gbps if copy_gbps else 0.0
+                except Exception as exc:  # reported, the sweep goes on
+                    row.error = f"{type(exc).__name__}: {exc}"
+                finally:
+                    if prev is None:
+                        os.environ.pop(ENV_QUANT_KERNEL, None)
+                    else:
+                        os.environ[ENV_QUANT_KERNEL] = prev
+                progress(f"{m}x{k} {variant} {impl}: " + (row.error or f"{row.median_us:.1f} us, "
+                                                           f"{row.gbps:.0f} GB/s"))
+                rows.append(row)
+        del xs
+    return rows, copy_gbps
+
+
+def format_rows(rows: list[QuantRow], copy_gbps: float) -> str:
+    lines = [f"copy bandwidth {copy_gbps:.0f} GB/s" if copy_gbps else "CPU run (no copy baseline)",
+             f"{'M':>6s} {'K':>6s}  {'variant':11s} {'impl':10s} {'median us':>10s} {'GB/s':>8s} {'copy %':>7s}"]
+    for r in rows:
+        if r.error:
+            lines.append(f"{r.m:6d} {r.k:6d}  {r.variant:11s} {r.impl:10s} FAILED: {r.error}")
+        else:
+            lines.append(f"{r.m:6d} {r.k:6d}  {r.variant:11s} {r.impl:10s} {r.median_us:10.1f} "
+                         f"{r.gbps:8.0f} {r.copy_pct:6.1f}%")
+    return "\n".join(lines)
