@@ -74,8 +74,14 @@ CASES = [(fmt, layout, gs) for fmt in Fp4Format for layout in LAYOUTS
 def test_kernels_byte_equal_reference(fmt, layout, gs, dtype):
     from fp4core.kernels import quantize_kernels, unavailable_reason
     assert quantize_kernels() is not None, unavailable_reason()
-    for i, (rows, k) in enumerate([(1, 64), (7, 128), (130, 320), (257, 1024), (1000, 4096)]):
+    for i, (rows, k) in enumerate([(1, 64), (7, 128), (130, 320), (257, 1024)]):
         check_bytes(edge_inputs(rows, k, dtype, seed=i), "cuda", fmt, layout, gs)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("fmt,gs", [(Fp4Format.NVFP4, "auto"), (Fp4Format.MXFP4, None)])
+def test_kernels_byte_equal_reference_large(fmt, gs):
+    check_bytes(edge_inputs(2048 + 3, 8192, torch.bfloat16, seed=9), "cuda", fmt, SfLayout.layout_128x4, gs)
 
 
 @pytest.mark.gpu

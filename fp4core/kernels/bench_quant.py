@@ -115,3 +115,32 @@ def format_rows(rows: list[QuantRow], copy_gbps: float) -> str:
             lines.append(f"{r.m:6d} {r.k:6d}  {r.variant:11s} {r.impl:10s} {r.median_us:10.1f} "
                          f"{r.gbps:8.0f} {r.copy_pct:6.1f}%")
     return "\n".join(lines)
+
+
+def sweep_configs(m: int = 8192, k: int = 8192, configs=None,
+                  progress: Callable[[str], None] = print) -> dict[str, tuple[tuple[int, int, int], float]]:
+    """Time the quantization kernel's tile configs on one large bf16 shape (GPU only); returns
+    the best (config, GB/s) per format. Used to pick ``DEFAULT_CONFIG``."""
+    from ..formats import Fp4Format
+    from ..layouts import SfLayout
+    from . import quantize_triton as qt
+    configs = configs or [(8, 16, 4), (16, 16, 4), (32, 16, 4), (16, 32, 4), (32, 8, 4), (64, 8, 8),
+                          (32, 16, 8), (64, 16, 8), (16, 8, 2), (8, 32, 4)]
+    xs = [torch.randn(m, k, device="cuda", dtype=torch.bfloat16) for _ in range(2)]
+    gs = torch.ones(1, device="cuda")
+    best = {}
+    for fmt in Fp4Format:
+        nbytes = traffic_bytes(m, k, "nvfp4" if fmt is Fp4Format.NVFP4 else "mxfp4")
+        for cfg in configs:
+            bm, bc, w = cfg
+            if fmt is Fp4Format.MXFP4:
+                bc = max(1, bc // 2)  # same elements per program
+            c = (bm, bc, w)
+            run = lambda i: qt.quantize(xs[i], fmt, SfLayout.layout_128x4, gs if fmt is Fp4Format.NVFP4 else None,
+                                        False, c)
+            us = median(default_timer(True).measure(run, len(xs)))
+            gbps = nbytes / us / 1e3
+            progress(f"sweep {fmt.value} {m}x{k} config {c}: {us:.1f} us {gbps:.0f} GB/s")
+            if gbps > best.get(fmt.value, (None, 0.0))[1]:
+                best[fmt.value] = (c, gbps)
+    return best

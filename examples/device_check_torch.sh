@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# One device call for the PyTorch integration (issue 6): install fp4core (+ fp4-trtllm, whose
+# kernel library comes prebuilt in .carry/pt-jit), run the GPU tests of the custom ops,
+# Fp4Linear and the Triton quantizers, the quantizer tile sweep and `fp4core bench --quantize`,
+# and the end-to-end MiniLM example (weights from .carry/minilm). Logs under $OUT.
+#   run with carry [".carry/minilm", ".carry/pt-jit"]
+set -uo pipefail
+OUT=${OUT:-./device-out}
+mkdir -p "$OUT"
+export PYTHONUNBUFFERED=1
+[ -d .carry/pt-jit ] && export FP4CORE_JIT_CACHE=$PWD/.carry/pt-jit
+export FP4CORE_TUNING_CACHE=/tmp/fp4core-tuning.json
+PY=python3
+$PY -m pip install -q --no-deps --no-build-isolation -e . -e plugins/fp4-trtllm 2>&1 | tail -2
+{ nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm --format=csv,noheader; date -u
+  $PY -c "import torch, triton, fp4core; print('torch', torch.__version__, 'triton', triton.__version__);
+print([(b.name, b.status, b.error) for b in fp4core.backends()])"; } 2>&1 | tee "$OUT/device.txt"
+timeout 150 $PY -m pytest -q -p no:cacheprovider -x --maxfail=5 -rs \
+  tests/test_quantize_gpu.py tests/test_ops.py tests/test_nn.py 2>&1 | tee "$OUT/tests.log" | tail -25
+timeout 40 $PY -c "
+from fp4core.kernels.bench_quant import sweep_configs
+print('best', sweep_configs())" 2>&1 | tee "$OUT/sweep.log" | tail -3
+timeout 60 $PY -m fp4core.cli bench --quantize --json "$OUT/quant.json" 2>"$OUT/quant_progress.log" | tee "$OUT/quant_bench.txt"
+timeout 120 $PY examples/e2e_model.py --repeat 8 --json "$OUT/e2e.json" 2>&1 | tee "$OUT/e2e.log"
