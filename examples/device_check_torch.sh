@@ -15,10 +15,10 @@ $PY -m pip install -q --no-deps --no-build-isolation -e . -e plugins/fp4-trtllm 
 { nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm --format=csv,noheader; date -u
   $PY -c "import torch, triton, fp4core; print('torch', torch.__version__, 'triton', triton.__version__);
 print([(b.name, b.status, b.error) for b in fp4core.backends()])"; } 2>&1 | tee "$OUT/device.txt"
-timeout 150 $PY -m pytest -q -p no:cacheprovider -x --maxfail=5 -rs \
+timeout 100 $PY -m pytest -q -p no:cacheprovider -x --maxfail=5 -rs \
   tests/test_quantize_gpu.py tests/test_ops.py tests/test_nn.py 2>&1 | tee "$OUT/tests.log" | tail -25
-timeout 40 $PY -c "
+timeout 25 $PY -c "
 from fp4core.kernels.bench_quant import sweep_configs
 print('best', sweep_configs())" 2>&1 | tee "$OUT/sweep.log" | tail -3
-timeout 60 $PY -m fp4core.cli bench --quantize --json "$OUT/quant.json" 2>"$OUT/quant_progress.log" | tee "$OUT/quant_bench.txt"
-timeout 120 $PY examples/e2e_model.py --repeat 8 --json "$OUT/e2e.json" 2>&1 | tee "$OUT/e2e.log"
+timeout 45 $PY -m fp4core.cli bench --quantize --m 1,16,2048,8192 --json "$OUT/quant.json" 2>"$OUT/quant_progress.log" | tee "$OUT/quant_bench.txt"
+timeout 100 $PY examples/e2e_model.py --repeat 8 --json "$OUT/e2e.json" 2>&1 | tee "$OUT/e2e.log"
