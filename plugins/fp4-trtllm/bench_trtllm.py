@@ -106,7 +106,7 @@ def main(argv=None) -> int:
             tbs = wbytes / best_us / 1e6
             row = (f"| {m} | {n} | {k} | {base:.1f} | {best_us:.1f} | {base / best_us:.2f}x | {base_eager:.1f} | "
                    f"{eager:.1f} | {base_eager / eager:.2f}x | t={best.get('t')},w={best.get('warps')},"
-                   f"s={best.get('split_k')} | {first_us:.1f} | {tbs:.2f} | {100 * tbs / bw:.0f}% | {worst_err:.1e} |")
+                   f"c={best.get('ctas')} | {first_us:.1f} | {tbs:.2f} | {100 * tbs / bw:.0f}% | {worst_err:.1e} |")
             print(row, flush=True)
             lines.append(row)
             del sets, bsets

@@ -1,7 +1,12 @@
 """Build (through ``fp4core.jit``), load and launch the CUDA kernel; the split-K workspace.
 
-The library has one C entry point, ``fp4_trtllm_gemv(const Fp4GemvParams*, mx, t, nt, stream)``,
-taking raw device pointers and the current stream, so nothing here touches torch's C++ ABI.
+The library's C entry points take raw device pointers and the current stream, so nothing here
+touches torch's C++ ABI: ``fp4_trtllm_gemv(const Fp4GemvParams*, mx, t, nt, grid, stream)``
+launches, ``fp4_trtllm_occupancy(mx, t, nt, warps)`` says how many CTAs fit on one SM.
+
+The kernel is a persistent stream-K grid: the work (activation block, group of W*T weight
+tiles, 64-wide K chunk) is cut into ``grid`` equal contiguous ranges, one per CTA, with grid =
+SMs x CTAs per SM (at most the number of units).
 """
 
 from __future__ import annotations
@@ -18,7 +23,9 @@ from fp4core import jit
 
 SOURCE = Path(__file__).parent / "csrc" / "fp4_gemv.cu"
 LIB_NAME = "fp4_trtllm_gemv"
-ABI_VERSION = 1
+ABI_VERSION = 2
+#: nvcc flags of the library (the build hook and ``library`` must agree: same JIT cache key).
+FLAGS = ("-lineinfo",)
 #: Activation rows per CTA pass, by the kernel's template parameter NT (8 rows per MMA tile).
 NT_CHOICES = (1, 2, 4, 8)
 
@@ -28,7 +35,8 @@ class _Params(ctypes.Structure):
     _fields_ = [(name, ctypes.c_void_p) for name in
                 ("a", "a_sf", "b", "b_sf", "alpha", "out", "ws", "counters")] + \
                [(name, ctypes.c_int) for name in
-                ("m", "n", "k", "a_sf_8x4", "a_sf_col_tiles", "out_fp16", "splits", "warps", "m_tiles")]
+                ("m", "n", "k", "a_sf_8x4", "a_sf_col_tiles", "out_fp16", "warps", "m_tiles",
+                 "groups", "mblocks")]
 
 
 def arch_for(capability: tuple[int, int]) -> str:
@@ -41,10 +49,12 @@ def arch_for(capability: tuple[int, int]) -> str:
 @functools.lru_cache(maxsize=None)
 def library(arch: str) -> ctypes.CDLL:
     """The compiled kernel library for ``arch`` (built on first use, then from the cache)."""
-    lib = jit.load(LIB_NAME, [SOURCE], arch=arch, flags=["-lineinfo"])
+    lib = jit.load(LIB_NAME, [SOURCE], arch=arch, flags=list(FLAGS))
     lib.fp4_trtllm_gemv.restype = ctypes.c_int
     lib.fp4_trtllm_gemv.argtypes = [ctypes.POINTER(_Params), ctypes.c_int, ctypes.c_int,
-                                    ctypes.c_int, ctypes.c_void_p]
+                                    ctypes.c_int, ctypes.c_int, ctypes.c_void_p]
+    lib.fp4_trtllm_occupancy.restype = ctypes.c_int
+    lib.fp4_trtllm_occupancy.argtypes = [ctypes.c_int] * 4
     lib.fp4_trtllm_error_string.restype = ctypes.c_char_p
     lib.fp4_trtllm_error_string.argtypes = [ctypes.c_int]
     lib.fp4_trtllm_abi_version.restype = ctypes.c_int
@@ -62,7 +72,7 @@ def nt_for(m: int) -> int:
 
 
 class Workspace:
-    """Split-K partials (float32) and arrival counters (int32, zero between launches) for one
+    """Stream-K partials (float32) and arrival counters (int32, zero between launches) for one
     device, grown on demand and never freed while the process lives: a CUDA graph captured
     with an older buffer keeps using it, so replacing it must not release it."""
 
@@ -98,15 +108,44 @@ def workspace(device: torch.device) -> Workspace:
     return ws
 
 
-def grid(m: int, n: int, t: int, warps: int, splits: int) -> tuple[int, int, int]:
-    """(CTAs along N, splits, activation passes) for a launch."""
-    m_tiles = math.ceil(n / 16)
-    return math.ceil(m_tiles / (warps * t)), splits, math.ceil(m / (8 * nt_for(m)))
-
-
 @functools.lru_cache(maxsize=None)
 def _device_lib(index: int) -> ctypes.CDLL:
     return library(arch_for(torch.cuda.get_device_capability(index)))
+
+
+@functools.lru_cache(maxsize=None)
+def _occupancy(index: int, mx: bool, t: int, nt: int, warps: int) -> int:
+    n = _device_lib(index).fp4_trtllm_occupancy(int(mx), t, nt, warps)
+    if n < 1:
+        raise RuntimeError(f"fp4-trtllm: no CTA of t={t} nt={nt} warps={warps} fits on an SM of "
+                           f"device {index} (occupancy query returned {n})")
+    return n
+
+
+@functools.lru_cache(maxsize=None)
+def _sm_count(index: int) -> int:
+    return torch.cuda.get_device_properties(index).multi_processor_count
+
+
+def geometry(m: int, n: int, k: int, t: int, warps: int) -> tuple[int, int, int, int]:
+    """(nt, groups, mblocks, units) of a launch: activation tiles per pass, groups of
+    ``warps * t`` weight tiles, activation passes, and work units (mblocks * groups * k/64)."""
+    nt = nt_for(m)
+    groups = math.ceil(math.ceil(n / 16) / (warps * t))
+    mblocks = math.ceil(m / (8 * nt))
+    return nt, groups, mblocks, mblocks * groups * (k // 64)
+
+
+@functools.lru_cache(maxsize=4096)
+def _plan(index: int, m: int, n: int, k: int, mx: bool, t: int, warps: int, ctas: int
+          ) -> tuple[int, int, int, int, int, int]:
+    """(nt, groups, mblocks, grid, workspace floats, counters) for one call shape."""
+    nt, groups, mblocks, units = geometry(m, n, k, t, warps)
+    per_sm = _occupancy(index, mx, t, nt, warps)
+    if ctas > 0:
+        per_sm = min(per_sm, ctas)
+    grid = max(1, min(units, _sm_count(index) * per_sm))
+    return nt, groups, mblocks, grid, grid * 2 * warps * t * nt * 32 * 4, mblocks * groups
 
 
 def _raw_stream(index: int) -> int:
@@ -117,7 +156,7 @@ def _raw_stream(index: int) -> int:
 
 def launch(*, a: torch.Tensor, a_sf: torch.Tensor, w: torch.Tensor, w_sf: torch.Tensor,
            alpha: torch.Tensor | None, out: torch.Tensor, m: int, n: int, k: int, mx: bool,
-           a_sf_8x4: bool, a_sf_cols: int, t: int, warps: int, splits: int) -> None:
+           a_sf_8x4: bool, a_sf_cols: int, t: int, warps: int, ctas: int = 0) -> None:
     """Launch the kernel on the current stream of ``out``'s device.
 
     Args:
@@ -125,25 +164,21 @@ def launch(*, a: torch.Tensor, a_sf: torch.Tensor, w: torch.Tensor, w_sf: torch.
         w, w_sf: the prepared weight and scales (``layout.prepare_weight``).
         alpha: float32 one element or None; out: contiguous (m, n) bf16 or fp16.
         a_sf_cols: padded scale columns of A (multiple of 4).
-        t, warps, splits: the tactic (tiles of 16 rows per warp, warps per CTA, split-K).
+        t, warps: the tactic's tiles of 16 rows per warp and warps per CTA.
+        ctas: CTAs per SM of the persistent grid (0: as many as fit).
     Raises:
         RuntimeError naming the CUDA error if the launch fails.
     """
     index = out.device.index
     lib = _device_lib(index)
-    nt = nt_for(m)
-    m_tiles = (n + 15) // 16
-    ws = cnt = None
-    if splits > 1:
-        gx = -(-m_tiles // (warps * t))
-        gz = -(-m // (8 * nt))
-        ws, cnt = workspace(out.device).ensure(gx * splits * gz * warps * t * nt * 128, gx * gz)
+    nt, groups, mblocks, grid, ws_floats, n_counters = _plan(index, m, n, k, mx, t, warps, ctas)
+    ws, cnt = workspace(out.device).ensure(ws_floats, n_counters)
     p = _Params(a.data_ptr(), a_sf.data_ptr(), w.data_ptr(), w_sf.data_ptr(),
                 alpha.data_ptr() if alpha is not None else None, out.data_ptr(), ws, cnt,
                 m, n, k, int(a_sf_8x4), a_sf_cols // 4, int(out.dtype == torch.float16),
-                splits, warps, m_tiles)
-    err = lib.fp4_trtllm_gemv(ctypes.byref(p), int(mx), t, nt, _raw_stream(index))
+                warps, (n + 15) // 16, groups, mblocks)
+    err = lib.fp4_trtllm_gemv(ctypes.byref(p), int(mx), t, nt, grid, _raw_stream(index))
     if err != 0:
         raise RuntimeError(f"fp4-trtllm kernel launch failed: CUDA error {err} "
                            f"({lib.fp4_trtllm_error_string(err).decode()}) for m={m} n={n} k={k} "
-                           f"t={t} warps={warps} splits={splits}")
+                           f"t={t} warps={warps} ctas={ctas} grid={grid}")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import re
 
 import torch
 
@@ -22,25 +23,19 @@ MAX_M = 256
 EXTRA_KEY = "fp4_trtllm"
 
 
-@functools.lru_cache(maxsize=None)
-def _sm_count(index: int | None) -> int:
-    if index is None or not torch.cuda.is_available():
-        return 132
-    return torch.cuda.get_device_properties(index).multi_processor_count
-
-
 @functools.lru_cache(maxsize=1)
 def _have_nvcc() -> bool:
     return jit.nvcc_path() is not None
 
 
-def _auto_splits(problem: Problem, t: int, warps: int, ctas_per_sm: int = 3) -> int:
-    """Split K until the grid fills the SMs about ``ctas_per_sm`` times over, keeping at least
-    4 chunks (256 values of K) per split."""
-    gx, _, gz = launcher.grid(problem.m or 1, problem.n, t, warps, 1)
-    chunks = problem.k // CHUNK_K
-    want = _sm_count(problem.device.index) * ctas_per_sm
-    return max(1, min(max(1, chunks // 4), round(want / (gx * gz))))
+#: (tiles of 16 rows per warp, warps per CTA) worth timing per activation pass size NT, best
+#: guess first (H100): NT <= 2 streams best with 4 tiles per warp (one activation fragment
+#: load feeds 4 weight tiles); NT = 8 has no registers for 4 tiles. t = 1 makes small
+#: groups for small N so the persistent grid still spreads over every SM.
+_SHAPES = {1: [(4, 4), (2, 8), (2, 4), (1, 4)],
+           2: [(4, 4), (2, 8), (2, 4), (1, 4)],
+           4: [(2, 4), (2, 8), (4, 4), (1, 4)],
+           8: [(2, 4), (2, 8), (1, 8), (1, 4)]}
 
 
 class TrtllmBackend:
@@ -50,7 +45,7 @@ class TrtllmBackend:
     def backend_info(self) -> BackendInfo:
         return BackendInfo(
             name="trtllm", version=__version__, package="fp4-trtllm",
-            description="swap-AB streaming mma.sync kernel for small M (decode), prepared weight",
+            description="swap-AB stream-K mma.sync kernel for small M (decode), prepared weight",
             targets=("sm80", "sm90a", "sm100a", "sm120a"), verified=("sm90a",),
             priority={"decode": 50, "small": 30, "medium": -10},
             needs_prepare=True)
@@ -83,22 +78,25 @@ class TrtllmBackend:
 
     @hookimpl
     def tactics(self, problem: Problem) -> list[dict]:
-        m = problem.m or 1
-        nt = launcher.nt_for(m)
-        # (tiles of 16 rows per warp, warps per CTA), best guess first (measured on H100):
-        # more tiles per warp share one activation decode; NT=8 has no registers for t=4.
-        shapes = {1: [(4, 4), (2, 4), (1, 4), (2, 8)], 2: [(2, 4), (4, 4), (1, 4), (2, 8)]}.get(
-            nt, [(2, 4), (1, 4), (1, 8)])
-        if nt == 8:
-            shapes = [(1, 4), (2, 4), (1, 8)]
-        out = []
-        for t, warps in shapes:
-            s = _auto_splits(problem, t, warps)
-            for splits in sorted({s, max(1, s // 2)}, reverse=True):
-                tac = {"t": t, "warps": warps, "split_k": splits}
-                if tac not in out:
-                    out.append(tac)
+        """``{"t": tiles of 16 rows per warp, "warps": per CTA, "ctas": CTAs per SM of the
+        persistent grid (0 = as many as fit)}``, best guess first."""
+        nt = launcher.nt_for(problem.m or 1)
+        out = [{"t": t, "warps": w, "ctas": 0} for t, w in _SHAPES[nt]]
+        out.append({**out[0], "ctas": 1})  # one CTA per SM: fewer, longer K streams
         return out
+
+    @hookimpl
+    def build(self, archs: list[str], progress: bool) -> list[str]:
+        """Compile the kernel library for each SM80+ architecture in ``archs`` (the JIT cache
+        entry that the first ``run`` would otherwise build)."""
+        lines = []
+        for arch in archs:
+            if int(re.match(r"sm_(\d+)", arch).group(1)) < 80:
+                continue
+            path = jit.build(launcher.LIB_NAME, [launcher.SOURCE], arch=arch,
+                             flags=list(launcher.FLAGS), progress=progress)
+            lines.append(f"{launcher.LIB_NAME} {arch}: {path}")
+        return lines
 
     @hookimpl
     def run(self, problem: Problem, operands: Operands, tactic: dict, out) -> None:
@@ -108,10 +106,8 @@ class TrtllmBackend:
                              "fp4core.prepare(b, b_descale) (mm_fp4 does this for backend='trtllm')")
         if (meta["n"], meta["k"], meta["fmt"]) != (problem.n, problem.k, problem.fmt.value):
             raise ValueError(f"trtllm: prepared weight is {meta}, problem is {problem.describe()}")
-        t = tactic.get("t", 2)
+        t = tactic.get("t", 4)
         warps = tactic.get("warps", 4)
-        splits = tactic.get("split_k", 0) or _auto_splits(problem, t, warps)
-        splits = max(1, min(splits, problem.k // CHUNK_K))
         if t > 2 and problem.m > 32:
             t = 2  # the kernel has no t=4 variant for 64-row activation passes
         cols = problem.k // problem.block_size
@@ -119,4 +115,4 @@ class TrtllmBackend:
             a=operands.a, a_sf=operands.a_scale, w=operands.b, w_sf=operands.b_scale,
             alpha=operands.alpha, out=out, m=problem.m, n=problem.n, k=problem.k,
             mx=problem.fmt is Fp4Format.MXFP4, a_sf_8x4=problem.a_sf_layout is SfLayout.layout_8x4,
-            a_sf_cols=(cols + 3) // 4 * 4, t=t, warps=warps, splits=splits)
+            a_sf_cols=(cols + 3) // 4 * 4, t=t, warps=warps, ctas=tactic.get("ctas", 0))

@@ -55,9 +55,11 @@ def test_tactics_are_json_and_valid(m):
     tacs = TrtllmBackend().tactics(p)
     assert tacs and json.loads(json.dumps(tacs)) == tacs
     for t in tacs:
-        assert t["t"] in (1, 2, 4) and 1 <= t["warps"] <= 8 and t["split_k"] >= 1
+        assert set(t) == {"t", "warps", "ctas"}, t
+        assert t["t"] in (1, 2, 4) and t["warps"] in (4, 8) and t["ctas"] >= 0
         if launcher.nt_for(m) == 8:
             assert t["t"] <= 2
+    assert len({json.dumps(t, sort_keys=True) for t in tacs}) == len(tacs)  # no duplicates
 
 
 def test_arch_for():
@@ -72,3 +74,40 @@ def test_cuda_source_compiles(arch, tmp_path, monkeypatch):
     monkeypatch.setenv(jit.ENV_CACHE, str(tmp_path))
     obj = jit.build("fp4_trtllm_check", [launcher.SOURCE], arch=arch, kind="object", progress=False)
     assert obj.stat().st_size > 10000
+
+
+def _ranges(units, grid):
+    """CTA b's units, as the kernel computes them: [floor(b U / P), floor((b+1) U / P))."""
+    return [(units * b // grid, units * (b + 1) // grid) for b in range(grid)]
+
+
+@pytest.mark.parametrize("m,n,k,t,warps,grid", [
+    (1, 8192, 8192, 4, 4, 264), (64, 8192, 8192, 2, 8, 132), (16, 2880, 1024, 4, 4, 192),
+    (1, 1280, 2880, 1, 4, 264), (200, 1040, 640, 2, 4, 50), (7, 7168, 2048, 2, 8, 1)])
+def test_stream_k_partition(m, n, k, t, warps, grid):
+    """The kernel's work split, restated: every unit is owned by exactly one CTA; a segment
+    (activation block, group) split between CTAs lists them as cta_of(first)..cta_of(last),
+    each of which owns part of it; partial slots (CTA, first-or-last) never collide."""
+    nt, groups, mblocks, units = launcher.geometry(m, n, k, t, warps)
+    grid = min(grid, units)
+    chunks = k // 64
+    ranges = _ranges(units, grid)
+    assert all(lo < hi for lo, hi in ranges) and ranges[0][0] == 0 and ranges[-1][1] == units
+    assert all(ranges[i][1] == ranges[i + 1][0] for i in range(grid - 1))
+
+    def cta_of(u):  # as in the kernel
+        return ((u + 1) * grid - 1) // units
+
+    owner = [b for b, (lo, hi) in enumerate(ranges) for _ in range(lo, hi)]
+    assert all(cta_of(u) == owner[u] for u in range(units))
+    slots = set()
+    for x in range(mblocks * groups):
+        first, last = cta_of(x * chunks), cta_of(x * chunks + chunks - 1)
+        parts = set(owner[x * chunks:(x + 1) * chunks])
+        assert parts == set(range(first, last + 1))
+        if first == last:
+            continue  # complete in one CTA: stored directly
+        for b in parts:
+            slot = (b, 0 if x == ranges[b][0] // chunks else 1)
+            assert slot not in slots
+            slots.add(slot)

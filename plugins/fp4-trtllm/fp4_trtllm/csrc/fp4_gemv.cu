@@ -6,10 +6,9 @@
 // MMA), the activations' M rows are its N side (8 per MMA). Each warp owns T tiles of 16
 // weight rows and walks K in chunks of 64; every lane holds, per tile and chunk, 16 FP4
 // values of row g and 16 of row g+8 (g = lane / 4) over the same 16 k's, which is exactly
-// one 16-byte load in the layout prepare() makes (see fp4_trtllm/layout.py). The k's inside
+// one 16-byte piece of the layout prepare() makes (see fp4_trtllm/layout.py). The k's inside
 // one MMA are a permutation we choose freely as long as A and B use the same one: lane t
-// (= lane % 4) covers k = 16t..16t+15 of the chunk in 4 MMA steps, so its activation values
-// are one 8-byte load of row m of A, and one scale byte per row covers all its values.
+// (= lane % 4) covers k = 16t..16t+15 of the chunk in 4 MMA steps.
 //
 // Dequantization is exact in registers: E2M1 codes go through a byte-permute lookup table
 // (prmt) to fp16 (NVFP4) or bf16 (MXFP4) bit patterns and are multiplied by the block scale
@@ -17,9 +16,20 @@
 // fp16 MMAs because E2M1 x E4M3 is exact in fp16 and fp16 needs no low byte in the table;
 // MXFP4 needs bf16's exponent range. Accumulation is fp32.
 //
-// Split-K: gridDim.y CTAs share one tile of rows; each writes its fp32 partial to a
-// workspace, and the last to arrive (an integer counter per tile, reset by that CTA) sums
-// the partials in split order 0..S-1, so the result is bit-identical run to run.
+// Work split (persistent stream-K): a CTA of W warps owns "groups" of W*T tiles; the work is
+// the list of units (activation block mb, group, 64-wide K chunk), K fastest, cut into
+// gridDim.x equal contiguous ranges, one per CTA (grid = a few CTAs per SM), so every CTA
+// streams about the same number of bytes whatever N and K are. A group whose K range is
+// split between CTAs is finished by a deterministic fixup: each CTA writes its fp32 partial
+// to a workspace slot, and the last to arrive (an integer counter per group, reset by that
+// CTA) sums the partials in CTA order, so results are bit-identical run to run.
+//
+// Memory pipeline: every thread copies the bytes it (or its warp / CTA) will consume with
+// cp.async into a ring of STAGES shared-memory stages of D units each, so STAGES-1 stages
+// are in flight per CTA without costing registers. Activations: per unit, one warp decodes
+// each 8-row activation tile once into shared memory as ready-made fp16/bf16 MMA
+// B-fragments, which every warp of the CTA then reads (instead of each warp decoding its
+// own copy).
 #include <cuda_runtime.h>
 #include <cuda_fp16.h>
 #include <cuda_bf16.h>
@@ -31,18 +41,19 @@ struct Fp4GemvParams {
     const uint8_t* a;      // (M, K/2) packed E2M1, row-major
     const uint8_t* a_sf;   // A's scale bytes, 128x4 or 8x4 layout
     const uint8_t* b;      // prepared weight: [m_tile][chunk][lane][16 B]
-    const uint8_t* b_sf;   // prepared scales: [m_tile][chunk][lane or lane/2][2 B]
+    const uint8_t* b_sf;   // prepared scales: [m_tile][chunk][64 B (NVFP4) or 32 B (MXFP4)]
     const float* alpha;    // one float, or null for 1
     void* out;             // (M, N) bf16 or fp16, row-major
-    float* ws;             // split-K partials (splits > 1)
-    int* counters;         // split-K arrival counters, zero between launches
+    float* ws;             // stream-K partials: [gridDim.x][2][warps][T*NT*32] float4
+    int* counters;         // per (mb, group) arrival counters, zero between launches
     int m, n, k;
     int a_sf_8x4;          // A scale layout: 0 = 128x4, 1 = 8x4
     int a_sf_col_tiles;    // padded scale columns / 4
     int out_fp16;          // 0 = bf16 output, 1 = fp16
-    int splits;            // gridDim.y
-    int warps;             // warps per CTA
+    int warps;             // warps per CTA (W)
     int m_tiles;           // ceil(N / 16): tiles of weight rows
+    int groups;            // ceil(m_tiles / (W * T))
+    int mblocks;           // ceil(M / (8 * NT))
 };
 }
 
@@ -52,20 +63,6 @@ __device__ __forceinline__ uint32_t prmt(uint32_t a, uint32_t b, uint32_t sel) {
     uint32_t d;
     asm("prmt.b32 %0, %1, %2, %3;" : "=r"(d) : "r"(a), "r"(b), "r"(sel));
     return d;
-}
-
-// The weight is read once: keep it out of L1.
-__device__ __forceinline__ uint4 ld_stream(const uint4* p) {
-    uint4 v;
-    asm volatile("ld.global.nc.L1::no_allocate.v4.u32 {%0, %1, %2, %3}, [%4];"
-                 : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w) : "l"(p));
-    return v;
-}
-
-__device__ __forceinline__ uint32_t ld_u16(const uint16_t* p) {
-    unsigned short v;
-    asm volatile("ld.global.nc.u16 %0, [%1];" : "=h"(v) : "l"(p));
-    return v;
 }
 
 // The "a" operands of the table prmts. ptxas keeps such constants in uniform registers and
@@ -180,162 +177,247 @@ __device__ __forceinline__ void mma(float (&c)[4], const uint32_t (&a)[4], uint3
     }
 }
 
-// Raw bytes of one chunk (64 k's) for one lane: T weight tiles and NT activation tiles.
+// ---- cp.async (SM80+): global -> shared without registers ----------------------------------
+__device__ __forceinline__ void cp16(uint32_t dst, const void* src) {
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"(dst), "l"(src));
+}
+__device__ __forceinline__ void cp8(uint32_t dst, const void* src) {
+    asm volatile("cp.async.ca.shared.global [%0], [%1], 8;" ::"r"(dst), "l"(src));
+}
+__device__ __forceinline__ void cp4(uint32_t dst, const void* src) {
+    asm volatile("cp.async.ca.shared.global [%0], [%1], 4;" ::"r"(dst), "l"(src));
+}
+__device__ __forceinline__ void cp_commit() { asm volatile("cp.async.commit_group;" ::); }
+template <int N>
+__device__ __forceinline__ void cp_wait() { asm volatile("cp.async.wait_group %0;" ::"n"(N)); }
+
+__device__ __forceinline__ uint4 lds128(uint32_t a) {
+    uint4 v;
+    asm volatile("ld.shared.v4.u32 {%0, %1, %2, %3}, [%4];" : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w) : "r"(a));
+    return v;
+}
+__device__ __forceinline__ uint2 lds64(uint32_t a) {
+    uint2 v;
+    asm volatile("ld.shared.v2.u32 {%0, %1}, [%2];" : "=r"(v.x), "=r"(v.y) : "r"(a));
+    return v;
+}
+__device__ __forceinline__ uint32_t lds32(uint32_t a) {
+    uint32_t v;
+    asm volatile("ld.shared.u32 %0, [%1];" : "=r"(v) : "r"(a));
+    return v;
+}
+__device__ __forceinline__ uint32_t lds16(uint32_t a) {
+    unsigned short v;
+    asm volatile("ld.shared.u16 %0, [%1];" : "=h"(v) : "r"(a));
+    return v;
+}
+__device__ __forceinline__ void sts128(uint32_t a, uint4 v) {
+    asm volatile("st.shared.v4.u32 [%0], {%1, %2, %3, %4};" ::"r"(a), "r"(v.x), "r"(v.y), "r"(v.z), "r"(v.w));
+}
+
+// Units (64-wide K chunks) per pipeline stage, and stages in the ring.
+constexpr int D = 2;
+constexpr int STAGES = 4;
+
+// Shared-memory layout of one CTA (bytes), W warps. Per stage: weights [D][W][T][512],
+// weight scales [D][W][T][64], raw activation bytes [D][NT][32 lanes][8], raw activation
+// scale words [D][NT][32][4]; then two buffers of decoded activation fragments
+// [D][NT][2 halves][32 lanes][16 B].
 template <int T, int NT>
-struct Stage {
-    uint4 w[T];         // 8 bytes of row g, 8 bytes of row g+8
-    uint32_t wsf[T];    // scale bytes of row g (low) and g+8
-    uint2 a[NT];        // 8 bytes of activation row 8j+g
-    uint32_t asf[NT];   // its scale byte
+struct Smem {
+    uint32_t w_st, s_st, ar_st, as_st, af_buf, off_s, off_ar, off_as, off_af, total;
+    __host__ __device__ static Smem make(int W) {
+        Smem s;
+        s.w_st = D * W * T * 512;
+        s.s_st = D * W * T * 64;
+        s.ar_st = D * NT * 32 * 8;
+        s.as_st = D * NT * 32 * 4;
+        s.af_buf = D * NT * 1024;
+        s.off_s = STAGES * s.w_st;
+        s.off_ar = s.off_s + STAGES * s.s_st;
+        s.off_as = s.off_ar + STAGES * s.ar_st;
+        s.off_af = s.off_as + STAGES * s.as_st;
+        s.total = s.off_af + 2 * s.af_buf;
+        return s;
+    }
+};
+
+// A cursor over units u = x * C + c (x = mb * groups + group): advanced one unit at a time.
+struct Cursor {
+    int x, c;
+    __device__ __forceinline__ void next(int C) {
+        if (++c == C) { c = 0; ++x; }
+    }
 };
 
 template <bool MX, int T, int NT>
-__device__ __forceinline__ void compute(const Stage<T, NT>& st, float (&acc)[T][NT][4], const Tables& tb) {
-    uint32_t av[NT][8];
-#pragma unroll
-    for (int j = 0; j < NT; ++j) {
-        uint32_t r[4];
-        // st.asf[j] is the scale byte, or 0x100 for a row past M: its value is forced to 0.
-        const uint32_t s = st.asf[j] > 0xFFu ? 0u : bcast(scales2<MX>(st.asf[j]), true);
-        decode_word<MX>(st.a[j].x, r, tb);
-#pragma unroll
-        for (int q = 0; q < 4; ++q) av[j][q] = mul2<MX>(r[q], s);
-        decode_word<MX>(st.a[j].y, r, tb);
-#pragma unroll
-        for (int q = 0; q < 4; ++q) av[j][4 + q] = mul2<MX>(r[q], s);
-    }
-#pragma unroll
-    for (int i = 0; i < T; ++i) {
-        uint32_t lo[8], hi[8];  // rows g and g+8, 16 values each
-        uint32_t r[4];
-        const uint32_t both = scales2<MX>(st.wsf[i]);
-        const uint32_t s_lo = bcast(both, true), s_hi = bcast(both, false);
-        decode_word<MX>(st.w[i].x, r, tb);
-#pragma unroll
-        for (int q = 0; q < 4; ++q) lo[q] = mul2<MX>(r[q], s_lo);
-        decode_word<MX>(st.w[i].y, r, tb);
-#pragma unroll
-        for (int q = 0; q < 4; ++q) lo[4 + q] = mul2<MX>(r[q], s_lo);
-        decode_word<MX>(st.w[i].z, r, tb);
-#pragma unroll
-        for (int q = 0; q < 4; ++q) hi[q] = mul2<MX>(r[q], s_hi);
-        decode_word<MX>(st.w[i].w, r, tb);
-#pragma unroll
-        for (int q = 0; q < 4; ++q) hi[4 + q] = mul2<MX>(r[q], s_hi);
-#pragma unroll
-        for (int s = 0; s < 4; ++s) {
-            // A fragment: {row g, slots 2t..}, {row g+8, 2t..}, {row g, 2t+8..}, {row g+8, 2t+8..};
-            // slot pair 2t.. is value register 2s of the lane's 16 k's, 2t+8.. is 2s+1.
-            const uint32_t afrag[4] = {lo[2 * s], hi[2 * s], lo[2 * s + 1], hi[2 * s + 1]};
-#pragma unroll
-            for (int j = 0; j < NT; ++j) mma<MX>(acc[i][j], afrag, av[j][2 * s], av[j][2 * s + 1]);
-        }
-    }
-}
-
-template <bool MX, int T, int NT, int STAGES>
-__global__ void __launch_bounds__(256, (T * NT <= 2) ? 2 : 1) fp4_gemv_kernel(const Fp4GemvParams p) {
+__global__ void __launch_bounds__(256) fp4_sk_kernel(const Fp4GemvParams p) {
+    extern __shared__ __align__(16) uint8_t smem[];
+    const int W = p.warps;
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     const int g = lane >> 2, t = lane & 3;
-    const int chunks = p.k >> 6;
-    const int c_begin = (int)((long long)chunks * blockIdx.y / p.splits);
-    const int c_end = (int)((long long)chunks * (blockIdx.y + 1) / p.splits);
-    const int tile0 = (blockIdx.x * p.warps + warp) * T;
-    const int m0 = blockIdx.z * (8 * NT);
-
-    const uint4* wp[T];
-    const uint16_t* sp[T];
-    bool wvalid[T];
-#pragma unroll
-    for (int i = 0; i < T; ++i) {
-        const int tile = tile0 + i;
-        wvalid[i] = tile < p.m_tiles;  // warp-uniform
-        const size_t blk = (size_t)(wvalid[i] ? tile : 0) * chunks;
-        wp[i] = reinterpret_cast<const uint4*>(p.b) + blk * 32 + lane;
-        sp[i] = reinterpret_cast<const uint16_t*>(p.b_sf) + blk * (MX ? 16 : 32) + (MX ? lane >> 1 : lane);
-    }
-    const uint2* ap[NT];
-    int sf_base[NT];
-    bool avalid[NT];
+    const int C = p.k >> 6;
+    const int G = p.groups;
+    const long long U = (long long)p.mblocks * G * C;
+    const int P = gridDim.x;
+    const int u_begin = (int)(U * blockIdx.x / P), u_end = (int)(U * (blockIdx.x + 1) / P);
+    if (u_begin >= u_end) return;  // never: the launcher keeps gridDim.x <= U
+    const Smem<T, NT> L = Smem<T, NT>::make(W);
+    const uint32_t sbase = (uint32_t)__cvta_generic_to_shared(smem);
+    constexpr int SFB = MX ? 32 : 64;   // weight scale bytes per (tile, chunk)
+    constexpr int SPL = SFB / 16;       // 16-byte pieces of them
     const int tile_bytes = p.a_sf_8x4 ? 32 : 512;
-#pragma unroll
-    for (int j = 0; j < NT; ++j) {
-        const int m = m0 + 8 * j + g;
-        avalid[j] = m < p.m;
-        const int mm = avalid[j] ? m : 0;
-        ap[j] = reinterpret_cast<const uint2*>(p.a + (size_t)mm * (p.k >> 1)) + t;
-        const int row_base = p.a_sf_8x4
-            ? (mm >> 3) * p.a_sf_col_tiles * 32 + (mm & 7) * 4
-            : (mm >> 7) * p.a_sf_col_tiles * 512 + (mm & 31) * 16 + ((mm >> 5) & 3) * 4;
-        sf_base[j] = row_base + (MX ? (t >> 1) : t);
-    }
+    const size_t a_row = (size_t)(p.k >> 1);
 
-    // Loads are unconditional: a weight tile past N reads tile 0 (never stored), an
-    // activation row past M reads row 0 with its scale replaced by zero (0x100 marker).
-    // Chunks are loaded in increasing order, once each, so the addresses just advance.
+    // A's scale word (4 bytes: blocks 4c..4c+3 for NVFP4, 4(c/2).. for MXFP4) of row m, chunk c.
+    auto a_sf_off = [&](int m, int c) -> size_t {
+        const size_t row_base = p.a_sf_8x4
+            ? (size_t)(m >> 3) * p.a_sf_col_tiles * 32 + (m & 7) * 4
+            : (size_t)(m >> 7) * p.a_sf_col_tiles * 512 + (m & 31) * 16 + ((m >> 5) & 3) * 4;
+        return row_base + (size_t)(MX ? (c >> 1) : c) * tile_bytes;
+    };
+
+    // Issue the copies of stage k (units u_begin + k*D ...) into ring slot k % STAGES.
+    Cursor ic{u_begin / C, u_begin % C};
+    int issued = u_begin;
+    auto issue = [&](int k) {
+        const int slot = k % STAGES;
 #pragma unroll
-    for (int i = 0; i < T; ++i) {
-        wp[i] += (size_t)c_begin * 32;
-        sp[i] += (size_t)c_begin * (MX ? 16 : 32);
-    }
+        for (int d = 0; d < D; ++d) {
+            if (issued < u_end) {
+                const int mb = ic.x / G, gi = ic.x - mb * G, c = ic.c;
+                const uint32_t wdst = sbase + slot * L.w_st + ((d * W + warp) * T) * 512 + lane * 16;
 #pragma unroll
-    for (int j = 0; j < NT; ++j) ap[j] += (size_t)c_begin * 4;
-    // A's scale offset for chunk c: NVFP4 block 4c + t -> c * tile; MXFP4 block 2c + t/2 ->
-    // (c/2) * tile + 2 (c % 2). Tracked as (c/2 or c) * tile plus the parity part.
-    int sf_off = MX ? (c_begin >> 1) * tile_bytes + ((c_begin & 1) << 1) : c_begin * tile_bytes;
+                for (int i = 0; i < T; ++i) {
+                    const int tile = (gi * W + warp) * T + i;
+                    if (tile < p.m_tiles)
+                        cp16(wdst + i * 512, p.b + ((size_t)tile * C + c) * 512 + lane * 16);
+                }
+                if (lane < T * SPL) {
+                    const int i = lane / SPL, piece = lane % SPL;
+                    const int tile = (gi * W + warp) * T + i;
+                    if (tile < p.m_tiles)
+                        cp16(sbase + L.off_s + slot * L.s_st + ((d * W + warp) * T + i) * 64 + piece * 16,
+                             p.b_sf + ((size_t)tile * C + c) * SFB + piece * 16);
+                }
+#pragma unroll
+                for (int j = 0; j < NT; ++j) {
+                    if ((d * NT + j) % W != warp) continue;
+                    const int m = mb * 8 * NT + 8 * j + g;
+                    if (m < p.m) {
+                        const uint32_t e = (d * NT + j) * 32 + lane;
+                        cp8(sbase + L.off_ar + slot * L.ar_st + e * 8, p.a + m * a_row + c * 32 + t * 8);
+                        cp4(sbase + L.off_as + slot * L.as_st + e * 4, p.a_sf + a_sf_off(m, c));
+                    }
+                }
+                ++issued;
+                ic.next(C);
+            }
+        }
+        cp_commit();
+    };
+
     const Tables tb = Tables::make<MX>(p.m);
-    auto load = [&](Stage<T, NT>& st, int c) {
+
+    // Decode the activation tiles of stage k owned by this warp into fragment buffer k & 1.
+    Cursor dc{u_begin / C, u_begin % C};
+    int decoded = u_begin;
+    auto decode_a = [&](int k) {
+        const int slot = k % STAGES, buf = k & 1;
 #pragma unroll
-        for (int i = 0; i < T; ++i) {
-            st.w[i] = ld_stream(wp[i]);
-            st.wsf[i] = ld_u16(sp[i]);
-            wp[i] += 32;
-            sp[i] += MX ? 16 : 32;
-        }
+        for (int d = 0; d < D; ++d) {
+            if (decoded < u_end) {
+                const int mb = dc.x / G, c = dc.c;
 #pragma unroll
-        for (int j = 0; j < NT; ++j) {
-            st.a[j] = __ldg(ap[j]);
-            ap[j] += 4;
-            st.asf[j] = avalid[j] ? (uint32_t)__ldg(p.a_sf + sf_base[j] + sf_off) : 0x100u;
+                for (int j = 0; j < NT; ++j) {
+                    if ((d * NT + j) % W != warp) continue;
+                    const int m = mb * 8 * NT + 8 * j + g;
+                    uint4 lo = make_uint4(0, 0, 0, 0), hi = lo;
+                    if (m < p.m) {
+                        const uint32_t e = (d * NT + j) * 32 + lane;
+                        const uint2 raw = lds64(sbase + L.off_ar + slot * L.ar_st + e * 8);
+                        const uint32_t sw = lds32(sbase + L.off_as + slot * L.as_st + e * 4);
+                        const int sb = MX ? 2 * (c & 1) + (t >> 1) : t;
+                        const uint32_t s = bcast(scales2<MX>((sw >> (8 * sb)) & 0xFFu), true);
+                        uint32_t r[4];
+                        decode_word<MX>(raw.x, r, tb);
+                        lo = make_uint4(mul2<MX>(r[0], s), mul2<MX>(r[1], s), mul2<MX>(r[2], s), mul2<MX>(r[3], s));
+                        decode_word<MX>(raw.y, r, tb);
+                        hi = make_uint4(mul2<MX>(r[0], s), mul2<MX>(r[1], s), mul2<MX>(r[2], s), mul2<MX>(r[3], s));
+                    }
+                    const uint32_t f = sbase + L.off_af + buf * L.af_buf + ((d * NT + j) * 2 * 32 + lane) * 16;
+                    sts128(f, lo);
+                    sts128(f + 32 * 16, hi);
+                }
+                ++decoded;
+                dc.next(C);
+            }
         }
-        sf_off += MX ? ((c & 1) ? tile_bytes - 2 : 2) : tile_bytes;
     };
 
     float acc[T][NT][4];
+    auto zero_acc = [&]() {
 #pragma unroll
-    for (int i = 0; i < T; ++i)
+        for (int i = 0; i < T; ++i)
 #pragma unroll
-        for (int j = 0; j < NT; ++j)
+            for (int j = 0; j < NT; ++j)
 #pragma unroll
-            for (int r = 0; r < 4; ++r) acc[i][j][r] = 0.f;
+                for (int r = 0; r < 4; ++r) acc[i][j][r] = 0.f;
+    };
 
-    // Register pipeline: STAGES chunks in flight per lane; a stage is refilled with the chunk
-    // STAGES ahead right after it is consumed (the other STAGES-1 loads cover the latency).
-    Stage<T, NT> stages[STAGES];
-#pragma unroll
-    for (int s = 0; s < STAGES; ++s)
-        if (c_begin + s < c_end) load(stages[s], c_begin + s);
-    for (int c = c_begin; c < c_end; c += STAGES) {
-#pragma unroll
-        for (int s = 0; s < STAGES; ++s) {
-            if (c + s < c_end) {
-                compute<MX, T, NT>(stages[s], acc, tb);
-                if (c + s + STAGES < c_end) load(stages[s], c + s + STAGES);
-            }
-        }
-    }
-
-    const float alpha = p.alpha ? __ldg(p.alpha) : 1.0f;
-    auto store = [&](float (&v)[T][NT][4]) {
+    // One unit: this warp's T tiles times the CTA's NT activation tiles.
+    auto compute = [&](int slot, int buf, int d) {
+        uint32_t wv[T][16];  // per tile: rows g (0..7) and g+8 (8..15), 16 values each
 #pragma unroll
         for (int i = 0; i < T; ++i) {
-            if (!wvalid[i]) continue;
+            const int blk = (d * W + warp) * T + i;
+            const uint4 w = lds128(sbase + slot * L.w_st + blk * 512 + lane * 16);
+            const uint32_t sc = lds16(sbase + L.off_s + slot * L.s_st + blk * 64 + (MX ? (lane >> 1) : lane) * 2);
+            const uint32_t both = scales2<MX>(sc);
+            const uint32_t s_lo = bcast(both, true), s_hi = bcast(both, false);
+            uint32_t r[4];
+            decode_word<MX>(w.x, r, tb);
+#pragma unroll
+            for (int q = 0; q < 4; ++q) wv[i][q] = mul2<MX>(r[q], s_lo);
+            decode_word<MX>(w.y, r, tb);
+#pragma unroll
+            for (int q = 0; q < 4; ++q) wv[i][4 + q] = mul2<MX>(r[q], s_lo);
+            decode_word<MX>(w.z, r, tb);
+#pragma unroll
+            for (int q = 0; q < 4; ++q) wv[i][8 + q] = mul2<MX>(r[q], s_hi);
+            decode_word<MX>(w.w, r, tb);
+#pragma unroll
+            for (int q = 0; q < 4; ++q) wv[i][12 + q] = mul2<MX>(r[q], s_hi);
+        }
+#pragma unroll
+        for (int j = 0; j < NT; ++j) {
+            const uint32_t f = sbase + L.off_af + buf * L.af_buf + ((d * NT + j) * 2 * 32 + lane) * 16;
+            const uint4 b0 = lds128(f), b1 = lds128(f + 32 * 16);
+            const uint32_t av[8] = {b0.x, b0.y, b0.z, b0.w, b1.x, b1.y, b1.z, b1.w};
+#pragma unroll
+            for (int s = 0; s < 4; ++s)
+#pragma unroll
+                for (int i = 0; i < T; ++i) {
+                    // A fragment: {row g, slots 2t..}, {row g+8, 2t..}, {row g, 2t+8..}, {row g+8, 2t+8..};
+                    // slot pair 2t.. is value register 2s of the lane's 16 k's, 2t+8.. is 2s+1.
+                    const uint32_t afrag[4] = {wv[i][2 * s], wv[i][8 + 2 * s], wv[i][2 * s + 1], wv[i][8 + 2 * s + 1]};
+                    mma<MX>(acc[i][j], afrag, av[2 * s], av[2 * s + 1]);
+                }
+        }
+    };
+
+    const float alpha = p.alpha ? __ldg(p.alpha) : 1.0f;
+    auto store = [&](const float (&v)[T][NT][4], int mb, int gi) {
+#pragma unroll
+        for (int i = 0; i < T; ++i) {
+            const int tile = (gi * W + warp) * T + i;
+            if (tile >= p.m_tiles) continue;
 #pragma unroll
             for (int j = 0; j < NT; ++j)
 #pragma unroll
                 for (int r = 0; r < 4; ++r) {
-                    const int n = (tile0 + i) * 16 + g + ((r & 2) ? 8 : 0);
-                    const int m = m0 + 8 * j + 2 * t + (r & 1);
+                    const int n = tile * 16 + g + ((r & 2) ? 8 : 0);
+                    const int m = mb * 8 * NT + 8 * j + 2 * t + (r & 1);
                     if (n < p.n && m < p.m) {
                         const float x = v[i][j][r] * alpha;
                         const size_t idx = (size_t)m * p.n + n;
@@ -346,112 +428,177 @@ __global__ void __launch_bounds__(256, (T * NT <= 2) ? 2 : 1) fp4_gemv_kernel(co
         }
     };
 
-    if (p.splits == 1) {
-        store(acc);
-        return;
-    }
-    // Split-K: partials in fragment order, so every lane writes and reads float4s.
-    const int tile_id = blockIdx.z * gridDim.x + blockIdx.x;
-    const size_t frag = (size_t)T * NT * 32;
-    float4* ws = reinterpret_cast<float4*>(p.ws);
-    const size_t base = ((size_t)tile_id * p.splits * p.warps + warp) * frag + lane;
-    const size_t split_stride = (size_t)p.warps * frag;
-#pragma unroll
-    for (int i = 0; i < T; ++i)
-#pragma unroll
-        for (int j = 0; j < NT; ++j)
-            __stcg(ws + base + blockIdx.y * split_stride + (i * NT + j) * 32,
-                   make_float4(acc[i][j][0], acc[i][j][1], acc[i][j][2], acc[i][j][3]));
-    __threadfence();
-    __syncthreads();
+    // The CTA that owns unit u (ranges are [floor(b U / P), floor((b+1) U / P))).
+    auto cta_of = [&](long long u) { return (int)(((u + 1) * P - 1) / U); };
     __shared__ int is_last;
-    if (threadIdx.x == 0) is_last = atomicAdd(p.counters + tile_id, 1) == p.splits - 1;
-    __syncthreads();
-    if (!is_last) return;
-    __threadfence();
-    float sum[T][NT][4];
+    const size_t frag = (size_t)T * NT * 32;  // float4s per warp per partial
+    float4* ws = reinterpret_cast<float4*>(p.ws);
+    const int x_first = u_begin / C;
+
+    // Finish segment x (this CTA's chunks of one (mb, group)): store it, or hand in a partial.
+    auto finish = [&](int x, bool complete) {
+        const int mb = x / G, gi = x - mb * G;
+        if (complete) {
+            store(acc, mb, gi);
+            return;
+        }
+        // Slot 0 holds a CTA's first segment, slot 1 its last (the middle ones are complete).
+        const size_t mine = (((size_t)blockIdx.x * 2 + (x == x_first ? 0 : 1)) * W + warp) * frag + lane;
 #pragma unroll
-    for (int i = 0; i < T; ++i)
+        for (int i = 0; i < T; ++i)
 #pragma unroll
-        for (int j = 0; j < NT; ++j)
+            for (int j = 0; j < NT; ++j)
+                __stcg(ws + mine + (i * NT + j) * 32, make_float4(acc[i][j][0], acc[i][j][1], acc[i][j][2], acc[i][j][3]));
+        __threadfence();
+        __syncthreads();
+        const int b_first = cta_of((long long)x * C), b_last = cta_of((long long)x * C + C - 1);
+        if (threadIdx.x == 0) is_last = atomicAdd(p.counters + x, 1) == b_last - b_first;
+        __syncthreads();
+        if (!is_last) return;
+        __threadfence();
+        float sum[T][NT][4];
 #pragma unroll
-            for (int r = 0; r < 4; ++r) sum[i][j][r] = 0.f;
-    // Fixed order s = 0, 1, ... (deterministic), with the loads of 4 splits issued before
-    // their adds so the reduction costs a few L2 round trips instead of one per split.
-    constexpr int R = 4;
-    for (int s0 = 0; s0 < p.splits; s0 += R) {
-        float4 v[R][T][NT];
+        for (int i = 0; i < T; ++i)
 #pragma unroll
-        for (int u = 0; u < R; ++u)
+            for (int j = 0; j < NT; ++j)
 #pragma unroll
-            for (int i = 0; i < T; ++i)
-#pragma unroll
-                for (int j = 0; j < NT; ++j)
-                    v[u][i][j] = s0 + u < p.splits
-                        ? __ldcg(ws + base + (s0 + u) * split_stride + (i * NT + j) * 32)
-                        : make_float4(0.f, 0.f, 0.f, 0.f);
-#pragma unroll
-        for (int u = 0; u < R; ++u)
+                for (int r = 0; r < 4; ++r) sum[i][j][r] = 0.f;
+        // Fixed order b_first .. b_last: bit-identical whichever CTA arrives last.
+        for (int b = b_first; b <= b_last; ++b) {
+            const int first_x_of_b = (int)((U * b / P) / C);
+            const size_t src = (((size_t)b * 2 + (x == first_x_of_b ? 0 : 1)) * W + warp) * frag + lane;
 #pragma unroll
             for (int i = 0; i < T; ++i)
 #pragma unroll
                 for (int j = 0; j < NT; ++j) {
-                    // Adding the +0 of a missing split leaves every sum bit-identical.
-                    sum[i][j][0] += v[u][i][j].x; sum[i][j][1] += v[u][i][j].y;
-                    sum[i][j][2] += v[u][i][j].z; sum[i][j][3] += v[u][i][j].w;
+                    const float4 v = __ldcg(ws + src + (i * NT + j) * 32);
+                    sum[i][j][0] += v.x; sum[i][j][1] += v.y; sum[i][j][2] += v.z; sum[i][j][3] += v.w;
                 }
+        }
+        store(sum, mb, gi);
+        if (threadIdx.x == 0) p.counters[x] = 0;  // every CTA of this segment has arrived
+    };
+
+    const int nst = (u_end - u_begin + D - 1) / D;
+#pragma unroll 1
+    for (int k = 0; k < STAGES - 1; ++k) issue(k);
+    zero_acc();
+    Cursor cc{u_begin / C, u_begin % C};
+    int seg_c0 = cc.c;
+    int u = u_begin;
+#pragma unroll 1
+    for (int k = 0; k < nst; ++k) {
+        cp_wait<STAGES - 2>();
+        __syncthreads();  // stage k landed for every thread; stage k-1's slot is free
+        issue(k + STAGES - 1);
+        decode_a(k);
+        __syncthreads();  // activation fragments of stage k visible
+#pragma unroll 1
+        for (int d = 0; d < D && u < u_end; ++d, ++u) {
+            if (cc.c == 0) seg_c0 = 0;
+            compute(k % STAGES, k & 1, d);
+            if (cc.c == C - 1 || u == u_end - 1) {
+                finish(cc.x, seg_c0 == 0 && cc.c == C - 1);
+                zero_acc();
+            }
+            cc.next(C);
+        }
     }
-    store(sum);
-    if (threadIdx.x == 0) p.counters[tile_id] = 0;  // every CTA of this tile has arrived
+    cp_wait<0>();  // no copy may still target shared memory when the CTA exits
 }
 
 template <bool MX, int T, int NT>
-cudaError_t launch(const Fp4GemvParams& p, cudaStream_t stream) {
-    // Fewer chunks in flight where the tile needs more registers.
-    constexpr int STAGES = (T * NT <= 4) ? 3 : 2;
-    dim3 grid((p.m_tiles + p.warps * T - 1) / (p.warps * T), p.splits, (p.m + 8 * NT - 1) / (8 * NT));
-    fp4_gemv_kernel<MX, T, NT, STAGES><<<grid, 32 * p.warps, 0, stream>>>(p);
+cudaError_t launch(const Fp4GemvParams& p, int grid, cudaStream_t stream) {
+    const unsigned smem = Smem<T, NT>::make(p.warps).total;
+    static int attr_done[9] = {0};  // per warp count; benign race (idempotent call)
+    if (!attr_done[p.warps]) {
+        const cudaError_t e = cudaFuncSetAttribute(fp4_sk_kernel<MX, T, NT>,
+                                                   cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
+        if (e != cudaSuccess) return e;
+        attr_done[p.warps] = 1;
+    }
+    fp4_sk_kernel<MX, T, NT><<<grid, 32 * p.warps, smem, stream>>>(p);
     return cudaGetLastError();
 }
 
-template <bool MX, int T>
-cudaError_t dispatch_nt(const Fp4GemvParams& p, int nt, cudaStream_t s) {
-    switch (nt) {
-        case 1: return launch<MX, T, 1>(p, s);
-        case 2: return launch<MX, T, 2>(p, s);
-        case 4: return launch<MX, T, 4>(p, s);
-        case 8: if (T <= 2) return launch<MX, (T <= 2 ? T : 2), 8>(p, s); break;
-    }
-    return cudaErrorInvalidValue;
+template <bool MX, int T, int NT>
+int occupancy(int warps) {
+    const unsigned smem = Smem<T, NT>::make(warps).total;
+    if (cudaFuncSetAttribute(fp4_sk_kernel<MX, T, NT>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem) != cudaSuccess)
+        return -1;
+    int n = 0;
+    if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, fp4_sk_kernel<MX, T, NT>, 32 * warps, smem) != cudaSuccess)
+        return -1;
+    return n;
 }
 
-template <bool MX>
-cudaError_t dispatch_t(const Fp4GemvParams& p, int t, int nt, cudaStream_t s) {
-    switch (t) {
-        case 1: return dispatch_nt<MX, 1>(p, nt, s);
-        case 2: return dispatch_nt<MX, 2>(p, nt, s);
-        case 4: return dispatch_nt<MX, 4>(p, nt, s);
+// Calls F<MX, T, NT>::run(args...) for runtime (mx, t, nt); NT = 8 only with T <= 2.
+template <template <bool, int, int> class F, typename... A>
+int dispatch(int mx, int t, int nt, A... args) {
+#define FP4_NT(MXV, TV)                                               \
+    switch (nt) {                                                     \
+        case 1: return F<MXV, TV, 1>::run(args...);                   \
+        case 2: return F<MXV, TV, 2>::run(args...);                   \
+        case 4: return F<MXV, TV, 4>::run(args...);                   \
+        case 8: if (TV <= 2) return F<MXV, (TV <= 2 ? TV : 2), 8>::run(args...); break; \
+    }                                                                 \
+    break;
+#define FP4_T(MXV)                          \
+    switch (t) {                            \
+        case 1: { FP4_NT(MXV, 1) } break;   \
+        case 2: { FP4_NT(MXV, 2) } break;   \
+        case 4: { FP4_NT(MXV, 4) } break;   \
     }
-    return cudaErrorInvalidValue;
+    if (mx) { FP4_T(true) } else { FP4_T(false) }
+#undef FP4_T
+#undef FP4_NT
+    return -(int)cudaErrorInvalidValue;
 }
+
+template <bool MX, int T, int NT>
+struct Launch {
+    static int run(const Fp4GemvParams* p, int grid, cudaStream_t s) { return (int)launch<MX, T, NT>(*p, grid, s); }
+};
+template <bool MX, int T, int NT>
+struct Occupancy {
+    static int run(int warps) { return occupancy<MX, T, NT>(warps); }
+};
+template <bool MX, int T, int NT>
+struct SmemBytes {
+    static int run(int warps) { return (int)Smem<T, NT>::make(warps).total; }
+};
 
 }  // namespace
 
 extern "C" {
 
-// Launch on `stream`. mx: 0 NVFP4, 1 MXFP4; t: weight tiles (16 rows) per warp, 1/2/4;
-// nt: activation tiles (8 rows) per CTA, 1/2/4/8 (8 only with t <= 2). Returns a
+// Launch `grid` CTAs on `stream`. mx: 0 NVFP4, 1 MXFP4; t: weight tiles (16 rows) per warp,
+// 1/2/4; nt: activation tiles (8 rows) per pass, 1/2/4/8 (8 only with t <= 2). The caller
+// keeps 1 <= grid <= mblocks * groups * (k / 64) and sizes ws for `grid`. Returns a
 // cudaError_t (0 = launched).
-int fp4_trtllm_gemv(const Fp4GemvParams* p, int mx, int t, int nt, void* stream) {
-    if (p->warps < 1 || p->warps > 8 || p->splits < 1 || (p->k & 63) || p->m < 1 || p->n < 1)
+int fp4_trtllm_gemv(const Fp4GemvParams* p, int mx, int t, int nt, int grid, void* stream) {
+    if (p->warps < 1 || p->warps > 8 || (p->k & 63) || p->m < 1 || p->n < 1 || grid < 1)
         return (int)cudaErrorInvalidValue;
-    cudaStream_t s = reinterpret_cast<cudaStream_t>(stream);
-    return (int)(mx ? dispatch_t<true>(*p, t, nt, s) : dispatch_t<false>(*p, t, nt, s));
+    const long long units = (long long)p->mblocks * p->groups * (p->k >> 6);
+    if (grid > units) return (int)cudaErrorInvalidValue;
+    const int r = dispatch<Launch>(mx, t, nt, p, grid, reinterpret_cast<cudaStream_t>(stream));
+    return r < 0 ? -r : r;
+}
+
+// CTAs of this configuration that fit on one SM (its shared memory and registers), or -1.
+int fp4_trtllm_occupancy(int mx, int t, int nt, int warps) {
+    if (warps < 1 || warps > 8) return -1;
+    return dispatch<Occupancy>(mx, t, nt, warps);
+}
+
+// Dynamic shared memory of one CTA, in bytes.
+int fp4_trtllm_smem_bytes(int mx, int t, int nt, int warps) {
+    return dispatch<SmemBytes>(mx, t, nt, warps);
 }
 
 const char* fp4_trtllm_error_string(int code) {
     return cudaGetErrorString(static_cast<cudaError_t>(code));
 }
 
-int fp4_trtllm_abi_version(void) { return 1; }
+int fp4_trtllm_abi_version(void) { return 2; }
 }
