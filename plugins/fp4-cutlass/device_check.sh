@@ -36,7 +36,8 @@ for nv in (True, False):
     p = fp4core.make_problem(33, 320, 1088, use_nvfp4=nv, use_8x4_sf_layout=not nv, device="cuda")
     ops = random_operands(p, device="cuda")
     out = torch.empty(33, 320, dtype=torch.bfloat16, device="cuda")
-    for tac in ({"tm": 64, "bn": 128, "split_k": 1}, {"tm": 32, "bn": 64, "split_k": 3}, {"tm": 256, "bn": 64, "split_k": 1}):
+    for tac in ({"tm": 64, "bn": 128, "split_k": 1, "cluster": 2}, {"tm": 32, "bn": 64, "split_k": 3, "cluster": 1},
+                {"tm": 256, "bn": 64, "split_k": 1, "cluster": 2}, {"tm": 16, "bn": 128, "split_k": 2, "cluster": 2}):
         be.run(p, ops, tac, out)
 torch.cuda.synchronize(); print("small case done")
 PY

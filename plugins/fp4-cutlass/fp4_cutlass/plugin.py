@@ -38,11 +38,11 @@ def _toolchain_problem() -> str:
     return ""
 
 
-def auto_splits(problem: Problem, tm: int, bn: int) -> int:
+def auto_splits(problem: Problem, tm: int, bn: int, cluster: int = 1) -> int:
     """Split K over CTAs when one wave of output tiles leaves SMs idle: aim at ~1 CTA per SM,
     keep at least 8 stages (1024 values of K) per split."""
     m = problem.m or 1
-    tiles = math.ceil(problem.n / bn) * math.ceil(m / tm)
+    tiles = math.ceil(math.ceil(problem.n / bn) / cluster) * cluster * math.ceil(m / tm)
     sms = _sm_count(problem.device.index)
     if tiles >= 0.75 * sms:
         return 1
@@ -103,32 +103,35 @@ class CutlassBackend:
         elif first >= 64:
             tms.append(first // 2)
         out: list[dict] = []
-        for tm in tms:
-            for bn in launcher.BN_CHOICES:
-                s = auto_splits(problem, tm, bn)
-                for splits in dict.fromkeys([s, 1]):
-                    tac = {"tm": tm, "bn": bn, "split_k": splits}
-                    if tac not in out:
-                        out.append(tac)
-        # Fewer CTAs per weight tile first when M is small (the weight stream dominates).
-        if m <= 256:
-            out.sort(key=lambda t: (t["bn"] != 64, t["tm"] != first))
+        for cl in launcher.CLUSTER_CHOICES:
+            for tm in tms:
+                for bn in launcher.BN_CHOICES:
+                    s = auto_splits(problem, tm, bn, cl)
+                    for splits in dict.fromkeys([s, 1]):
+                        tac = {"tm": tm, "bn": bn, "split_k": splits, "cluster": cl}
+                        if tac not in out:
+                            out.append(tac)
+        # Best guesses first: multicast clusters; small M wants more CTAs (bn=64), large M the
+        # bigger weight tile (bn=128, less activation traffic per FLOP).
+        out.sort(key=lambda t: (t["cluster"] != 2, (t["bn"] != 64) if m <= 256 else (t["bn"] != 128),
+                                t["tm"] != first))
         return out
 
     @hookimpl
     def run(self, problem: Problem, operands: Operands, tactic: dict, out) -> None:
         tm = int(tactic.get("tm", _tm_for(problem.m)))
         bn = int(tactic.get("bn", 128))
-        if tm not in launcher.TM_CHOICES or bn not in launcher.BN_CHOICES:
+        cl = int(tactic.get("cluster", 1))
+        if tm not in launcher.TM_CHOICES or bn not in launcher.BN_CHOICES or cl not in launcher.CLUSTER_CHOICES:
             raise ValueError(f"cutlass: tactic {tactic}: tm must be one of {launcher.TM_CHOICES}, "
-                             f"bn one of {launcher.BN_CHOICES}")
-        splits = int(tactic.get("split_k", 0)) or auto_splits(problem, tm, bn)
+                             f"bn one of {launcher.BN_CHOICES}, cluster one of {launcher.CLUSTER_CHOICES}")
+        splits = int(tactic.get("split_k", 0)) or auto_splits(problem, tm, bn, cl)
         splits = max(1, min(splits, launcher.padded_k(problem.k) // launcher.BK))
         launcher.launch(
             a=operands.a, a_sf=operands.a_scale, b=operands.b, b_sf=operands.b_scale,
             alpha=operands.alpha, out=out, m=problem.m, n=problem.n, k=problem.k,
             mx=problem.fmt is Fp4Format.MXFP4, a_sf_8x4=problem.a_sf_layout is SfLayout.layout_8x4,
-            tm=tm, bn=bn, splits=splits)
+            tm=tm, bn=bn, splits=splits, cluster=cl)
 
     @hookimpl
     def build(self, archs: list[str], progress: bool) -> list[str]:

@@ -63,6 +63,7 @@ def test_tactics_valid(m):
     assert tacs and json.loads(json.dumps(tacs)) == tacs
     for t in tacs:
         assert t["tm"] in launcher.TM_CHOICES and t["bn"] in launcher.BN_CHOICES and t["split_k"] >= 1
+        assert t["cluster"] in launcher.CLUSTER_CHOICES
     assert len({json.dumps(t, sort_keys=True) for t in tacs}) == len(tacs)
 
 

@@ -28,6 +28,7 @@
 
 #include <utility>
 
+#include <cute/arch/cluster_sm90.hpp>
 #include <cute/arch/copy_sm90_tma.hpp>
 #include <cute/arch/mma_sm90_desc.hpp>
 #include <cute/arch/mma_sm90.hpp>
@@ -58,6 +59,7 @@ struct Params {
   int splits;             // split-K over CTAs (grid.z)
   int tm;                 // activation rows per CTA (wgmma N)
   int bn;                 // weight rows per CTA: 128 (two consumer WGs split N) or 64 (split K)
+  int cluster;            // CTAs per cluster along N sharing (multicasting) the activation tile
 };
 
 __host__ __device__ constexpr int kp_of(int k) { return (k + kBK - 1) / kBK * kBK; }
@@ -278,7 +280,7 @@ struct Consumer {
   }
 };
 
-template <int TM, int BN, bool MX>
+template <int TM, int BN, bool MX, int CL>
 __global__ void __launch_bounds__(kThreads, 1)
 fp4_gemm_kernel(const __grid_constant__ CUtensorMap tm_act, const __grid_constant__ CUtensorMap tm_w, Params p) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900 && defined(__CUDA_ARCH_FEAT_SM90_ALL)
@@ -302,15 +304,20 @@ fp4_gemm_kernel(const __grid_constant__ CUtensorMap tm_act, const __grid_constan
   const int sf_tiles = (p.k / bs + 3) / 4;  // 128x4 column tiles of B's scales
   // A stage is consumed by both consumer WGs (BN=128: each its 64 rows) or one (BN=64: K split).
   constexpr int kConsumersPerStage = BN == 128 ? 2 : 1;
+  const bool sf_rows_exist = n0 < (p.n + 127) / 128 * 128;
 
+  // With a cluster, every CTA's producer multicasts its slice of the activation tile into all
+  // CTAs' stage buffers, so a stage is free only when the consumers of every CTA released it.
+  const uint32_t rank = CL > 1 ? cute::block_rank_in_cluster() : 0;
   if (threadIdx.x == 0) {
     for (int i = 0; i < ST; ++i) {
       cutlass::arch::ClusterTransactionBarrier::init(&full[i], 1);
-      cutlass::arch::ClusterBarrier::init(&empty[i], 4 * kConsumersPerStage);
+      cutlass::arch::ClusterBarrier::init(&empty[i], 4 * kConsumersPerStage * CL);
     }
     cutlass::arch::fence_barrier_init();
   }
-  __syncthreads();
+  if constexpr (CL > 1) cute::cluster_sync();  // peers' barriers are initialised before use
+  else __syncthreads();
 
   if (wg == 0) {
     cutlass::arch::warpgroup_reg_dealloc<40>();
@@ -321,12 +328,25 @@ fp4_gemm_kernel(const __grid_constant__ CUtensorMap tm_act, const __grid_constan
         const int c = c_begin + it;
         uint8_t* stage = smem + st * S::kStage;
         int sf_bytes = MX ? kSfTile : (2 * c + 1 < sf_tiles ? 2 * kSfTile : kSfTile);
+        if (!sf_rows_exist) sf_bytes = 0;  // a cluster-padding CTA past N: nothing to read
         cutlass::arch::ClusterTransactionBarrier::arrive_and_expect_tx(&full[st], S::kAct + S::kW + sf_bytes);
-        cute::SM90_TMA_LOAD_2D::copy(&tm_act, &full[st], 0, stage, c * kBK, m0);
-        cute::SM90_TMA_LOAD_2D::copy(&tm_act, &full[st], 0, stage + TM * 128, c * kBK + 64, m0);
+        if constexpr (CL == 1) {
+          cute::SM90_TMA_LOAD_2D::copy(&tm_act, &full[st], 0, stage, c * kBK, m0);
+          cute::SM90_TMA_LOAD_2D::copy(&tm_act, &full[st], 0, stage + TM * 128, c * kBK + 64, m0);
+        } else {
+          constexpr int kSlice = TM / CL;  // rows this CTA loads for the whole cluster
+          const uint16_t mask = (1u << CL) - 1;
+          cute::SM90_TMA_LOAD_MULTICAST_2D::copy(&tm_act, &full[st], mask, 0, stage + rank * kSlice * 128,
+                                                 c * kBK, m0 + rank * kSlice);
+          cute::SM90_TMA_LOAD_MULTICAST_2D::copy(&tm_act, &full[st], mask, 0,
+                                                 stage + TM * 128 + rank * kSlice * 128, c * kBK + 64,
+                                                 m0 + rank * kSlice);
+        }
         cute::SM90_TMA_LOAD_2D::copy(&tm_w, &full[st], 0, stage + S::kAct, c * kBKBytes, n0);
-        const uint8_t* sf_src = p.b_sf + ((size_t)(n0 / 128) * sf_tiles + (MX ? c : 2 * c)) * kSfTile;
-        cute::SM90_BULK_COPY_G2S::copy(sf_src, &full[st], stage + S::kAct + S::kW, sf_bytes);
+        if (sf_bytes) {
+          const uint8_t* sf_src = p.b_sf + ((size_t)(n0 / 128) * sf_tiles + (MX ? c : 2 * c)) * kSfTile;
+          cute::SM90_BULK_COPY_G2S::copy(sf_src, &full[st], stage + S::kAct + S::kW, sf_bytes);
+        }
       }
     }
   } else {
@@ -354,7 +374,14 @@ fp4_gemm_kernel(const __grid_constant__ CUtensorMap tm_act, const __grid_constan
     };
     auto release = [&](int it) {
       __syncwarp();
-      if (lane == 0) cutlass::arch::ClusterBarrier::arrive(&empty[it % ST]);
+      if (lane == 0) {
+        if constexpr (CL == 1) {
+          cutlass::arch::ClusterBarrier::arrive(&empty[it % ST]);
+        } else {
+#pragma unroll
+          for (int r = 0; r < CL; ++r) cutlass::arch::ClusterBarrier::arrive(&empty[it % ST], r, 1);
+        }
+      }
     };
     auto issue = [&](int it, const uint32_t (&fr)[2][16]) {
 #pragma unroll
@@ -404,14 +431,17 @@ fp4_gemm_kernel(const __grid_constant__ CUtensorMap tm_act, const __grid_constan
         for (int i = 0; i < C::kAcc; ++i) red[i * 128 + t] = acc[i];
       }
       asm volatile("bar.sync 1, 256;\n" ::: "memory");
-      if (cw == 1) return;
+      if (cw == 0) {
 #pragma unroll
-      for (int i = 0; i < C::kAcc; ++i) acc[i] += red[i * 128 + t];
+        for (int i = 0; i < C::kAcc; ++i) acc[i] += red[i * 128 + t];
+      }
     }
+    const bool writer = BN == 128 || cw == 0;
 
     // Epilogue. acc[4j + 2u + v]: n = wrow + 8u, m = 8j + 2q + v.
     const int n_a = n0 + wrow;
-    if (p.splits == 1) {
+    if (!writer) {
+    } else if (p.splits == 1) {
       float scale = MX ? 1.f : 1.8446744073709551616e19f;  // 2^64 (NVFP4 weight range shift)
       const float alpha = p.alpha ? __ldg(p.alpha) : 1.f;
 #pragma unroll
@@ -449,6 +479,8 @@ fp4_gemm_kernel(const __grid_constant__ CUtensorMap tm_act, const __grid_constan
       }
     }
   }
+  // Peers may still arrive on our barriers: no CTA of a cluster leaves before all are done.
+  if constexpr (CL > 1) cute::cluster_sync();
 #endif
 }
 
@@ -497,36 +529,63 @@ static int make_map(CUtensorMap* map, CUtensorMapDataType dt, const void* base, 
   return r == CUDA_SUCCESS ? 0 : -2;
 }
 
-template <int TM, int BN, bool MX>
+template <int TM, int BN, bool MX, int CL>
 static cudaError_t launch_gemm(const Params& p, cudaStream_t stream) {
   using S = Smem<TM, BN, MX>;
   static bool attr_set = false;  // per instantiation; setting it twice is harmless
   if (!attr_set) {
-    cudaError_t e = cudaFuncSetAttribute(fp4_gemm_kernel<TM, BN, MX>, cudaFuncAttributeMaxDynamicSharedMemorySize, S::kBytes);
+    cudaError_t e = cudaFuncSetAttribute(fp4_gemm_kernel<TM, BN, MX, CL>, cudaFuncAttributeMaxDynamicSharedMemorySize, S::kBytes);
     if (e != cudaSuccess) return e;
     attr_set = true;
   }
   CUtensorMap tm_act, tm_w;
   const int kp = kp_of(p.k);
-  if (make_map(&tm_act, CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, p.act, kp, p.m, (uint64_t)kp * 2, 64, TM,
+  if (make_map(&tm_act, CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, p.act, kp, p.m, (uint64_t)kp * 2, 64, TM / CL,
                CU_TENSOR_MAP_SWIZZLE_128B) != 0)
     return cudaErrorInvalidValue;
   if (make_map(&tm_w, CU_TENSOR_MAP_DATA_TYPE_UINT8, p.b, p.k / 2, p.n, p.k / 2, kBKBytes, BN,
                CU_TENSOR_MAP_SWIZZLE_NONE) != 0)
     return cudaErrorInvalidValue;
-  dim3 grid((p.n + BN - 1) / BN, (p.m + TM - 1) / TM, p.splits);
-  fp4_gemm_kernel<TM, BN, MX><<<grid, kThreads, S::kBytes, stream>>>(tm_act, tm_w, p);
+  const int gx = ((p.n + BN - 1) / BN + CL - 1) / CL * CL;  // whole clusters; extra CTAs store nothing
+  dim3 grid(gx, (p.m + TM - 1) / TM, p.splits);
+  if constexpr (CL == 1) {
+    fp4_gemm_kernel<TM, BN, MX, 1><<<grid, kThreads, S::kBytes, stream>>>(tm_act, tm_w, p);
+  } else {
+    cudaLaunchConfig_t cfg = {};
+    cfg.gridDim = grid;
+    cfg.blockDim = dim3(kThreads);
+    cfg.dynamicSmemBytes = S::kBytes;
+    cfg.stream = stream;
+    cudaLaunchAttribute attr[1];
+    attr[0].id = cudaLaunchAttributeClusterDimension;
+    attr[0].val.clusterDim.x = CL;
+    attr[0].val.clusterDim.y = 1;
+    attr[0].val.clusterDim.z = 1;
+    cfg.attrs = attr;
+    cfg.numAttrs = 1;
+    cudaError_t e = cudaLaunchKernelEx(&cfg, fp4_gemm_kernel<TM, BN, MX, CL>, tm_act, tm_w, p);
+    if (e != cudaSuccess) return e;
+  }
   return cudaGetLastError();
 }
 
-template <int BN, bool MX>
+template <int BN, bool MX, int CL>
 static cudaError_t dispatch_tm(const Params& p, cudaStream_t s) {
   switch (p.tm) {
-    case 16: return launch_gemm<16, BN, MX>(p, s);
-    case 32: return launch_gemm<32, BN, MX>(p, s);
-    case 64: return launch_gemm<64, BN, MX>(p, s);
-    case 128: return launch_gemm<128, BN, MX>(p, s);
-    case 256: return launch_gemm<256, BN, MX>(p, s);
+    case 16: return launch_gemm<16, BN, MX, CL>(p, s);
+    case 32: return launch_gemm<32, BN, MX, CL>(p, s);
+    case 64: return launch_gemm<64, BN, MX, CL>(p, s);
+    case 128: return launch_gemm<128, BN, MX, CL>(p, s);
+    case 256: return launch_gemm<256, BN, MX, CL>(p, s);
+    default: return cudaErrorInvalidValue;
+  }
+}
+
+template <int BN, bool MX>
+static cudaError_t dispatch_cl(const Params& p, cudaStream_t s) {
+  switch (p.cluster) {
+    case 1: return dispatch_tm<BN, MX, 1>(p, s);
+    case 2: return dispatch_tm<BN, MX, 2>(p, s);
     default: return cudaErrorInvalidValue;
   }
 }
@@ -535,7 +594,7 @@ static cudaError_t dispatch_tm(const Params& p, cudaStream_t s) {
 
 extern "C" {
 
-int fp4c_abi_version() { return 1; }
+int fp4c_abi_version() { return 2; }
 
 int fp4c_params_size() { return (int)sizeof(fp4c::Params); }
 
@@ -566,8 +625,8 @@ int fp4c_sm90_gemm(const fp4c::Params* pp, cudaStream_t stream) {
   else fp4c::act_dequant_kernel<false><<<blocks, 128, 0, stream>>>(p);
   cudaError_t e = cudaGetLastError();
   if (e != cudaSuccess) return e;
-  if (p.bn == 128) e = p.mx ? fp4c::dispatch_tm<128, true>(p, stream) : fp4c::dispatch_tm<128, false>(p, stream);
-  else e = p.mx ? fp4c::dispatch_tm<64, true>(p, stream) : fp4c::dispatch_tm<64, false>(p, stream);
+  if (p.bn == 128) e = p.mx ? fp4c::dispatch_cl<128, true>(p, stream) : fp4c::dispatch_cl<128, false>(p, stream);
+  else e = p.mx ? fp4c::dispatch_cl<64, true>(p, stream) : fp4c::dispatch_cl<64, false>(p, stream);
   if (e != cudaSuccess) return e;
   if (p.splits > 1) {
     const size_t total = (size_t)p.m * p.n;
