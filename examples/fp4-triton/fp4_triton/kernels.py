@@ -2,21 +2,24 @@
 
 Importing this module imports Triton; the plugin imports it lazily, on the first ``run``.
 
-Dequantization is exact and cheap:
+Exact, cheap dequantization:
 
-* An E2M1 code's three magnitude bits put under bits 4..2 of an FP8 E4M3 byte (sign to bit 7)
-  give exactly ``value * 2**-6`` (code 1, the E2M1 subnormal 0.5, lands on the E4M3
-  subnormal 2**-7), so one shift/mask per nibble and the hardware FP8 -> fp16/bf16 convert
-  decode it.
+* An E2M1 code's three magnitude bits moved under bits 4..2 of an FP8 E4M3 byte (sign to
+  bit 7) give exactly ``value * 2**-6`` (code 1, the E2M1 subnormal 0.5, lands on the E4M3
+  subnormal 2**-7), so a few shifts/masks per 32-bit word of 8 codes and the hardware
+  FP8x2 -> fp16x2 convert decode them (``_decode_asm``: inline PTX, 4 bytes at a time;
+  ``_decode_triton``: the same in plain Triton, per byte, kept as a fallback tactic).
 * NVFP4 scales are E4M3: ``scale * 64`` is exact in fp16 (at most 28672), and so is every
   ``value * scale`` product (at most 6 significant bits, 2**-10 .. 2688): the dot runs on
   fp16 tensor cores with fp32 accumulation.
-* MXFP4 scales are powers of two (E8M0): the product is exact in bf16, so the dot runs on
+* MXFP4 scales are powers of two (E8M0): the products are exact in bf16, so the dot runs on
   bf16. (Scales above 2**121 overflow bf16; no real tensor has them.)
 
-K is consumed in steps of BLOCK_K values = BLOCK_K/2 bytes, loaded as a 3-D tile
-(rows, scale blocks, bytes per block) so each block's scale broadcasts without a reshape.
-The low and high nibbles are joined back into natural K order before the dot.
+K order: a K step of BLOCK_K values is BLOCK_K/2 bytes; the low nibbles (even K) and the
+high nibbles (odd K) of the same bytes form two (rows, BLOCK_K/2) operands and the step is
+two dots, lo.lo^T + hi.hi^T -- the sum over K does not care about the order, and no
+interleaving is needed. The optional pre-pass ``dequant_rows_kernel`` writes A densely in
+the same order (all even K, then all odd K) so the GEMM loads it without decoding.
 """
 
 import triton
@@ -39,21 +42,56 @@ def _decode_scale(s, NVFP4: tl.constexpr):
 
 
 @triton.jit
-def _dequant(q, s, R: tl.constexpr, BLOCK_K: tl.constexpr, NVFP4: tl.constexpr):
-    """q: uint8 (R, NB, BPB) packed codes, s: uint8 (R, NB) scales -> (R, BLOCK_K) values."""
-    # Low nibble (even K): magnitude bits 2..0 -> 4..2, sign bit 3 -> 7.
+def _decode_asm(q):
+    """uint8 packed codes -> (low-nibble values, high-nibble values), fp16, times 2**-6."""
+    return tl.inline_asm_elementwise(
+        asm="""
+        {
+        .reg .b32 t0, t1, t2;
+        .reg .b16 h0, h1, h2, h3;
+        shl.b32 t0, $4, 2;
+        and.b32 t0, t0, 0x1C1C1C1C;
+        shl.b32 t1, $4, 4;
+        and.b32 t1, t1, 0x80808080;
+        or.b32 t0, t0, t1;
+        mov.b32 {h0, h1}, t0;
+        cvt.rn.f16x2.e4m3x2 $0, h0;
+        cvt.rn.f16x2.e4m3x2 $1, h1;
+        shr.b32 t2, $4, 2;
+        and.b32 t2, t2, 0x1C1C1C1C;
+        and.b32 t1, $4, 0x80808080;
+        or.b32 t2, t2, t1;
+        mov.b32 {h2, h3}, t2;
+        cvt.rn.f16x2.e4m3x2 $2, h2;
+        cvt.rn.f16x2.e4m3x2 $3, h3;
+        }
+        """,
+        constraints="=r,=r,=r,=r,r", args=[q], dtype=(tl.float16, tl.float16), is_pure=True, pack=4)
+
+
+@triton.jit
+def _decode_triton(q):
+    """Same result as ``_decode_asm`` in plain Triton (one byte at a time)."""
     lo = ((q & 0x7) << 2) | ((q & 0x8) << 4)
-    # High nibble (odd K): magnitude bits 6..4 -> 4..2, sign bit 7 stays.
     hi = ((q >> 2) & 0x1C) | (q & 0x80)
-    sc = _decode_scale(s, NVFP4)[:, :, None]
-    if NVFP4:
-        vlo = (lo.to(tl.float8e4nv, bitcast=True).to(tl.float16) * sc).to(tl.float16)
-        vhi = (hi.to(tl.float8e4nv, bitcast=True).to(tl.float16) * sc).to(tl.float16)
+    return (lo.to(tl.float8e4nv, bitcast=True).to(tl.float16),
+            hi.to(tl.float8e4nv, bitcast=True).to(tl.float16))
+
+
+@triton.jit
+def _dequant(q, s, R: tl.constexpr, NB: tl.constexpr, BPB: tl.constexpr,
+             NVFP4: tl.constexpr, ASM: tl.constexpr):
+    """q: uint8 (R, NB*BPB) packed codes, s: uint8 (R, NB) scale bytes ->
+    (even-K values, odd-K values), each (R, NB*BPB) fp16 (NVFP4) or bf16 (MXFP4)."""
+    if ASM:
+        lo, hi = _decode_asm(q)
     else:
-        vlo = (lo.to(tl.float8e4nv, bitcast=True).to(tl.bfloat16) * sc).to(tl.bfloat16)
-        vhi = (hi.to(tl.float8e4nv, bitcast=True).to(tl.bfloat16) * sc).to(tl.bfloat16)
-    # (R, NB, BPB, 2) in memory order is element 2*byte + nibble: natural K order.
-    return tl.reshape(tl.join(vlo, vhi), (R, BLOCK_K))
+        lo, hi = _decode_triton(q)
+    sc = tl.reshape(tl.broadcast_to(_decode_scale(s, NVFP4)[:, :, None], (R, NB, BPB)), (R, NB * BPB))
+    if NVFP4:
+        return (lo * sc).to(tl.float16), (hi * sc).to(tl.float16)
+    else:
+        return (lo.to(tl.bfloat16) * sc).to(tl.bfloat16), (hi.to(tl.bfloat16) * sc).to(tl.bfloat16)
 
 
 @triton.jit
@@ -81,13 +119,15 @@ def fp4_gemm_kernel(
         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
         GROUP_M: tl.constexpr, SPLIT_K: tl.constexpr, NVFP4: tl.constexpr,
         A_SF_8X4: tl.constexpr, HAS_ALPHA: tl.constexpr, SWAP_AB: tl.constexpr,
-        EVEN_K: tl.constexpr):
+        EVEN_K: tl.constexpr, ASM: tl.constexpr, A_DENSE: tl.constexpr):
     """out (M, N) = alpha * dequant(A) @ dequant(B)^T, or fp32 partial sums when SPLIT_K > 1.
 
-    a: uint8 (M, K/2) row-major; b: uint8 (N, K/2) row-major; a_sf: A's scales in 128x4
-    (or 8x4 when A_SF_8X4) order; b_sf: B's scales in 128x4 order; ``*_sf_ctiles`` = padded
-    scale columns / 4. c: (M, N) out dtype, or fp32 (SPLIT_K, M, N) partials for split-K.
-    SWAP_AB computes the tile as B @ A^T so that N fills the MMA's M side (small M).
+    a: uint8 (M, K/2) row-major packed codes, or with A_DENSE the (M, K) fp16/bf16 output
+    of ``dequant_rows_kernel`` (even K then odd K; a_sf unused); b: uint8 (N, K/2)
+    row-major; a_sf: A's scales in 128x4 (or 8x4 when A_SF_8X4) order; b_sf: B's scales in
+    128x4 order; ``*_sf_ctiles`` = padded scale columns / 4. c: (M, N) in the output dtype,
+    or fp32 (SPLIT_K, M, N) partials. The launcher makes SPLIT_K divide the K steps.
+    SWAP_AB computes each tile as B @ A^T so that N fills the MMA's M side (small M).
     """
     SF_BLOCK: tl.constexpr = 16 if NVFP4 else 32
     BPB: tl.constexpr = SF_BLOCK // 2            # bytes per scale block
@@ -107,20 +147,22 @@ def fp4_gemm_kernel(
 
     rm = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    mask_m = rm < M
-    mask_n = rn < N
+    # Rows past the end read the last row (no load masks); the store drops them.
+    rm_c = tl.minimum(rm, M - 1)
+    rn_c = tl.minimum(rn, N - 1)
     kbytes = K // 2
     nblocks = K // SF_BLOCK
+    kb = tl.arange(0, KB)
 
-    # 3-D byte tiles (rows, block, byte within block); int64 rows: N * K/2 may pass 2^31.
-    jb = tl.arange(0, NB)[None, :, None] * BPB + tl.arange(0, BPB)[None, None, :]
-    a_ptrs = a_ptr + rm.to(tl.int64)[:, None, None] * kbytes + jb
-    b_ptrs = b_ptr + rn.to(tl.int64)[:, None, None] * kbytes + jb
-    a_sf_rows = a_sf_ptr + _sf_row_offsets(rm, a_sf_ctiles, A_SF_8X4).to(tl.int64)[:, None]
-    b_sf_rows = b_sf_ptr + _sf_row_offsets(rn, b_sf_ctiles, False).to(tl.int64)[:, None]
+    if A_DENSE:
+        a_ptrs = a_ptr + rm_c.to(tl.int64)[:, None] * K + kb[None, :]
+    else:
+        a_ptrs = a_ptr + rm_c.to(tl.int64)[:, None] * kbytes + kb[None, :]
+        a_sf_rows = a_sf_ptr + _sf_row_offsets(rm_c, a_sf_ctiles, A_SF_8X4).to(tl.int64)[:, None]
+    b_ptrs = b_ptr + rn_c.to(tl.int64)[:, None] * kbytes + kb[None, :]
+    b_sf_rows = b_sf_ptr + _sf_row_offsets(rn_c, b_sf_ctiles, False).to(tl.int64)[:, None]
     cb = tl.arange(0, NB)
 
-    # The launcher makes SPLIT_K divide the step count: every split gets the same range.
     per_split = tl.cdiv(K, BLOCK_K) // SPLIT_K
     first = pid_k * per_split
 
@@ -130,37 +172,73 @@ def fp4_gemm_kernel(
         acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     for step in range(first, first + per_split):
         cols = step * NB + cb
-        col_off = _sf_col_offsets(cols, A_SF_8X4)[None, :]
-        b_col_off = _sf_col_offsets(cols, False)[None, :]
         if EVEN_K:
-            qa = tl.load(a_ptrs + step * KB, mask=mask_m[:, None, None], other=0)
-            qb = tl.load(b_ptrs + step * KB, mask=mask_n[:, None, None], other=0)
-            sa = tl.load(a_sf_rows + col_off, mask=mask_m[:, None], other=0)
-            sb = tl.load(b_sf_rows + b_col_off, mask=mask_n[:, None], other=0)
+            qb = tl.load(b_ptrs + step * KB)
+            sb = tl.load(b_sf_rows + _sf_col_offsets(cols, False)[None, :])
         else:
-            kin = (step * KB + jb) < kbytes
+            kin = (step * KB + kb)[None, :] < kbytes
             cin = (cols < nblocks)[None, :]
-            qa = tl.load(a_ptrs + step * KB, mask=mask_m[:, None, None] & kin, other=0)
-            qb = tl.load(b_ptrs + step * KB, mask=mask_n[:, None, None] & kin, other=0)
-            sa = tl.load(a_sf_rows + col_off, mask=mask_m[:, None] & cin, other=0)
-            sb = tl.load(b_sf_rows + b_col_off, mask=mask_n[:, None] & cin, other=0)
-        av = _dequant(qa, sa, BLOCK_M, BLOCK_K, NVFP4)
-        bv = _dequant(qb, sb, BLOCK_N, BLOCK_K, NVFP4)
-        if SWAP_AB:
-            acc = tl.dot(bv, tl.trans(av), acc)
+            qb = tl.load(b_ptrs + step * KB, mask=kin, other=0)
+            sb = tl.load(b_sf_rows + _sf_col_offsets(cols, False)[None, :], mask=cin, other=0)
+        blo, bhi = _dequant(qb, sb, BLOCK_N, NB, BPB, NVFP4, ASM)
+        if A_DENSE:
+            if EVEN_K:
+                alo = tl.load(a_ptrs + step * KB)
+                ahi = tl.load(a_ptrs + kbytes + step * KB)
+            else:
+                alo = tl.load(a_ptrs + step * KB, mask=kin, other=0.0)
+                ahi = tl.load(a_ptrs + kbytes + step * KB, mask=kin, other=0.0)
         else:
-            acc = tl.dot(av, tl.trans(bv), acc)
+            if EVEN_K:
+                qa = tl.load(a_ptrs + step * KB)
+                sa = tl.load(a_sf_rows + _sf_col_offsets(cols, A_SF_8X4)[None, :])
+            else:
+                qa = tl.load(a_ptrs + step * KB, mask=kin, other=0)
+                sa = tl.load(a_sf_rows + _sf_col_offsets(cols, A_SF_8X4)[None, :], mask=cin, other=0)
+            alo, ahi = _dequant(qa, sa, BLOCK_M, NB, BPB, NVFP4, ASM)
+        if SWAP_AB:
+            acc = tl.dot(blo, tl.trans(alo), acc)
+            acc = tl.dot(bhi, tl.trans(ahi), acc)
+        else:
+            acc = tl.dot(alo, tl.trans(blo), acc)
+            acc = tl.dot(ahi, tl.trans(bhi), acc)
 
     if SWAP_AB:
         acc = tl.trans(acc)
     c_off = rm.to(tl.int64)[:, None] * N + rn[None, :]
-    mask_c = mask_m[:, None] & mask_n[None, :]
+    mask_c = (rm < M)[:, None] & (rn < N)[None, :]
     if SPLIT_K == 1:
         if HAS_ALPHA:
             acc = acc * tl.load(alpha_ptr)
         tl.store(c_ptr + c_off, acc.to(c_ptr.dtype.element_ty), mask=mask_c)
     else:
         tl.store(c_ptr + pid_k.to(tl.int64) * M * N + c_off, acc, mask=mask_c)
+
+
+@triton.jit
+def dequant_rows_kernel(q_ptr, sf_ptr, out_ptr, M, K, sf_ctiles,
+                        BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr, NVFP4: tl.constexpr,
+                        SF_8X4: tl.constexpr, ASM: tl.constexpr):
+    """A (M, K/2) packed + scales -> out (M, K) fp16 (NVFP4) / bf16 (MXFP4), exact, with
+    row r = [values at even K..., values at odd K...] (the GEMM's A_DENSE order)."""
+    SF_BLOCK: tl.constexpr = 16 if NVFP4 else 32
+    BPB: tl.constexpr = SF_BLOCK // 2
+    NB: tl.constexpr = BLOCK_K // SF_BLOCK
+    KB: tl.constexpr = BLOCK_K // 2
+    r = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
+    kb = tl.program_id(1) * KB + tl.arange(0, KB)
+    cols = tl.program_id(1) * NB + tl.arange(0, NB)
+    kbytes = K // 2
+    rmask = (r < M)[:, None]
+    q = tl.load(q_ptr + r.to(tl.int64)[:, None] * kbytes + kb[None, :],
+                mask=rmask & (kb < kbytes)[None, :], other=0)
+    s_off = _sf_row_offsets(r, sf_ctiles, SF_8X4).to(tl.int64)[:, None] + _sf_col_offsets(cols, SF_8X4)[None, :]
+    s = tl.load(sf_ptr + s_off, mask=rmask & (cols < K // SF_BLOCK)[None, :], other=0)
+    lo, hi = _dequant(q, s, BLOCK_R, NB, BPB, NVFP4, ASM)
+    o = out_ptr + r.to(tl.int64)[:, None] * K + kb[None, :]
+    omask = rmask & (kb < kbytes)[None, :]
+    tl.store(o, lo, mask=omask)
+    tl.store(o + kbytes, hi, mask=omask)
 
 
 @triton.jit

@@ -1,9 +1,10 @@
 """Launching the Triton kernels: grid, split-K workspace, constexpr flags.
 
-Per call: one GEMM launch (plus one small reduction launch for split-K) on the current
-stream. No host synchronisation; the only allocation is the split-K workspace, made once
-per device and grown (never shrunk) the first time a larger one is needed -- run each
-shape once before capturing it in a CUDA graph (tuning does this).
+Per call: one GEMM launch on the current stream, plus a reduction launch for split-K and a
+dequantization pre-pass of A for ``a16`` tactics. No host synchronisation; the only
+allocations are those two workspaces, made once per device and grown (never shrunk) the
+first time a larger one is needed -- run each shape once before capturing it in a CUDA
+graph (tuning does this).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from fp4core import Fp4Format, Operands, Problem, SfLayout
 from .tactics import normalize
 
 _REDUCE_BLOCK = 1024
+_DQ_ROWS, _DQ_K = 32, 256  # tile of the A pre-pass (rows, K values)
 _workspaces: dict[tuple, torch.Tensor] = {}
 
 
@@ -27,14 +29,14 @@ def kernels():
     return k
 
 
-def workspace(device: torch.device, numel: int) -> torch.Tensor:
-    """A cached fp32 buffer of at least ``numel`` elements on ``device``."""
-    key = (device.type, device.index)
+def workspace(device: torch.device, numel: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """A cached buffer of at least ``numel`` elements of ``dtype`` on ``device`` (1-D view)."""
+    key = (device.type, device.index, dtype)
     buf = _workspaces.get(key)
     if buf is None or buf.numel() < numel:
-        buf = torch.empty(numel, dtype=torch.float32, device=device)
+        buf = torch.empty(numel, dtype=dtype, device=device)
         _workspaces[key] = buf
-    return buf
+    return buf[:numel]
 
 
 def launch(problem: Problem, ops: Operands, tactic: dict, out: torch.Tensor) -> None:
@@ -54,15 +56,23 @@ def launch(problem: Problem, ops: Operands, tactic: dict, out: torch.Tensor) -> 
     even_k = k % bk == 0 and steps % split == 0
     has_alpha = ops.alpha is not None
     alpha = ops.alpha if has_alpha else out  # never read when HAS_ALPHA is False
+    nvfp4 = problem.fmt is Fp4Format.NVFP4
+    a_8x4 = problem.a_sf_layout is SfLayout.layout_8x4
+    asm = bool(t["asm"])
+    a = ops.a
+    if t["a16"]:
+        a = workspace(out.device, m * k, torch.float16 if nvfp4 else torch.bfloat16)
+        k_mod.dequant_rows_kernel[(-(-m // _DQ_ROWS), -(-k // _DQ_K))](
+            ops.a, ops.a_scale, a, m, k, ctiles, BLOCK_R=_DQ_ROWS, BLOCK_K=_DQ_K,
+            NVFP4=nvfp4, SF_8X4=a_8x4, ASM=asm, num_warps=4)
     target = out if split == 1 else workspace(out.device, split * m * n)
     grid = (-(-m // bm) * -(-n // bn), split)
     k_mod.fp4_gemm_kernel[grid](
-        ops.a, ops.a_scale, ops.b, ops.b_scale, alpha, target,
+        a, ops.a_scale, ops.b, ops.b_scale, alpha, target,
         m, n, k, ctiles, ctiles,
         BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, GROUP_M=t["group_m"], SPLIT_K=split,
-        NVFP4=problem.fmt is Fp4Format.NVFP4,
-        A_SF_8X4=problem.a_sf_layout is SfLayout.layout_8x4,
-        HAS_ALPHA=has_alpha, SWAP_AB=bool(t["swap"]), EVEN_K=even_k,
+        NVFP4=nvfp4, A_SF_8X4=a_8x4, HAS_ALPHA=has_alpha, SWAP_AB=bool(t["swap"]),
+        EVEN_K=even_k, ASM=asm, A_DENSE=bool(t["a16"]),
         num_warps=t["warps"], num_stages=t["stages"])
     if split > 1:
         mn = m * n

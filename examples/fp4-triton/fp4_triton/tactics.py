@@ -2,17 +2,19 @@
 
 A tactic is a JSON dict: ``bm, bn, bk`` (tile sizes in values), ``warps``, ``stages``
 (software-pipelining depth), ``split_k`` (K ranges reduced by a second kernel), ``group_m``
-(row tiles sharing a weight tile in L2) and ``swap`` (compute B @ A^T so the weight rows
-fill the MMA's M side: for small M). Pure Python: importable without Triton or a GPU.
+(row tiles sharing a weight tile in L2), ``swap`` (compute B @ A^T so the weight rows
+fill the MMA's M side: for small M), ``a16`` (dequantize A once into a cached fp16/bf16
+workspace by a pre-pass kernel, so the GEMM decodes only the weight: for large M) and
+``asm`` (decode with inline PTX, 4 bytes at a time; 0 = plain Triton, per byte). Pure Python: importable without Triton or a GPU.
 """
 
 from __future__ import annotations
 
 from fp4core import Problem
 
-KEYS = ("bm", "bn", "bk", "warps", "stages", "split_k", "group_m", "swap")
+KEYS = ("bm", "bn", "bk", "warps", "stages", "split_k", "group_m", "swap", "a16", "asm")
 DEFAULT = {"bm": 128, "bn": 128, "bk": 128, "warps": 8, "stages": 3, "split_k": 1,
-           "group_m": 8, "swap": 0}
+           "group_m": 8, "swap": 0, "a16": 0, "asm": 1}
 
 
 #: SM count assumed where the device does not say (an H100 SXM has 132).
@@ -36,10 +38,13 @@ def normalize(tactic: dict) -> dict:
     return t
 
 
-def auto_split(problem: Problem, bm: int, bn: int, bk: int, ctas_per_sm: int = 2) -> int:
-    """Split K until the grid covers the SMs about ``ctas_per_sm`` times, keeping at least 4
-    K steps per split; prefer a divisor of the step count (no tail masks)."""
+def auto_split(problem: Problem, bm: int, bn: int, bk: int, ctas_per_sm: int | None = None) -> int:
+    """Split K until the grid covers the SMs about ``ctas_per_sm`` times (2 for M <= 64, else
+    1: the fp32 partials cost M*N*4 bytes per split), keeping at least 4 K steps per split;
+    prefer a divisor of the step count (no tail masks)."""
     m = problem.m or 1
+    if ctas_per_sm is None:
+        ctas_per_sm = 2 if m <= 64 else 1
     tiles = -(-m // bm) * -(-problem.n // bn)
     steps = -(-problem.k // bk)
     want = max(1, min(steps // 4, round((problem.device.sm_count or DEFAULT_SMS) * ctas_per_sm / tiles)))
@@ -49,33 +54,45 @@ def auto_split(problem: Problem, bm: int, bn: int, bk: int, ctas_per_sm: int = 2
     return want
 
 
-def _t(problem: Problem, bm, bn, bk, warps, stages, swap=0, split=None, group_m=8) -> dict:
+def _t(problem: Problem, bm, bn, bk, warps, stages, swap=0, split=None, group_m=8, a16=0,
+       asm=1) -> dict:
     if split is None:
-        split = auto_split(problem, bm, bn, bk) if (problem.m or 1) <= 256 else 1
+        split = auto_split(problem, bm, bn, bk) if (problem.m or 1) <= 256 and not a16 else 1
     return {"bm": bm, "bn": bn, "bk": bk, "warps": warps, "stages": stages,
-            "split_k": split, "group_m": group_m, "swap": swap}
+            "split_k": split, "group_m": group_m, "swap": swap, "a16": a16, "asm": asm}
 
 
 def tactics_for(problem: Problem) -> list[dict]:
-    """Tactics worth timing for ``problem``, best guess first (from H100 measurements)."""
-    m = problem.m or 1
+    """Tactics worth timing for ``problem``, best guess first.
+
+    Chosen from the kernels' SASS on sm_90a (no spills; instruction mix per K step) and
+    the H100 runs recorded in docs/benchmarks.md. Small M: swap-AB (the decoded weight is
+    the MMA's register operand, M is its N side) with split-K to fill the SMs. Large M: A
+    decoded once by the pre-pass (``a16``) so the GEMM loop decodes only the weight.
+    """
+    p, m = problem, problem.m or 1
     if m <= 16:
-        cands = [_t(problem, 16, 64, 256, 4, 4, swap=1), _t(problem, 16, 128, 256, 4, 4, swap=1),
-                 _t(problem, 16, 64, 128, 4, 5, swap=1), _t(problem, 16, 128, 128, 4, 4, swap=1),
-                 _t(problem, 16, 64, 256, 4, 4, swap=1, split=1)]
+        cands = [_t(p, 16, 64, 256, 4, 4, swap=1), _t(p, 16, 128, 256, 4, 4, swap=1),
+                 _t(p, 16, 64, 128, 4, 5, swap=1), _t(p, 16, 128, 128, 4, 4, swap=1),
+                 _t(p, 16, 64, 256, 4, 4, swap=1, split=1)]
     elif m <= 64:
         bm = 32 if m <= 32 else 64
-        cands = [_t(problem, bm, 128, 128, 4, 4, swap=1), _t(problem, bm, 64, 256, 4, 4, swap=1),
-                 _t(problem, bm, 128, 256, 4, 3, swap=1), _t(problem, 64, 128, 128, 4, 4),
-                 _t(problem, bm, 128, 128, 4, 4, swap=1, split=1)]
+        cands = [_t(p, bm, 128, 128, 4, 4, swap=1), _t(p, bm, 64, 256, 4, 4, swap=1),
+                 _t(p, bm, 128, 128, 8, 4, swap=1), _t(p, 64, 128, 128, 4, 4),
+                 _t(p, bm, 128, 128, 4, 4, swap=1, split=1)]
     elif m <= 256:
-        cands = [_t(problem, 64, 128, 128, 4, 4), _t(problem, 128, 128, 128, 8, 3),
-                 _t(problem, 64, 256, 128, 8, 3), _t(problem, 128, 64, 128, 4, 4),
-                 _t(problem, 64, 128, 128, 4, 4, split=1)]
+        bm = 128 if m <= 128 else 256
+        cands = [_t(p, bm, 128, 128, 8, 3, swap=1), _t(p, bm, 128, 64, 8, 4, swap=1),
+                 _t(p, 64, 128, 128, 4, 4), _t(p, 128, 128, 128, 8, 3, split=1),
+                 _t(p, bm, 128, 128, 8, 3, swap=1, split=1)]
+    elif m <= 1024:
+        cands = [_t(p, 256, 128, 64, 8, 3, a16=1), _t(p, 128, 128, 128, 8, 3, swap=1, a16=1),
+                 _t(p, 128, 256, 64, 8, 3, swap=1, a16=1), _t(p, 128, 256, 64, 8, 3),
+                 _t(p, 128, 128, 128, 8, 3)]
     else:
-        cands = [_t(problem, 128, 256, 64, 8, 3), _t(problem, 128, 128, 128, 8, 3),
-                 _t(problem, 128, 256, 128, 8, 2), _t(problem, 256, 128, 64, 8, 3),
-                 _t(problem, 128, 128, 64, 4, 4)]
+        cands = [_t(p, 256, 128, 64, 8, 3, a16=1), _t(p, 256, 128, 64, 8, 4, a16=1),
+                 _t(p, 128, 256, 64, 8, 3, swap=1, a16=1), _t(p, 128, 128, 128, 8, 3, swap=1, a16=1),
+                 _t(p, 128, 256, 64, 8, 3)]
     out = []
     for c in cands:
         if c not in out:

@@ -20,7 +20,9 @@ from fp4core.reference import reference_mm, relative_error  # noqa: E402
 from fp4core.testing import canonical_operands  # noqa: E402
 from fp4_triton.launch import launch  # noqa: E402
 
-BASE = {"bm": 16, "bn": 16, "bk": 64, "warps": 4, "stages": 2, "split_k": 1, "group_m": 2, "swap": 0}
+# asm=0: the interpreter cannot run inline PTX (the GPU tests cover asm=1).
+BASE = {"bm": 16, "bn": 16, "bk": 64, "warps": 4, "stages": 2, "split_k": 1, "group_m": 2, "swap": 0,
+        "a16": 0, "asm": 0}
 
 
 @pytest.mark.parametrize("m, n, k, a8x4, tactic", [
@@ -30,6 +32,8 @@ BASE = {"bm": 16, "bn": 16, "bk": 64, "warps": 4, "stages": 2, "split_k": 1, "gr
     (20, 130, 256, False, {"bn": 32, "bk": 128, "split_k": 2, "swap": 1}),
     (7, 33, 512, True, {"split_k": 4}),
     (130, 20, 128, False, {"bm": 32, "bk": 128}),        # rows past one 128-row scale tile
+    (130, 20, 128, False, {"bm": 32, "bk": 128, "a16": 1}),   # A dequantized by the pre-pass
+    (9, 40, 352, True, {"a16": 1, "split_k": 2}),        # pre-pass with a K tail, 8x4 scales
 ])
 def test_interpreted_kernel_matches_reference(m, n, k, a8x4, tactic):
     p = fp4core.make_problem(m, n, k, use_8x4_sf_layout=a8x4, device="cpu")
