@@ -102,7 +102,9 @@ def unswizzle_scales(sf: torch.Tensor, rows: int, cols: int,
         sf: any shape whose flat memory order is the swizzled layout, with exactly
             padded_rows * padded_cols bytes (a transposed view such as FlashInfer's
             ``b_sf.T`` is accepted and read in its storage order).
-        rows, cols: the unpadded scale-matrix shape (rows of the operand, K / block).
+        rows: the unpadded number of scale rows (rows of the operand).
+        cols: the unpadded number of scale columns (K / block).
+        layout: the layout ``sf`` is stored in.
     """
     layout = SfLayout.parse(layout)
     flat = flat_scale_bytes(sf)

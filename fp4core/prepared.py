@@ -80,8 +80,10 @@ def prepare(b: torch.Tensor, b_descale: torch.Tensor, *, block_size: int | None 
         b_descale: its scales, 128x4 layout, transposed like ``mm_fp4``'s ``b_descale``.
         block_size: 16 (NVFP4) or 32 (MXFP4); defaults to the format's.
         use_nvfp4: NVFP4 (True) or MXFP4 (False).
-        out_dtype, use_8x4_sf_layout, has_alpha: how the weight will be called, so backends
-            can decline what they cannot run.
+        out_dtype: the output dtype the weight will be called with (torch.bfloat16 or
+            torch.float16), so backends can decline what they cannot run.
+        use_8x4_sf_layout: whether calls will pass A's scales in the 8x4 layout.
+        has_alpha: whether calls will pass an alpha tensor.
         backends: restrict to these backend names (default: all enabled).
     Returns:
         PreparedWeight, accepted by ``mm_fp4`` as ``b`` (pass ``b_descale=None``).
