@@ -114,7 +114,7 @@ from test_quantize_gpu import CASES, edge_inputs
 from fp4core.formats import Fp4Format
 from fp4core.kernels import quantize_triton as qt
 for fmt, layout, gs in CASES:
-    for dtype in (torch.float32, torch.bfloat16):
+    for dtype in (torch.float32, torch.bfloat16, torch.float16):
         for i, (rows, k) in enumerate([(9, 64), (130, 96)]):
             x = edge_inputs(rows, k, dtype, seed=i)
             if fmt is Fp4Format.NVFP4:
@@ -136,7 +136,8 @@ def _has_triton() -> bool:
     return importlib.util.find_spec("triton") is not None
 
 
-@pytest.mark.skipif(not _has_triton(), reason="triton is not installed")
+@pytest.mark.skipif(not _has_triton() or torch.cuda.is_available(),
+                    reason="needs triton; with a GPU the GPU tests run the real kernels")
 def test_kernels_byte_equal_reference_in_the_triton_interpreter():
     """The kernels' arithmetic on the CPU through Triton's interpreter (no GPU needed); the
     kernel module is called directly because the public functions use it for CUDA tensors only."""

@@ -75,22 +75,43 @@ def _e2m1_codes(q):
 
 
 @triton.jit
-def _quant_kernel(x_ptr, stride_xm, q_ptr, sf_ptr, gs_ptr, gs_out_ptr, M, K, NB, PROWS, PCOL,
-                  IS_NV: tl.constexpr, BLOCK: tl.constexpr, LAYOUT: tl.constexpr,
-                  GS_MODE: tl.constexpr, BM: tl.constexpr, BC: tl.constexpr):
+def _load_pairs(xp_ptr, offs, mask, IN_KIND: tl.constexpr):
+    """Elements 2i and 2i+1 of each pair as float32: the input is read as one integer per
+    pair (int32 for bf16/fp16, int64 for fp32), so each thread holds whole pairs and the
+    nibble packing needs no data exchange between threads."""
+    w = tl.load(xp_ptr + offs, mask=mask, other=0)
+    if IN_KIND == 0:  # float32 pairs in an int64
+        lo = w.to(tl.int32).to(tl.float32, bitcast=True)
+        hi = (w >> 32).to(tl.int32).to(tl.float32, bitcast=True)
+    elif IN_KIND == 1:  # bfloat16: the upper half of a float32
+        lo = (w << 16).to(tl.float32, bitcast=True)
+        hi = (w & -65536).to(tl.float32, bitcast=True)
+    else:  # float16
+        lo = w.to(tl.int16).to(tl.float16, bitcast=True).to(tl.float32)
+        hi = (w >> 16).to(tl.int16).to(tl.float16, bitcast=True).to(tl.float32)
+    return lo, hi
+
+
+@triton.jit
+def _quant_kernel(xp_ptr, stride_pm, q_ptr, sf_ptr, gs_ptr, gs_out_ptr, M, KP, NB, PROWS, PCOL,
+                  IN_KIND: tl.constexpr, IS_NV: tl.constexpr, BLOCK: tl.constexpr,
+                  LAYOUT: tl.constexpr, GS_MODE: tl.constexpr, BM: tl.constexpr, BC: tl.constexpr):
     # GS_MODE: 0 none (MXFP4), 1 gs_ptr holds the float32 global scale, 2 gs_ptr holds the
     # int32 bits of amax(|x|) and the global scale is derived here.
+    HALF: tl.constexpr = BLOCK // 2
     pid_m = tl.program_id(0)
     pid_c = tl.program_id(1)
     rows = pid_m * BM + tl.arange(0, BM)
-    cols = pid_c * (BC * BLOCK) + tl.arange(0, BC * BLOCK)
-    row_ok = rows < M
-    mask = row_ok[:, None] & (cols < K)[None, :]
-    x = tl.load(x_ptr + rows[:, None].to(tl.int64) * stride_xm + cols[None, :], mask=mask, other=0.0)
-    xb = tl.reshape(x.to(tl.float32), (BM, BC, BLOCK))
-    finite = (xb == xb) & (tl.abs(xb) != float("inf"))
-    bad = tl.max(tl.where(finite, 0, 1), axis=2) > 0
-    amax = tl.max(tl.abs(xb), axis=2)  # bad blocks are overwritten below, NaN handling moot
+    blks = pid_c * BC + tl.arange(0, BC)
+    r3 = rows[:, None, None]
+    pc = blks[None, :, None] * HALF + tl.arange(0, HALF)[None, None, :]  # pair (= output byte) column
+    mask = (r3 < M) & (pc < KP)
+    lo, hi = _load_pairs(xp_ptr, r3.to(tl.int64) * stride_pm + pc, mask, IN_KIND)
+    fin_lo = (lo == lo) & (tl.abs(lo) != float("inf"))
+    fin_hi = (hi == hi) & (tl.abs(hi) != float("inf"))
+    bad = tl.max(tl.where(fin_lo & fin_hi, 0, 1), axis=2) > 0
+    # bad blocks are overwritten below, so how max treats NaN does not matter
+    amax = tl.maximum(tl.max(tl.abs(lo), axis=2), tl.max(tl.abs(hi), axis=2))
     if IS_NV:
         if GS_MODE == 2:
             am = tl.load(gs_ptr).to(tl.float32, bitcast=True)
@@ -118,21 +139,15 @@ def _quant_kernel(x_ptr, stride_xm, q_ptr, sf_ptr, gs_ptr, gs_out_ptr, M, K, NB,
         # 1 / 2^(b-127) = 2^(127-b): biased exponent 254-b, the subnormal 2^-127 for b = 254
         mult = tl.where(sbyte == 254, 0x400000, (254 - sbyte) << 23).to(tl.float32, bitcast=True)
         nan_byte = 0xFF
-    codes = _e2m1_codes(xb * mult[:, :, None])
-    codes = tl.where(bad[:, :, None], 0, codes)
+    m3 = mult[:, :, None]
+    packed = _e2m1_codes(lo * m3) | (_e2m1_codes(hi * m3) << 4)
+    packed = tl.where(bad[:, :, None], 0, packed).to(tl.uint8)
     sbyte = tl.where(bad, nan_byte, sbyte)
-    pairs = tl.reshape(codes, (BM, BC * BLOCK // 2, 2))
-    lo, hi = tl.split(pairs)
-    packed = (lo | (hi << 4)).to(tl.uint8)
-    pcols = pid_c * (BC * BLOCK // 2) + tl.arange(0, BC * BLOCK // 2)
-    pmask = row_ok[:, None] & (pcols < K // 2)[None, :]
-    tl.store(q_ptr + rows[:, None].to(tl.int64) * (K // 2) + pcols[None, :], packed, mask=pmask)
+    tl.store(q_ptr + r3.to(tl.int64) * KP + pc, packed, mask=mask)
     # scale bytes, padding included (zero), at their layout offsets
-    sc = pid_c * BC + tl.arange(0, BC)
     r = rows[:, None]
-    c = sc[None, :]
-    valid = (r < M) & (c < NB)
-    sval = tl.where(valid, sbyte, 0).to(tl.uint8)
+    c = blks[None, :]
+    sval = tl.where((r < M) & (c < NB), sbyte, 0).to(tl.uint8)
     if LAYOUT == 0:
         off = r.to(tl.int64) * PCOL + c
     elif LAYOUT == 1:
@@ -146,6 +161,18 @@ def _quant_kernel(x_ptr, stride_xm, q_ptr, sf_ptr, gs_ptr, gs_out_ptr, M, K, NB,
 
 #: (rows, scale blocks) per program and warps, per format; overridable for the benchmark sweep.
 DEFAULT_CONFIG = {Fp4Format.NVFP4: (16, 16, 4), Fp4Format.MXFP4: (16, 8, 4)}
+
+
+_PAIR_DTYPE = {torch.float32: (torch.int64, 0), torch.bfloat16: (torch.int32, 1), torch.float16: (torch.int32, 2)}
+
+
+def _as_pairs(x: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """``x`` viewed as one integer per pair of elements (a copy only for odd row strides or
+    offsets, which a zero-copy view cannot express)."""
+    pair_dtype, kind = _PAIR_DTYPE[x.dtype]
+    if x.stride(1) != 1 or x.stride(0) % 2 or x.storage_offset() % 2:
+        x = x.contiguous()
+    return x.view(pair_dtype), kind
 
 
 def quantize(x: torch.Tensor, fmt: Fp4Format, layout: SfLayout, global_scale: torch.Tensor | None,
@@ -188,10 +215,11 @@ def quantize(x: torch.Tensor, fmt: Fp4Format, layout: SfLayout, global_scale: to
         gs_in = gs_out = torch.ones(1, dtype=torch.float32, device=x.device)
         mode = 0
     if prow and pcol:
+        xp, in_kind = _as_pairs(x)
         grid = (triton.cdiv(prow, bm), triton.cdiv(pcol, bc))
-        _quant_kernel[grid](x, x.stride(0), q, sf, gs_in, gs_out, rows, k, nb, prow, pcol,
-                            IS_NV=nv, BLOCK=block, LAYOUT=_LAYOUT_ID[layout], GS_MODE=mode,
-                            BM=bm, BC=bc, num_warps=warps)
+        _quant_kernel[grid](xp, xp.stride(0), q, sf, gs_in, gs_out, rows, k // 2, nb, prow, pcol,
+                            IN_KIND=in_kind, IS_NV=nv, BLOCK=block, LAYOUT=_LAYOUT_ID[layout],
+                            GS_MODE=mode, BM=bm, BC=bc, num_warps=warps)
     elif mode == 2:
         gs_out.fill_(1.0)
     return q, sf, gs_out
