@@ -120,12 +120,31 @@ def register_prepared(w: PreparedWeight) -> int:
     return key
 
 
+# The ops are defined with torch.library's low-level API (define + impl per device) rather than
+# torch.library.custom_op: the latter adds ~8 us of Python per call (autograd wrapper, dynamo
+# guard), which is most of the host overhead of a decode-size GEMM.
+_lib = torch.library.Library("fp4core", "DEF")
+# weight_key as int, not SymInt: it is a constant of the graph, never a symbolic size
+_lib.define("mm_fp4(Tensor a, Tensor a_descale, Tensor b, Tensor b_descale, Tensor? alpha, ScalarType out_dtype, "
+            "bool use_nvfp4, bool use_8x4_sf_layout, str backend, int weight_key) -> Tensor")
+_lib.define("quantize_fp4(Tensor x, str fmt, str sf_layout, Tensor? global_scale, bool auto_global_scale) "
+            "-> (Tensor, Tensor, Tensor)")
+
+
+def _impl(name: str):
+    def register(fn):
+        for key in ("CPU", "CUDA"):
+            _lib.impl(name, fn, key)
+        return fn
+    return register
+
+
+def _fake(name: str):
+    return torch.library.register_fake(f"fp4core::{name}", lib=_lib)
+
+
 # -- the GEMM op ------------------------------------------------------------------------------
-@torch.library.custom_op(
-    "fp4core::mm_fp4", mutates_args=(),
-    # weight_key as int, not SymInt: it is a constant of the graph, never a symbolic size
-    schema="(Tensor a, Tensor a_descale, Tensor b, Tensor b_descale, Tensor? alpha, ScalarType out_dtype, "
-           "bool use_nvfp4, bool use_8x4_sf_layout, str backend, int weight_key) -> Tensor")
+@_impl("mm_fp4")
 def _mm_fp4_op(a: torch.Tensor, a_descale: torch.Tensor, b: torch.Tensor, b_descale: torch.Tensor,
                alpha: Optional[torch.Tensor], out_dtype: torch.dtype, use_nvfp4: bool,
                use_8x4_sf_layout: bool, backend: str, weight_key: int) -> torch.Tensor:
@@ -141,7 +160,7 @@ def _mm_fp4_op(a: torch.Tensor, a_descale: torch.Tensor, b: torch.Tensor, b_desc
                       use_8x4_sf_layout, backend, use_nvfp4)
 
 
-@_mm_fp4_op.register_fake
+@_fake("mm_fp4")
 def _mm_fp4_fake(a, a_descale, b, b_descale, alpha, out_dtype, use_nvfp4, use_8x4_sf_layout, backend,
                  weight_key):
     torch._check(a.dim() == 2 and b.dim() == 2,
@@ -184,7 +203,7 @@ def mm_fp4(a: torch.Tensor, b: torch.Tensor | PreparedWeight, a_descale: torch.T
 
 
 # -- the quantization op ----------------------------------------------------------------------
-@torch.library.custom_op("fp4core::quantize_fp4", mutates_args=())
+@_impl("quantize_fp4")
 def _quantize_op(x: torch.Tensor, fmt: str, sf_layout: str, global_scale: Optional[torch.Tensor],
                  auto_global_scale: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     f = Fp4Format(fmt)
@@ -205,7 +224,7 @@ def _quantize_op(x: torch.Tensor, fmt: str, sf_layout: str, global_scale: Option
     return q, sf, gs if auto_global_scale else gs.clone()
 
 
-@_quantize_op.register_fake
+@_fake("quantize_fp4")
 def _quantize_fake(x, fmt, sf_layout, global_scale, auto_global_scale):
     block = Fp4Format(fmt).block_size
     layout = SfLayout.parse(sf_layout)
@@ -228,7 +247,8 @@ def _quantize_backward(ctx, *grads):
 # Quantization is a step function: no gradient flows through it. Saying so keeps autograd
 # (and AOT autograd under torch.compile) from asking mm_fp4 for a backward when the input of
 # an Fp4Linear requires grad (e.g. after a float Linear of a partly quantized model).
-_quantize_op.register_autograd(_quantize_backward, setup_context=_quantize_setup)
+torch.library.register_autograd("fp4core::quantize_fp4", _quantize_backward, setup_context=_quantize_setup,
+                                lib=_lib)
 
 
 def quantize_fp4(x: torch.Tensor, fmt: Fp4Format | str = "nvfp4",
