@@ -259,8 +259,9 @@ def time_us(fn, cuda: bool) -> float:
     return median(default_timer(cuda).measure(lambda i: fn(), 1))
 
 
-def graph_time_us(fn) -> tuple[float, torch.Tensor]:
-    """Capture fn() in a CUDA graph (after warm-up) and time its replay."""
+def graph_time_us(fn, calls: int = 1) -> tuple[float, torch.Tensor]:
+    """Capture ``calls`` calls of fn() in one CUDA graph (after warm-up) and time a replay per
+    call: the GPU time without the Python/launch overhead of eager calls."""
     s = torch.cuda.Stream()
     s.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(s):
@@ -269,15 +270,21 @@ def graph_time_us(fn) -> tuple[float, torch.Tensor]:
     torch.cuda.current_stream().wait_stream(s)
     g = torch.cuda.CUDAGraph()
     with torch.cuda.graph(g):
-        out = fn()
-    return time_us(g.replay, True), out
+        for _ in range(calls):
+            out = fn()
+    return time_us(g.replay, True) / calls, out
 
 
-def layer_speed(model_bf16: MiniLM, model_fp4: MiniLM, ms: list[int], cuda: bool, device) -> list[dict]:
-    """bf16 nn.Linear vs Fp4Linear for each distinct Linear shape of the model."""
+def layer_speed(model_bf16: MiniLM, model_fp4: MiniLM, ms: list[int], cuda: bool, device,
+                extra: list[tuple[int, int]] = ()) -> list[dict]:
+    """bf16 nn.Linear vs Fp4Linear for each distinct Linear shape of the model, and for
+    ``extra`` (N, K) layers of random weights (LLM-sized, where FP4 weight traffic matters)."""
     rows, seen = [], set()
     pairs = [(n, a, b) for (n, a), (_, b) in zip(model_bf16.named_modules(), model_fp4.named_modules())
              if isinstance(a, nn.Linear)]
+    for n, k in extra:
+        lin = nn.Linear(k, n, device=device, dtype=torch.bfloat16)
+        pairs.append((f"random {n}x{k}", lin, fp4core.nn.Fp4Linear.from_linear(lin)))
     for name, lin, q in pairs:
         if (lin.out_features, lin.in_features) in seen or not isinstance(q, fp4core.nn.Fp4Linear):
             continue
@@ -289,11 +296,18 @@ def layer_speed(model_bf16: MiniLM, model_fp4: MiniLM, ms: list[int], cuda: bool
             with torch.inference_mode():
                 t16, t4 = time_us(lambda: lin(x), cuda), time_us(lambda: q(x), cuda)
                 tq = time_us(lambda: fp4core.quantize_fp4(x), cuda)
+                g16 = g4 = gq = float("nan")
+                if cuda:
+                    g16, _ = graph_time_us(lambda: lin(x), 20)
+                    g4, _ = graph_time_us(lambda: q(x), 20)
+                    gq, _ = graph_time_us(lambda: fp4core.quantize_fp4(x), 20)
             problem = fp4core.make_problem(m, lin.out_features, lin.in_features, prepared=True,
                                            device=device)
             choice = fp4core.explain(problem).choice
             rows.append({"layer": name, "m": m, "n": lin.out_features, "k": lin.in_features,
                          "bf16_us": t16, "fp4_us": t4, "quantize_us": tq, "speedup": t16 / t4,
+                         "bf16_graph_us": g16, "fp4_graph_us": g4, "quantize_graph_us": gq,
+                         "graph_speedup": g16 / g4,
                          "backend": f"{choice.backend.name} ({choice.source})" if choice else "?"})
     return rows
 
@@ -306,6 +320,8 @@ def main(argv=None) -> int:
     ap.add_argument("--format", choices=["nvfp4", "mxfp4"], default="nvfp4")
     ap.add_argument("--repeat", type=int, default=1, help="repeat the sentence batch (larger M)")
     ap.add_argument("--ms", default=None, help="comma list of M for the per-layer timing")
+    ap.add_argument("--extra-layers", default=None,
+                    help="comma list of NxK random bf16 layers to time too (default on CUDA: 4096x4096,14336x4096)")
     ap.add_argument("--json", help="write the numbers here")
     args = ap.parse_args(argv)
     model_dir = find_model_dir(args.model_dir)
@@ -363,12 +379,17 @@ def main(argv=None) -> int:
               f"{a['pooled_min_cosine']:15.5f}")
     print("sentence similarity (fp32 -> fp4): " + ", ".join(f"{k}: {sims32[k]:.3f} -> {v:.3f}" for k, v in sims.items()))
     ms = [int(v) for v in args.ms.split(",")] if args.ms else ([16, tokens, 4096] if cuda else [16, tokens])
-    result["layers"] = layer_speed(m16, m4, ms, cuda, device)
-    print(f"\nper Linear shape: bf16 nn.Linear vs Fp4Linear (quantize activations + mm_fp4 auto, tuned)")
-    print(f"{'M':>6s} {'N':>5s} {'K':>5s} {'bf16 us':>9s} {'fp4 us':>9s} {'quant us':>9s} {'speedup':>8s}  auto choice")
+    extra_arg = args.extra_layers if args.extra_layers is not None else ("4096x4096,14336x4096" if cuda else "")
+    extra = [tuple(int(v) for v in item.split("x")) for item in extra_arg.split(",") if item]
+    result["layers"] = layer_speed(m16, m4, ms, cuda, device, extra)
+    print("\nper Linear shape: bf16 nn.Linear vs Fp4Linear (quantize activations + mm_fp4 auto, tuned);"
+          "\neager = back-to-back Python calls (host bound for small layers), graph = CUDA-graph replay")
+    print(f"{'M':>6s} {'N':>5s} {'K':>5s} | {'eager: bf16':>11s} {'fp4':>7s} {'quant':>7s} {'ratio':>6s} | "
+          f"{'graph: bf16':>11s} {'fp4':>7s} {'quant':>7s} {'ratio':>6s} | auto choice")
     for r in result["layers"]:
-        print(f"{r['m']:6d} {r['n']:5d} {r['k']:5d} {r['bf16_us']:9.1f} {r['fp4_us']:9.1f} {r['quantize_us']:9.1f} "
-              f"{r['speedup']:7.2f}x  {r['backend']}")
+        print(f"{r['m']:6d} {r['n']:5d} {r['k']:5d} | {r['bf16_us']:11.1f} {r['fp4_us']:7.1f} {r['quantize_us']:7.1f} "
+              f"{r['speedup']:5.2f}x | {r['bf16_graph_us']:11.1f} {r['fp4_graph_us']:7.1f} "
+              f"{r['quantize_graph_us']:7.1f} {r['graph_speedup']:5.2f}x | {r['backend']}")
     with torch.inference_mode():
         full = {"bf16_eager_us": time_us(lambda: m16(ids, mask), cuda),
                 "fp4_eager_us": time_us(lambda: m4(ids, mask), cuda)}

@@ -125,7 +125,8 @@ def sweep_configs(m: int = 8192, k: int = 8192, configs=None,
     from ..layouts import SfLayout
     from . import quantize_triton as qt
     configs = configs or [(8, 16, 4), (16, 16, 4), (32, 16, 4), (16, 32, 4), (32, 8, 4), (64, 8, 8),
-                          (32, 16, 8), (64, 16, 8), (16, 8, 2), (8, 32, 4)]
+                          (32, 16, 8), (64, 16, 8), (16, 8, 2), (8, 32, 4), (4, 32, 4), (8, 16, 2),
+                          (16, 16, 8), (32, 32, 8)]
     xs = [torch.randn(m, k, device="cuda", dtype=torch.bfloat16) for _ in range(2)]
     gs = torch.ones(1, device="cuda")
     best = {}
@@ -144,3 +145,8 @@ def sweep_configs(m: int = 8192, k: int = 8192, configs=None,
             if gbps > best.get(fmt.value, (None, 0.0))[1]:
                 best[fmt.value] = (c, gbps)
     return best
+
+
+def tiles_env(best: dict) -> str:
+    """``best`` from ``sweep_configs`` as a FP4CORE_QUANT_TILES value."""
+    return ";".join(f"{fmt}={','.join(map(str, cfg))}" for fmt, (cfg, _) in best.items())

@@ -159,8 +159,19 @@ def _quant_kernel(xp_ptr, stride_pm, q_ptr, sf_ptr, gs_ptr, gs_out_ptr, M, KP, N
     tl.store(sf_ptr + off, sval, mask=(r < PROWS) & (c < PCOL))
 
 
-#: (rows, scale blocks) per program and warps, per format; overridable for the benchmark sweep.
+#: (rows, scale blocks) per program and warps, per format. FP4CORE_QUANT_TILES overrides them
+#: ("nvfp4=16,16,4;mxfp4=16,8,4"; see ``bench_quant.sweep_configs``).
 DEFAULT_CONFIG = {Fp4Format.NVFP4: (16, 16, 4), Fp4Format.MXFP4: (16, 8, 4)}
+
+
+def _tiles_from_env() -> None:
+    import os
+    for item in filter(None, os.environ.get("FP4CORE_QUANT_TILES", "").split(";")):
+        fmt, _, cfg = item.partition("=")
+        DEFAULT_CONFIG[Fp4Format(fmt.strip())] = tuple(int(v) for v in cfg.split(","))
+
+
+_tiles_from_env()
 
 
 _PAIR_DTYPE = {torch.float32: (torch.int64, 0), torch.bfloat16: (torch.int32, 1), torch.float16: (torch.int32, 2)}
