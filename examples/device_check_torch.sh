@@ -15,7 +15,7 @@ $PY -m pip install -q --no-deps --no-build-isolation -e . -e plugins/fp4-trtllm 
 { nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm --format=csv,noheader; date -u
   $PY -c "import torch, triton, fp4core; print('torch', torch.__version__, 'triton', triton.__version__);
 print([(b.name, b.status, b.error) for b in fp4core.backends()])"; } 2>&1 | tee "$OUT/device.txt"
-timeout 110 $PY -m pytest -q -p no:cacheprovider -m gpu --timeout 60 -rs \
+timeout 100 $PY -m pytest -q -p no:cacheprovider -m gpu --timeout 60 -rs \
   tests/test_ops.py tests/test_nn.py tests/test_quantize_gpu.py 2>&1 | tee "$OUT/tests.log" | tail -15
 timeout 30 $PY -c "
 from fp4core.kernels.bench_quant import sweep_configs, tiles_env
@@ -23,5 +23,5 @@ print('TILES=' + tiles_env(sweep_configs(progress=lambda s: print(s, flush=True)
 TILES=$(grep '^TILES=' "$OUT/sweep.log" | cut -d= -f2-)
 [ -n "$TILES" ] && export FP4CORE_QUANT_TILES="$TILES"
 echo "FP4CORE_QUANT_TILES=${FP4CORE_QUANT_TILES:-default}" | tee -a "$OUT/device.txt"
-timeout 40 $PY -m fp4core.cli bench --quantize --m 1,16,2048,8192 --json "$OUT/quant.json" 2>"$OUT/quant_progress.log" | tee "$OUT/quant_bench.txt"
-timeout 90 $PY examples/e2e_model.py --repeat 8 --json "$OUT/e2e.json" 2>&1 | grep -v "Loading weights" | tee "$OUT/e2e.log"
+timeout 35 $PY -m fp4core.cli bench --quantize --m 1,16,2048,8192 --json "$OUT/quant.json" 2>"$OUT/quant_progress.log" | tee "$OUT/quant_bench.txt"
+timeout 100 $PY examples/e2e_model.py --repeat 8 --json "$OUT/e2e.json" 2>&1 | grep -v "Loading weights" | tee "$OUT/e2e.log"

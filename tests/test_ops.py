@@ -339,8 +339,9 @@ def test_compile_fullgraph_on_gpu():
     f = _w4a4(b, bsf.reshape(-1), gw)
     compiled = torch.compile(f, fullgraph=True)
     got, want = compiled(x), f(x)
-    # inductor may compute alpha = 1/(gs*gw) with a differently rounded division
-    assert relative_error(got, want) <= 1e-5
+    # inductor computes alpha = 1/(gs*gw) in its own kernel (Triton's division may round
+    # differently by an ulp), which can move a bf16 output by one ulp here and there
+    assert relative_error(got, want) <= 2e-3
 
 
 def test_cli_bench_quantize_runs_on_cpu(capsys):
