@@ -32,5 +32,9 @@ def build(arch: str, progress: bool = True) -> list[Path]:
     if n not in SOURCES:
         raise ValueError(f"arch: the Blackwell instantiations exist for {', '.join('sm_' + a for a in ARCHS)}, "
                          f"got {arch!r}")
+    incs = include_dirs()
+    util = incs[0].parent / "tools" / "util" / "include"  # cutlass/util/packed_stride.hpp
+    if (util / "cutlass" / "util" / "packed_stride.hpp").is_file():
+        incs.append(util)
     return [jit.build(f"fp4_cutlass_blockscaled_sm{n}", [SOURCES[n]], arch=f"sm_{n}", flags=FLAGS,
-                      include_dirs=include_dirs(), progress=progress, kind="object")]
+                      include_dirs=incs, progress=progress, kind="object")]
