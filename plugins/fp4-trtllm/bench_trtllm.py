@@ -59,6 +59,7 @@ def main(argv=None) -> int:
     ap.add_argument("--mx", action="store_true", help="MXFP4 instead of NVFP4")
     ap.add_argument("--shapes", default="", help="N:K,N:K (default: llama-70b, gpt-oss, deepseek)")
     ap.add_argument("--out", default="")
+    ap.add_argument("--verbose", action="store_true", help="print every tactic's graph time")
     args = ap.parse_args(argv)
     ms = [int(x) for x in args.m.split(",")]
     shapes = [tuple(int(v) for v in s.split(":")) for s in args.shapes.split(",")] if args.shapes else SHAPES
@@ -99,6 +100,8 @@ def main(argv=None) -> int:
                     continue
                 us = graph_us(lambda i: be.run(problem, bsets[i], tac, out), len(bsets), timer)
                 results.append((us, tac))
+                if args.verbose:
+                    print(f"  {m}x{n}x{k} {tac}: {us:.1f} us", flush=True)
             first_us = results[0][0] if results else float("nan")
             best_us, best = min(results, key=lambda r: r[0]) if results else (float("nan"), {})
             eager = median(timer.measure(lambda i: be.run(problem, bsets[i], best, out), len(bsets))) if results else float("nan")

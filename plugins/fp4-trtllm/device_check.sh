@@ -45,6 +45,27 @@ PY
     echo "== $tool"; timeout ${SANITIZER_TIMEOUT:-40} compute-sanitizer --tool $tool --error-exitcode 3 $PY /tmp/small_case.py 2>&1 | tail -4
   done | tee "$OUT/sanitizer.txt"
 fi
+if [ "$MODE" != tests ] && [ -n "${NCU:-1}" ]; then
+  # One profiled launch per tactic of M=1 8192x8192 NVFP4: DRAM throughput, stall reasons.
+  cat > /tmp/ncu_case.py <<'PY'
+import torch, fp4core
+from fp4core.synthetic import random_operands
+from fp4_trtllm.plugin import TrtllmBackend
+be = TrtllmBackend()
+p = fp4core.make_problem(1, 8192, 8192, prepared=True, device="cuda")
+ops = random_operands(p, device="cuda")
+w = be.prepare(p.with_m(None), fp4core.Operands(None, None, ops.b, ops.b_scale)).with_activation(ops.a, ops.a_scale, ops.alpha)
+out = torch.empty(1, 8192, dtype=torch.bfloat16, device="cuda")
+for tac in be.tactics(p)[:3]:
+    print(tac)
+    for _ in range(3):
+        be.run(p, w, tac, out)
+torch.cuda.synchronize()
+PY
+  timeout ${NCU_TIMEOUT:-60} ncu --clock-control none -k regex:fp4_sk --launch-count 9 \
+    --section SpeedOfLight --section MemoryWorkloadAnalysis --section WarpStateStats --section Occupancy --section LaunchStats --section SchedulerStats --section ComputeWorkloadAnalysis \
+    $PY /tmp/ncu_case.py > "$OUT/ncu.txt" 2>&1; tail -3 "$OUT/ncu.txt"
+fi
 if [ "$MODE" != tests ]; then
   timeout ${BENCH_TIMEOUT:-150} $PY plugins/fp4-trtllm/bench_trtllm.py ${BENCH_ARGS:-} --out "$OUT/bench.md" 2>&1 | tee "$OUT/bench.log"
 fi

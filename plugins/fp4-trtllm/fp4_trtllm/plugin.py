@@ -29,13 +29,13 @@ def _have_nvcc() -> bool:
 
 
 #: (tiles of 16 rows per warp, warps per CTA) worth timing per activation pass size NT, best
-#: guess first (H100): NT <= 2 streams best with 4 tiles per warp (one activation fragment
-#: load feeds 4 weight tiles); NT = 8 has no registers for 4 tiles. t = 1 makes small
-#: groups for small N so the persistent grid still spreads over every SM.
-_SHAPES = {1: [(4, 4), (2, 8), (2, 4), (1, 4)],
-           2: [(4, 4), (2, 8), (2, 4), (1, 4)],
-           4: [(2, 4), (2, 8), (4, 4), (1, 4)],
-           8: [(2, 4), (2, 8), (1, 8), (1, 4)]}
+#: guess first. Up to NT = 2 a warp streams 4 (or 8) tiles per activation fragment load;
+#: CTAs of 1-2 warps never wait on one another at the per-stage barriers; NT = 8 has no
+#: registers for 4 tiles. t = 1 makes small groups so small N still spreads over the SMs.
+_SHAPES = {1: [(4, 4), (4, 2), (4, 1), (8, 1), (2, 8), (1, 4)],
+           2: [(4, 4), (4, 2), (4, 1), (8, 1), (2, 8), (1, 4)],
+           4: [(2, 4), (2, 8), (4, 4), (4, 2), (1, 4)],
+           8: [(2, 4), (2, 8), (1, 8), (2, 2), (1, 4)]}
 
 
 class TrtllmBackend:

@@ -56,7 +56,7 @@ def test_tactics_are_json_and_valid(m):
     assert tacs and json.loads(json.dumps(tacs)) == tacs
     for t in tacs:
         assert set(t) == {"t", "warps", "ctas"}, t
-        assert t["t"] in (1, 2, 4) and t["warps"] in (4, 8) and t["ctas"] >= 0
+        assert t["t"] in (1, 2, 4, 8) and t["warps"] in (1, 2, 4, 8) and t["ctas"] >= 0
         if launcher.nt_for(m) == 8:
             assert t["t"] <= 2
     assert len({json.dumps(t, sort_keys=True) for t in tacs}) == len(tacs)  # no duplicates

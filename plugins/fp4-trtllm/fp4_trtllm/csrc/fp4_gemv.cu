@@ -242,12 +242,21 @@ struct Smem {
     }
 };
 
-// A cursor over units u = x * C + c (x = mb * groups + group): advanced one unit at a time.
+// A cursor over units u = (mb * G + gi) * C + c, advanced one unit at a time (no divisions
+// on the way).
 struct Cursor {
-    int x, c;
-    __device__ __forceinline__ void next(int C) {
-        if (++c == C) { c = 0; ++x; }
+    int mb, gi, c;
+    __device__ __forceinline__ static Cursor at(int u, int C, int G) {
+        const int x = u / C;
+        return Cursor{x / G, x % G, u % C};
     }
+    __device__ __forceinline__ void next(int C, int G) {
+        if (++c == C) {
+            c = 0;
+            if (++gi == G) { gi = 0; ++mb; }
+        }
+    }
+    __device__ __forceinline__ int x(int G) const { return mb * G + gi; }
 };
 
 template <bool MX, int T, int NT>
@@ -277,15 +286,21 @@ __global__ void __launch_bounds__(256) fp4_sk_kernel(const Fp4GemvParams p) {
         return row_base + (size_t)(MX ? (c >> 1) : c) * tile_bytes;
     };
 
+    // Activation tiles (d, j) of a stage are decoded by warp (d * NT + j) % W: this warp's set.
+    uint32_t mine_a = 0;
+#pragma unroll
+    for (int e = 0; e < D * NT; ++e)
+        if (e % W == warp) mine_a |= 1u << e;
+
     // Issue the copies of stage k (units u_begin + k*D ...) into ring slot k % STAGES.
-    Cursor ic{u_begin / C, u_begin % C};
+    Cursor ic = Cursor::at(u_begin, C, G);
     int issued = u_begin;
     auto issue = [&](int k) {
         const int slot = k % STAGES;
 #pragma unroll
         for (int d = 0; d < D; ++d) {
             if (issued < u_end) {
-                const int mb = ic.x / G, gi = ic.x - mb * G, c = ic.c;
+                const int mb = ic.mb, gi = ic.gi, c = ic.c;
                 const uint32_t wdst = sbase + slot * L.w_st + ((d * W + warp) * T) * 512 + lane * 16;
 #pragma unroll
                 for (int i = 0; i < T; ++i) {
@@ -302,7 +317,7 @@ __global__ void __launch_bounds__(256) fp4_sk_kernel(const Fp4GemvParams p) {
                 }
 #pragma unroll
                 for (int j = 0; j < NT; ++j) {
-                    if ((d * NT + j) % W != warp) continue;
+                    if (!((mine_a >> (d * NT + j)) & 1u)) continue;
                     const int m = mb * 8 * NT + 8 * j + g;
                     if (m < p.m) {
                         const uint32_t e = (d * NT + j) * 32 + lane;
@@ -311,7 +326,7 @@ __global__ void __launch_bounds__(256) fp4_sk_kernel(const Fp4GemvParams p) {
                     }
                 }
                 ++issued;
-                ic.next(C);
+                ic.next(C, G);
             }
         }
         cp_commit();
@@ -320,17 +335,17 @@ __global__ void __launch_bounds__(256) fp4_sk_kernel(const Fp4GemvParams p) {
     const Tables tb = Tables::make<MX>(p.m);
 
     // Decode the activation tiles of stage k owned by this warp into fragment buffer k & 1.
-    Cursor dc{u_begin / C, u_begin % C};
+    Cursor dc = Cursor::at(u_begin, C, G);
     int decoded = u_begin;
     auto decode_a = [&](int k) {
         const int slot = k % STAGES, buf = k & 1;
 #pragma unroll
         for (int d = 0; d < D; ++d) {
             if (decoded < u_end) {
-                const int mb = dc.x / G, c = dc.c;
+                const int mb = dc.mb, c = dc.c;
 #pragma unroll
                 for (int j = 0; j < NT; ++j) {
-                    if ((d * NT + j) % W != warp) continue;
+                    if (!((mine_a >> (d * NT + j)) & 1u)) continue;
                     const int m = mb * 8 * NT + 8 * j + g;
                     uint4 lo = make_uint4(0, 0, 0, 0), hi = lo;
                     if (m < p.m) {
@@ -350,7 +365,7 @@ __global__ void __launch_bounds__(256) fp4_sk_kernel(const Fp4GemvParams p) {
                     sts128(f + 32 * 16, hi);
                 }
                 ++decoded;
-                dc.next(C);
+                dc.next(C, G);
             }
         }
     };
@@ -365,9 +380,18 @@ __global__ void __launch_bounds__(256) fp4_sk_kernel(const Fp4GemvParams p) {
                 for (int r = 0; r < 4; ++r) acc[i][j][r] = 0.f;
     };
 
-    // One unit: this warp's T tiles times the CTA's NT activation tiles.
+    // One unit: this warp's T tiles times the CTA's NT activation tiles. The activation
+    // fragments are loaded first and stay in registers; weight tiles are decoded one at a
+    // time (16 registers), so T can grow without the registers growing with it.
     auto compute = [&](int slot, int buf, int d) {
-        uint32_t wv[T][16];  // per tile: rows g (0..7) and g+8 (8..15), 16 values each
+        uint32_t av[NT][8];
+#pragma unroll
+        for (int j = 0; j < NT; ++j) {
+            const uint32_t f = sbase + L.off_af + buf * L.af_buf + ((d * NT + j) * 2 * 32 + lane) * 16;
+            const uint4 b0 = lds128(f), b1 = lds128(f + 32 * 16);
+            av[j][0] = b0.x; av[j][1] = b0.y; av[j][2] = b0.z; av[j][3] = b0.w;
+            av[j][4] = b1.x; av[j][5] = b1.y; av[j][6] = b1.z; av[j][7] = b1.w;
+        }
 #pragma unroll
         for (int i = 0; i < T; ++i) {
             const int blk = (d * W + warp) * T + i;
@@ -375,34 +399,27 @@ __global__ void __launch_bounds__(256) fp4_sk_kernel(const Fp4GemvParams p) {
             const uint32_t sc = lds16(sbase + L.off_s + slot * L.s_st + blk * 64 + (MX ? (lane >> 1) : lane) * 2);
             const uint32_t both = scales2<MX>(sc);
             const uint32_t s_lo = bcast(both, true), s_hi = bcast(both, false);
-            uint32_t r[4];
+            uint32_t lo[8], hi[8], r[4];  // rows g and g+8, 16 values each
             decode_word<MX>(w.x, r, tb);
 #pragma unroll
-            for (int q = 0; q < 4; ++q) wv[i][q] = mul2<MX>(r[q], s_lo);
+            for (int q = 0; q < 4; ++q) lo[q] = mul2<MX>(r[q], s_lo);
             decode_word<MX>(w.y, r, tb);
 #pragma unroll
-            for (int q = 0; q < 4; ++q) wv[i][4 + q] = mul2<MX>(r[q], s_lo);
+            for (int q = 0; q < 4; ++q) lo[4 + q] = mul2<MX>(r[q], s_lo);
             decode_word<MX>(w.z, r, tb);
 #pragma unroll
-            for (int q = 0; q < 4; ++q) wv[i][8 + q] = mul2<MX>(r[q], s_hi);
+            for (int q = 0; q < 4; ++q) hi[q] = mul2<MX>(r[q], s_hi);
             decode_word<MX>(w.w, r, tb);
 #pragma unroll
-            for (int q = 0; q < 4; ++q) wv[i][12 + q] = mul2<MX>(r[q], s_hi);
-        }
+            for (int q = 0; q < 4; ++q) hi[4 + q] = mul2<MX>(r[q], s_hi);
 #pragma unroll
-        for (int j = 0; j < NT; ++j) {
-            const uint32_t f = sbase + L.off_af + buf * L.af_buf + ((d * NT + j) * 2 * 32 + lane) * 16;
-            const uint4 b0 = lds128(f), b1 = lds128(f + 32 * 16);
-            const uint32_t av[8] = {b0.x, b0.y, b0.z, b0.w, b1.x, b1.y, b1.z, b1.w};
+            for (int s = 0; s < 4; ++s) {
+                // A fragment: {row g, slots 2t..}, {row g+8, 2t..}, {row g, 2t+8..}, {row g+8, 2t+8..};
+                // slot pair 2t.. is value register 2s of the lane's 16 k's, 2t+8.. is 2s+1.
+                const uint32_t afrag[4] = {lo[2 * s], hi[2 * s], lo[2 * s + 1], hi[2 * s + 1]};
 #pragma unroll
-            for (int s = 0; s < 4; ++s)
-#pragma unroll
-                for (int i = 0; i < T; ++i) {
-                    // A fragment: {row g, slots 2t..}, {row g+8, 2t..}, {row g, 2t+8..}, {row g+8, 2t+8..};
-                    // slot pair 2t.. is value register 2s of the lane's 16 k's, 2t+8.. is 2s+1.
-                    const uint32_t afrag[4] = {wv[i][2 * s], wv[i][8 + 2 * s], wv[i][2 * s + 1], wv[i][8 + 2 * s + 1]};
-                    mma<MX>(acc[i][j], afrag, av[2 * s], av[2 * s + 1]);
-                }
+                for (int j = 0; j < NT; ++j) mma<MX>(acc[i][j], afrag, av[j][2 * s], av[j][2 * s + 1]);
+            }
         }
     };
 
@@ -433,7 +450,7 @@ __global__ void __launch_bounds__(256) fp4_sk_kernel(const Fp4GemvParams p) {
     __shared__ int is_last;
     const size_t frag = (size_t)T * NT * 32;  // float4s per warp per partial
     float4* ws = reinterpret_cast<float4*>(p.ws);
-    const int x_first = u_begin / C;
+    const int x_first = u_begin / C;  // = mb * G + gi of the first unit
 
     // Finish segment x (this CTA's chunks of one (mb, group)): store it, or hand in a partial.
     auto finish = [&](int x, bool complete) {
@@ -456,26 +473,37 @@ __global__ void __launch_bounds__(256) fp4_sk_kernel(const Fp4GemvParams p) {
         __syncthreads();
         if (!is_last) return;
         __threadfence();
-        float sum[T][NT][4];
+        // Sum every part (this CTA's too, from the workspace) into acc, in CTA order.
+        zero_acc();
+        constexpr int R = (16 / (T * NT) > 8) ? 8 : (16 / (T * NT) < 1 ? 1 : 16 / (T * NT));  // <= 64 registers
+        for (int b0 = b_first; b0 <= b_last; b0 += R) {
+            float4 v[R][T][NT];
 #pragma unroll
-        for (int i = 0; i < T; ++i)
+            for (int q = 0; q < R; ++q) {
+                const int b = b0 + q;
+                if (b <= b_last) {
+                    const int first_x_of_b = (int)((U * b / P) / C);
+                    const size_t src = (((size_t)b * 2 + (x == first_x_of_b ? 0 : 1)) * W + warp) * frag + lane;
 #pragma unroll
-            for (int j = 0; j < NT; ++j)
+                    for (int i = 0; i < T; ++i)
 #pragma unroll
-                for (int r = 0; r < 4; ++r) sum[i][j][r] = 0.f;
-        // Fixed order b_first .. b_last: bit-identical whichever CTA arrives last.
-        for (int b = b_first; b <= b_last; ++b) {
-            const int first_x_of_b = (int)((U * b / P) / C);
-            const size_t src = (((size_t)b * 2 + (x == first_x_of_b ? 0 : 1)) * W + warp) * frag + lane;
-#pragma unroll
-            for (int i = 0; i < T; ++i)
-#pragma unroll
-                for (int j = 0; j < NT; ++j) {
-                    const float4 v = __ldcg(ws + src + (i * NT + j) * 32);
-                    sum[i][j][0] += v.x; sum[i][j][1] += v.y; sum[i][j][2] += v.z; sum[i][j][3] += v.w;
+                        for (int j = 0; j < NT; ++j) v[q][i][j] = __ldcg(ws + src + (i * NT + j) * 32);
                 }
+            }
+#pragma unroll
+            for (int q = 0; q < R; ++q) {
+                if (b0 + q <= b_last) {
+#pragma unroll
+                    for (int i = 0; i < T; ++i)
+#pragma unroll
+                        for (int j = 0; j < NT; ++j) {
+                            acc[i][j][0] += v[q][i][j].x; acc[i][j][1] += v[q][i][j].y;
+                            acc[i][j][2] += v[q][i][j].z; acc[i][j][3] += v[q][i][j].w;
+                        }
+                }
+            }
         }
-        store(sum, mb, gi);
+        store(acc, mb, gi);
         if (threadIdx.x == 0) p.counters[x] = 0;  // every CTA of this segment has arrived
     };
 
@@ -483,7 +511,7 @@ __global__ void __launch_bounds__(256) fp4_sk_kernel(const Fp4GemvParams p) {
 #pragma unroll 1
     for (int k = 0; k < STAGES - 1; ++k) issue(k);
     zero_acc();
-    Cursor cc{u_begin / C, u_begin % C};
+    Cursor cc = Cursor::at(u_begin, C, G);
     int seg_c0 = cc.c;
     int u = u_begin;
 #pragma unroll 1
@@ -498,24 +526,36 @@ __global__ void __launch_bounds__(256) fp4_sk_kernel(const Fp4GemvParams p) {
             if (cc.c == 0) seg_c0 = 0;
             compute(k % STAGES, k & 1, d);
             if (cc.c == C - 1 || u == u_end - 1) {
-                finish(cc.x, seg_c0 == 0 && cc.c == C - 1);
+                finish(cc.x(G), seg_c0 == 0 && cc.c == C - 1);
                 zero_acc();
             }
-            cc.next(C);
+            cc.next(C, G);
         }
     }
     cp_wait<0>();  // no copy may still target shared memory when the CTA exits
 }
 
+// The opt-in dynamic shared memory limit: the 8-warp size, or the device's maximum if less
+// (the 8-warp size of the largest tiles does not fit; those tactics are never offered).
+template <int T, int NT>
+int smem_limit() {
+    int dev = 0, optin = 0;
+    cudaGetDevice(&dev);
+    cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev);
+    const int want = (int)Smem<T, NT>::make(8).total;
+    return want < optin ? want : optin;
+}
+
 template <bool MX, int T, int NT>
 cudaError_t launch(const Fp4GemvParams& p, int grid, cudaStream_t stream) {
     const unsigned smem = Smem<T, NT>::make(p.warps).total;
-    static int attr_done[9] = {0};  // per warp count; benign race (idempotent call)
-    if (!attr_done[p.warps]) {
-        const cudaError_t e = cudaFuncSetAttribute(fp4_sk_kernel<MX, T, NT>,
-                                                   cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
+    // One limit for every warp count: the largest (8 warps); set once (a benign race).
+    static bool attr_done = false;
+    if (!attr_done) {
+        const cudaError_t e = cudaFuncSetAttribute(fp4_sk_kernel<MX, T, NT>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                                   smem_limit<T, NT>());
         if (e != cudaSuccess) return e;
-        attr_done[p.warps] = 1;
+        attr_done = true;
     }
     fp4_sk_kernel<MX, T, NT><<<grid, 32 * p.warps, smem, stream>>>(p);
     return cudaGetLastError();
@@ -524,7 +564,9 @@ cudaError_t launch(const Fp4GemvParams& p, int grid, cudaStream_t stream) {
 template <bool MX, int T, int NT>
 int occupancy(int warps) {
     const unsigned smem = Smem<T, NT>::make(warps).total;
-    if (cudaFuncSetAttribute(fp4_sk_kernel<MX, T, NT>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem) != cudaSuccess)
+    if ((int)smem > smem_limit<T, NT>()) return 0;
+    if (cudaFuncSetAttribute(fp4_sk_kernel<MX, T, NT>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                             smem_limit<T, NT>()) != cudaSuccess)
         return -1;
     int n = 0;
     if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, fp4_sk_kernel<MX, T, NT>, 32 * warps, smem) != cudaSuccess)
@@ -532,26 +574,32 @@ int occupancy(int warps) {
     return n;
 }
 
-// Calls F<MX, T, NT>::run(args...) for runtime (mx, t, nt); NT = 8 only with T <= 2.
+// The compiled (T, NT) pairs: registers bound T * NT (accumulators) for the larger T.
+constexpr bool compiled(int T, int NT) {
+    return T <= 2 || (T == 4 && NT <= 4) || (T == 8 && NT <= 2);
+}
+
+template <template <bool, int, int> class F, bool MX, int T, typename... A>
+int dispatch_nt(int nt, A... args) {
+    switch (nt) {
+        case 1: if constexpr (compiled(T, 1)) return F<MX, T, 1>::run(args...); break;
+        case 2: if constexpr (compiled(T, 2)) return F<MX, T, 2>::run(args...); break;
+        case 4: if constexpr (compiled(T, 4)) return F<MX, T, 4>::run(args...); break;
+        case 8: if constexpr (compiled(T, 8)) return F<MX, T, 8>::run(args...); break;
+    }
+    return -(int)cudaErrorInvalidValue;
+}
+
+// Calls F<MX, T, NT>::run(args...) for runtime (mx, t, nt); -cudaErrorInvalidValue for a
+// pair that is not compiled.
 template <template <bool, int, int> class F, typename... A>
 int dispatch(int mx, int t, int nt, A... args) {
-#define FP4_NT(MXV, TV)                                               \
-    switch (nt) {                                                     \
-        case 1: return F<MXV, TV, 1>::run(args...);                   \
-        case 2: return F<MXV, TV, 2>::run(args...);                   \
-        case 4: return F<MXV, TV, 4>::run(args...);                   \
-        case 8: if (TV <= 2) return F<MXV, (TV <= 2 ? TV : 2), 8>::run(args...); break; \
-    }                                                                 \
-    break;
-#define FP4_T(MXV)                          \
-    switch (t) {                            \
-        case 1: { FP4_NT(MXV, 1) } break;   \
-        case 2: { FP4_NT(MXV, 2) } break;   \
-        case 4: { FP4_NT(MXV, 4) } break;   \
+    switch (t) {
+        case 1: return mx ? dispatch_nt<F, true, 1>(nt, args...) : dispatch_nt<F, false, 1>(nt, args...);
+        case 2: return mx ? dispatch_nt<F, true, 2>(nt, args...) : dispatch_nt<F, false, 2>(nt, args...);
+        case 4: return mx ? dispatch_nt<F, true, 4>(nt, args...) : dispatch_nt<F, false, 4>(nt, args...);
+        case 8: return mx ? dispatch_nt<F, true, 8>(nt, args...) : dispatch_nt<F, false, 8>(nt, args...);
     }
-    if (mx) { FP4_T(true) } else { FP4_T(false) }
-#undef FP4_T
-#undef FP4_NT
     return -(int)cudaErrorInvalidValue;
 }
 
@@ -573,7 +621,7 @@ struct SmemBytes {
 extern "C" {
 
 // Launch `grid` CTAs on `stream`. mx: 0 NVFP4, 1 MXFP4; t: weight tiles (16 rows) per warp,
-// 1/2/4; nt: activation tiles (8 rows) per pass, 1/2/4/8 (8 only with t <= 2). The caller
+// 1/2/4/8; nt: activation tiles (8 rows) per pass, 1/2/4/8 (see compiled()). The caller
 // keeps 1 <= grid <= mblocks * groups * (k / 64) and sizes ws for `grid`. Returns a
 // cudaError_t (0 = launched).
 int fp4_trtllm_gemv(const Fp4GemvParams* p, int mx, int t, int nt, int grid, void* stream) {
