@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Create .venv (if missing) and install fp4core, every plugin under plugins/ and the test tools.
+# Create .venv (if missing) and install fp4core (with its [docs] extra: mkdocs), every plugin
+# under plugins/, the example third-party plugin examples/fp4-triton and the test tools.
 # Torch: an already-importable torch is kept (e.g. a CUDA build); otherwise torch==2.13.0
 # (the CPU wheel this workplace has on disk; set FP4CORE_TORCH to choose another spec).
 set -euo pipefail
@@ -9,8 +10,9 @@ PY=${PYTHON:-python3}
 PIP=".venv/bin/python -m pip -q --disable-pip-version-check"
 .venv/bin/python -c "import torch" 2>/dev/null || $PIP install "${FP4CORE_TORCH:-torch==2.13.0}"
 $PIP install setuptools pluggy pytest numpy
-$PIP install --no-build-isolation -e .
+$PIP install --no-build-isolation -e ".[docs]"
 for p in plugins/*/; do
   [ -f "$p/pyproject.toml" ] && $PIP install --no-build-isolation -e "$p"
 done
+$PIP install --no-build-isolation -e examples/fp4-triton
 echo "environment ready: .venv ($(.venv/bin/python -c 'import torch; print("torch", torch.__version__)'))"
