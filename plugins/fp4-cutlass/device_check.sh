@@ -36,8 +36,9 @@ for nv in (True, False):
     p = fp4core.make_problem(33, 320, 1088, use_nvfp4=nv, use_8x4_sf_layout=not nv, device="cuda")
     ops = random_operands(p, device="cuda")
     out = torch.empty(33, 320, dtype=torch.bfloat16, device="cuda")
-    for tac in ({"tm": 64, "bn": 128, "split_k": 1, "cluster": 2}, {"tm": 32, "bn": 64, "split_k": 3, "cluster": 1},
-                {"tm": 256, "bn": 64, "split_k": 1, "cluster": 2}, {"tm": 16, "bn": 128, "split_k": 2, "cluster": 2}):
+    for tac in ({"tm": 64, "bn": 128, "split_k": 1, "cluster": 2}, {"tm": 32, "bn": 64, "split_k": 3, "cluster": 1, "deep": 1},
+                {"tm": 256, "bn": 64, "split_k": 1, "cluster": 2}, {"tm": 16, "bn": 128, "split_k": 2, "cluster": 2, "deep": 1},
+                {"tm": 128, "bn": 64, "split_k": 1, "cluster": 1, "deep": 1}):
         be.run(p, ops, tac, out)
 torch.cuda.synchronize(); print("small case done")
 PY
@@ -52,15 +53,19 @@ import torch, fp4core
 from fp4core.synthetic import random_operands
 from fp4_cutlass.plugin import CutlassBackend
 be = CutlassBackend()
-for m in (128, 4096):
+for m, tacs in ((128, [{"tm": 128, "bn": 64, "split_k": 1, "cluster": 1, "deep": 0},
+                       {"tm": 128, "bn": 64, "split_k": 1, "cluster": 1, "deep": 1}]),
+                (4096, [{"tm": 256, "bn": 128, "split_k": 1, "cluster": 1, "deep": 0}])):
     p = fp4core.make_problem(m, 8192, 8192, device="cuda")
     ops = random_operands(p, device="cuda")
     out = torch.empty(m, 8192, dtype=torch.bfloat16, device="cuda")
-    be.run(p, ops, be.tactics(p)[0], out)
+    for tac in tacs:
+        be.run(p, ops, tac, out)
 torch.cuda.synchronize()
 PY
-  timeout 150 ncu --section SpeedOfLight --section MemoryWorkloadAnalysis --section ComputeWorkloadAnalysis --section Occupancy \
-    -k regex:fp4_gemm_kernel -c 2 python3 /tmp/ncu_case.py > "$OUT/ncu.txt" 2>&1; grep -E "fp4_gemm|Duration|Throughput|Pipe|Registers" "$OUT/ncu.txt" | head -30
+  timeout ${NCU_TIMEOUT:-90} ncu --section SpeedOfLight --section ComputeWorkloadAnalysis --section WarpStateStats \
+    -k regex:"fp4_gemm_kernel|act_dequant" -c 6 python3 /tmp/ncu_case.py > "$OUT/ncu.txt" 2>&1
+  grep -E "^  [a-z].*(fp4_gemm|act_dequant)|Duration|Compute \(SM\) Th|L2 Cache Th|DRAM Th" "$OUT/ncu.txt" | head -40
 fi
 if [[ " $STEPS " == *" fp4bench "* ]]; then
   timeout 200 fp4core bench --backends cutlass --m 128,256,2048,4096 --n 8192,28672 --k 8192 2>&1 | tee "$OUT/fp4core-bench.txt" | tail -20

@@ -19,7 +19,7 @@ from fp4core import jit
 CSRC = Path(__file__).parent / "csrc"
 SM90_SOURCE = CSRC / "fp4_sm90_gemm.cu"
 SM90_LIB = "fp4_cutlass_sm90"
-ABI_VERSION = 2
+ABI_VERSION = 3
 #: K values per pipeline stage; the pre-pass pads A's K to a multiple of it.
 BK = 128
 #: Activation rows per CTA (wgmma N) and weight rows per CTA the library is compiled for.
@@ -27,6 +27,8 @@ TM_CHOICES = (16, 32, 64, 128, 256)
 BN_CHOICES = (128, 64)
 #: CTAs per thread-block cluster along N; 2 multicasts each activation tile to both CTAs.
 CLUSTER_CHOICES = (2, 1)
+#: Largest tm with the "deep" variant (3 register fragment buffers must fit beside the accumulators).
+DEEP_MAX_TM = 128
 #: Extra nvcc flags (part of the cache key).
 FLAGS = ("-lineinfo",)
 
@@ -37,7 +39,7 @@ class Params(ctypes.Structure):
     _fields_ = [(name, ctypes.c_void_p) for name in
                 ("a", "a_sf", "b", "b_sf", "alpha", "out", "act", "partial")] + \
                [(name, ctypes.c_int) for name in
-                ("m", "n", "k", "a_sf_8x4", "out_fp16", "mx", "splits", "tm", "bn", "cluster")]
+                ("m", "n", "k", "a_sf_8x4", "out_fp16", "mx", "splits", "tm", "bn", "cluster", "deep")]
 
 
 def include_dirs() -> list[Path]:
@@ -127,7 +129,7 @@ def _check_aligned(name: str, t: torch.Tensor) -> None:
 
 def launch(*, a: torch.Tensor, a_sf: torch.Tensor, b: torch.Tensor, b_sf: torch.Tensor,
            alpha: torch.Tensor | None, out: torch.Tensor, m: int, n: int, k: int, mx: bool,
-           a_sf_8x4: bool, tm: int, bn: int, splits: int, cluster: int = 1) -> None:
+           a_sf_8x4: bool, tm: int, bn: int, splits: int, cluster: int = 1, deep: bool = False) -> None:
     """Run pre-pass + GEMM (+ split-K reduce) on the current stream of ``out``'s device.
 
     Args:
@@ -135,7 +137,8 @@ def launch(*, a: torch.Tensor, a_sf: torch.Tensor, b: torch.Tensor, b_sf: torch.
         b: uint8 (n, k/2) contiguous; b_sf: flat 128x4 B scale bytes.
         alpha: float32 one element or None; out: contiguous (m, n) bf16 or fp16.
         tm, bn, splits, cluster: the tactic (activation rows per CTA, weight rows per CTA,
-            split-K, CTAs per cluster sharing the activation tile by TMA multicast).
+            split-K, CTAs per cluster sharing the activation tile by TMA multicast, two wgmma
+            batches in flight per warpgroup (tm <= 128 only)).
     Raises:
         ValueError for a misaligned tensor; RuntimeError naming the CUDA error of a failed launch.
     """
@@ -148,9 +151,9 @@ def launch(*, a: torch.Tensor, a_sf: torch.Tensor, b: torch.Tensor, b_sf: torch.
     act, part = ws.ensure(m * padded_k(k), splits * m * n if splits > 1 else 0)
     p = Params(a.data_ptr(), a_sf.data_ptr(), b.data_ptr(), b_sf.data_ptr(),
                alpha.data_ptr() if alpha is not None else None, out.data_ptr(), act, part or None,
-               m, n, k, int(a_sf_8x4), int(out.dtype == torch.float16), int(mx), splits, tm, bn, cluster)
+               m, n, k, int(a_sf_8x4), int(out.dtype == torch.float16), int(mx), splits, tm, bn, cluster, int(deep))
     err = lib.fp4c_sm90_gemm(ctypes.byref(p), _raw_stream(index))
     if err != 0:
         raise RuntimeError(f"fp4-cutlass kernel launch failed: error {err} "
                            f"({lib.fp4c_error_string(err).decode()}) for m={m} n={n} k={k} "
-                           f"tm={tm} bn={bn} splits={splits} cluster={cluster}")
+                           f"tm={tm} bn={bn} splits={splits} cluster={cluster} deep={deep}")

@@ -96,25 +96,29 @@ class CutlassBackend:
     @hookimpl
     def tactics(self, problem: Problem) -> list[dict]:
         m = problem.m or 1
-        first = _tm_for(m)
-        tms = [first]
-        if first == 256:
-            tms.append(128)
-        elif first >= 64:
-            tms.append(first // 2)
+        sms = _sm_count(problem.device.index)
+        tm_cap = _tm_for(m)
+        # (tm, bn) from the most work per CTA to the least; measured on H100 (README): the
+        # biggest tile that still gives ~a full wave of CTAs wins, else split K.
+        shapes = [(tm, bn) for tm, bn in ((256, 128), (128, 128), (256, 64), (128, 64), (64, 128),
+                                          (64, 64), (32, 128), (32, 64), (16, 128), (16, 64))
+                  if tm <= tm_cap]
+        def tiles(tm, bn):
+            return math.ceil(problem.n / bn) * math.ceil(m / tm)
+        full = [sh for sh in shapes if tiles(*sh) >= 0.9 * sms]
+        ranked = full[:2] + [sh for sh in shapes if sh not in full[:2]]
+        if not full:  # too few tiles at any shape: the most CTAs first, with split-K
+            ranked = sorted(shapes, key=lambda sh: -tiles(*sh))
         out: list[dict] = []
-        for cl in launcher.CLUSTER_CHOICES:
-            for tm in tms:
-                for bn in launcher.BN_CHOICES:
-                    s = auto_splits(problem, tm, bn, cl)
-                    for splits in dict.fromkeys([s, 1]):
-                        tac = {"tm": tm, "bn": bn, "split_k": splits, "cluster": cl}
+        for rank, (tm, bn) in enumerate(ranked[:3]):
+            s = auto_splits(problem, tm, bn)
+            deeps = (1, 0) if tm <= launcher.DEEP_MAX_TM else (0,)
+            for splits in dict.fromkeys([1, s] if full else [s, 1]):
+                for deep in deeps:
+                    for cl in ((1, 2) if rank == 0 else (1,)):
+                        tac = {"tm": tm, "bn": bn, "split_k": splits, "cluster": cl, "deep": deep}
                         if tac not in out:
                             out.append(tac)
-        # Best guesses first: multicast clusters; small M wants more CTAs (bn=64), large M the
-        # bigger weight tile (bn=128, less activation traffic per FLOP).
-        out.sort(key=lambda t: (t["cluster"] != 2, (t["bn"] != 64) if m <= 256 else (t["bn"] != 128),
-                                t["tm"] != first))
         return out
 
     @hookimpl
@@ -125,13 +129,16 @@ class CutlassBackend:
         if tm not in launcher.TM_CHOICES or bn not in launcher.BN_CHOICES or cl not in launcher.CLUSTER_CHOICES:
             raise ValueError(f"cutlass: tactic {tactic}: tm must be one of {launcher.TM_CHOICES}, "
                              f"bn one of {launcher.BN_CHOICES}, cluster one of {launcher.CLUSTER_CHOICES}")
+        deep = bool(tactic.get("deep", 0))
+        if deep and tm > launcher.DEEP_MAX_TM:
+            raise ValueError(f"cutlass: tactic {tactic}: deep=1 needs tm <= {launcher.DEEP_MAX_TM}")
         splits = int(tactic.get("split_k", 0)) or auto_splits(problem, tm, bn, cl)
         splits = max(1, min(splits, launcher.padded_k(problem.k) // launcher.BK))
         launcher.launch(
             a=operands.a, a_sf=operands.a_scale, b=operands.b, b_sf=operands.b_scale,
             alpha=operands.alpha, out=out, m=problem.m, n=problem.n, k=problem.k,
             mx=problem.fmt is Fp4Format.MXFP4, a_sf_8x4=problem.a_sf_layout is SfLayout.layout_8x4,
-            tm=tm, bn=bn, splits=splits, cluster=cl)
+            tm=tm, bn=bn, splits=splits, cluster=cl, deep=deep)
 
     @hookimpl
     def build(self, archs: list[str], progress: bool) -> list[str]:

@@ -16,9 +16,9 @@ from fp4_cutlass.plugin import CutlassBackend
 
 pytestmark = pytest.mark.gpu
 
-ALL_TACTICS = [{"tm": tm, "bn": bn, "split_k": s, "cluster": cl}
+ALL_TACTICS = [{"tm": tm, "bn": bn, "split_k": s, "cluster": cl, "deep": d}
                for tm in launcher.TM_CHOICES for bn in launcher.BN_CHOICES for s in (1, 3)
-               for cl in launcher.CLUSTER_CHOICES]
+               for cl in launcher.CLUSTER_CHOICES for d in (0, 1) if not (d and tm > launcher.DEEP_MAX_TM)]
 
 
 def _problem(m, n, k, nv=True, e8=False, out=torch.bfloat16):
@@ -59,7 +59,8 @@ def test_repeatable_and_poison_free():
     problem = _problem(129, 640, 2048)
     ops = random_operands(problem, device="cuda", generator=torch.Generator(device="cuda").manual_seed(1))
     be = CutlassBackend()
-    for tac in ({"tm": 128, "bn": 64, "split_k": 1, "cluster": 2}, {"tm": 256, "bn": 128, "split_k": 4, "cluster": 1}):
+    for tac in ({"tm": 128, "bn": 64, "split_k": 1, "cluster": 2, "deep": 1},
+                {"tm": 256, "bn": 128, "split_k": 4, "cluster": 1}):
         outs = []
         for _ in range(2):
             out = torch.full((129, 640), float("nan"), dtype=torch.bfloat16, device="cuda")
@@ -74,7 +75,7 @@ def test_cuda_graph_capture():
     m, n, k = 64, 768, 1536
     problem = _problem(m, n, k)
     be = CutlassBackend()
-    tac = {"tm": 64, "bn": 64, "split_k": 2, "cluster": 2}
+    tac = {"tm": 64, "bn": 64, "split_k": 2, "cluster": 2, "deep": 1}
     ops = random_operands(problem, device="cuda", generator=torch.Generator(device="cuda").manual_seed(2))
     out = torch.full((m, n), float("nan"), dtype=torch.bfloat16, device="cuda")
     be.run(problem, ops, tac, out)  # warm-up: builds/loads the library, sizes the workspace

@@ -64,6 +64,7 @@ def test_tactics_valid(m):
     for t in tacs:
         assert t["tm"] in launcher.TM_CHOICES and t["bn"] in launcher.BN_CHOICES and t["split_k"] >= 1
         assert t["cluster"] in launcher.CLUSTER_CHOICES
+        assert t["deep"] in (0, 1) and not (t["deep"] and t["tm"] > launcher.DEEP_MAX_TM)
     assert len({json.dumps(t, sort_keys=True) for t in tacs}) == len(tacs)
 
 
@@ -76,6 +77,8 @@ def test_split_k_fills_the_gpu():
 def test_bad_tactic_names_the_field():
     with pytest.raises(ValueError, match="tm must be one of"):
         CutlassBackend().run(_p(8, 256, 256), None, {"tm": 48, "bn": 128}, None)
+    with pytest.raises(ValueError, match="deep=1 needs tm <= 128"):
+        CutlassBackend().run(_p(8, 256, 256), None, {"tm": 256, "bn": 128, "deep": 1}, None)
 
 
 def _phys(l):

@@ -60,6 +60,7 @@ struct Params {
   int tm;                 // activation rows per CTA (wgmma N)
   int bn;                 // weight rows per CTA: 128 (two consumer WGs split N) or 64 (split K)
   int cluster;            // CTAs per cluster along N sharing (multicasting) the activation tile
+  int deep;               // 1: two wgmma batches in flight per warpgroup (3 fragment buffers; TM <= 128)
 };
 
 __host__ __device__ constexpr int kp_of(int k) { return (k + kBK - 1) / kBK * kBK; }
@@ -137,59 +138,48 @@ __device__ __forceinline__ int sf_offset(int r, int c, int pcol_tiles, bool is8x
 
 // ---------------------------------------------------------------------------------------
 // Activation pre-pass: A (FP4 + scales) -> bf16 (m, kp), K permuted per 128-chunk, tail zero.
-// One thread per (row, 128-chunk): reads 64 bytes + 4 or 8 scale bytes, writes 256 bytes.
+// One thread per 16-byte output segment (8 logical K positions), so a warp stores 512
+// contiguous bytes; the 16 threads of one 128-chunk share its 64 input bytes through L1.
+// Segment g = 2s + p of a chunk holds logical 16s + 8p + 2q + h (q = 0..3, h = 0..1), i.e.
+// physical 32q + 8(s/2) + 2(s%2) + p + 4h: nibbles 2(s%2) + p (+4) of word 4q + s/2.
 // ---------------------------------------------------------------------------------------
 template <bool MX>
-__global__ void __launch_bounds__(128) act_dequant_kernel(Params p) {
+__global__ void __launch_bounds__(256) act_dequant_kernel(Params p) {
   const int chunks = kp_of(p.k) / kBK;
   const long idx = (long)blockIdx.x * blockDim.x + threadIdx.x;
-  if (idx >= (long)p.m * chunks) return;
-  const int row = (int)(idx / chunks);
-  const int c = (int)(idx % chunks);
-  const int kvalid = min(kBK, p.k - c * kBK);  // 128 or 64
+  if (idx >= (long)p.m * chunks * 16) return;
+  const int g = (int)(idx % 16);
+  const int c = (int)((idx / 16) % chunks);
+  const int row = (int)(idx / (16L * chunks));
+  const int s = g >> 1, pp = g & 1;
+  const int kvalid = min(kBK, p.k - c * kBK);  // 128 or 64 (then q = 2, 3 are past K)
   const int bs = MX ? 32 : 16;
   const int nblocks = p.k / bs;
   const int pcol_tiles = (nblocks + 3) / 4;
-  uint32_t w[16];
-  const uint4* src = reinterpret_cast<const uint4*>(p.a + (size_t)row * (p.k / 2) + c * kBKBytes);
+  const uint32_t* words = reinterpret_cast<const uint32_t*>(p.a + (size_t)row * (p.k / 2) + c * kBKBytes);
+  const int sh0 = 4 * (2 * (s & 1) + pp);
+  uint32_t packed[4];
 #pragma unroll
-  for (int i = 0; i < 4; ++i) {
-    uint4 v = make_uint4(0, 0, 0, 0);
-    if (i * 32 < kvalid) v = __ldg(src + i);
-    w[4 * i] = v.x; w[4 * i + 1] = v.y; w[4 * i + 2] = v.z; w[4 * i + 3] = v.w;
-  }
-  constexpr int kBlocks = MX ? 4 : 8;  // scale blocks per chunk
-  float s[kBlocks];
-#pragma unroll
-  for (int b = 0; b < kBlocks; ++b) {
-    const int blk = c * kBlocks + b;
-    float v = 0.f;
-    if (blk < nblocks) {
-      uint32_t byte = p.a_sf[sf_offset(row, blk, pcol_tiles, p.a_sf_8x4 != 0)];
-      v = MX ? __uint_as_float(byte == 0 ? 0x00400000u : (byte == 255 ? 0x7FC00000u : byte << 23))
-             : e4m3_to_float(byte);
-    }
-    s[b] = v;
-  }
-  uint4* dst = reinterpret_cast<uint4*>(reinterpret_cast<__nv_bfloat16*>(p.act) + (size_t)row * kp_of(p.k) + c * kBK);
-#pragma unroll
-  for (int seg = 0; seg < 16; ++seg) {  // 8 logical positions (16 bytes) per store
-    uint32_t packed[4];
-#pragma unroll
-    for (int e = 0; e < 8; e += 2) {
-      float v2[2];
+  for (int q = 0; q < 4; ++q) {
+    float v[2] = {0.f, 0.f};
+    if (q * 32 < kvalid) {
+      const uint32_t w = __ldg(words + 4 * q + (s >> 1));
+      const int blk = MX ? c * 4 + q : c * 8 + 2 * q + (s >> 2);
+      const uint32_t byte = p.a_sf[sf_offset(row, blk, pcol_tiles, p.a_sf_8x4 != 0)];
+      const float sc = MX ? __uint_as_float(byte == 0 ? 0x00400000u : (byte == 255 ? 0x7FC00000u : byte << 23))
+                          : e4m3_to_float(byte);
 #pragma unroll
       for (int h = 0; h < 2; ++h) {
-        const int ph = phys_of_logical(seg * 8 + e + h);
-        const uint32_t code = (w[ph / 8] >> (4 * (ph % 8))) & 0xF;
-        const float mag = e2m1_magnitude(code) * s[ph / bs];
-        v2[h] = (code & 8) ? -mag : mag;
+        const uint32_t code = (w >> (sh0 + 16 * h)) & 0xF;
+        const float mag = e2m1_magnitude(code) * sc;
+        v[h] = (code & 8) ? -mag : mag;
       }
-      __nv_bfloat162 b2 = __floats2bfloat162_rn(v2[0], v2[1]);
-      packed[e / 2] = *reinterpret_cast<uint32_t*>(&b2);
     }
-    dst[seg] = make_uint4(packed[0], packed[1], packed[2], packed[3]);
+    __nv_bfloat162 b2 = __floats2bfloat162_rn(v[0], v[1]);
+    packed[q] = *reinterpret_cast<uint32_t*>(&b2);
   }
+  uint4* dst = reinterpret_cast<uint4*>(reinterpret_cast<__nv_bfloat16*>(p.act) + (size_t)row * kp_of(p.k) + c * kBK) + g;
+  *dst = make_uint4(packed[0], packed[1], packed[2], packed[3]);
 }
 
 // ---------------------------------------------------------------------------------------
@@ -280,7 +270,7 @@ struct Consumer {
   }
 };
 
-template <int TM, int BN, bool MX, int CL>
+template <int TM, int BN, bool MX, int CL, bool DEEP>
 __global__ void __launch_bounds__(kThreads, 1)
 fp4_gemm_kernel(const __grid_constant__ CUtensorMap tm_act, const __grid_constant__ CUtensorMap tm_w, Params p) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900 && defined(__CUDA_ARCH_FEAT_SM90_ALL)
@@ -402,6 +392,36 @@ fp4_gemm_kernel(const __grid_constant__ CUtensorMap tm_act, const __grid_constan
         for (int i = 0; i < 16; ++i) cute::warpgroup_fence_operand(fr[t][i]);
     };
 
+    if constexpr (DEEP) {
+      // Two batches in flight: stage `it` is issued before waiting for `it - step`, and the
+      // stage after next is decoded into the buffer that batch `it - step` has just released.
+      // Deadlock-free with >= 2 * step + 1 stages (the oldest held stage never waits on a newer one).
+      static_assert(TM <= 128, "3 fragment buffers + accumulators must fit 232 registers");
+      uint32_t g[3][2][16];
+      int it = first;
+      if (it < iters) wait_dequant(it, g[0]);
+      if (it + step < iters) wait_dequant(it + step, g[1]);
+#define FP4C_DEEP_STEP(CUR, PRV)                                            \
+      if (it >= iters) break;                                               \
+      issue(it, g[CUR]);                                                    \
+      if (it != first) {                                                    \
+        cute::warpgroup_wait<1>();                                          \
+        fence_frag(g[PRV]);                                                 \
+        release(it - step);                                                 \
+      }                                                                     \
+      if (it + 2 * step < iters) wait_dequant(it + 2 * step, g[PRV]);       \
+      it += step;
+      while (true) {
+        FP4C_DEEP_STEP(0, 2)
+        FP4C_DEEP_STEP(1, 0)
+        FP4C_DEEP_STEP(2, 1)
+      }
+#undef FP4C_DEEP_STEP
+      if (it != first) {
+        cute::warpgroup_wait<0>();
+        release(it - step);
+      }
+    } else {
     // Software pipeline: the next stage is decoded while this stage's wgmmas run.
     int it = first;
     if (it < iters) wait_dequant(it, f[0]);
@@ -419,6 +439,7 @@ fp4_gemm_kernel(const __grid_constant__ CUtensorMap tm_act, const __grid_constan
       fence_frag(f[1]);
       release(it);
       it += step;
+    }
     }
 
     if constexpr (BN == 64) {
@@ -529,12 +550,12 @@ static int make_map(CUtensorMap* map, CUtensorMapDataType dt, const void* base, 
   return r == CUDA_SUCCESS ? 0 : -2;
 }
 
-template <int TM, int BN, bool MX, int CL>
+template <int TM, int BN, bool MX, int CL, bool DEEP>
 static cudaError_t launch_gemm(const Params& p, cudaStream_t stream) {
   using S = Smem<TM, BN, MX>;
   static bool attr_set = false;  // per instantiation; setting it twice is harmless
   if (!attr_set) {
-    cudaError_t e = cudaFuncSetAttribute(fp4_gemm_kernel<TM, BN, MX, CL>, cudaFuncAttributeMaxDynamicSharedMemorySize, S::kBytes);
+    cudaError_t e = cudaFuncSetAttribute(fp4_gemm_kernel<TM, BN, MX, CL, DEEP>, cudaFuncAttributeMaxDynamicSharedMemorySize, S::kBytes);
     if (e != cudaSuccess) return e;
     attr_set = true;
   }
@@ -549,7 +570,7 @@ static cudaError_t launch_gemm(const Params& p, cudaStream_t stream) {
   const int gx = ((p.n + BN - 1) / BN + CL - 1) / CL * CL;  // whole clusters; extra CTAs store nothing
   dim3 grid(gx, (p.m + TM - 1) / TM, p.splits);
   if constexpr (CL == 1) {
-    fp4_gemm_kernel<TM, BN, MX, 1><<<grid, kThreads, S::kBytes, stream>>>(tm_act, tm_w, p);
+    fp4_gemm_kernel<TM, BN, MX, 1, DEEP><<<grid, kThreads, S::kBytes, stream>>>(tm_act, tm_w, p);
   } else {
     cudaLaunchConfig_t cfg = {};
     cfg.gridDim = grid;
@@ -563,7 +584,7 @@ static cudaError_t launch_gemm(const Params& p, cudaStream_t stream) {
     attr[0].val.clusterDim.z = 1;
     cfg.attrs = attr;
     cfg.numAttrs = 1;
-    cudaError_t e = cudaLaunchKernelEx(&cfg, fp4_gemm_kernel<TM, BN, MX, CL>, tm_act, tm_w, p);
+    cudaError_t e = cudaLaunchKernelEx(&cfg, fp4_gemm_kernel<TM, BN, MX, CL, DEEP>, tm_act, tm_w, p);
     if (e != cudaSuccess) return e;
   }
   return cudaGetLastError();
@@ -571,12 +592,13 @@ static cudaError_t launch_gemm(const Params& p, cudaStream_t stream) {
 
 template <int BN, bool MX, int CL>
 static cudaError_t dispatch_tm(const Params& p, cudaStream_t s) {
+  const bool d = p.deep != 0;
   switch (p.tm) {
-    case 16: return launch_gemm<16, BN, MX, CL>(p, s);
-    case 32: return launch_gemm<32, BN, MX, CL>(p, s);
-    case 64: return launch_gemm<64, BN, MX, CL>(p, s);
-    case 128: return launch_gemm<128, BN, MX, CL>(p, s);
-    case 256: return launch_gemm<256, BN, MX, CL>(p, s);
+    case 16: return d ? launch_gemm<16, BN, MX, CL, true>(p, s) : launch_gemm<16, BN, MX, CL, false>(p, s);
+    case 32: return d ? launch_gemm<32, BN, MX, CL, true>(p, s) : launch_gemm<32, BN, MX, CL, false>(p, s);
+    case 64: return d ? launch_gemm<64, BN, MX, CL, true>(p, s) : launch_gemm<64, BN, MX, CL, false>(p, s);
+    case 128: return d ? launch_gemm<128, BN, MX, CL, true>(p, s) : launch_gemm<128, BN, MX, CL, false>(p, s);
+    case 256: return d ? cudaErrorInvalidValue : launch_gemm<256, BN, MX, CL, false>(p, s);
     default: return cudaErrorInvalidValue;
   }
 }
@@ -594,7 +616,7 @@ static cudaError_t dispatch_cl(const Params& p, cudaStream_t s) {
 
 extern "C" {
 
-int fp4c_abi_version() { return 2; }
+int fp4c_abi_version() { return 3; }
 
 int fp4c_params_size() { return (int)sizeof(fp4c::Params); }
 
@@ -619,10 +641,10 @@ int fp4c_sm90_gemm(const fp4c::Params* pp, cudaStream_t stream) {
   const fp4c::Params& p = *pp;
   if (p.bn != 64 && p.bn != 128) return cudaErrorInvalidValue;
   const int chunks = fp4c::kp_of(p.k) / fp4c::kBK;
-  const long threads = (long)p.m * chunks;
-  const int blocks = (int)((threads + 127) / 128);
-  if (p.mx) fp4c::act_dequant_kernel<true><<<blocks, 128, 0, stream>>>(p);
-  else fp4c::act_dequant_kernel<false><<<blocks, 128, 0, stream>>>(p);
+  const long threads = (long)p.m * chunks * 16;
+  const int blocks = (int)((threads + 255) / 256);
+  if (p.mx) fp4c::act_dequant_kernel<true><<<blocks, 256, 0, stream>>>(p);
+  else fp4c::act_dequant_kernel<false><<<blocks, 256, 0, stream>>>(p);
   cudaError_t e = cudaGetLastError();
   if (e != cudaSuccess) return e;
   if (p.bn == 128) e = p.mx ? fp4c::dispatch_cl<128, true>(p, stream) : fp4c::dispatch_cl<128, false>(p, stream);
