@@ -5,6 +5,7 @@ interpreter cannot do bf16 arithmetic, so it checks the NVFP4 (fp16) path only. 
 tests cover both formats on hardware.
 """
 
+import dataclasses
 import importlib.util
 import os
 
@@ -16,8 +17,10 @@ if importlib.util.find_spec("triton") is None or torch.cuda.is_available():
 os.environ["TRITON_INTERPRET"] = "1"  # before fp4_triton.kernels is imported
 
 import fp4core  # noqa: E402
+from fp4core.layouts import padded_scale_shape  # noqa: E402
 from fp4core.reference import reference_mm, relative_error  # noqa: E402
-from fp4core.testing import canonical_operands  # noqa: E402
+from fp4core.testing import canonical_operands, check_backend, registered  # noqa: E402
+from fp4_triton.plugin import TritonBackend  # noqa: E402
 from fp4_triton.launch import launch  # noqa: E402
 
 # asm=0: the interpreter cannot run inline PTX (the GPU tests cover asm=1).
@@ -43,3 +46,40 @@ def test_interpreted_kernel_matches_reference(m, n, k, a8x4, tactic):
     launch(p, ops, {**BASE, **tactic}, out)
     err = relative_error(out, ref)
     assert err <= 1e-2, f"relative error {err:.3g} for {p.describe()} {tactic}"
+
+
+class InterpretedTriton(TritonBackend):
+    """The same hooks under another name, accepting CPU problems (run by the interpreter)."""
+
+    @fp4core.hookimpl
+    def backend_info(self):
+        return dataclasses.replace(super().backend_info(), name="triton-interpreted")
+
+    @fp4core.hookimpl
+    def supports(self, problem):
+        if problem.device.type != "cpu" or problem.fmt is not fp4core.Fp4Format.NVFP4:
+            return fp4core.Support.no("interpreter test: NVFP4 on the CPU only")
+        return fp4core.Support.yes()
+
+    @fp4core.hookimpl
+    def tactics(self, problem):
+        return [{**BASE, "bm": 32, "bn": 32}, {**BASE, "swap": 1, "split_k": 2},
+                {**BASE, "a16": 1, "bk": 128}]
+
+
+def test_check_backend_through_the_public_helpers():
+    # registered() + check_backend(): the path a plugin's GPU tests take, here on the CPU.
+    with registered(InterpretedTriton()):
+        results = check_backend("triton-interpreted", fp4core.make_problem(37, 70, 256, device="cpu"))
+        assert len(results) == 3 and all(r.error <= 1e-2 for r in results)
+        p = fp4core.make_problem(5, 64, 128, device="cpu")
+        out = fp4core.mm_fp4(*_flashinfer_args(p), backend="triton-interpreted")
+        assert out.shape == (5, 64)
+    assert "triton-interpreted" not in {s.name for s in fp4core.backends()}
+
+
+def _flashinfer_args(p):
+    """Canonical operands turned back into mm_fp4's FlashInfer-style arguments."""
+    ops = canonical_operands(p, seed=1)
+    b_sf = ops.b_scale.reshape(padded_scale_shape(p.n, p.k // p.block_size, "128x4"))
+    return ops.a, ops.b.T, ops.a_scale, b_sf.T, ops.alpha, p.out_dtype
