@@ -143,12 +143,23 @@ def _fake(name: str):
     return torch.library.register_fake(f"fp4core::{name}", lib=_lib)
 
 
+# Inference-only ops: quantization is a step function and the GEMM has no backward here. A
+# fallthrough Autograd kernel makes the outputs plain tensors (no grad_fn) at no per-call cost,
+# so AOT autograd under torch.compile never asks for a backward, even when an Fp4Linear's input
+# requires grad (e.g. behind a float Linear of a partly quantized model). The implementations
+# detach their float inputs so nothing inside them records a graph either.
+for _name in ("mm_fp4", "quantize_fp4"):
+    _lib.impl(_name, torch.library.fallthrough_kernel, "Autograd")
+
+
 # -- the GEMM op ------------------------------------------------------------------------------
 @_impl("mm_fp4")
 def _mm_fp4_op(a: torch.Tensor, a_descale: torch.Tensor, b: torch.Tensor, b_descale: torch.Tensor,
                alpha: Optional[torch.Tensor], out_dtype: torch.dtype, use_nvfp4: bool,
                use_8x4_sf_layout: bool, backend: str, weight_key: int) -> torch.Tensor:
     fmt = Fp4Format.from_flags(use_nvfp4)
+    if alpha is not None:
+        alpha = alpha.detach()
     if weight_key != _NO_WEIGHT:
         entry = _entries.get(weight_key)
         pw = None if entry is None else entry.resolve(b, b_descale, use_nvfp4, out_dtype,
@@ -208,6 +219,9 @@ def _quantize_op(x: torch.Tensor, fmt: str, sf_layout: str, global_scale: Option
                  auto_global_scale: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     f = Fp4Format(fmt)
     layout = SfLayout.parse(sf_layout)
+    x = x.detach()
+    if global_scale is not None:
+        global_scale = global_scale.detach()
     if x.is_cuda:
         from .kernels import quantize_kernels
         kernels = quantize_kernels()
@@ -234,21 +248,6 @@ def _quantize_fake(x, fmt, sf_layout, global_scale, auto_global_scale):
     _, pcol = padded_scale_shape(1, k // block, layout)
     return (x.new_empty((rows, k // 2), dtype=torch.uint8), x.new_empty((prow, pcol), dtype=torch.uint8),
             x.new_empty((1,), dtype=torch.float32))
-
-
-def _quantize_setup(ctx, inputs, output):
-    ctx.mark_non_differentiable(*output)
-
-
-def _quantize_backward(ctx, *grads):
-    return None, None, None, None, None
-
-
-# Quantization is a step function: no gradient flows through it. Saying so keeps autograd
-# (and AOT autograd under torch.compile) from asking mm_fp4 for a backward when the input of
-# an Fp4Linear requires grad (e.g. after a float Linear of a partly quantized model).
-torch.library.register_autograd("fp4core::quantize_fp4", _quantize_backward, setup_context=_quantize_setup,
-                                lib=_lib)
 
 
 def quantize_fp4(x: torch.Tensor, fmt: Fp4Format | str = "nvfp4",

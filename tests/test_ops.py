@@ -349,3 +349,14 @@ def test_cli_bench_quantize_runs_on_cpu(capsys):
     assert main(["bench", "--quantize", "--m", "3", "--k", "64"]) == 0
     out = capsys.readouterr().out
     assert "nvfp4-auto" in out and "mxfp4" in out and "torch-ref" in out
+
+
+def test_outputs_carry_no_autograd_graph():
+    """Inference-only ops: a grad-requiring input gives plain outputs (no backward is built)."""
+    x = torch.randn(5, 64, requires_grad=True)
+    q, sf, gs = fp4core.quantize_fp4(x * 2)
+    assert not (q.requires_grad or sf.requires_grad or gs.requires_grad)
+    _, w, _, _, b, bsf, _ = _operands(5, 32, 64)
+    alpha = (1.0 / (gs * fp4core.compute_global_scale(w))).requires_grad_()
+    out = ops.mm_fp4(q, b.T, sf, bsf.T, alpha)
+    assert not out.requires_grad and out.grad_fn is None
