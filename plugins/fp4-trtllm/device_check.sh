@@ -18,7 +18,7 @@ $PY -m pip install -q --no-deps --no-build-isolation -e . -e plugins/fp4-trtllm 
 $PY - <<'PY' 2>&1 | tee "$OUT/build.txt"
 import fp4core
 from fp4_trtllm import launcher
-print("library", fp4core.jit.build(launcher.LIB_NAME, [launcher.SOURCE], arch="sm_90a", flags=list(launcher.FLAGS)))
+print("library", fp4core.jit.build(launcher.LIB_NAME, list(launcher.SOURCES), arch="sm_90a", flags=list(launcher.FLAGS)))
 PY
 SO=$(ls ${FP4CORE_JIT_CACHE:-$HOME/.cache/fp4core/jit}/fp4_trtllm_gemv-*/libfp4_trtllm_gemv.so | head -1)
 cuobjdump -sass "$SO" > /tmp/sass.txt 2>&1 && \
@@ -26,7 +26,7 @@ cuobjdump -sass "$SO" > /tmp/sass.txt 2>&1 && \
   { echo "instruction mix, NVFP4 T=4 NT=1 kernel ($(wc -l < /tmp/k41.txt) lines)";
     grep -oE '^\s+/\*[0-9a-f]{4}\*/\s+[A-Z][A-Z0-9.]+' /tmp/k41.txt | awk '{print $2}' | sed 's/\..*//' | sort | uniq -c | sort -rn | head -24; } > "$OUT/sass-mix.txt"
 if [ "$MODE" != bench ]; then
-  timeout ${TEST_TIMEOUT:-120} $PY -m pytest -q -p no:cacheprovider --maxfail=10 plugins/fp4-trtllm/tests 2>&1 | tee "$OUT/tests.log" | tail -15
+  timeout ${TEST_TIMEOUT:-120} $PY -m pytest -q -p no:cacheprovider --maxfail=10 -m "${TEST_MARK:-gpu}" plugins/fp4-trtllm/tests 2>&1 | tee "$OUT/tests.log" | tail -15
   cat > /tmp/small_case.py <<'PY'
 import torch, fp4core
 from fp4core.synthetic import random_operands

@@ -2,7 +2,10 @@
 
 The library's C entry points take raw device pointers and the current stream, so nothing here
 touches torch's C++ ABI: ``fp4_trtllm_gemv(const Fp4GemvParams*, mx, t, nt, grid, stream)``
-launches, ``fp4_trtllm_occupancy(mx, t, nt, warps)`` says how many CTAs fit on one SM.
+launches the stream-K kernel, ``fp4_trtllm_occupancy(mx, t, nt, warps)`` says how many of its
+CTAs fit on one SM, ``fp4_trtllm_splitk(const Fp4SplitKParams*, mx, t, nt, stream)`` launches
+the split-K register-pipeline kernel (the first kernel of this plugin, kept as a tactic
+family: it is the faster one for some decode shapes).
 
 The kernel is a persistent stream-K grid: the work (activation block, group of W*T weight
 tiles, 64-wide K chunk) is cut into ``grid`` equal contiguous ranges, one per CTA, with grid =
@@ -22,6 +25,8 @@ import torch
 from fp4core import jit
 
 SOURCE = Path(__file__).parent / "csrc" / "fp4_gemv.cu"
+#: Both kernels, linked into one library: stream-K (fp4_gemv.cu) and split-K (fp4_splitk.cu).
+SOURCES = (SOURCE, Path(__file__).parent / "csrc" / "fp4_splitk.cu")
 LIB_NAME = "fp4_trtllm_gemv"
 ABI_VERSION = 2
 #: nvcc flags of the library (the build hook and ``library`` must agree: same JIT cache key).
@@ -39,6 +44,14 @@ class _Params(ctypes.Structure):
                  "groups", "mblocks")]
 
 
+class _SplitKParams(ctypes.Structure):
+    # Mirrors struct Fp4SplitKParams in csrc/fp4_splitk.cu.
+    _fields_ = [(name, ctypes.c_void_p) for name in
+                ("a", "a_sf", "b", "b_sf", "alpha", "out", "ws", "counters")] + \
+               [(name, ctypes.c_int) for name in
+                ("m", "n", "k", "a_sf_8x4", "a_sf_col_tiles", "out_fp16", "splits", "warps", "m_tiles")]
+
+
 def arch_for(capability: tuple[int, int]) -> str:
     """The nvcc target for a device: the 'a' variants on SM90/SM100/SM120, else plain."""
     major, minor = capability
@@ -49,10 +62,13 @@ def arch_for(capability: tuple[int, int]) -> str:
 @functools.lru_cache(maxsize=None)
 def library(arch: str) -> ctypes.CDLL:
     """The compiled kernel library for ``arch`` (built on first use, then from the cache)."""
-    lib = jit.load(LIB_NAME, [SOURCE], arch=arch, flags=list(FLAGS))
+    lib = jit.load(LIB_NAME, list(SOURCES), arch=arch, flags=list(FLAGS))
     lib.fp4_trtllm_gemv.restype = ctypes.c_int
     lib.fp4_trtllm_gemv.argtypes = [ctypes.POINTER(_Params), ctypes.c_int, ctypes.c_int,
                                     ctypes.c_int, ctypes.c_int, ctypes.c_void_p]
+    lib.fp4_trtllm_splitk.restype = ctypes.c_int
+    lib.fp4_trtllm_splitk.argtypes = [ctypes.POINTER(_SplitKParams), ctypes.c_int, ctypes.c_int,
+                                      ctypes.c_int, ctypes.c_void_p]
     lib.fp4_trtllm_occupancy.restype = ctypes.c_int
     lib.fp4_trtllm_occupancy.argtypes = [ctypes.c_int] * 4
     lib.fp4_trtllm_error_string.restype = ctypes.c_char_p
@@ -182,3 +198,33 @@ def launch(*, a: torch.Tensor, a_sf: torch.Tensor, w: torch.Tensor, w_sf: torch.
         raise RuntimeError(f"fp4-trtllm kernel launch failed: CUDA error {err} "
                            f"({lib.fp4_trtllm_error_string(err).decode()}) for m={m} n={n} k={k} "
                            f"t={t} warps={warps} ctas={ctas} grid={grid}")
+
+
+def splitk_grid(m: int, n: int, t: int, warps: int, splits: int) -> tuple[int, int, int]:
+    """(CTAs along N, splits, activation passes) of a split-K launch."""
+    m_tiles = math.ceil(n / 16)
+    return math.ceil(m_tiles / (warps * t)), splits, math.ceil(m / (8 * nt_for(m)))
+
+
+def launch_splitk(*, a: torch.Tensor, a_sf: torch.Tensor, w: torch.Tensor, w_sf: torch.Tensor,
+                  alpha: torch.Tensor | None, out: torch.Tensor, m: int, n: int, k: int, mx: bool,
+                  a_sf_8x4: bool, a_sf_cols: int, t: int, warps: int, splits: int) -> None:
+    """Launch the split-K register-pipeline kernel (same arguments as ``launch``; ``splits``
+    CTAs share each tile of rows, the last to arrive sums their partials in split order)."""
+    index = out.device.index
+    lib = _device_lib(index)
+    nt = nt_for(m)
+    m_tiles = (n + 15) // 16
+    ws = cnt = None
+    if splits > 1:
+        gx, _, gz = splitk_grid(m, n, t, warps, splits)
+        ws, cnt = workspace(out.device).ensure(gx * splits * gz * warps * t * nt * 128, gx * gz)
+    p = _SplitKParams(a.data_ptr(), a_sf.data_ptr(), w.data_ptr(), w_sf.data_ptr(),
+                      alpha.data_ptr() if alpha is not None else None, out.data_ptr(), ws, cnt,
+                      m, n, k, int(a_sf_8x4), a_sf_cols // 4, int(out.dtype == torch.float16),
+                      splits, warps, m_tiles)
+    err = lib.fp4_trtllm_splitk(ctypes.byref(p), int(mx), t, nt, _raw_stream(index))
+    if err != 0:
+        raise RuntimeError(f"fp4-trtllm split-K kernel launch failed: CUDA error {err} "
+                           f"({lib.fp4_trtllm_error_string(err).decode()}) for m={m} n={n} k={k} "
+                           f"t={t} warps={warps} splits={splits}")

@@ -28,14 +28,33 @@ def _have_nvcc() -> bool:
     return jit.nvcc_path() is not None
 
 
-#: (tiles of 16 rows per warp, warps per CTA) worth timing per activation pass size NT, best
-#: guess first. Up to NT = 2 a warp streams 4 (or 8) tiles per activation fragment load;
-#: CTAs of 1-2 warps never wait on one another at the per-stage barriers; NT = 8 has no
-#: registers for 4 tiles. t = 1 makes small groups so small N still spreads over the SMs.
-_SHAPES = {1: [(4, 4), (4, 2), (4, 1), (8, 1), (2, 8), (1, 4)],
-           2: [(4, 4), (4, 2), (4, 1), (8, 1), (2, 8), (1, 4)],
-           4: [(2, 4), (2, 8), (4, 4), (4, 2), (1, 4)],
-           8: [(2, 4), (2, 8), (1, 8), (2, 2), (1, 4)]}
+#: Stream-K kernel: (tiles of 16 rows per warp, warps per CTA) worth timing per activation
+#: pass size NT, best guess first. Up to NT = 2 a warp streams 4 tiles per activation
+#: fragment load; CTAs of 1-2 warps never wait on one another at the per-stage barriers;
+#: NT = 8 has no registers for 4 tiles; t = 1 makes small groups for small N.
+_STREAMK = {1: [(4, 4), (4, 2), (4, 1), (2, 8)],
+            2: [(4, 4), (4, 2), (4, 1), (2, 8)],
+            4: [(2, 4), (2, 8), (4, 2), (1, 4)],
+            8: [(2, 4), (2, 8), (1, 8), (1, 4)]}
+#: Split-K register-pipeline kernel: (t, warps) per NT (measured on H100 with the first
+#: version of this plugin); the split count follows from the grid (``_auto_splits``).
+_SPLITK = {1: [(4, 4), (2, 8), (2, 4)], 2: [(2, 4), (4, 4)], 4: [(2, 4), (1, 4)], 8: [(1, 4), (2, 4)]}
+
+
+def _auto_splits(problem: Problem, t: int, warps: int, ctas_per_sm: int = 3) -> int:
+    """Split K until the split-K grid fills the SMs about ``ctas_per_sm`` times over, keeping
+    at least 4 chunks (256 values of K) per split."""
+    gx, _, gz = launcher.splitk_grid(problem.m or 1, problem.n, t, warps, 1)
+    chunks = problem.k // CHUNK_K
+    want = _sm_count(problem.device.index) * ctas_per_sm
+    return max(1, min(max(1, chunks // 4), round(want / (gx * gz))))
+
+
+@functools.lru_cache(maxsize=None)
+def _sm_count(index: int | None) -> int:
+    if index is None or not torch.cuda.is_available():
+        return 132
+    return torch.cuda.get_device_properties(index).multi_processor_count
 
 
 class TrtllmBackend:
@@ -45,7 +64,7 @@ class TrtllmBackend:
     def backend_info(self) -> BackendInfo:
         return BackendInfo(
             name="trtllm", version=__version__, package="fp4-trtllm",
-            description="swap-AB stream-K mma.sync kernel for small M (decode), prepared weight",
+            description="swap-AB mma.sync kernels (stream-K, split-K) for small M (decode), prepared weight",
             targets=("sm80", "sm90a", "sm100a", "sm120a"), verified=("sm90a",),
             priority={"decode": 50, "small": 30, "medium": -10},
             needs_prepare=True)
@@ -78,12 +97,19 @@ class TrtllmBackend:
 
     @hookimpl
     def tactics(self, problem: Problem) -> list[dict]:
-        """``{"t": tiles of 16 rows per warp, "warps": per CTA, "ctas": CTAs per SM of the
-        persistent grid (0 = as many as fit)}``, best guess first."""
+        """Best guess first. Stream-K: ``{"kernel": "streamk", "t": tiles of 16 rows per warp,
+        "warps": per CTA, "ctas": CTAs per SM of the persistent grid (0 = as many as fit)}``;
+        split-K: ``{"kernel": "splitk", "t", "warps", "split_k": CTAs per tile of rows}``.
+        Split-K leads up to M = 16 (measured faster there on H100), stream-K above."""
         nt = launcher.nt_for(problem.m or 1)
-        out = [{"t": t, "warps": w, "ctas": 0} for t, w in _SHAPES[nt]]
-        out.append({**out[0], "ctas": 1})  # one CTA per SM: fewer, longer K streams
-        return out
+        sk = [{"kernel": "streamk", "t": t, "warps": w, "ctas": 0} for t, w in _STREAMK[nt]]
+        sk.append({**sk[0], "ctas": 1})  # one CTA per SM: fewer, longer K streams
+        sp = []
+        for t, w in _SPLITK[nt]:
+            s = _auto_splits(problem, t, w)
+            for splits in sorted({s, max(1, s // 2)}, reverse=True):
+                sp.append({"kernel": "splitk", "t": t, "warps": w, "split_k": splits})
+        return sp + sk if nt <= 2 else sk + sp
 
     @hookimpl
     def build(self, archs: list[str], progress: bool) -> list[str]:
@@ -93,7 +119,7 @@ class TrtllmBackend:
         for arch in archs:
             if int(re.match(r"sm_(\d+)", arch).group(1)) < 80:
                 continue
-            path = jit.build(launcher.LIB_NAME, [launcher.SOURCE], arch=arch,
+            path = jit.build(launcher.LIB_NAME, list(launcher.SOURCES), arch=arch,
                              flags=list(launcher.FLAGS), progress=progress)
             lines.append(f"{launcher.LIB_NAME} {arch}: {path}")
         return lines
@@ -109,10 +135,15 @@ class TrtllmBackend:
         t = tactic.get("t", 4)
         warps = tactic.get("warps", 4)
         if t > 2 and problem.m > 32:
-            t = 2  # the kernel has no t=4 variant for 64-row activation passes
+            t = 2  # neither kernel has a t=4 variant for 64-row activation passes
         cols = problem.k // problem.block_size
-        launcher.launch(
-            a=operands.a, a_sf=operands.a_scale, w=operands.b, w_sf=operands.b_scale,
-            alpha=operands.alpha, out=out, m=problem.m, n=problem.n, k=problem.k,
-            mx=problem.fmt is Fp4Format.MXFP4, a_sf_8x4=problem.a_sf_layout is SfLayout.layout_8x4,
-            a_sf_cols=(cols + 3) // 4 * 4, t=t, warps=warps, ctas=tactic.get("ctas", 0))
+        args = dict(a=operands.a, a_sf=operands.a_scale, w=operands.b, w_sf=operands.b_scale,
+                    alpha=operands.alpha, out=out, m=problem.m, n=problem.n, k=problem.k,
+                    mx=problem.fmt is Fp4Format.MXFP4,
+                    a_sf_8x4=problem.a_sf_layout is SfLayout.layout_8x4,
+                    a_sf_cols=(cols + 3) // 4 * 4, t=t, warps=warps)
+        if tactic.get("kernel", "streamk") == "splitk":
+            splits = tactic.get("split_k", 0) or _auto_splits(problem, t, warps)
+            launcher.launch_splitk(**args, splits=max(1, min(splits, problem.k // CHUNK_K)))
+        else:
+            launcher.launch(**args, ctas=tactic.get("ctas", 0))

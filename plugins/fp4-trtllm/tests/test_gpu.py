@@ -50,7 +50,7 @@ def test_every_tactic_exact(m, n, k, nv, e8):
     problem = _problem(m, n, k, nv, e8)
     gen = torch.Generator(device="cuda").manual_seed(m * 7919 + n + k + nv + 2 * e8)
     ops = random_operands(problem, device="cuda", generator=gen)
-    for tactic in be.tactics(problem) + [{"t": 1, "warps": 8, "ctas": 1}]:
+    for tactic in be.tactics(problem) + [{"kernel": "streamk", "t": 1, "warps": 8, "ctas": 1}]:
         _check(be, problem, ops, tactic)
 
 

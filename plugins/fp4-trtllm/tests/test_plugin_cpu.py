@@ -54,11 +54,19 @@ def test_tactics_are_json_and_valid(m):
     p = fp4core.make_problem(m, 8192, 8192, device=H100)
     tacs = TrtllmBackend().tactics(p)
     assert tacs and json.loads(json.dumps(tacs)) == tacs
+    kinds = {t["kernel"] for t in tacs}
+    assert kinds == {"streamk", "splitk"}, tacs
     for t in tacs:
-        assert set(t) == {"t", "warps", "ctas"}, t
-        assert t["t"] in (1, 2, 4, 8) and t["warps"] in (1, 2, 4, 8) and t["ctas"] >= 0
+        if t["kernel"] == "streamk":
+            assert set(t) == {"kernel", "t", "warps", "ctas"}, t
+            assert t["t"] in (1, 2, 4, 8) and t["warps"] in (1, 2, 4, 8) and t["ctas"] >= 0
+        else:
+            assert set(t) == {"kernel", "t", "warps", "split_k"}, t
+            assert t["t"] in (1, 2, 4) and 1 <= t["warps"] <= 8 and t["split_k"] >= 1
         if launcher.nt_for(m) == 8:
             assert t["t"] <= 2
+    # split-K (measured faster at M <= 16) leads up to 16 rows, stream-K above
+    assert tacs[0]["kernel"] == ("splitk" if m <= 16 else "streamk")
     assert len({json.dumps(t, sort_keys=True) for t in tacs}) == len(tacs)  # no duplicates
 
 
@@ -70,10 +78,19 @@ def test_arch_for():
 
 @needs_nvcc
 @pytest.mark.parametrize("arch", ["sm_90a", "sm_100a", "sm_80"])
-def test_cuda_source_compiles(arch, tmp_path, monkeypatch):
+@pytest.mark.parametrize("source", launcher.SOURCES, ids=lambda p: p.name)
+def test_cuda_source_compiles(arch, source, tmp_path, monkeypatch):
     monkeypatch.setenv(jit.ENV_CACHE, str(tmp_path))
-    obj = jit.build("fp4_trtllm_check", [launcher.SOURCE], arch=arch, kind="object", progress=False)
+    obj = jit.build("fp4_trtllm_check", [source], arch=arch, kind="object", progress=False)
     assert obj.stat().st_size > 10000
+
+
+def test_build_hook_skips_old_archs_and_names_the_library(monkeypatch):
+    built = []
+    monkeypatch.setattr(jit, "build", lambda name, srcs, **kw: built.append((name, kw["arch"])) or f"/x/{kw['arch']}.so")
+    lines = TrtllmBackend().build(["sm_75", "sm_90a", "sm_100a"], False)
+    assert built == [(launcher.LIB_NAME, "sm_90a"), (launcher.LIB_NAME, "sm_100a")]
+    assert len(lines) == 2 and "sm_90a" in lines[0]
 
 
 def _ranges(units, grid):

@@ -1,0 +1,337 @@
+// fp4-trtllm: the split-K register-pipeline kernel (the plugin's first kernel, kept as a
+// tactic family beside the stream-K kernel of fp4_gemv.cu: on H100 it is the faster one at
+// M <= 8 on 8192-wide layers). Swap-AB streaming GEMM for small M, NVFP4 and MXFP4, SM80+.
+//
+// out (M, N) = alpha * dequant(A) (M, K) @ dequant(B)^T, B = the weight (N, K).
+//
+// Swap-AB: the weight's N rows are the M side of mma.sync m16n8k16 (16 weight rows per
+// MMA), the activations' M rows are its N side (8 per MMA). Each warp owns T tiles of 16
+// weight rows and walks K in chunks of 64; every lane holds, per tile and chunk, 16 FP4
+// values of row g and 16 of row g+8 (g = lane / 4) over the same 16 k's, which is exactly
+// one 16-byte load in the layout prepare() makes (see fp4_trtllm/layout.py). The k's inside
+// one MMA are a permutation we choose freely as long as A and B use the same one: lane t
+// (= lane % 4) covers k = 16t..16t+15 of the chunk in 4 MMA steps, so its activation values
+// are one 8-byte load of row m of A, and one scale byte per row covers all its values.
+//
+// Dequantization is exact in registers: E2M1 codes go through a byte-permute lookup table
+// (prmt) to fp16 (NVFP4) or bf16 (MXFP4) bit patterns and are multiplied by the block scale
+// (E4M3 -> fp16 or E8M0 -> bf16, both exact for every product code * scale). NVFP4 uses
+// fp16 MMAs because E2M1 x E4M3 is exact in fp16 and fp16 needs no low byte in the table;
+// MXFP4 needs bf16's exponent range. Accumulation is fp32.
+//
+// Split-K: gridDim.y CTAs share one tile of rows; each writes its fp32 partial to a
+// workspace, and the last to arrive (an integer counter per tile, reset by that CTA) sums
+// the partials in split order 0..S-1, so the result is bit-identical run to run.
+#include <cuda_runtime.h>
+#include <cuda_fp16.h>
+#include <cuda_bf16.h>
+#include <stdint.h>
+
+#include "fp4_decode.cuh"
+
+extern "C" {
+// Must match fp4_trtllm/launcher.py (_SplitKParams).
+struct Fp4SplitKParams {
+    const uint8_t* a;      // (M, K/2) packed E2M1, row-major
+    const uint8_t* a_sf;   // A's scale bytes, 128x4 or 8x4 layout
+    const uint8_t* b;      // prepared weight: [m_tile][chunk][lane][16 B]
+    const uint8_t* b_sf;   // prepared scales: [m_tile][chunk][lane or lane/2][2 B]
+    const float* alpha;    // one float, or null for 1
+    void* out;             // (M, N) bf16 or fp16, row-major
+    float* ws;             // split-K partials (splits > 1)
+    int* counters;         // split-K arrival counters, zero between launches
+    int m, n, k;
+    int a_sf_8x4;          // A scale layout: 0 = 128x4, 1 = 8x4
+    int a_sf_col_tiles;    // padded scale columns / 4
+    int out_fp16;          // 0 = bf16 output, 1 = fp16
+    int splits;            // gridDim.y
+    int warps;             // warps per CTA
+    int m_tiles;           // ceil(N / 16): tiles of weight rows
+};
+}
+
+namespace {
+
+// The weight is read once: keep it out of L1.
+__device__ __forceinline__ uint4 ld_stream(const uint4* p) {
+    uint4 v;
+    asm volatile("ld.global.nc.L1::no_allocate.v4.u32 {%0, %1, %2, %3}, [%4];"
+                 : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w) : "l"(p));
+    return v;
+}
+
+__device__ __forceinline__ uint32_t ld_u16(const uint16_t* p) {
+    unsigned short v;
+    asm volatile("ld.global.nc.u16 %0, [%1];" : "=h"(v) : "l"(p));
+    return v;
+}
+
+// Raw bytes of one chunk (64 k's) for one lane: T weight tiles and NT activation tiles.
+template <int T, int NT>
+struct Stage {
+    uint4 w[T];         // 8 bytes of row g, 8 bytes of row g+8
+    uint32_t wsf[T];    // scale bytes of row g (low) and g+8
+    uint2 a[NT];        // 8 bytes of activation row 8j+g
+    uint32_t asf[NT];   // its scale byte
+};
+
+template <bool MX, int T, int NT>
+__device__ __forceinline__ void compute(const Stage<T, NT>& st, float (&acc)[T][NT][4], const Tables& tb) {
+    uint32_t av[NT][8];
+#pragma unroll
+    for (int j = 0; j < NT; ++j) {
+        uint32_t r[4];
+        // st.asf[j] is the scale byte, or 0x100 for a row past M: its value is forced to 0.
+        const uint32_t s = st.asf[j] > 0xFFu ? 0u : bcast(scales2<MX>(st.asf[j]), true);
+        decode_word<MX>(st.a[j].x, r, tb);
+#pragma unroll
+        for (int q = 0; q < 4; ++q) av[j][q] = mul2<MX>(r[q], s);
+        decode_word<MX>(st.a[j].y, r, tb);
+#pragma unroll
+        for (int q = 0; q < 4; ++q) av[j][4 + q] = mul2<MX>(r[q], s);
+    }
+#pragma unroll
+    for (int i = 0; i < T; ++i) {
+        uint32_t lo[8], hi[8];  // rows g and g+8, 16 values each
+        uint32_t r[4];
+        const uint32_t both = scales2<MX>(st.wsf[i]);
+        const uint32_t s_lo = bcast(both, true), s_hi = bcast(both, false);
+        decode_word<MX>(st.w[i].x, r, tb);
+#pragma unroll
+        for (int q = 0; q < 4; ++q) lo[q] = mul2<MX>(r[q], s_lo);
+        decode_word<MX>(st.w[i].y, r, tb);
+#pragma unroll
+        for (int q = 0; q < 4; ++q) lo[4 + q] = mul2<MX>(r[q], s_lo);
+        decode_word<MX>(st.w[i].z, r, tb);
+#pragma unroll
+        for (int q = 0; q < 4; ++q) hi[q] = mul2<MX>(r[q], s_hi);
+        decode_word<MX>(st.w[i].w, r, tb);
+#pragma unroll
+        for (int q = 0; q < 4; ++q) hi[4 + q] = mul2<MX>(r[q], s_hi);
+#pragma unroll
+        for (int s = 0; s < 4; ++s) {
+            // A fragment: {row g, slots 2t..}, {row g+8, 2t..}, {row g, 2t+8..}, {row g+8, 2t+8..};
+            // slot pair 2t.. is value register 2s of the lane's 16 k's, 2t+8.. is 2s+1.
+            const uint32_t afrag[4] = {lo[2 * s], hi[2 * s], lo[2 * s + 1], hi[2 * s + 1]};
+#pragma unroll
+            for (int j = 0; j < NT; ++j) mma<MX>(acc[i][j], afrag, av[j][2 * s], av[j][2 * s + 1]);
+        }
+    }
+}
+
+template <bool MX, int T, int NT, int STAGES>
+__global__ void __launch_bounds__(256, (T * NT <= 2) ? 2 : 1) fp4_splitk_kernel(const Fp4SplitKParams p) {
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    const int g = lane >> 2, t = lane & 3;
+    const int chunks = p.k >> 6;
+    const int c_begin = (int)((long long)chunks * blockIdx.y / p.splits);
+    const int c_end = (int)((long long)chunks * (blockIdx.y + 1) / p.splits);
+    const int tile0 = (blockIdx.x * p.warps + warp) * T;
+    const int m0 = blockIdx.z * (8 * NT);
+
+    const uint4* wp[T];
+    const uint16_t* sp[T];
+    bool wvalid[T];
+#pragma unroll
+    for (int i = 0; i < T; ++i) {
+        const int tile = tile0 + i;
+        wvalid[i] = tile < p.m_tiles;  // warp-uniform
+        const size_t blk = (size_t)(wvalid[i] ? tile : 0) * chunks;
+        wp[i] = reinterpret_cast<const uint4*>(p.b) + blk * 32 + lane;
+        sp[i] = reinterpret_cast<const uint16_t*>(p.b_sf) + blk * (MX ? 16 : 32) + (MX ? lane >> 1 : lane);
+    }
+    const uint2* ap[NT];
+    int sf_base[NT];
+    bool avalid[NT];
+    const int tile_bytes = p.a_sf_8x4 ? 32 : 512;
+#pragma unroll
+    for (int j = 0; j < NT; ++j) {
+        const int m = m0 + 8 * j + g;
+        avalid[j] = m < p.m;
+        const int mm = avalid[j] ? m : 0;
+        ap[j] = reinterpret_cast<const uint2*>(p.a + (size_t)mm * (p.k >> 1)) + t;
+        const int row_base = p.a_sf_8x4
+            ? (mm >> 3) * p.a_sf_col_tiles * 32 + (mm & 7) * 4
+            : (mm >> 7) * p.a_sf_col_tiles * 512 + (mm & 31) * 16 + ((mm >> 5) & 3) * 4;
+        sf_base[j] = row_base + (MX ? (t >> 1) : t);
+    }
+
+    // Loads are unconditional: a weight tile past N reads tile 0 (never stored), an
+    // activation row past M reads row 0 with its scale replaced by zero (0x100 marker).
+    // Chunks are loaded in increasing order, once each, so the addresses just advance.
+#pragma unroll
+    for (int i = 0; i < T; ++i) {
+        wp[i] += (size_t)c_begin * 32;
+        sp[i] += (size_t)c_begin * (MX ? 16 : 32);
+    }
+#pragma unroll
+    for (int j = 0; j < NT; ++j) ap[j] += (size_t)c_begin * 4;
+    // A's scale offset for chunk c: NVFP4 block 4c + t -> c * tile; MXFP4 block 2c + t/2 ->
+    // (c/2) * tile + 2 (c % 2). Tracked as (c/2 or c) * tile plus the parity part.
+    int sf_off = MX ? (c_begin >> 1) * tile_bytes + ((c_begin & 1) << 1) : c_begin * tile_bytes;
+    const Tables tb = Tables::make<MX>(p.m);
+    auto load = [&](Stage<T, NT>& st, int c) {
+#pragma unroll
+        for (int i = 0; i < T; ++i) {
+            st.w[i] = ld_stream(wp[i]);
+            st.wsf[i] = ld_u16(sp[i]);
+            wp[i] += 32;
+            sp[i] += MX ? 16 : 32;
+        }
+#pragma unroll
+        for (int j = 0; j < NT; ++j) {
+            st.a[j] = __ldg(ap[j]);
+            ap[j] += 4;
+            st.asf[j] = avalid[j] ? (uint32_t)__ldg(p.a_sf + sf_base[j] + sf_off) : 0x100u;
+        }
+        sf_off += MX ? ((c & 1) ? tile_bytes - 2 : 2) : tile_bytes;
+    };
+
+    float acc[T][NT][4];
+#pragma unroll
+    for (int i = 0; i < T; ++i)
+#pragma unroll
+        for (int j = 0; j < NT; ++j)
+#pragma unroll
+            for (int r = 0; r < 4; ++r) acc[i][j][r] = 0.f;
+
+    // Register pipeline: STAGES chunks in flight per lane; a stage is refilled with the chunk
+    // STAGES ahead right after it is consumed (the other STAGES-1 loads cover the latency).
+    Stage<T, NT> stages[STAGES];
+#pragma unroll
+    for (int s = 0; s < STAGES; ++s)
+        if (c_begin + s < c_end) load(stages[s], c_begin + s);
+    for (int c = c_begin; c < c_end; c += STAGES) {
+#pragma unroll
+        for (int s = 0; s < STAGES; ++s) {
+            if (c + s < c_end) {
+                compute<MX, T, NT>(stages[s], acc, tb);
+                if (c + s + STAGES < c_end) load(stages[s], c + s + STAGES);
+            }
+        }
+    }
+
+    const float alpha = p.alpha ? __ldg(p.alpha) : 1.0f;
+    auto store = [&](float (&v)[T][NT][4]) {
+#pragma unroll
+        for (int i = 0; i < T; ++i) {
+            if (!wvalid[i]) continue;
+#pragma unroll
+            for (int j = 0; j < NT; ++j)
+#pragma unroll
+                for (int r = 0; r < 4; ++r) {
+                    const int n = (tile0 + i) * 16 + g + ((r & 2) ? 8 : 0);
+                    const int m = m0 + 8 * j + 2 * t + (r & 1);
+                    if (n < p.n && m < p.m) {
+                        const float x = v[i][j][r] * alpha;
+                        const size_t idx = (size_t)m * p.n + n;
+                        if (p.out_fp16) reinterpret_cast<__half*>(p.out)[idx] = __float2half_rn(x);
+                        else reinterpret_cast<__nv_bfloat16*>(p.out)[idx] = __float2bfloat16_rn(x);
+                    }
+                }
+        }
+    };
+
+    if (p.splits == 1) {
+        store(acc);
+        return;
+    }
+    // Split-K: partials in fragment order, so every lane writes and reads float4s.
+    const int tile_id = blockIdx.z * gridDim.x + blockIdx.x;
+    const size_t frag = (size_t)T * NT * 32;
+    float4* ws = reinterpret_cast<float4*>(p.ws);
+    const size_t base = ((size_t)tile_id * p.splits * p.warps + warp) * frag + lane;
+    const size_t split_stride = (size_t)p.warps * frag;
+#pragma unroll
+    for (int i = 0; i < T; ++i)
+#pragma unroll
+        for (int j = 0; j < NT; ++j)
+            __stcg(ws + base + blockIdx.y * split_stride + (i * NT + j) * 32,
+                   make_float4(acc[i][j][0], acc[i][j][1], acc[i][j][2], acc[i][j][3]));
+    __threadfence();
+    __syncthreads();
+    __shared__ int is_last;
+    if (threadIdx.x == 0) is_last = atomicAdd(p.counters + tile_id, 1) == p.splits - 1;
+    __syncthreads();
+    if (!is_last) return;
+    __threadfence();
+    float sum[T][NT][4];
+#pragma unroll
+    for (int i = 0; i < T; ++i)
+#pragma unroll
+        for (int j = 0; j < NT; ++j)
+#pragma unroll
+            for (int r = 0; r < 4; ++r) sum[i][j][r] = 0.f;
+    // Fixed order s = 0, 1, ... (deterministic), with the loads of 4 splits issued before
+    // their adds so the reduction costs a few L2 round trips instead of one per split.
+    constexpr int R = 4;
+    for (int s0 = 0; s0 < p.splits; s0 += R) {
+        float4 v[R][T][NT];
+#pragma unroll
+        for (int u = 0; u < R; ++u)
+#pragma unroll
+            for (int i = 0; i < T; ++i)
+#pragma unroll
+                for (int j = 0; j < NT; ++j)
+                    v[u][i][j] = s0 + u < p.splits
+                        ? __ldcg(ws + base + (s0 + u) * split_stride + (i * NT + j) * 32)
+                        : make_float4(0.f, 0.f, 0.f, 0.f);
+#pragma unroll
+        for (int u = 0; u < R; ++u)
+#pragma unroll
+            for (int i = 0; i < T; ++i)
+#pragma unroll
+                for (int j = 0; j < NT; ++j) {
+                    // Adding the +0 of a missing split leaves every sum bit-identical.
+                    sum[i][j][0] += v[u][i][j].x; sum[i][j][1] += v[u][i][j].y;
+                    sum[i][j][2] += v[u][i][j].z; sum[i][j][3] += v[u][i][j].w;
+                }
+    }
+    store(sum);
+    if (threadIdx.x == 0) p.counters[tile_id] = 0;  // every CTA of this tile has arrived
+}
+
+template <bool MX, int T, int NT>
+cudaError_t launch(const Fp4SplitKParams& p, cudaStream_t stream) {
+    // Fewer chunks in flight where the tile needs more registers.
+    constexpr int STAGES = (T * NT <= 4) ? 3 : 2;
+    dim3 grid((p.m_tiles + p.warps * T - 1) / (p.warps * T), p.splits, (p.m + 8 * NT - 1) / (8 * NT));
+    fp4_splitk_kernel<MX, T, NT, STAGES><<<grid, 32 * p.warps, 0, stream>>>(p);
+    return cudaGetLastError();
+}
+
+template <bool MX, int T>
+cudaError_t dispatch_nt(const Fp4SplitKParams& p, int nt, cudaStream_t s) {
+    switch (nt) {
+        case 1: return launch<MX, T, 1>(p, s);
+        case 2: return launch<MX, T, 2>(p, s);
+        case 4: return launch<MX, T, 4>(p, s);
+        case 8: if (T <= 2) return launch<MX, (T <= 2 ? T : 2), 8>(p, s); break;
+    }
+    return cudaErrorInvalidValue;
+}
+
+template <bool MX>
+cudaError_t dispatch_t(const Fp4SplitKParams& p, int t, int nt, cudaStream_t s) {
+    switch (t) {
+        case 1: return dispatch_nt<MX, 1>(p, nt, s);
+        case 2: return dispatch_nt<MX, 2>(p, nt, s);
+        case 4: return dispatch_nt<MX, 4>(p, nt, s);
+    }
+    return cudaErrorInvalidValue;
+}
+
+}  // namespace
+
+extern "C" {
+
+// Launch on `stream`. mx: 0 NVFP4, 1 MXFP4; t: weight tiles (16 rows) per warp, 1/2/4;
+// nt: activation tiles (8 rows) per CTA, 1/2/4/8 (8 only with t <= 2). Returns a
+// cudaError_t (0 = launched).
+int fp4_trtllm_splitk(const Fp4SplitKParams* p, int mx, int t, int nt, void* stream) {
+    if (p->warps < 1 || p->warps > 8 || p->splits < 1 || (p->k & 63) || p->m < 1 || p->n < 1)
+        return (int)cudaErrorInvalidValue;
+    cudaStream_t s = reinterpret_cast<cudaStream_t>(stream);
+    return (int)(mx ? dispatch_t<true>(*p, t, nt, s) : dispatch_t<false>(*p, t, nt, s));
+}
+}
