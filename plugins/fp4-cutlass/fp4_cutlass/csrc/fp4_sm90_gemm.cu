@@ -157,26 +157,27 @@ __global__ void __launch_bounds__(256) act_dequant_kernel(Params p) {
   const int nblocks = p.k / bs;
   const int pcol_tiles = (nblocks + 3) / 4;
   const uint32_t* words = reinterpret_cast<const uint32_t*>(p.a + (size_t)row * (p.k / 2) + c * kBKBytes);
-  const int sh0 = 4 * (2 * (s & 1) + pp);
+  const int sh0 = 4 * (2 * (s & 1) + pp);  // nibble pair (j, j + 4) of each word, j = sh0 / 4
   uint32_t packed[4];
 #pragma unroll
   for (int q = 0; q < 4; ++q) {
-    float v[2] = {0.f, 0.f};
+    uint32_t v2 = 0;  // past K (tail half-chunk): zeros
     if (q * 32 < kvalid) {
-      const uint32_t w = __ldg(words + 4 * q + (s >> 1));
+      const uint32_t t = __ldg(words + 4 * q + (s >> 1)) >> sh0;
+      const uint32_t raw = ((t << 6) & 0x01C001C0u) | ((t << 12) & 0x80008000u);  // as decode_word
       const int blk = MX ? c * 4 + q : c * 8 + 2 * q + (s >> 2);
       const uint32_t byte = p.a_sf[sf_offset(row, blk, pcol_tiles, p.a_sf_8x4 != 0)];
-      const float sc = MX ? __uint_as_float(byte == 0 ? 0x00400000u : (byte == 255 ? 0x7FC00000u : byte << 23))
-                          : e4m3_to_float(byte);
-#pragma unroll
-      for (int h = 0; h < 2; ++h) {
-        const uint32_t code = (w >> (sh0 + 16 * h)) & 0xF;
-        const float mag = e2m1_magnitude(code) * sc;
-        v[h] = (code & 8) ? -mag : mag;
+      uint32_t sb;
+      if constexpr (MX) {
+        sb = e8m0_bf16_bits(byte);
+      } else {
+        __nv_bfloat16 h = __float2bfloat16_rn(e4m3_to_float(byte));  // exact
+        sb = *reinterpret_cast<uint16_t*>(&h);
       }
+      // raw * 2^126 is the exact E2M1 value; times the scale is exact in bf16 (<= 5 significant bits).
+      v2 = bmul2(bmul2(raw, 0x7E807E80u), sb | (sb << 16));
     }
-    __nv_bfloat162 b2 = __floats2bfloat162_rn(v[0], v[1]);
-    packed[q] = *reinterpret_cast<uint32_t*>(&b2);
+    packed[q] = v2;
   }
   uint4* dst = reinterpret_cast<uint4*>(reinterpret_cast<__nv_bfloat16*>(p.act) + (size_t)row * kp_of(p.k) + c * kBK) + g;
   *dst = make_uint4(packed[0], packed[1], packed[2], packed[3]);
