@@ -68,5 +68,5 @@ PY
   grep -E "^  [a-z].*(fp4_gemm|act_dequant)|Duration|Compute \(SM\) Th|L2 Cache Th|DRAM Th" "$OUT/ncu.txt" | head -40
 fi
 if [[ " $STEPS " == *" fp4bench "* ]]; then
-  timeout 200 fp4core bench --backends cutlass --m 128,256,2048,4096 --n 8192,28672 --k 8192 2>&1 | tee "$OUT/fp4core-bench.txt" | tail -20
+  timeout 180 fp4core bench --backends cutlass --autotune --m 128,256,2048,4096 --n 8192,28672 --k 8192 --json "$OUT/fp4core-bench.json" 2>&1 | tee "$OUT/fp4core-bench.txt" | tail -20
 fi
