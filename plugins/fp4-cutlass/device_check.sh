@@ -24,7 +24,7 @@ if [[ " $STEPS " == *" sass "* ]]; then
   head -12 "$OUT/sass-mix.txt"
 fi
 if [[ " $STEPS " == *" tests "* ]]; then
-  timeout 240 python3 -m pytest -q -p no:cacheprovider -x plugins/fp4-cutlass/tests 2>&1 | tee "$OUT/tests.log" | tail -15
+  timeout 60 python3 -m pytest -q -p no:cacheprovider -x plugins/fp4-cutlass/tests 2>&1 | tee "$OUT/tests.log" | tail -15
 fi
 if [[ " $STEPS " == *" memcheck "* ]]; then
   cat > /tmp/small_case.py <<'PY'
@@ -42,10 +42,10 @@ for nv in (True, False):
         be.run(p, ops, tac, out)
 torch.cuda.synchronize(); print("small case done")
 PY
-  timeout 150 compute-sanitizer --tool memcheck --error-exitcode 3 python3 /tmp/small_case.py 2>&1 | tail -6 | tee "$OUT/memcheck.txt"
+  timeout 60 compute-sanitizer --tool memcheck --error-exitcode 3 python3 /tmp/small_case.py 2>&1 | tail -6 | tee "$OUT/memcheck.txt"
 fi
 if [[ " $STEPS " == *" bench "* ]]; then
-  timeout 300 python3 plugins/fp4-cutlass/bench_cutlass.py ${BENCH_ARGS:-} --out "$OUT/bench.md" 2>&1 | tee "$OUT/bench.log" | tail -14
+  timeout 130 python3 plugins/fp4-cutlass/bench_cutlass.py ${BENCH_ARGS:-} --out "$OUT/bench.md" 2>&1 | tee "$OUT/bench.log" | tail -14
 fi
 if [[ " $STEPS " == *" ncu "* ]]; then
   cat > /tmp/ncu_case.py <<'PY'
@@ -68,5 +68,5 @@ PY
   grep -E "^  [a-z].*(fp4_gemm|act_dequant)|Duration|Compute \(SM\) Th|L2 Cache Th|DRAM Th" "$OUT/ncu.txt" | head -40
 fi
 if [[ " $STEPS " == *" fp4bench "* ]]; then
-  timeout 180 fp4core bench --backends cutlass --autotune --m 128,256,2048,4096 --n 8192,28672 --k 8192 --json "$OUT/fp4core-bench.json" 2>&1 | tee "$OUT/fp4core-bench.txt" | tail -20
+  timeout 130 fp4core bench --backends cutlass --autotune --m 128,256,2048,4096 --n 8192,28672 --k 8192 --json "$OUT/fp4core-bench.json" 2>&1 | tee "$OUT/fp4core-bench.txt" | tail -20
 fi
