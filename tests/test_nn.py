@@ -154,6 +154,64 @@ def test_errors():
         Fp4Linear(32, 8).load_state_dict(Fp4Linear(64, 8).state_dict())
 
 
+def test_calibrated_static_scale_matches_dynamic_on_the_calibration_input():
+    q = quantize_linears(_model())
+    x = torch.randn(6, 64)
+    dynamic = q(x)
+    with fp4core.nn.calibrate(q) as layers:
+        assert len(layers) == 3 and all(m.act_scale == "dynamic" for m in layers)
+        q(x)
+    assert all(m.act_scale == "static" for m in layers)
+    # one batch: each layer's static scale is exactly that input's dynamic scale
+    assert torch.equal(q(x), dynamic)
+    assert "act_scale=static" in repr(q[0])
+
+
+def test_calibration_over_batches_and_reference():
+    lin = nn.Linear(64, 24)
+    layer = Fp4Linear.from_linear(lin)
+    xs = [torch.randn(5, 64), 3 * torch.randn(7, 64)]
+    with fp4core.nn.calibrate(layer):
+        for x in xs:
+            layer(x)
+    gs = fp4core.compute_global_scale(torch.cat(xs))
+    assert torch.equal(layer.input_global_scale, gs.reshape(1))
+    x = torch.randn(4, 64)  # a new input, quantized with the calibrated scale
+    a, asf = fp4core.nvfp4_quantize(x, gs)
+    da = fp4core.dequantize(a, asf, gs, dtype=torch.float64)
+    ref = da @ layer.dequantized_weight(torch.float64).t() + layer.bias.double()
+    assert relative_error(layer(x), ref) <= 1e-2
+
+
+def test_static_scale_survives_state_dict_and_compile():
+    q = quantize_linears(_model())
+    with fp4core.nn.calibrate(q):
+        q(torch.randn(8, 64))
+    x = torch.randn(3, 64)
+    want = q(x)
+    fresh = quantize_linears(_model_with_seed(3), quantize=False)
+    assert fresh[0].act_scale == "dynamic"
+    fresh.load_state_dict(q.state_dict())
+    assert fresh[0].act_scale == "static" and torch.equal(fresh(x), want)
+    torch._dynamo.reset()
+    assert torch.equal(torch.compile(fresh, fullgraph=True)(x), want)
+
+
+def test_calibration_errors_and_aborted_calibration():
+    layer = Fp4Linear.from_linear(nn.Linear(32, 8))
+    with pytest.raises(RuntimeError, match="boom"):
+        with fp4core.nn.calibrate(layer):
+            layer(torch.randn(2, 32))
+            raise RuntimeError("boom")
+    assert layer.act_scale == "dynamic" and layer._calib_amax is None
+    with pytest.raises(ValueError, match="act_scale"):
+        Fp4Linear(32, 8, act_scale="per-token")
+    with pytest.raises(ValueError, match="positive finite"):
+        layer.set_input_global_scale(0.0)
+    with pytest.raises(ValueError, match="MXFP4 has no activation global scale"):
+        Fp4Linear(32, 8, format="mxfp4").set_input_global_scale(1.0)
+
+
 # -- GPU ---------------------------------------------------------------------------------------
 @pytest.mark.gpu
 @pytest.mark.parametrize("fmt", ["nvfp4", "mxfp4"])
@@ -206,3 +264,24 @@ def test_compiled_model_on_gpu_and_state_dict_across_devices():
     cpu.load_state_dict({k: v.cpu() for k, v in model.state_dict().items()})
     cpu.cuda()  # moved: the prepared copies are rebuilt for the new tensors
     assert torch.equal(cpu(x), model(x))
+
+
+@pytest.mark.gpu
+def test_static_scale_on_gpu_graph_replay():
+    model = quantize_linears(_model().cuda().to(torch.bfloat16))
+    x = torch.randn(16, 64, device="cuda", dtype=torch.bfloat16)
+    with fp4core.nn.calibrate(model):
+        model(x)
+    eager = model(x).clone()
+    s = torch.cuda.Stream()
+    s.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(s):
+        model(x)
+    torch.cuda.current_stream().wait_stream(s)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        static = model(x)
+    static.fill_(float("nan"))
+    graph.replay()
+    assert torch.equal(static, eager)
+    assert relative_error(static, _model().cuda().to(torch.bfloat16)(x).detach()) < 0.3
