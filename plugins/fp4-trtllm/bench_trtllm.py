@@ -53,6 +53,13 @@ def graph_us(fn, n_sets: int, timer, reps: int = 20) -> float:
     return us
 
 
+def _label(tac: dict) -> str:
+    """Short name of a tactic: kernel, tiles per warp, warps, then splits or CTAs per SM."""
+    if tac.get("kernel") == "splitk":
+        return f"splitk t={tac['t']},w={tac['warps']},s={tac['split_k']}"
+    return f"streamk t={tac.get('t')},w={tac.get('warps')},c={tac.get('ctas')}"
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--m", default="1,8,16,32,64")
@@ -108,8 +115,7 @@ def main(argv=None) -> int:
             wbytes = n * k * (0.5 + 1.0 / problem.block_size)
             tbs = wbytes / best_us / 1e6
             row = (f"| {m} | {n} | {k} | {base:.1f} | {best_us:.1f} | {base / best_us:.2f}x | {base_eager:.1f} | "
-                   f"{eager:.1f} | {base_eager / eager:.2f}x | t={best.get('t')},w={best.get('warps')},"
-                   f"c={best.get('ctas')} | {first_us:.1f} | {tbs:.2f} | {100 * tbs / bw:.0f}% | {worst_err:.1e} |")
+                   f"{eager:.1f} | {base_eager / eager:.2f}x | {_label(best)} | {first_us:.1f} | {tbs:.2f} | {100 * tbs / bw:.0f}% | {worst_err:.1e} |")
             print(row, flush=True)
             lines.append(row)
             del sets, bsets

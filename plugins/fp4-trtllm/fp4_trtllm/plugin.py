@@ -29,16 +29,16 @@ def _have_nvcc() -> bool:
 
 
 #: Stream-K kernel: (tiles of 16 rows per warp, warps per CTA) worth timing per activation
-#: pass size NT, best guess first. Up to NT = 2 a warp streams 4 tiles per activation
-#: fragment load; CTAs of 1-2 warps never wait on one another at the per-stage barriers;
-#: NT = 8 has no registers for 4 tiles; t = 1 makes small groups for small N.
+#: pass size NT, best measured first (H100, 2026-11-25): it wins at M = 32 (t=4 with 2 warps
+#: on the large layers) and at M = 16 on the 28672-wide layers; t = 1 makes small groups.
 _STREAMK = {1: [(4, 4), (4, 2), (4, 1), (2, 8)],
             2: [(4, 4), (4, 2), (4, 1), (2, 8)],
-            4: [(2, 4), (2, 8), (4, 2), (1, 4)],
+            4: [(4, 2), (2, 8), (2, 4), (1, 4)],
             8: [(2, 4), (2, 8), (1, 8), (1, 4)]}
-#: Split-K register-pipeline kernel: (t, warps) per NT (measured on H100 with the first
-#: version of this plugin); the split count follows from the grid (``_auto_splits``).
-_SPLITK = {1: [(4, 4), (2, 8), (2, 4)], 2: [(2, 4), (4, 4)], 4: [(2, 4), (1, 4)], 8: [(1, 4), (2, 4)]}
+#: Split-K register-pipeline kernel: (t, warps) per NT, best measured first; it wins at
+#: M <= 8 everywhere and at M = 16 on most shapes. The split count follows from the grid
+#: (``_auto_splits``), and half of it is offered too.
+_SPLITK = {1: [(4, 4), (2, 8), (2, 4)], 2: [(2, 4), (4, 4)], 4: [(2, 4), (1, 4)], 8: [(2, 4), (1, 4)]}
 
 
 def _auto_splits(problem: Problem, t: int, warps: int, ctas_per_sm: int = 3) -> int:

@@ -1,7 +1,8 @@
 """CPU emulation of the kernel's arithmetic: the prmt decode tables (all 16 codes in every
 nibble position), the scale conversions, and the lane/fragment mapping of mma.sync m16n8k16
 over the prepared layout, compared with the exact reference. It checks the index math of
-csrc/fp4_gemv.cu without a GPU; the GPU tests check the compiled kernel itself."""
+csrc/fp4_decode.cuh and the two kernels (fp4_gemv.cu stream-K, fp4_splitk.cu split-K; they share the
+decode and the fragment mapping) without a GPU; the GPU tests check the compiled kernel itself."""
 
 import math
 import random
@@ -37,7 +38,7 @@ def prmt(a, b, sel):
 
 
 def decode_word(w, mx):
-    """Mirror of decode_word in fp4_gemv.cu."""
+    """Mirror of decode_word in csrc/fp4_decode.cuh."""
     mag = w & 0x77777777
     r = [0] * 4
     for half in range(2):
@@ -95,7 +96,7 @@ def test_e8m0_as_bf16():
     assert math.isnan(scale_value(255, True))
 
 def emulate(problem, ops, T=2, W=2, S=3):
-    """Values of one launch of fp4_gemv_kernel (T tiles per warp, W warps, S splits), lane by lane."""
+    """Values of one launch of fp4_splitk_kernel (T tiles per warp, W warps, S splits), lane by lane."""
     mx = problem.fmt is Fp4Format.MXFP4
     m, n, k = problem.m, problem.n, problem.k
     w, s = prepare_weight(ops.b, ops.b_scale, problem.fmt)
