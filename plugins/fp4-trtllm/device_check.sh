@@ -45,7 +45,7 @@ PY
     echo "== $tool"; timeout ${SANITIZER_TIMEOUT:-40} compute-sanitizer --tool $tool --error-exitcode 3 $PY /tmp/small_case.py 2>&1 | tail -4
   done | tee "$OUT/sanitizer.txt"
 fi
-if [ "$MODE" != tests ] && [ -n "${NCU:-1}" ]; then
+if [ "$MODE" != tests ] && [ -n "${NCU-1}" ]; then
   # One profiled launch per tactic of M=1 8192x8192 NVFP4: DRAM throughput, stall reasons.
   cat > /tmp/ncu_case.py <<'PY'
 import torch, fp4core
@@ -62,7 +62,7 @@ for tac in be.tactics(p)[:3]:
         be.run(p, w, tac, out)
 torch.cuda.synchronize()
 PY
-  timeout ${NCU_TIMEOUT:-60} ncu --clock-control none -k regex:fp4_sk --launch-count 9 \
+  timeout ${NCU_TIMEOUT:-60} ncu --clock-control none -k regex:fp4_ --launch-count 9 \
     --section SpeedOfLight --section MemoryWorkloadAnalysis --section WarpStateStats --section Occupancy --section LaunchStats --section SchedulerStats --section ComputeWorkloadAnalysis \
     $PY /tmp/ncu_case.py > "$OUT/ncu.txt" 2>&1; tail -3 "$OUT/ncu.txt"
 fi
