@@ -152,7 +152,11 @@ def launch(*, a: torch.Tensor, a_sf: torch.Tensor, b: torch.Tensor, b_sf: torch.
     p = Params(a.data_ptr(), a_sf.data_ptr(), b.data_ptr(), b_sf.data_ptr(),
                alpha.data_ptr() if alpha is not None else None, out.data_ptr(), act, part or None,
                m, n, k, int(a_sf_8x4), int(out.dtype == torch.float16), int(mx), splits, tm, bn, cluster, int(deep))
-    err = lib.fp4c_sm90_gemm(ctypes.byref(p), _raw_stream(index))
+    if index == torch.cuda.current_device():
+        err = lib.fp4c_sm90_gemm(ctypes.byref(p), _raw_stream(index))
+    else:  # the runtime launches on the current device: make it out's device
+        with torch.cuda.device(index):
+            err = lib.fp4c_sm90_gemm(ctypes.byref(p), _raw_stream(index))
     if err != 0:
         raise RuntimeError(f"fp4-cutlass kernel launch failed: error {err} "
                            f"({lib.fp4c_error_string(err).decode()}) for m={m} n={n} k={k} "

@@ -554,11 +554,16 @@ static int make_map(CUtensorMap* map, CUtensorMapDataType dt, const void* base, 
 template <int TM, int BN, bool MX, int CL, bool DEEP>
 static cudaError_t launch_gemm(const Params& p, cudaStream_t stream) {
   using S = Smem<TM, BN, MX>;
-  static bool attr_set = false;  // per instantiation; setting it twice is harmless
-  if (!attr_set) {
+  // The attribute is per device: remember, per instantiation, the devices it was set on
+  // (a race only sets it twice, which is harmless).
+  static unsigned long long attr_set = 0;
+  int dev = 0;
+  cudaError_t e0 = cudaGetDevice(&dev);
+  if (e0 != cudaSuccess) return e0;
+  if (dev >= 64 || !((attr_set >> dev) & 1ull)) {
     cudaError_t e = cudaFuncSetAttribute(fp4_gemm_kernel<TM, BN, MX, CL, DEEP>, cudaFuncAttributeMaxDynamicSharedMemorySize, S::kBytes);
     if (e != cudaSuccess) return e;
-    attr_set = true;
+    if (dev < 64) attr_set |= 1ull << dev;
   }
   CUtensorMap tm_act, tm_w;
   const int kp = kp_of(p.k);
