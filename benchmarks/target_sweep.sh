@@ -9,8 +9,10 @@ set -uo pipefail
 export FP4CORE_BACKENDS=${FP4CORE_BACKENDS:-cutlass,trtllm,cudnn}
 source "$(dirname "$0")/device_env.sh"
 S=benchmarks/shapes
+SUFFIX=${SUFFIX:-}  # "-short": the subsets for a tight device budget
+DT=${DECODE_CAP:-230} PT=${PREFILL_CAP:-230}
 timeout 60 fp4core build 2>&1 | tail -5 | tee "$OUT/build.txt"
-timeout 230 fp4core bench --shapes-file $S/h100-decode.txt --autotune --json "$OUT/decode.json" \
+timeout $DT fp4core bench --shapes-file $S/h100-decode$SUFFIX.txt --autotune --json "$OUT/decode.json" \
   2>"$OUT/decode-progress.log" | tee "$OUT/decode.txt"
-timeout 230 fp4core bench --shapes-file $S/h100-prefill.txt --autotune --json "$OUT/prefill.json" \
+timeout $PT fp4core bench --shapes-file $S/h100-prefill$SUFFIX.txt --autotune --json "$OUT/prefill.json" \
   2>"$OUT/prefill-progress.log" | tee "$OUT/prefill.txt"
