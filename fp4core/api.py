@@ -14,7 +14,7 @@ from . import state
 from .dispatch import Explanation, dispatcher
 from .formats import Fp4Format
 from .layouts import SfLayout
-from .prepared import PreparedWeight, weight_problem
+from .prepared import PreparedWeight
 from .problem import DeviceInfo, Operands, Problem, device_info
 from .registry import Backend
 from .validation import (activation, build_problem, check_alpha, check_format, check_out,

@@ -117,3 +117,42 @@ def rotation_sets(bytes_per_set: int, device_is_cuda: bool, max_sets: int = 32,
     want = math.ceil(3 * l2 / max(bytes_per_set, 1))
     by_budget = max(1, budget_bytes // max(bytes_per_set, 1))
     return int(max(1, min(max_sets, want, by_budget)))
+
+
+def graph_replay_us(run: RunFn, n_sets: int, timer: Timer | None = None, reps: int | None = None) -> float:
+    """GPU time per call of ``run``: ``reps`` calls (default: one per input set) captured in
+    one CUDA graph, the graph's replays timed with ``timer``. Host launch cost is excluded,
+    so this is what a graph-captured model pays. Warm-up runs on a side stream first, as
+    capture requires (lazy initialisation, workspaces). CUDA only.
+
+    Args:
+        run: takes an input-set index in ``range(n_sets)``; must be capturable.
+        n_sets: number of input sets the calls rotate through.
+        timer: default ``CudaEventTimer()``.
+        reps: calls inside the graph (default ``n_sets``).
+    """
+    reps = n_sets if reps is None else reps
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for i in range(n_sets):
+            run(i)
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        results = [run(r % n_sets) for r in range(reps)]
+    us = median((timer or CudaEventTimer()).measure(lambda i: graph.replay(), 1)) / reps
+    del graph, results
+    return us
+
+
+def copy_bandwidth_gbps(nbytes: int = 1 << 30, timer: Timer | None = None) -> float:
+    """Device-to-device copy rate of ``nbytes`` in GB/s, counting bytes read + written (the
+    yardstick for bandwidth-bound kernels); 0.0 without CUDA."""
+    if not torch.cuda.is_available():
+        return 0.0
+    src = torch.empty(nbytes, dtype=torch.uint8, device="cuda")
+    dst = torch.empty_like(src)
+    us = median((timer or CudaEventTimer()).measure(lambda i: dst.copy_(src), 1))
+    del src, dst
+    return 2 * nbytes / us / 1e3

@@ -7,7 +7,6 @@ import torch
 
 import fp4core
 from fp4core import ops, state
-from fp4core.dispatch import dispatcher
 from fp4core.reference import relative_error
 from fp4core.testing import registered
 from fp4core.torch_backend import TorchBackend

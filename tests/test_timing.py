@@ -2,6 +2,8 @@
 
 import time
 
+import pytest
+
 from fp4core.timing import HostTimer
 
 
@@ -23,3 +25,31 @@ def test_interleaved_batches_alternate_and_time_each_function():
     timed = calls[calls.index("slow", calls.index("slow") + 1) + 1:]
     runs = [name for j, name in enumerate(timed) if j == 0 or timed[j - 1] != name]
     assert runs == ["fast", "slow"] * 4
+
+
+def test_copy_bandwidth_is_zero_without_cuda():
+    import torch
+    from fp4core.timing import copy_bandwidth_gbps
+    if not torch.cuda.is_available():
+        assert copy_bandwidth_gbps(1 << 20) == 0.0
+
+
+@pytest.mark.gpu
+def test_graph_replay_times_each_captured_call():
+    import torch
+    from fp4core.timing import copy_bandwidth_gbps, graph_replay_us
+    xs = [torch.randn(1 << 22, device="cuda") for _ in range(2)]
+    ys = [torch.empty_like(x) for x in xs]
+    seen = []
+
+    def run(i):
+        seen.append(i)
+        ys[i].copy_(xs[i])
+
+    one = graph_replay_us(run, 2, reps=2)
+    four = graph_replay_us(run, 2, reps=8)
+    # warm-up visits every set, then capture rotates through them
+    assert seen[:4] == [0, 1, 0, 1]
+    assert one > 0 and four > 0 and abs(four - one) / one < 0.5  # per call, not per replay
+    assert torch.equal(ys[1], xs[1])
+    assert copy_bandwidth_gbps(1 << 26) > 100

@@ -19,7 +19,7 @@ from typing import Callable
 import torch
 
 from ..layouts import padded_scale_shape
-from ..timing import default_timer, median, rotation_sets
+from ..timing import copy_bandwidth_gbps, default_timer, graph_replay_us, median, rotation_sets
 
 VARIANTS = ("nvfp4", "nvfp4-auto", "mxfp4")
 
@@ -44,17 +44,6 @@ def traffic_bytes(m: int, k: int, variant: str, in_bytes: int = 2) -> int:
     return m * k * in_bytes + m * k // 2 + prow * pcol
 
 
-def copy_bandwidth_gbps(nbytes: int = 1 << 30) -> float:
-    """Device-to-device copy bandwidth (read + write) in GB/s, or 0 without CUDA."""
-    if not torch.cuda.is_available():
-        return 0.0
-    src = torch.empty(nbytes, dtype=torch.uint8, device="cuda")
-    dst = torch.empty_like(src)
-    us = median(default_timer(True).measure(lambda i: dst.copy_(src), 1))
-    del src, dst
-    return 2 * nbytes / us / 1e3
-
-
 def _call(variant: str, gs: torch.Tensor) -> Callable[[torch.Tensor], object]:
     from ..ops import quantize_fp4
     if variant == "nvfp4":
@@ -62,22 +51,6 @@ def _call(variant: str, gs: torch.Tensor) -> Callable[[torch.Tensor], object]:
     if variant == "nvfp4-auto":
         return lambda x: quantize_fp4(x, "nvfp4", "128x4", "auto")
     return lambda x: quantize_fp4(x, "mxfp4", "128x4", None)
-
-
-def graph_time_us(fn: Callable[[torch.Tensor], object], xs: list[torch.Tensor]) -> float:
-    """Per-call GPU time: one call per input set captured in a CUDA graph, replays timed."""
-    s = torch.cuda.Stream()
-    s.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(s):
-        for x in xs:
-            fn(x)
-    torch.cuda.current_stream().wait_stream(s)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        outs = [fn(x) for x in xs]
-    us = median(default_timer(True).measure(lambda i: graph.replay(), 1)) / len(xs)
-    del graph, outs
-    return us
 
 
 def run_quant_bench(shapes: list[tuple[int, int]], dtype: torch.dtype = torch.bfloat16,
@@ -110,7 +83,7 @@ def run_quant_bench(shapes: list[tuple[int, int]], dtype: torch.dtype = torch.bf
                 try:
                     row.median_us = median(default_timer(cuda).measure(lambda i: fn(xs[i]), n_sets))
                     if cuda and use_kernel:
-                        row.graph_us = graph_time_us(fn, xs)
+                        row.graph_us = graph_replay_us(lambda i: fn(xs[i]), len(xs))
                     row.gbps = nbytes / (row.graph_us or row.median_us) / 1e3
                     row.copy_pct = 100.0 * row.gbps / copy_gbps if copy_gbps else 0.0
                 except Exception as exc:  # reported, the sweep goes on
@@ -165,7 +138,7 @@ def sweep_configs(m: int = 8192, k: int = 8192, configs=None,
             c = (bm, bc, w)
             run = lambda x: qt.quantize(x, fmt, SfLayout.layout_128x4, gs if fmt is Fp4Format.NVFP4 else None,
                                         False, c)
-            us = graph_time_us(run, xs)  # GPU time: eager calls are host bound on slow hosts
+            us = graph_replay_us(lambda i: run(xs[i]), len(xs))  # GPU time: eager calls are host bound on slow hosts
             gbps = nbytes / us / 1e3
             progress(f"sweep {fmt.value} {m}x{k} config {c}: {us:.1f} us {gbps:.0f} GB/s")
             if gbps > best.get(fmt.value, (None, 0.0))[1]:

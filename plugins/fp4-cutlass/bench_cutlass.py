@@ -19,25 +19,8 @@ import torch
 import fp4core
 from fp4core import state
 from fp4core.reference import TOLERANCE, reference_mm, relative_error
-from fp4core.timing import CudaEventTimer, median, rotation_sets
+from fp4core.timing import CudaEventTimer, graph_replay_us, rotation_sets
 from fp4core.tuner import make_sets
-
-
-def graph_us(fn, n_sets: int, timer, reps: int = 10) -> float:
-    """Median GPU time per call of ``fn`` replayed from a CUDA graph of ``reps`` calls."""
-    for i in range(n_sets):
-        fn(i)
-    torch.cuda.synchronize()
-    g = torch.cuda.CUDAGraph()
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side), torch.cuda.graph(g):
-        for r in range(reps):
-            fn(r % n_sets)
-    torch.cuda.current_stream().wait_stream(side)
-    us = median(timer.measure(lambda i: g.replay(), 1)) / reps
-    del g
-    return us
 
 
 def main(argv=None) -> int:
@@ -68,7 +51,7 @@ def main(argv=None) -> int:
             a16 = [torch.randn(m, k, device="cuda", dtype=torch.bfloat16) for _ in range(nb)]
             w16 = [torch.randn(n, k, device="cuda", dtype=torch.bfloat16) for _ in range(nb)]
             o16 = torch.empty(m, n, dtype=torch.bfloat16, device="cuda")
-            base = graph_us(lambda i: torch.matmul(a16[i], w16[i].t(), out=o16), nb, timer)
+            base = graph_replay_us(lambda i: torch.matmul(a16[i], w16[i].t(), out=o16), nb, timer, reps=10)
             del a16, w16, o16
             out = torch.empty(m, n, dtype=torch.bfloat16, device="cuda")
             tacs = be.tactics(problem)
@@ -84,7 +67,7 @@ def main(argv=None) -> int:
                 if not err <= TOLERANCE:
                     print(f"WRONG {m}x{n}x{k} {tac}: rel err {err}", flush=True)
                     continue
-                us = graph_us(lambda i: be.run(problem, sets[i], tac, out), len(sets), timer)
+                us = graph_replay_us(lambda i: be.run(problem, sets[i], tac, out), len(sets), timer, reps=10)
                 print(f"  {m}x{n}x{k} {tac}: {us:.1f} us ({flop / us / 1e6:.0f} TFLOP/s, {base / us:.2f}x bf16)", flush=True)
                 results.append((us, tac))
             first_us = results[0][0] if results else float("nan")

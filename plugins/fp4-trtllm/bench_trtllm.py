@@ -20,37 +20,11 @@ import torch
 
 import fp4core
 from fp4core.reference import TOLERANCE, reference_mm, relative_error
-from fp4core.timing import CudaEventTimer, median, rotation_sets
+from fp4core.timing import CudaEventTimer, copy_bandwidth_gbps, graph_replay_us, median, rotation_sets
 from fp4core.tuner import make_sets, prepared_sets
 from fp4core import state
 
 SHAPES = [(8192, 8192), (28672, 8192), (8192, 28672), (1280, 2880), (2880, 1024), (7168, 2048)]
-
-
-def copy_bandwidth(timer) -> float:
-    """Device-to-device copy of 1 GiB: (bytes read + written) / time, in TB/s."""
-    x = torch.empty(1 << 30, dtype=torch.uint8, device="cuda")
-    y = torch.empty_like(x)
-    us = median(timer.measure(lambda i: y.copy_(x), 1))
-    del x, y
-    return 2 * (1 << 30) / us / 1e6
-
-
-def graph_us(fn, n_sets: int, timer, reps: int = 20) -> float:
-    """Median GPU time per call of ``fn`` replayed from a CUDA graph of ``reps`` calls."""
-    for i in range(n_sets):
-        fn(i)
-    torch.cuda.synchronize()
-    g = torch.cuda.CUDAGraph()
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side), torch.cuda.graph(g):
-        for r in range(reps):
-            fn(r % n_sets)
-    torch.cuda.current_stream().wait_stream(side)
-    us = median(timer.measure(lambda i: g.replay(), 1)) / reps
-    del g
-    return us
 
 
 def _label(tac: dict) -> str:
@@ -73,7 +47,7 @@ def main(argv=None) -> int:
     timer = CudaEventTimer(warmup_ms=10, sample_ms=1.0, samples=11)
     be = state.registry.get("trtllm")
     name = torch.cuda.get_device_name()
-    bw = copy_bandwidth(timer)
+    bw = copy_bandwidth_gbps(timer=timer) / 1e3
     lines = [f"device: {name}; date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC; torch {torch.__version__}; "
              f"format: {'MXFP4' if args.mx else 'NVFP4'}; copy bandwidth {bw:.2f} TB/s (read+write)",
              "", "| M | N | K | bf16 graph us | trtllm graph us | speedup graph | bf16 eager us | trtllm eager us "
@@ -92,7 +66,7 @@ def main(argv=None) -> int:
             o16 = torch.empty(m, n, dtype=torch.bfloat16, device="cuda")
             bf16_fn = lambda i: torch.matmul(a16[i], w16[i].t(), out=o16)  # noqa: E731
             base_eager = median(timer.measure(bf16_fn, nb))
-            base = graph_us(bf16_fn, nb, timer)
+            base = graph_replay_us(bf16_fn, nb, timer, reps=20)
             del a16, w16, o16
             out = torch.empty(m, n, dtype=torch.bfloat16, device="cuda")
             results = []
@@ -105,7 +79,7 @@ def main(argv=None) -> int:
                 if not err <= TOLERANCE:
                     print(f"WRONG {m}x{n}x{k} {tac}: rel err {err}", flush=True)
                     continue
-                us = graph_us(lambda i: be.run(problem, bsets[i], tac, out), len(bsets), timer)
+                us = graph_replay_us(lambda i: be.run(problem, bsets[i], tac, out), len(bsets), timer, reps=20)
                 results.append((us, tac))
                 if args.verbose:
                     print(f"  {m}x{n}x{k} {tac}: {us:.1f} us", flush=True)

@@ -30,7 +30,7 @@ from fp4core.problem import Operands, Problem
 from . import __version__, resources
 from .dequant import dequantize_pair
 from .graphs import GraphRefused, PlannedGraph, bf16_matmul_graph, native_fp4_graph
-from .support import PATH_DEQUANT, PATH_NATIVE, path_for, supports
+from .support import PATH_NATIVE, path_for, supports
 
 ENV_EXACT_ALPHA = "FP4_CUDNN_EXACT_ALPHA"
 PLAIN, EPILOGUE, NATIVE = "plain", "epilogue", "native"

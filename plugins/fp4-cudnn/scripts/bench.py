@@ -25,7 +25,7 @@ import torch
 import fp4core
 from fp4core import state
 from fp4core.reference import TOLERANCE, reference_mm, relative_error
-from fp4core.timing import CudaEventTimer, median, rotation_sets
+from fp4core.timing import CudaEventTimer, copy_bandwidth_gbps, median, rotation_sets
 from fp4core.tuner import make_sets
 
 DEFAULT_SHAPES = [(m, n, 8192) for n in (8192, 28672) for m in (128, 2048, 4096, 8192)]
@@ -33,14 +33,6 @@ DEFAULT_SHAPES = [(m, n, 8192) for n in (8192, 28672) for m in (128, 2048, 4096,
 
 def timed(run, n_sets, timer) -> float:
     return median(timer.measure(run, n_sets))
-
-
-def copy_bandwidth(timer) -> float:
-    """Device-to-device copy rate in bytes/s counting read + write (1 GiB)."""
-    src = torch.empty(1 << 30, dtype=torch.uint8, device="cuda")
-    dst = torch.empty_like(src)
-    us = timed(lambda i: dst.copy_(src), 1, timer)
-    return 2 * src.numel() / (us * 1e-6)
 
 
 def baseline_us(m, n, k, timer) -> float:
@@ -192,7 +184,7 @@ def main(argv=None) -> int:
         meta["triton"] = triton.__version__
     except Exception:
         pass
-    meta["copy_TBps"] = copy_bandwidth(timer) / 1e12
+    meta["copy_TBps"] = copy_bandwidth_gbps(timer=timer) / 1e3
     meta["native_fp4_graph"] = native_probe()
     print(json.dumps(meta), flush=True)
     result = {"meta": meta, "rows": []}

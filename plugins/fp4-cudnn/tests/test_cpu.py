@@ -8,7 +8,6 @@ import torch
 
 import fp4core
 from fp4core import state
-from fp4core.layouts import SfLayout
 from fp4core.problem import DeviceInfo
 
 from fp4_cudnn import env

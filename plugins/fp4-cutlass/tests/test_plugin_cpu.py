@@ -6,7 +6,6 @@ import json
 from importlib.metadata import entry_points
 
 import pytest
-import torch
 
 import fp4core
 from fp4core.problem import DeviceInfo
