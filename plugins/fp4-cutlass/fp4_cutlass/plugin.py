@@ -67,7 +67,10 @@ class CutlassBackend:
             description="CuTe SM90a TMA+WGMMA kernel with in-register FP4 dequant; CUTLASS "
                         "block-scaled SM100a/SM120a GEMMs (compiled, not verified on hardware)",
             targets=("sm90a", "sm100a", "sm120a"), verified=("sm90a",),
-            priority={"decode": -20, "small": 10, "medium": 40, "large": 60})
+            # Untuned order, from the tuned H100 sweep of 2026-11-25 (docs/benchmarks.md): as
+            # fast as trtllm at M <= 16 (which still leads there on a prepared weight), the
+            # fastest backend at M = 17..128 and from M = 2048 up.
+            priority={"decode": 45, "small": 45, "medium": 60, "large": 60})
 
     @hookimpl
     def supports(self, problem: Problem) -> Support:

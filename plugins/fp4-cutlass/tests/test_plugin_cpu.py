@@ -118,3 +118,19 @@ def test_decode_word_emulation():
                 code = (x >> (4 * (j + 4 * half))) & 0xF
                 bits = (r[j] >> (16 * half)) & 0xFFFF
                 assert bf16_bits_to_float(bits) * 2.0**126 == E2M1_VALUES[code]
+
+
+def test_untuned_order_on_hopper_follows_the_measured_sweep():
+    """Untuned, auto tries backends by priority: cutlass must outrank the other installed
+    plain-weight backends in every regime on SM90, and trtllm (prepared weights) keep the
+    decode lead (tuned H100 sweep of 2026-11-25 in docs/benchmarks.md)."""
+    infos = {b.name: b.info for b in fp4core.state.registry.backends()}
+    h100 = DeviceInfo("cuda", 0, "hypothetical H100", (9, 0))
+    for m in (1, 16, 64, 128, 1024, 4096):
+        p = fp4core.make_problem(m, 8192, 8192, device=h100)
+        mine = infos["cutlass"].priority_for(p)
+        for name, info in infos.items():
+            if name not in ("cutlass", "trtllm"):
+                assert mine > info.priority_for(p), (m, name)
+        if m <= 16 and "trtllm" in infos:
+            assert infos["trtllm"].priority_for(p) > mine
