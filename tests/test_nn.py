@@ -11,7 +11,7 @@ from torch import nn
 
 import fp4core
 from fp4core.nn import Fp4Linear, quantize_linears
-from fp4core.reference import relative_error
+from fp4core.reference import TOLERANCE, relative_error
 
 
 def _reference(layer: Fp4Linear, x: torch.Tensor) -> torch.Tensor:
@@ -259,7 +259,11 @@ def test_compiled_model_on_gpu_and_state_dict_across_devices():
     model = quantize_linears(_model().cuda().to(torch.bfloat16))
     x = torch.randn(3, 9, 64, device="cuda", dtype=torch.bfloat16)
     compiled = torch.compile(model, fullgraph=True)
-    assert relative_error(compiled(x), model(x)) <= 2e-3  # alpha's division may differ by an ulp
+    # In bf16, inductor fuses bias + GELU in fp32 and rounds once where eager rounds after
+    # each op; a one-ulp change of a hidden activation can move it across an E2M1 boundary
+    # when the next layer quantizes it, so compiled and eager agree to the FP4 tolerance,
+    # not bit for bit (the fp32 CPU test above is bit-exact). Observed on H100: 7.1e-3.
+    assert relative_error(compiled(x), model(x)) <= TOLERANCE
     cpu = quantize_linears(_model().to(torch.bfloat16), quantize=False)
     cpu.load_state_dict({k: v.cpu() for k, v in model.state_dict().items()})
     cpu.cuda()  # moved: the prepared copies are rebuilt for the new tensors
