@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 
@@ -101,9 +102,43 @@ def cmd_bench_quantize(args) -> int:
     return 1 if any(r.error for r in rows) else 0
 
 
+def cmd_bench_tactics(args) -> int:
+    """``bench --tactics``: every tactic of one backend beside bf16 (which variant wins where)."""
+    from .tactic_sweep import sweep_tactics
+    names = [b for b in args.backends.split(",") if b]
+    if len(names) != 1:
+        raise ValueError(f"--tactics: name exactly one backend with --backends, got {args.backends!r}")
+    print(_device_line(), file=sys.stderr)
+    out_dtype = torch.float16 if args.out_dtype == "fp16" else torch.bfloat16
+    sweeps = [sweep_tactics(names[0], m, n, k, use_nvfp4=(args.format == "nvfp4"), out_dtype=out_dtype,
+                            progress=lambda s: print(s, file=sys.stderr, flush=True))
+              for m, n, k in shapes_from_args(args)]
+    timing = "CUDA-graph replay" if torch.cuda.is_available() else "eager, wall clock"
+    print(f"{'M':>6s} {'N':>6s} {'K':>6s}  {'us':>9s} {'vs bf16':>8s}  tactic   ({timing}; "
+          f"* fastest, ^ the backend's default)")
+    for sw in sweeps:
+        print(f"{sw.m:6d} {sw.n:6d} {sw.k:6d}  {sw.baseline_us:9.1f} {1.0:7.2f}x  bf16 torch.matmul")
+        for t in sw.timings:
+            mark = ("*" if t is sw.best else " ") + ("^" if t is sw.first else " ")
+            if t.ok:
+                print(f"{sw.m:6d} {sw.n:6d} {sw.k:6d}  {t.us:9.1f} {sw.speedup(t):7.2f}x {mark}{t.label}")
+            else:
+                print(f"{sw.m:6d} {sw.n:6d} {sw.k:6d}  {'-':>9s} {'-':>8s} {mark}{t.label}: {t.error}")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump([dataclasses.asdict(sw) for sw in sweeps], f, indent=1)
+    wrong = [f"{sw.m}x{sw.n}x{sw.k} {t.label}" for sw in sweeps for t in sw.timings if not t.ok]
+    if wrong:
+        print(f"tactics that failed their check: {wrong}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def cmd_bench(args) -> int:
     if getattr(args, "quantize", False):
         return cmd_bench_quantize(args)
+    if getattr(args, "tactics", False):
+        return cmd_bench_tactics(args)
     shapes = shapes_from_args(args)
     backends = [b for b in args.backends.split(",") if b] if args.backends else None
     print(_device_line(), file=sys.stderr)
@@ -172,6 +207,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_shape_args(p)
     p.add_argument("--backends", default="", help="comma list (default: every loaded backend); auto always runs")
     p.add_argument("--autotune", action="store_true", help="tune auto before timing it")
+    p.add_argument("--tactics", action="store_true",
+                   help="time every tactic of the one backend named by --backends beside bf16 "
+                        "(CUDA-graph replays on a GPU)")
     p.add_argument("--quantize", action="store_true",
                    help="benchmark activation quantization (M x K, bf16 -> NVFP4/MXFP4) instead of the GEMM")
     p.add_argument("--json")

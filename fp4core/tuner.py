@@ -58,20 +58,27 @@ def _poisoned_out(problem: Problem, device) -> torch.Tensor:
     return torch.full((problem.m, problem.n), float("nan"), dtype=problem.out_dtype, device=device)
 
 
-def check_candidate(backend: Backend, problem: Problem, ops: Operands, tactic: Tactic,
-                    ref: torch.Tensor) -> str | None:
-    """Run once into a poisoned output; return None if correct, else the reason."""
+def run_checked(backend: Backend, problem: Problem, ops: Operands, tactic: Tactic,
+                ref: torch.Tensor) -> tuple[float, str | None]:
+    """Run once into a NaN-poisoned output; return (relative error vs ``ref``, None if
+    correct else the reason). The error is NaN when the run raised."""
     out = _poisoned_out(problem, ref.device)
     try:
         backend.run(problem, ops, tactic, out)
         if out.is_cuda:
             torch.cuda.synchronize(out.device)
     except Exception as exc:  # a failing candidate is dropped, not fatal
-        return f"raised {type(exc).__name__}: {exc}"
+        return float("nan"), f"raised {type(exc).__name__}: {exc}"
     err = relative_error(out, ref)
     if not err <= TOLERANCE:
-        return f"wrong answer: relative error {err:.3g} > {TOLERANCE:g}"
-    return None
+        return err, f"wrong answer: relative error {err:.3g} > {TOLERANCE:g}"
+    return err, None
+
+
+def check_candidate(backend: Backend, problem: Problem, ops: Operands, tactic: Tactic,
+                    ref: torch.Tensor) -> str | None:
+    """Run once into a poisoned output; return None if correct, else the reason."""
+    return run_checked(backend, problem, ops, tactic, ref)[1]
 
 
 def tune(problem: Problem, candidates: list[Backend], timer: Timer | None = None,

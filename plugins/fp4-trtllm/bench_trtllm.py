@@ -1,13 +1,14 @@
 """Time the trtllm backend (every tactic) beside bf16 cuBLAS and the device copy bandwidth.
 
-    python plugins/fp4-trtllm/bench_trtllm.py [--m 1,8,16,32,64] [--mx] [--out table.md]
+    python plugins/fp4-trtllm/bench_trtllm.py [--m 1,8,16,32,64] [--mx] [--out table.md] [--verbose]
 
-For each (N, K) and M: bf16 ``a @ w.T`` (cuBLAS) and each trtllm tactic are timed with CUDA
-events (fp4core.timing.CudaEventTimer, medians) on rotating input sets, in the same process;
-each tactic is checked against the exact reference first. Two timings each: "graph" replays a
-CUDA graph of 20 calls (the GPU time per call; launch gaps shrink) and "eager" calls from
-Python one by one (adds the host path; small shapes are host-bound there). Prints a
-markdown table.
+A markdown front end to ``fp4core.tactic_sweep.sweep_tactics`` (also ``fp4core bench
+--tactics --backends trtllm``): every tactic is checked against the exact reference, then it
+and bf16 ``a @ w.T`` (cuBLAS) are timed in the same process. Two timings: "graph" replays a
+CUDA graph of 20 calls (GPU time per call) for every tactic, and "eager" calls from Python
+one by one for bf16 and the best tactic (adds the host path; small shapes are host-bound).
+The weight rate is the FP4 weight + scale bytes over the best graph time, against the
+device-to-device copy rate measured in the same run.
 """
 
 from __future__ import annotations
@@ -18,11 +19,8 @@ import sys
 
 import torch
 
-import fp4core
-from fp4core.reference import TOLERANCE, reference_mm, relative_error
-from fp4core.timing import CudaEventTimer, copy_bandwidth_gbps, graph_replay_us, median, rotation_sets
-from fp4core.tuner import make_sets, prepared_sets
-from fp4core import state
+from fp4core.tactic_sweep import sweep_tactics
+from fp4core.timing import CudaEventTimer, copy_bandwidth_gbps
 
 SHAPES = [(8192, 8192), (28672, 8192), (8192, 28672), (1280, 2880), (2880, 1024), (7168, 2048)]
 
@@ -45,54 +43,31 @@ def main(argv=None) -> int:
     ms = [int(x) for x in args.m.split(",")]
     shapes = [tuple(int(v) for v in s.split(":")) for s in args.shapes.split(",")] if args.shapes else SHAPES
     timer = CudaEventTimer(warmup_ms=10, sample_ms=1.0, samples=11)
-    be = state.registry.get("trtllm")
-    name = torch.cuda.get_device_name()
     bw = copy_bandwidth_gbps(timer=timer) / 1e3
-    lines = [f"device: {name}; date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC; torch {torch.__version__}; "
-             f"format: {'MXFP4' if args.mx else 'NVFP4'}; copy bandwidth {bw:.2f} TB/s (read+write)",
+    say = (lambda s: print("  " + s, flush=True)) if args.verbose else (lambda s: None)
+    lines = [f"device: {torch.cuda.get_device_name()}; date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC; "
+             f"torch {torch.__version__}; format: {'MXFP4' if args.mx else 'NVFP4'}; copy bandwidth {bw:.2f} TB/s (read+write)",
              "", "| M | N | K | bf16 graph us | trtllm graph us | speedup graph | bf16 eager us | trtllm eager us "
              "| speedup eager | best tactic (graph) | first tactic graph us | weight TB/s (graph) | % of copy bw "
              "| max rel err |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     print(lines[0], flush=True)
     for n, k in shapes:
         for m in ms:
-            problem = fp4core.make_problem(m, n, k, use_nvfp4=not args.mx, prepared=True, device="cuda")
-            sets = make_sets(problem)
-            ref = reference_mm(problem, sets[0], torch.float32)
-            bsets = prepared_sets(be, problem, sets)
-            nb = rotation_sets(2 * (m + n) * k, True)
-            a16 = [torch.randn(m, k, device="cuda", dtype=torch.bfloat16) for _ in range(nb)]
-            w16 = [torch.randn(n, k, device="cuda", dtype=torch.bfloat16) for _ in range(nb)]
-            o16 = torch.empty(m, n, dtype=torch.bfloat16, device="cuda")
-            bf16_fn = lambda i: torch.matmul(a16[i], w16[i].t(), out=o16)  # noqa: E731
-            base_eager = median(timer.measure(bf16_fn, nb))
-            base = graph_replay_us(bf16_fn, nb, timer, reps=20)
-            del a16, w16, o16
-            out = torch.empty(m, n, dtype=torch.bfloat16, device="cuda")
-            results = []
-            worst_err = 0.0
-            for tac in be.tactics(problem):
-                out.fill_(float("nan"))
-                be.run(problem, bsets[0], tac, out)
-                err = relative_error(out, ref)
-                worst_err = max(worst_err, err)
-                if not err <= TOLERANCE:
-                    print(f"WRONG {m}x{n}x{k} {tac}: rel err {err}", flush=True)
-                    continue
-                us = graph_replay_us(lambda i: be.run(problem, bsets[i], tac, out), len(bsets), timer, reps=20)
-                results.append((us, tac))
-                if args.verbose:
-                    print(f"  {m}x{n}x{k} {tac}: {us:.1f} us", flush=True)
-            first_us = results[0][0] if results else float("nan")
-            best_us, best = min(results, key=lambda r: r[0]) if results else (float("nan"), {})
-            eager = median(timer.measure(lambda i: be.run(problem, bsets[i], best, out), len(bsets))) if results else float("nan")
-            wbytes = n * k * (0.5 + 1.0 / problem.block_size)
-            tbs = wbytes / best_us / 1e6
-            row = (f"| {m} | {n} | {k} | {base:.1f} | {best_us:.1f} | {base / best_us:.2f}x | {base_eager:.1f} | "
-                   f"{eager:.1f} | {base_eager / eager:.2f}x | {_label(best)} | {first_us:.1f} | {tbs:.2f} | {100 * tbs / bw:.0f}% | {worst_err:.1e} |")
+            sw = sweep_tactics("trtllm", m, n, k, use_nvfp4=not args.mx, reps=20, timer=timer, progress=say)
+            best = sw.best
+            if best is None:
+                row = f"| {m} | {n} | {k} | {sw.baseline_us:.1f} | no correct tactic |" + " - |" * 9
+            else:
+                eager = sweep_tactics("trtllm", m, n, k, use_nvfp4=not args.mx, tactics=[best.tactic],
+                                      graph=False, timer=timer)
+                e_us = eager.timings[0].us
+                block = 32 if args.mx else 16
+                tbs = n * k * (0.5 + 1.0 / block) / best.us / 1e6
+                row = (f"| {m} | {n} | {k} | {sw.baseline_us:.1f} | {best.us:.1f} | {sw.speedup(best):.2f}x | "
+                       f"{eager.baseline_us:.1f} | {e_us:.1f} | {eager.baseline_us / e_us:.2f}x | {_label(best.tactic)} | "
+                       f"{sw.first.us:.1f} | {tbs:.2f} | {100 * tbs / bw:.0f}% | {sw.max_rel_err:.1e} |")
             print(row, flush=True)
             lines.append(row)
-            del sets, bsets
             torch.cuda.empty_cache()
     if args.out:
         with open(args.out, "a") as f:
