@@ -8,6 +8,8 @@
 ``check_backend`` runs every tactic on fresh random operands into a NaN-poisoned output and
 compares with the exact reference (relative error <= 1e-2), through the backend's own
 ``prepare`` when it has one, and through ``mm_fp4`` with the backend named.
+``device_allocations`` counts the CUDA allocations a block makes (a repeated call or a
+CUDA-graph replay must make none).
 """
 
 from __future__ import annotations
@@ -85,3 +87,46 @@ def canonical_operands(problem: Problem, seed: int = 0) -> Operands:
     gen = torch.Generator(device=device)
     gen.manual_seed(seed)
     return random_operands(problem, device=device, generator=gen)
+
+
+@dataclasses.dataclass
+class DeviceAllocations:
+    """What the CUDA caching allocator did inside a ``device_allocations()`` block.
+
+    ``allocations``: allocation requests made; ``requested_bytes``: the bytes they asked for;
+    ``peak_growth``: how far the peak of allocated bytes rose above the level at the block's
+    start (0 when nothing was live at once beyond what already was).
+    """
+
+    allocations: int = 0
+    requested_bytes: int = 0
+    peak_growth: int = 0
+
+
+@contextlib.contextmanager
+def device_allocations(device: torch.device | int | None = None) -> Iterator[DeviceAllocations]:
+    """Count the CUDA allocations made inside the block (filled in when the block exits).
+
+    Counts requests, not the memory level: ``torch.cuda.memory_allocated()`` before and
+    after can differ without any allocation, for instance when Python's cyclic GC frees an
+    older tensor, or when the allocator retires a block that was freed while in use on
+    another stream (it does so at its next allocation). A CUDA-graph replay or a call into
+    preallocated buffers must give ``allocations == 0``; an eager call that returns a fresh
+    output gives one allocation of the output's size. Synchronises the device at entry and
+    exit and resets its peak-memory statistics at entry.
+    """
+    torch.cuda.synchronize(device)
+    stats_before = torch.cuda.memory_stats(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    level = torch.cuda.memory_allocated(device)
+    counts = DeviceAllocations()
+    yield counts
+    torch.cuda.synchronize(device)
+    stats_after = torch.cuda.memory_stats(device)
+    for field, key in (("allocations", "allocation.all.allocated"),
+                       ("requested_bytes", "requested_bytes.all.allocated")):
+        if key not in stats_after or key not in stats_before:
+            raise RuntimeError(f"device_allocations: torch.cuda.memory_stats() has no {key!r} "
+                               f"(torch {torch.__version__}); this check needs torch >= 2.1")
+        setattr(counts, field, int(stats_after[key]) - int(stats_before[key]))
+    counts.peak_growth = int(torch.cuda.max_memory_allocated(device)) - int(level)

@@ -12,6 +12,7 @@ from torch import nn
 import fp4core
 from fp4core.nn import Fp4Linear, quantize_linears
 from fp4core.reference import TOLERANCE, relative_error
+from fp4core.testing import device_allocations
 
 
 def _reference(layer: Fp4Linear, x: torch.Tensor) -> torch.Tensor:
@@ -240,14 +241,11 @@ def test_model_cuda_graph_replay_bit_identical_and_allocation_free():
     with torch.cuda.graph(graph):
         static = model(x)
     static.fill_(float("nan"))
-    torch.cuda.synchronize()
-    torch.cuda.reset_peak_memory_stats()
-    before = torch.cuda.memory_allocated()
-    for _ in range(5):
-        graph.replay()
-    torch.cuda.synchronize()
+    with device_allocations() as replays:
+        for _ in range(5):
+            graph.replay()
     assert torch.equal(static, eager)
-    assert torch.cuda.memory_allocated() == before and torch.cuda.max_memory_allocated() == before
+    assert (replays.allocations, replays.peak_growth) == (0, 0)
     x.copy_(torch.randn_like(x))
     graph.replay()
     assert torch.equal(static, model(x))

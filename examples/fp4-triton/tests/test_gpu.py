@@ -6,7 +6,7 @@ import torch
 
 import fp4core
 from fp4core.reference import reference_mm, relative_error
-from fp4core.testing import canonical_operands, check_backend
+from fp4core.testing import canonical_operands, check_backend, device_allocations
 from fp4_triton.plugin import TritonBackend
 
 pytestmark = pytest.mark.gpu
@@ -78,11 +78,9 @@ def test_cuda_graph_replay_equals_eager_and_no_allocation(split):
     sets = [canonical_operands(p, seed=s) for s in (1, 2)]
     eager = torch.empty(16, 1024, dtype=torch.bfloat16, device="cuda")
     be.run(p, sets[0], tactic, eager)      # compiles, allocates the split-K workspace
-    torch.cuda.synchronize()
-    before = torch.cuda.memory_allocated()
-    be.run(p, sets[1], tactic, eager)
-    torch.cuda.synchronize()
-    assert torch.cuda.memory_allocated() == before, "allocated on a repeated call"
+    with device_allocations() as repeated:
+        be.run(p, sets[1], tactic, eager)
+    assert repeated.allocations == 0, f"allocated on a repeated call: {repeated}"
     static = canonical_operands(p, seed=1)
     out = torch.full_like(eager, float("nan"))
     graph = torch.cuda.CUDAGraph()

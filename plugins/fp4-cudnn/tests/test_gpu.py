@@ -15,6 +15,7 @@ from fp4core.formats import Fp4Format
 from fp4core.layouts import SfLayout, padded_scale_shape, scale_offsets
 from fp4core.quantize import dequantize
 from fp4core.reference import TOLERANCE, reference_mm, relative_error
+from fp4core.testing import device_allocations
 from fp4core.validation import build_problem
 
 pytestmark = pytest.mark.gpu
@@ -269,12 +270,10 @@ def test_no_device_allocation_after_first_call(backend, gen):
     args = quantized(129, N, K, False, gen)
     out = poisoned(129, N, torch.float16)
     fp4core.mm_fp4(**args, out_dtype=torch.float16, out=out, backend="cudnn")
-    torch.cuda.synchronize()
-    before = torch.cuda.memory_allocated()
-    for _ in range(5):
-        fp4core.mm_fp4(**args, out_dtype=torch.float16, out=out, backend="cudnn")
-    torch.cuda.synchronize()
-    assert torch.cuda.memory_allocated() == before
+    with device_allocations() as repeated:
+        for _ in range(5):
+            fp4core.mm_fp4(**args, out_dtype=torch.float16, out=out, backend="cudnn")
+    assert repeated.allocations == 0, f"allocated on repeated calls: {repeated}"
     check(out, *problem_and_ops(args, torch.float16), "after reuse")
 
 
