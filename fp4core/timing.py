@@ -27,7 +27,33 @@ class Timer(Protocol):
         for ratios such as a backend against the bf16 baseline."""
 
 
-class CudaEventTimer:
+class _BatchTimer:
+    """The measuring loop both timers share: warm each run up, then take ``samples`` batches
+    of each in turn. Subclasses say how to warm up (and how many calls make a batch) and how
+    to time one batch."""
+
+    samples: int
+
+    def _warm(self, run: RunFn, n_sets: int) -> int:
+        raise NotImplementedError
+
+    def _batch_us(self, run: RunFn, n_sets: int, calls: int, start_index: int) -> float:
+        """Microseconds per call over ``calls`` calls from input set ``start_index`` on."""
+        raise NotImplementedError
+
+    def measure(self, run: RunFn, n_sets: int) -> list[float]:
+        return self.measure_interleaved([(run, n_sets)])[0]
+
+    def measure_interleaved(self, runs: list[tuple[RunFn, int]]) -> list[list[float]]:
+        calls = [self._warm(run, n) for run, n in runs]
+        out: list[list[float]] = [[] for _ in runs]
+        for s in range(self.samples):
+            for j, (run, n) in enumerate(runs):
+                out[j].append(self._batch_us(run, n, calls[j], s * calls[j]))
+        return out
+
+
+class CudaEventTimer(_BatchTimer):
     """CUDA events around batches of calls on the current stream.
 
     Args:
@@ -48,6 +74,9 @@ class CudaEventTimer:
         end.synchronize()
         return start.elapsed_time(end)
 
+    def _batch_us(self, run: RunFn, n_sets: int, calls: int, start_index: int) -> float:
+        return self._batch_ms(run, n_sets, calls, start_index) * 1000.0 / calls
+
     def _warm(self, run: RunFn, n_sets: int) -> int:
         """Warm ``run`` up; return how many calls make one timed batch."""
         run(0)
@@ -56,19 +85,8 @@ class CudaEventTimer:
         self._batch_ms(run, n_sets, max(3, math.ceil(self.warmup_ms / probe)))
         return max(1, min(10000, math.ceil(self.sample_ms / probe)))
 
-    def measure(self, run: RunFn, n_sets: int) -> list[float]:
-        return self.measure_interleaved([(run, n_sets)])[0]
 
-    def measure_interleaved(self, runs: list[tuple[RunFn, int]]) -> list[list[float]]:
-        calls = [self._warm(run, n) for run, n in runs]
-        out: list[list[float]] = [[] for _ in runs]
-        for s in range(self.samples):
-            for j, (run, n) in enumerate(runs):
-                out[j].append(self._batch_ms(run, n, calls[j], s * calls[j]) * 1000.0 / calls[j])
-        return out
-
-
-class HostTimer:
+class HostTimer(_BatchTimer):
     """Wall-clock timer for CPU backends (perf_counter around batches)."""
 
     def __init__(self, warmup_calls: int = 1, samples: int = 5, sample_s: float = 0.05):
@@ -82,19 +100,11 @@ class HostTimer:
         probe = max(time.perf_counter() - t0, 1e-7)
         return max(1, min(1000, math.ceil(self.sample_s / probe)))
 
-    def measure(self, run: RunFn, n_sets: int) -> list[float]:
-        return self.measure_interleaved([(run, n_sets)])[0]
-
-    def measure_interleaved(self, runs: list[tuple[RunFn, int]]) -> list[list[float]]:
-        calls = [self._warm(run, n) for run, n in runs]
-        out: list[list[float]] = [[] for _ in runs]
-        for s in range(self.samples):
-            for j, (run, n) in enumerate(runs):
-                t0 = time.perf_counter()
-                for i in range(calls[j]):
-                    run((s * calls[j] + i) % n)
-                out[j].append((time.perf_counter() - t0) * 1e6 / calls[j])
-        return out
+    def _batch_us(self, run: RunFn, n_sets: int, calls: int, start_index: int) -> float:
+        t0 = time.perf_counter()
+        for i in range(calls):
+            run((start_index + i) % n_sets)
+        return (time.perf_counter() - t0) * 1e6 / calls
 
 
 def default_timer(device_is_cuda: bool) -> Timer:
