@@ -16,8 +16,8 @@ from __future__ import annotations
 import torch
 
 from .formats import (E2M1_MAX, E4M3_MAX, E4M3_NAN_BYTE, E8M0_NAN_BYTE, Fp4Format,
-                      decode_scales, e2m1_decode, e2m1_encode, e4m3_decode, e4m3_encode,
-                      e8m0_decode, e8m0_encode_ceil, pack_fp4, unpack_fp4)
+                      decode_scales, e2m1_decode_packed, e2m1_encode, e4m3_decode, e4m3_encode,
+                      e8m0_decode, e8m0_encode_ceil, pack_fp4)
 from .layouts import SfLayout, swizzle_scales, unswizzle_scales
 
 
@@ -157,13 +157,13 @@ def dequantize(x_fp4: torch.Tensor, x_sf: torch.Tensor, global_scale: torch.Tens
         (rows, K) tensor of ``dtype`` on ``x_fp4``'s device.
     """
     fmt = Fp4Format.from_flags(use_nvfp4)
-    codes = unpack_fp4(x_fp4)
-    rows, k = codes.shape
-    sf = unswizzle_scales(x_sf, rows, k // fmt.block_size, sfLayout)
     work = torch.float64 if dtype == torch.float64 else torch.float32
+    vals = e2m1_decode_packed(x_fp4, work)
+    rows, k = vals.shape
+    sf = unswizzle_scales(x_sf, rows, k // fmt.block_size, sfLayout)
     scales = decode_scales(sf, fmt, work)
-    vals = e2m1_decode(codes, work).reshape(rows, k // fmt.block_size, fmt.block_size)
-    out = (vals * scales.unsqueeze(-1)).reshape(rows, k)
+    # in place: the values are a fresh temporary, and a second (rows, K) buffer costs a pass
+    out = vals.view(rows, k // fmt.block_size, fmt.block_size).mul_(scales.unsqueeze(-1)).view(rows, k)
     if global_scale is not None:
         out = out / torch.as_tensor(global_scale, dtype=work, device=out.device).reshape(())
     return out.to(dtype)

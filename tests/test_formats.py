@@ -49,6 +49,26 @@ def test_pack_unpack_nibble_order():
         formats.pack_fp4(torch.zeros(1, 3, dtype=torch.uint8))
 
 
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16])
+def test_packed_decode_of_every_byte_low_nibble_first(dtype):
+    every = torch.arange(256, dtype=torch.uint8)
+    got = formats.e2m1_decode_packed(every.reshape(8, 32), dtype)
+    assert got.shape == (8, 64) and got.dtype == dtype
+    want = [v for b in range(256) for v in (e2m1_value(b & 15), e2m1_value(b >> 4))]
+    flat = got.double().reshape(-1).tolist()
+    assert flat == want
+    assert [math.copysign(1.0, v) for v in flat] == [math.copysign(1.0, v) for v in want]  # -0
+
+
+def test_packed_decode_keeps_leading_dims_and_takes_fp4_dtype():
+    g = torch.Generator().manual_seed(4)
+    packed = torch.randint(0, 256, (3, 5, 7), generator=g, dtype=torch.uint8)
+    got = formats.e2m1_decode_packed(packed)
+    assert torch.equal(got, formats.e2m1_decode(formats.unpack_fp4(packed)))
+    if hasattr(torch, "float4_e2m1fn_x2"):
+        assert torch.equal(formats.e2m1_decode_packed(packed.view(torch.float4_e2m1fn_x2)), got)
+
+
 def test_e4m3_decode_every_byte():
     got = formats.e4m3_decode(torch.arange(256, dtype=torch.uint8)).double().tolist()
     want = [e4m3_value(b) for b in range(256)]
