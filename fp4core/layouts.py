@@ -58,8 +58,16 @@ def round_up(x: int, multiple: int) -> int:
 
 def padded_scale_shape(rows: int, cols: int, layout: SfLayout | str) -> tuple[int, int]:
     """(padded_rows, padded_cols) of a ``rows`` x ``cols`` scale matrix stored in ``layout``."""
-    layout = SfLayout.parse(layout)
-    return round_up(rows, layout.row_tile), round_up(cols, layout.col_tile)
+    rt, ct = _TILES.get(layout) or _tiles(SfLayout.parse(layout))
+    return (rows + rt - 1) // rt * rt, (cols + ct - 1) // ct * ct
+
+
+def _tiles(layout: SfLayout) -> tuple[int, int]:
+    return layout.row_tile, layout.col_tile
+
+
+# (row tile, column tile) per layout: padded_scale_shape runs on every mm_fp4 call
+_TILES = {layout: _tiles(layout) for layout in SfLayout}
 
 
 def _tile_view_shape(prow: int, pcol: int, layout: SfLayout):
@@ -131,8 +139,10 @@ def flat_scale_bytes(sf: torch.Tensor) -> torch.Tensor:
     sf = as_bytes(sf)
     if sf.is_contiguous():
         return sf.reshape(-1)
-    if sf.dim() == 2 and sf.t().is_contiguous():
-        return sf.t().reshape(-1)
+    if sf.dim() == 2:
+        st = sf.t()
+        if st.is_contiguous():
+            return st.reshape(-1)
     raise ValueError(
         f"scale tensor must be contiguous or the transpose of a contiguous 2-D tensor, "
         f"got shape {tuple(sf.shape)} strides {sf.stride()}")

@@ -50,6 +50,8 @@ def _device_info(type_: str, index: int | None) -> DeviceInfo:
 
 def device_info(device: torch.device | str | None = None) -> DeviceInfo:
     """DeviceInfo for ``device`` (default: the current CUDA device if any, else the CPU)."""
+    if type(device) is torch.device and (device.index is not None or device.type != "cuda"):
+        return _device_info(device.type, device.index)  # the per-call path: a tensor's device
     if device is None:
         device = "cuda" if torch.cuda.is_available() else "cpu"
     device = torch.device(device)

@@ -15,6 +15,11 @@ from .problem import Operands, Problem, device_info
 
 OUT_DTYPES = (torch.bfloat16, torch.float16)
 _E8M0 = getattr(torch, "float8_e8m0fnu", None)
+# dtypes a scale tensor may come in: raw bytes, or the scale format's own torch dtype
+_SCALE_DTYPES = {
+    Fp4Format.NVFP4: frozenset({torch.uint8, torch.float8_e4m3fn}),
+    Fp4Format.MXFP4: frozenset({torch.uint8} | ({_E8M0} if _E8M0 is not None else set())),
+}
 
 
 def _shape(t: torch.Tensor) -> tuple[int, ...]:
@@ -48,9 +53,7 @@ def check_scales(name: str, sf, fmt: Fp4Format, rows: int, k: int, layout: SfLay
     """Validate a scale tensor and return its bytes as a flat uint8 view."""
     if not isinstance(sf, torch.Tensor):
         raise TypeError(f"{name}: expected a torch.Tensor of scale bytes, got {type(sf).__name__}")
-    allowed = {torch.uint8, torch.float8_e4m3fn} if fmt is Fp4Format.NVFP4 else {torch.uint8}
-    if fmt is Fp4Format.MXFP4 and _E8M0 is not None:
-        allowed.add(_E8M0)
+    allowed = _SCALE_DTYPES[fmt]
     if sf.dtype not in allowed:
         names = sorted(str(d).replace("torch.", "") for d in allowed)
         raise ValueError(f"{name}: {fmt.value} scales ({fmt.scale_name}) must be one of {names}, got {sf.dtype}")
