@@ -58,16 +58,12 @@ def round_up(x: int, multiple: int) -> int:
 
 def padded_scale_shape(rows: int, cols: int, layout: SfLayout | str) -> tuple[int, int]:
     """(padded_rows, padded_cols) of a ``rows`` x ``cols`` scale matrix stored in ``layout``."""
-    rt, ct = _TILES.get(layout) or _tiles(SfLayout.parse(layout))
-    return (rows + rt - 1) // rt * rt, (cols + ct - 1) // ct * ct
+    rt, ct = _TILES[SfLayout.parse(layout)]
+    return round_up(rows, rt), round_up(cols, ct)
 
 
-def _tiles(layout: SfLayout) -> tuple[int, int]:
-    return layout.row_tile, layout.col_tile
-
-
-# (row tile, column tile) per layout: padded_scale_shape runs on every mm_fp4 call
-_TILES = {layout: _tiles(layout) for layout in SfLayout}
+# (row tile, column tile) per layout, looked up once: padded_scale_shape runs on every mm_fp4 call
+_TILES = {layout: (layout.row_tile, layout.col_tile) for layout in SfLayout}
 
 
 def _tile_view_shape(prow: int, pcol: int, layout: SfLayout):
