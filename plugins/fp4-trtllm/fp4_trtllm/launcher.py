@@ -28,7 +28,7 @@ SOURCE = Path(__file__).parent / "csrc" / "fp4_gemv.cu"
 #: Both kernels, linked into one library: stream-K (fp4_gemv.cu) and split-K (fp4_splitk.cu).
 SOURCES = (SOURCE, Path(__file__).parent / "csrc" / "fp4_splitk.cu")
 LIB_NAME = "fp4_trtllm_gemv"
-ABI_VERSION = 2
+ABI_VERSION = 3
 #: nvcc flags of the library (the build hook and ``library`` must agree: same JIT cache key).
 FLAGS = ("-lineinfo",)
 #: Activation rows per CTA pass, by the kernel's template parameter NT (8 rows per MMA tile).
@@ -49,7 +49,8 @@ class _SplitKParams(ctypes.Structure):
     _fields_ = [(name, ctypes.c_void_p) for name in
                 ("a", "a_sf", "b", "b_sf", "alpha", "out", "ws", "counters")] + \
                [(name, ctypes.c_int) for name in
-                ("m", "n", "k", "a_sf_8x4", "a_sf_col_tiles", "out_fp16", "splits", "warps", "m_tiles")]
+                ("m", "n", "k", "a_sf_8x4", "a_sf_col_tiles", "out_fp16", "splits", "warps", "m_tiles",
+                 "stages")]
 
 
 def arch_for(capability: tuple[int, int]) -> str:
@@ -200,6 +201,12 @@ def launch(*, a: torch.Tensor, a_sf: torch.Tensor, w: torch.Tensor, w_sf: torch.
                            f"t={t} warps={warps} ctas={ctas} grid={grid}")
 
 
+def deep_stages(t: int, nt: int) -> int:
+    """The deeper split-K pipeline compiled for a tile (csrc/fp4_splitk.cu ``deep_stages``):
+    6 chunks in flight for t * nt <= 2, 4 for t * nt == 4, none (0) for larger tiles."""
+    return 6 if t * nt <= 2 else (4 if t * nt == 4 else 0)
+
+
 def splitk_grid(m: int, n: int, t: int, warps: int, splits: int) -> tuple[int, int, int]:
     """(CTAs along N, splits, activation passes) of a split-K launch."""
     m_tiles = math.ceil(n / 16)
@@ -208,9 +215,11 @@ def splitk_grid(m: int, n: int, t: int, warps: int, splits: int) -> tuple[int, i
 
 def launch_splitk(*, a: torch.Tensor, a_sf: torch.Tensor, w: torch.Tensor, w_sf: torch.Tensor,
                   alpha: torch.Tensor | None, out: torch.Tensor, m: int, n: int, k: int, mx: bool,
-                  a_sf_8x4: bool, a_sf_cols: int, t: int, warps: int, splits: int) -> None:
+                  a_sf_8x4: bool, a_sf_cols: int, t: int, warps: int, splits: int,
+                  stages: int = 0) -> None:
     """Launch the split-K register-pipeline kernel (same arguments as ``launch``; ``splits``
-    CTAs share each tile of rows, the last to arrive sums their partials in split order)."""
+    CTAs share each tile of rows, the last to arrive sums their partials in split order;
+    ``stages``: chunks in flight per lane, 0 for the tile's default or ``deep_stages(t, nt)``)."""
     index = out.device.index
     lib = _device_lib(index)
     nt = nt_for(m)
@@ -222,9 +231,9 @@ def launch_splitk(*, a: torch.Tensor, a_sf: torch.Tensor, w: torch.Tensor, w_sf:
     p = _SplitKParams(a.data_ptr(), a_sf.data_ptr(), w.data_ptr(), w_sf.data_ptr(),
                       alpha.data_ptr() if alpha is not None else None, out.data_ptr(), ws, cnt,
                       m, n, k, int(a_sf_8x4), a_sf_cols // 4, int(out.dtype == torch.float16),
-                      splits, warps, m_tiles)
+                      splits, warps, m_tiles, stages)
     err = lib.fp4_trtllm_splitk(ctypes.byref(p), int(mx), t, nt, _raw_stream(index))
     if err != 0:
         raise RuntimeError(f"fp4-trtllm split-K kernel launch failed: CUDA error {err} "
                            f"({lib.fp4_trtllm_error_string(err).decode()}) for m={m} n={n} k={k} "
-                           f"t={t} warps={warps} splits={splits}")
+                           f"t={t} warps={warps} splits={splits} stages={stages}")
