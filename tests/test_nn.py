@@ -263,7 +263,8 @@ def test_compiled_model_on_gpu_and_state_dict_across_devices():
     # not bit for bit (the fp32 CPU test above is bit-exact). Observed on H100: 7.1e-3.
     assert relative_error(compiled(x), model(x)) <= TOLERANCE
     cpu = quantize_linears(_model().to(torch.bfloat16), quantize=False)
-    cpu.load_state_dict({k: v.cpu() for k, v in model.state_dict().items()})
+    # tensors to the CPU; the format record (extra state, a dict) as it is
+    cpu.load_state_dict({k: v.cpu() if torch.is_tensor(v) else v for k, v in model.state_dict().items()})
     cpu.cuda()  # moved: the prepared copies are rebuilt for the new tensors
     assert torch.equal(cpu(x), model(x))
 

@@ -6,6 +6,7 @@ negative zeros, huge values that saturate, subnormals, NaN, Inf). CPU: the same 
 under Triton's interpreter when Triton is installed (skipped otherwise).
 """
 
+import importlib.util
 import os
 import subprocess
 import sys
@@ -129,6 +130,46 @@ for fmt, layout, gs in CASES:
             assert torch.equal(sf, sf_ref), (fmt, layout, gs, dtype, (sf != sf_ref).nonzero()[:5])
 print("interpreter: all equal")
 """
+
+
+_E2M1_SCRIPT = r"""
+import torch, triton, triton.language as tl
+from fp4core.formats import e2m1_encode
+from fp4core.kernels.quantize_triton import _e2m1_codes
+
+@triton.jit
+def codes(x_ptr, out_ptr, n, B: tl.constexpr):
+    i = tl.program_id(0) * B + tl.arange(0, B)
+    tl.store(out_ptr + i, _e2m1_codes(tl.load(x_ptr + i, mask=i < n)), mask=i < n)
+
+# every E2M1 rounding boundary and value, one ulp either side, both signs, zeros, values
+# past the saturation point, and random magnitudes over the whole range
+edges = torch.tensor([0.0, 0.25, 0.5, 0.75, 1.0, 1.25, 1.5, 1.75, 2.0, 2.5, 3.0, 3.5, 4.0, 5.0, 6.0,
+                      7.0, 1e30, 3.4e38, 1e-40, 1e-30])
+up = torch.nextafter(edges, torch.tensor(float("inf")))
+down = torch.nextafter(edges, torch.tensor(0.0))
+g = torch.Generator().manual_seed(7)
+rnd = torch.rand(200000, generator=g) * 8.0
+x = torch.cat([edges, up, down, rnd])
+x = torch.cat([x, -x])
+out = torch.empty(x.numel(), dtype=torch.int32)
+codes[(triton.cdiv(x.numel(), 1024),)](x, out, x.numel(), B=1024)
+ref = e2m1_encode(x).to(torch.int32)
+bad = (out != ref).nonzero().flatten()
+assert bad.numel() == 0, [(x[i].item(), out[i].item(), ref[i].item()) for i in bad[:8]]
+print("e2m1: all equal")
+"""
+
+
+@pytest.mark.skipif(not importlib.util.find_spec("triton") or torch.cuda.is_available(),
+                    reason="needs triton; with a GPU the GPU tests run the real kernels")
+def test_e2m1_rounding_on_the_bits_matches_the_reference_in_the_interpreter():
+    """The kernels' bit-level E2M1 rounding against ``e2m1_encode`` on every rounding boundary
+    and its neighbours (ties to even, saturation, signed zeros) and 400k random values."""
+    env = dict(os.environ, TRITON_INTERPRET="1")
+    res = subprocess.run([sys.executable, "-c", _E2M1_SCRIPT], env=env, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    assert "all equal" in res.stdout
 
 
 def _has_triton() -> bool:

@@ -65,31 +65,44 @@ def _e4m3_value(b):
 
 @triton.jit
 def _e2m1_codes(q):
-    """Round to E2M1 codes (RNE, saturating at 6); sign from the sign bit, none for NaN."""
-    mag = tl.abs(q)
-    code = ((mag > 0.25).to(tl.int32) + (mag >= 0.75).to(tl.int32) + (mag > 1.25).to(tl.int32)
-            + (mag >= 1.75).to(tl.int32) + (mag > 2.5).to(tl.int32) + (mag >= 3.5).to(tl.int32)
-            + (mag > 5.0).to(tl.int32))
-    neg = (q.to(tl.int32, bitcast=True) < 0) & (q == q)
-    return code | tl.where(neg, 8, 0)
+    """Round to E2M1 codes (RNE, saturating at 6) on the float32 bits; sign from the sign bit.
+
+    |q| >= 1 rounds its mantissa to one bit with the usual add-half-and-carry, which lands on
+    the code directly (1.0 is biased-exponent 127 << 1 = 254 -> code 2); |q| < 1 is a multiple
+    of 0.5, RNE(2|q|) through the 1.5 * 2^23 magic constant. NaN never reaches here (such
+    blocks are zeroed by the caller)."""
+    bits = q.to(tl.int32, bitcast=True)
+    a = tl.minimum(bits & 0x7FFFFFFF, 0x40C00000)  # |q| saturated at 6.0
+    big = ((a + 0x1FFFFF + ((a >> 22) & 1)) >> 22) - 252
+    small = (a.to(tl.float32, bitcast=True) * 2.0 + 12582912.0).to(tl.int32, bitcast=True) - 0x4B400000
+    return tl.where(a >= 0x3F800000, big, small) | ((bits >> 28) & 8)
 
 
 @triton.jit
 def _load_pairs(xp_ptr, offs, mask, IN_KIND: tl.constexpr):
-    """Elements 2i and 2i+1 of each pair as float32: the input is read as one integer per
-    pair (int32 for bf16/fp16, int64 for fp32), so each thread holds whole pairs and the
-    nibble packing needs no data exchange between threads."""
+    """Elements 2i and 2i+1 of each pair as float32 and the larger of their magnitudes'
+    bits (int32; non-negative floats order like their bit patterns, and Inf/NaN compare
+    above every finite value): the input is read as one integer per pair (int32 for
+    bf16/fp16, int64 for fp32), so each thread holds whole pairs and the nibble packing
+    needs no data exchange between threads."""
     w = tl.load(xp_ptr + offs, mask=mask, other=0)
     if IN_KIND == 0:  # float32 pairs in an int64
-        lo = w.to(tl.int32).to(tl.float32, bitcast=True)
-        hi = (w >> 32).to(tl.int32).to(tl.float32, bitcast=True)
+        lo_b = w.to(tl.int32)
+        hi_b = (w >> 32).to(tl.int32)
+        mag = tl.maximum(lo_b & 0x7FFFFFFF, hi_b & 0x7FFFFFFF)
+        lo = lo_b.to(tl.float32, bitcast=True)
+        hi = hi_b.to(tl.float32, bitcast=True)
     elif IN_KIND == 1:  # bfloat16: the upper half of a float32
-        lo = (w << 16).to(tl.float32, bitcast=True)
-        hi = (w & -65536).to(tl.float32, bitcast=True)
+        lo_b = w << 16
+        hi_b = w & -65536
+        mag = tl.maximum(lo_b & 0x7FFFFFFF, hi_b & 0x7FFFFFFF)
+        lo = lo_b.to(tl.float32, bitcast=True)
+        hi = hi_b.to(tl.float32, bitcast=True)
     else:  # float16
         lo = w.to(tl.int16).to(tl.float16, bitcast=True).to(tl.float32)
         hi = (w >> 16).to(tl.int16).to(tl.float16, bitcast=True).to(tl.float32)
-    return lo, hi
+        mag = tl.maximum(lo.to(tl.int32, bitcast=True) & 0x7FFFFFFF, hi.to(tl.int32, bitcast=True) & 0x7FFFFFFF)
+    return lo, hi, mag
 
 
 @triton.jit
@@ -98,20 +111,23 @@ def _quant_kernel(xp_ptr, stride_pm, q_ptr, sf_ptr, gs_ptr, gs_out_ptr, M, KP, N
                   LAYOUT: tl.constexpr, GS_MODE: tl.constexpr, BM: tl.constexpr, BC: tl.constexpr):
     # GS_MODE: 0 none (MXFP4), 1 gs_ptr holds the float32 global scale, 2 gs_ptr holds the
     # int32 bits of amax(|x|) and the global scale is derived here.
+    # A program owns BM rows x BC scale blocks, laid out as BM * BC block rows of BLOCK / 2
+    # pairs: the block reductions stay inside a thread or a pair of threads, and the codes
+    # and scales are computed once per element and once per block (no broadcast copies).
     HALF: tl.constexpr = BLOCK // 2
+    NBLK: tl.constexpr = BM * BC
     pid_m = tl.program_id(0)
     pid_c = tl.program_id(1)
-    rows = pid_m * BM + tl.arange(0, BM)
-    blks = pid_c * BC + tl.arange(0, BC)
-    r3 = rows[:, None, None]
-    pc = blks[None, :, None] * HALF + tl.arange(0, HALF)[None, None, :]  # pair (= output byte) column
-    mask = (r3 < M) & (pc < KP)
-    lo, hi = _load_pairs(xp_ptr, r3.to(tl.int64) * stride_pm + pc, mask, IN_KIND)
-    fin_lo = (lo == lo) & (tl.abs(lo) != float("inf"))
-    fin_hi = (hi == hi) & (tl.abs(hi) != float("inf"))
-    bad = tl.max(tl.where(fin_lo & fin_hi, 0, 1), axis=2) > 0
-    # bad blocks are overwritten below, so how max treats NaN does not matter
-    amax = tl.maximum(tl.max(tl.abs(lo), axis=2), tl.max(tl.abs(hi), axis=2))
+    blk = tl.arange(0, NBLK)
+    r = pid_m * BM + blk // BC           # row of each block
+    c = pid_c * BC + blk % BC            # scale-block column of each block
+    pc = c[:, None] * HALF + tl.arange(0, HALF)[None, :]  # pair (= output byte) column
+    live = (r < M) & (c < NB)
+    mask = live[:, None]
+    lo, hi, mag = _load_pairs(xp_ptr, r[:, None].to(tl.int64) * stride_pm + pc, mask, IN_KIND)
+    amax_bits = tl.max(mag, axis=1)
+    bad = amax_bits >= 0x7F800000         # the block holds an Inf or a NaN
+    amax = amax_bits.to(tl.float32, bitcast=True)
     if IS_NV:
         if GS_MODE == 2:
             am = tl.load(gs_ptr).to(tl.float32, bitcast=True)
@@ -139,15 +155,13 @@ def _quant_kernel(xp_ptr, stride_pm, q_ptr, sf_ptr, gs_ptr, gs_out_ptr, M, KP, N
         # 1 / 2^(b-127) = 2^(127-b): biased exponent 254-b, the subnormal 2^-127 for b = 254
         mult = tl.where(sbyte == 254, 0x400000, (254 - sbyte) << 23).to(tl.float32, bitcast=True)
         nan_byte = 0xFF
-    m3 = mult[:, :, None]
-    packed = _e2m1_codes(lo * m3) | (_e2m1_codes(hi * m3) << 4)
-    packed = tl.where(bad[:, :, None], 0, packed).to(tl.uint8)
+    m2 = mult[:, None]
+    packed = _e2m1_codes(lo * m2) | (_e2m1_codes(hi * m2) << 4)
+    packed = tl.where(bad[:, None], 0, packed).to(tl.uint8)
     sbyte = tl.where(bad, nan_byte, sbyte)
-    tl.store(q_ptr + r3.to(tl.int64) * KP + pc, packed, mask=mask)
+    tl.store(q_ptr + r[:, None].to(tl.int64) * KP + pc, packed, mask=mask)
     # scale bytes, padding included (zero), at their layout offsets
-    r = rows[:, None]
-    c = blks[None, :]
-    sval = tl.where((r < M) & (c < NB), sbyte, 0).to(tl.uint8)
+    sval = tl.where(live, sbyte, 0).to(tl.uint8)
     if LAYOUT == 0:
         off = r.to(tl.int64) * PCOL + c
     elif LAYOUT == 1:
@@ -159,9 +173,10 @@ def _quant_kernel(xp_ptr, stride_pm, q_ptr, sf_ptr, gs_ptr, gs_out_ptr, M, KP, N
     tl.store(sf_ptr + off, sval, mask=(r < PROWS) & (c < PCOL))
 
 
-#: (rows, scale blocks) per program and warps, per format. FP4CORE_QUANT_TILES overrides them
-#: ("nvfp4=16,16,4;mxfp4=16,8,4"; see ``bench_quant.sweep_configs``).
-DEFAULT_CONFIG = {Fp4Format.NVFP4: (16, 16, 4), Fp4Format.MXFP4: (16, 8, 4)}
+#: (rows, scale blocks) per program and warps, per format: 4 blocks (64 values) per thread.
+#: FP4CORE_QUANT_TILES overrides them ("nvfp4=16,32,4;mxfp4=16,16,4"; see
+#: ``bench_quant.sweep_configs``).
+DEFAULT_CONFIG = {Fp4Format.NVFP4: (16, 32, 4), Fp4Format.MXFP4: (16, 16, 4)}
 
 
 def _tiles_from_env() -> None:
