@@ -72,7 +72,7 @@ def _e2m1_codes(q):
     of 0.5, RNE(2|q|) through the 1.5 * 2^23 magic constant. NaN never reaches here (such
     blocks are zeroed by the caller)."""
     bits = q.to(tl.int32, bitcast=True)
-    a = tl.minimum(bits & 0x7FFFFFFF, 0x40C00000)  # |q| saturated at 6.0
+    a = tl.minimum(tl.abs(q), 6.0).to(tl.int32, bitcast=True)  # |q| saturated (one FMNMX)
     big = ((a + 0x1FFFFF + ((a >> 22) & 1)) >> 22) - 252
     small = (a.to(tl.float32, bitcast=True) * 2.0 + 12582912.0).to(tl.int32, bitcast=True) - 0x4B400000
     return tl.where(a >= 0x3F800000, big, small) | ((bits >> 28) & 8)
