@@ -22,17 +22,29 @@ _TORCH_MATH = TorchBackend.run  # unpatched, for fakes that compute the right an
 
 
 class FakeTimer:
-    """Calls the candidate once and reports the time table's value for it."""
+    """Calls the candidate once and reports the time table's value for it; the interleaved
+    runoff reports ``runoff[key]`` where given (a drift the sweep did not see), else the same."""
 
-    def __init__(self, table):
+    def __init__(self, table, runoff=None):
         self.table = table
+        self.runoff = runoff or {}
         self.measured = []
+        self.interleaved = []
 
     def measure(self, run, n_sets):
         run(0)
         key = RUNS[-1]
         self.measured.append(key)
         return [self.table[key]]
+
+    def measure_interleaved(self, runs):
+        out = []
+        for run, _ in runs:
+            run(0)
+            key = RUNS[-1]
+            self.interleaved.append(key)
+            out.append([self.runoff.get(key, self.table[key])])
+        return out
 
 
 def make_backend(name, behaviour="correct", tactics=({"t": 1}, {"t": 2}), priority=1, version="1.0"):
@@ -253,3 +265,23 @@ def test_explain_text_names_choice_and_exclusions(fakes):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         fp4core.explain(P)
+
+
+def test_runoff_between_close_backends_decides_on_interleaved_times(fakes, monkeypatch):
+    """The sweep saw "fast" at 20 us and "slow" at 50 us (outside the runoff window): no runoff.
+    When the two are close, the interleaved re-timing, not the sequential sweep, picks."""
+    with fp4core.autotune(verbose=False):
+        dispatcher.choose(P)
+    assert fakes.interleaved == []  # 50 > 1.3 * 20: one finalist, nothing to re-time
+    state.tuning_cache.clear()
+    close = FakeTimer({("fast", 1): 30.0, ("fast", 2): 21.0, ("slow", 1): 20.0, ("slow", 2): 60.0,
+                       ("torch", None): 500.0}, runoff={("slow", 1): 26.0, ("fast", 2): 22.0})
+    monkeypatch.setattr(dispatcher, "timer", close)
+    with fp4core.autotune(verbose=False):
+        choice = dispatcher.choose(P)
+    # each backend's best tactic from the sweep went into the runoff, once, side by side
+    assert sorted(close.interleaved) == [("fast", 2), ("slow", 1)]
+    assert (choice.backend.name, choice.tactic) == ("fast", {"t": 2})
+    entry = json.loads(state.tuning_cache.path.read_text())["entries"][problem_key(P)]
+    assert entry["per_backend"]["slow"]["sweep_us"] == 20.0 and entry["per_backend"]["slow"]["us"] == 26.0
+    assert entry["us"] == 22.0
