@@ -2,7 +2,7 @@
 
 The library's C entry points take raw device pointers and the current stream, so nothing here
 touches torch's C++ ABI: ``fp4_trtllm_gemv(const Fp4GemvParams*, mx, t, nt, grid, stream)``
-launches the stream-K kernel, ``fp4_trtllm_occupancy(mx, t, nt, warps, stages)`` says how many of its
+launches the stream-K kernel, ``fp4_trtllm_occupancy(mx, t, nt, warps)`` says how many of its
 CTAs fit on one SM, ``fp4_trtllm_splitk(const Fp4SplitKParams*, mx, t, nt, stream)`` launches
 the split-K register-pipeline kernel (the first kernel of this plugin, kept as a tactic
 family: it is the faster one for some decode shapes).
@@ -28,7 +28,7 @@ SOURCE = Path(__file__).parent / "csrc" / "fp4_gemv.cu"
 #: Both kernels, linked into one library: stream-K (fp4_gemv.cu) and split-K (fp4_splitk.cu).
 SOURCES = (SOURCE, Path(__file__).parent / "csrc" / "fp4_splitk.cu")
 LIB_NAME = "fp4_trtllm_gemv"
-ABI_VERSION = 4
+ABI_VERSION = 2
 #: nvcc flags of the library (the build hook and ``library`` must agree: same JIT cache key).
 FLAGS = ("-lineinfo",)
 #: Activation rows per CTA pass, by the kernel's template parameter NT (8 rows per MMA tile).
@@ -41,7 +41,7 @@ class _Params(ctypes.Structure):
                 ("a", "a_sf", "b", "b_sf", "alpha", "out", "ws", "counters")] + \
                [(name, ctypes.c_int) for name in
                 ("m", "n", "k", "a_sf_8x4", "a_sf_col_tiles", "out_fp16", "warps", "m_tiles",
-                 "groups", "mblocks", "stages")]
+                 "groups", "mblocks")]
 
 
 class _SplitKParams(ctypes.Structure):
@@ -49,8 +49,7 @@ class _SplitKParams(ctypes.Structure):
     _fields_ = [(name, ctypes.c_void_p) for name in
                 ("a", "a_sf", "b", "b_sf", "alpha", "out", "ws", "counters")] + \
                [(name, ctypes.c_int) for name in
-                ("m", "n", "k", "a_sf_8x4", "a_sf_col_tiles", "out_fp16", "splits", "warps", "m_tiles",
-                 "stages")]
+                ("m", "n", "k", "a_sf_8x4", "a_sf_col_tiles", "out_fp16", "splits", "warps", "m_tiles")]
 
 
 def arch_for(capability: tuple[int, int]) -> str:
@@ -71,7 +70,7 @@ def library(arch: str) -> ctypes.CDLL:
     lib.fp4_trtllm_splitk.argtypes = [ctypes.POINTER(_SplitKParams), ctypes.c_int, ctypes.c_int,
                                       ctypes.c_int, ctypes.c_void_p]
     lib.fp4_trtllm_occupancy.restype = ctypes.c_int
-    lib.fp4_trtllm_occupancy.argtypes = [ctypes.c_int] * 5
+    lib.fp4_trtllm_occupancy.argtypes = [ctypes.c_int] * 4
     lib.fp4_trtllm_error_string.restype = ctypes.c_char_p
     lib.fp4_trtllm_error_string.argtypes = [ctypes.c_int]
     lib.fp4_trtllm_abi_version.restype = ctypes.c_int
@@ -130,22 +129,12 @@ def _device_lib(index: int) -> ctypes.CDLL:
     return library(arch_for(torch.cuda.get_device_capability(index)))
 
 
-#: Shared-memory ring depths of the stream-K kernel (csrc/fp4_gemv.cu DEFAULT_S, DEEP_S);
-#: the deep ring is compiled for t * nt <= 4 only.
-DEFAULT_STAGES, DEEP_STAGES = 3, 5
-
-
-def has_deep_ring(t: int, nt: int) -> bool:
-    """Whether the stream-K kernel has a DEEP_STAGES ring for this tile (t * nt <= 4)."""
-    return t * nt <= 4
-
-
 @functools.lru_cache(maxsize=None)
-def _occupancy(index: int, mx: bool, t: int, nt: int, warps: int, stages: int = 0) -> int:
-    n = _device_lib(index).fp4_trtllm_occupancy(int(mx), t, nt, warps, stages)
+def _occupancy(index: int, mx: bool, t: int, nt: int, warps: int) -> int:
+    n = _device_lib(index).fp4_trtllm_occupancy(int(mx), t, nt, warps)
     if n < 1:
-        raise RuntimeError(f"fp4-trtllm: no CTA of t={t} nt={nt} warps={warps} stages={stages} fits on "
-                           f"an SM of device {index} (occupancy query returned {n})")
+        raise RuntimeError(f"fp4-trtllm: no CTA of t={t} nt={nt} warps={warps} fits on an SM of "
+                           f"device {index} (occupancy query returned {n})")
     return n
 
 
@@ -164,11 +153,11 @@ def geometry(m: int, n: int, k: int, t: int, warps: int) -> tuple[int, int, int,
 
 
 @functools.lru_cache(maxsize=4096)
-def _plan(index: int, m: int, n: int, k: int, mx: bool, t: int, warps: int, ctas: int, stages: int = 0
+def _plan(index: int, m: int, n: int, k: int, mx: bool, t: int, warps: int, ctas: int
           ) -> tuple[int, int, int, int, int, int]:
     """(nt, groups, mblocks, grid, workspace floats, counters) for one call shape."""
     nt, groups, mblocks, units = geometry(m, n, k, t, warps)
-    per_sm = _occupancy(index, mx, t, nt, warps, stages)
+    per_sm = _occupancy(index, mx, t, nt, warps)
     if ctas > 0:
         per_sm = min(per_sm, ctas)
     grid = max(1, min(units, _sm_count(index) * per_sm))
@@ -183,7 +172,7 @@ def _raw_stream(index: int) -> int:
 
 def launch(*, a: torch.Tensor, a_sf: torch.Tensor, w: torch.Tensor, w_sf: torch.Tensor,
            alpha: torch.Tensor | None, out: torch.Tensor, m: int, n: int, k: int, mx: bool,
-           a_sf_8x4: bool, a_sf_cols: int, t: int, warps: int, ctas: int = 0, stages: int = 0) -> None:
+           a_sf_8x4: bool, a_sf_cols: int, t: int, warps: int, ctas: int = 0) -> None:
     """Launch the kernel on the current stream of ``out``'s device.
 
     Args:
@@ -193,30 +182,22 @@ def launch(*, a: torch.Tensor, a_sf: torch.Tensor, w: torch.Tensor, w_sf: torch.
         a_sf_cols: padded scale columns of A (multiple of 4).
         t, warps: the tactic's tiles of 16 rows per warp and warps per CTA.
         ctas: CTAs per SM of the persistent grid (0: as many as fit).
-        stages: shared-memory ring depth, 0 (DEFAULT_STAGES) or DEEP_STAGES where
-            ``has_deep_ring(t, nt_for(m))``.
     Raises:
         RuntimeError naming the CUDA error if the launch fails.
     """
     index = out.device.index
     lib = _device_lib(index)
-    nt, groups, mblocks, grid, ws_floats, n_counters = _plan(index, m, n, k, mx, t, warps, ctas, stages)
+    nt, groups, mblocks, grid, ws_floats, n_counters = _plan(index, m, n, k, mx, t, warps, ctas)
     ws, cnt = workspace(out.device).ensure(ws_floats, n_counters)
     p = _Params(a.data_ptr(), a_sf.data_ptr(), w.data_ptr(), w_sf.data_ptr(),
                 alpha.data_ptr() if alpha is not None else None, out.data_ptr(), ws, cnt,
                 m, n, k, int(a_sf_8x4), a_sf_cols // 4, int(out.dtype == torch.float16),
-                warps, (n + 15) // 16, groups, mblocks, stages)
+                warps, (n + 15) // 16, groups, mblocks)
     err = lib.fp4_trtllm_gemv(ctypes.byref(p), int(mx), t, nt, grid, _raw_stream(index))
     if err != 0:
         raise RuntimeError(f"fp4-trtllm kernel launch failed: CUDA error {err} "
                            f"({lib.fp4_trtllm_error_string(err).decode()}) for m={m} n={n} k={k} "
-                           f"t={t} warps={warps} ctas={ctas} stages={stages} grid={grid}")
-
-
-def deep_stages(t: int, nt: int) -> int:
-    """The deeper split-K pipeline compiled for a tile (csrc/fp4_splitk.cu ``deep_stages``):
-    6 chunks in flight for t * nt <= 2, 4 for t * nt == 4, none (0) for larger tiles."""
-    return 6 if t * nt <= 2 else (4 if t * nt == 4 else 0)
+                           f"t={t} warps={warps} ctas={ctas} grid={grid}")
 
 
 def splitk_grid(m: int, n: int, t: int, warps: int, splits: int) -> tuple[int, int, int]:
@@ -227,11 +208,9 @@ def splitk_grid(m: int, n: int, t: int, warps: int, splits: int) -> tuple[int, i
 
 def launch_splitk(*, a: torch.Tensor, a_sf: torch.Tensor, w: torch.Tensor, w_sf: torch.Tensor,
                   alpha: torch.Tensor | None, out: torch.Tensor, m: int, n: int, k: int, mx: bool,
-                  a_sf_8x4: bool, a_sf_cols: int, t: int, warps: int, splits: int,
-                  stages: int = 0) -> None:
+                  a_sf_8x4: bool, a_sf_cols: int, t: int, warps: int, splits: int) -> None:
     """Launch the split-K register-pipeline kernel (same arguments as ``launch``; ``splits``
-    CTAs share each tile of rows, the last to arrive sums their partials in split order;
-    ``stages``: chunks in flight per lane, 0 for the tile's default or ``deep_stages(t, nt)``)."""
+    CTAs share each tile of rows, the last to arrive sums their partials in split order)."""
     index = out.device.index
     lib = _device_lib(index)
     nt = nt_for(m)
@@ -243,9 +222,9 @@ def launch_splitk(*, a: torch.Tensor, a_sf: torch.Tensor, w: torch.Tensor, w_sf:
     p = _SplitKParams(a.data_ptr(), a_sf.data_ptr(), w.data_ptr(), w_sf.data_ptr(),
                       alpha.data_ptr() if alpha is not None else None, out.data_ptr(), ws, cnt,
                       m, n, k, int(a_sf_8x4), a_sf_cols // 4, int(out.dtype == torch.float16),
-                      splits, warps, m_tiles, stages)
+                      splits, warps, m_tiles)
     err = lib.fp4_trtllm_splitk(ctypes.byref(p), int(mx), t, nt, _raw_stream(index))
     if err != 0:
         raise RuntimeError(f"fp4-trtllm split-K kernel launch failed: CUDA error {err} "
                            f"({lib.fp4_trtllm_error_string(err).decode()}) for m={m} n={n} k={k} "
-                           f"t={t} warps={warps} splits={splits} stages={stages}")
+                           f"t={t} warps={warps} splits={splits}")

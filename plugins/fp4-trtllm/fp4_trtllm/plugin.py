@@ -98,26 +98,18 @@ class TrtllmBackend:
     @hookimpl
     def tactics(self, problem: Problem) -> list[dict]:
         """Best guess first. Stream-K: ``{"kernel": "streamk", "t": tiles of 16 rows per warp,
-        "warps": per CTA, "ctas": CTAs per SM of the persistent grid (0 = as many as fit)}``,
-        at M <= 16 also with ``"stages"``: a deeper shared-memory ring;
-        split-K: ``{"kernel": "splitk", "t", "warps", "split_k": CTAs per tile of rows}``, at
-        M <= 16 also with ``"stages"``: a deeper register pipeline (chunks in flight per lane).
+        "warps": per CTA, "ctas": CTAs per SM of the persistent grid (0 = as many as fit)}``;
+        split-K: ``{"kernel": "splitk", "t", "warps", "split_k": CTAs per tile of rows}``.
         Split-K leads up to M = 16 (measured faster there on H100), stream-K above."""
         nt = launcher.nt_for(problem.m or 1)
         sk = [{"kernel": "streamk", "t": t, "warps": w, "ctas": 0} for t, w in _STREAMK[nt]]
         sk.append({**sk[0], "ctas": 1})  # one CTA per SM: fewer, longer K streams
-        if nt <= 2:  # M <= 16: also a deeper shared-memory ring (more bytes in flight per SM)
-            sk += [{**tac, "stages": launcher.DEEP_STAGES} for tac in sk[:3]
-                   if launcher.has_deep_ring(tac["t"], nt)]
-        sp, deep = [], []
+        sp = []
         for t, w in _SPLITK[nt]:
             s = _auto_splits(problem, t, w)
             for splits in sorted({s, max(1, s // 2)}, reverse=True):
                 sp.append({"kernel": "splitk", "t": t, "warps": w, "split_k": splits})
-                # At M <= 16 the loop waits on DRAM: also time a deeper pipeline per lane.
-                if nt <= 2 and launcher.deep_stages(t, nt):
-                    deep.append({**sp[-1], "stages": launcher.deep_stages(t, nt)})
-        return sp + deep + sk if nt <= 2 else sk + sp
+        return sp + sk if nt <= 2 else sk + sp
 
     @hookimpl
     def build(self, archs: list[str], progress: bool) -> list[str]:
@@ -152,7 +144,6 @@ class TrtllmBackend:
                     a_sf_cols=(cols + 3) // 4 * 4, t=t, warps=warps)
         if tactic.get("kernel", "streamk") == "splitk":
             splits = tactic.get("split_k", 0) or _auto_splits(problem, t, warps)
-            launcher.launch_splitk(**args, splits=max(1, min(splits, problem.k // CHUNK_K)),
-                                   stages=tactic.get("stages", 0))
+            launcher.launch_splitk(**args, splits=max(1, min(splits, problem.k // CHUNK_K)))
         else:
-            launcher.launch(**args, ctas=tactic.get("ctas", 0), stages=tactic.get("stages", 0))
+            launcher.launch(**args, ctas=tactic.get("ctas", 0))

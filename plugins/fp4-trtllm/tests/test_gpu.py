@@ -54,16 +54,6 @@ def test_every_tactic_exact(m, n, k, nv, e8):
         _check(be, problem, ops, tactic)
 
 
-def test_uncompiled_pipeline_depth_is_refused():
-    be = TrtllmBackend()
-    problem = _problem(1, 256, 256, True, False)
-    ops = random_operands(problem, device="cuda", generator=torch.Generator(device="cuda").manual_seed(5))
-    run_ops = _prepared(be, problem, ops)
-    out = torch.full((1, 256), float("nan"), dtype=torch.bfloat16, device="cuda")
-    with pytest.raises(RuntimeError, match="stages=5"):
-        be.run(problem, run_ops, {"kernel": "splitk", "t": 2, "warps": 4, "split_k": 1, "stages": 5}, out)
-
-
 @pytest.mark.parametrize("nv", [True, False], ids=["nvfp4", "mxfp4"])
 @pytest.mark.parametrize("m", [1, 16, 100, 256])
 def test_fp16_out_and_large_m(m, nv):

@@ -25,7 +25,7 @@
 // CTA) sums the partials in CTA order, so results are bit-identical run to run.
 //
 // Memory pipeline: every thread copies the bytes it (or its warp / CTA) will consume with
-// cp.async into a ring of S shared-memory stages of D units each, so S-1 stages
+// cp.async into a ring of STAGES shared-memory stages of D units each, so STAGES-1 stages
 // are in flight per CTA without costing registers. Activations: per unit, one warp decodes
 // each 8-row activation tile once into shared memory as ready-made fp16/bf16 MMA
 // B-fragments, which every warp of the CTA then reads (instead of each warp decoding its
@@ -54,7 +54,6 @@ struct Fp4GemvParams {
     int m_tiles;           // ceil(N / 16): tiles of weight rows
     int groups;            // ceil(m_tiles / (W * T))
     int mblocks;           // ceil(M / (8 * NT))
-    int stages;            // shared-memory ring depth: 0 = DEFAULT_S, or DEEP_S
 };
 }
 
@@ -100,21 +99,15 @@ __device__ __forceinline__ void sts128(uint32_t a, uint4 v) {
     asm volatile("st.shared.v4.u32 [%0], {%1, %2, %3, %4};" ::"r"(a), "r"(v.x), "r"(v.y), "r"(v.z), "r"(v.w));
 }
 
-// Units (64-wide K chunks) per pipeline stage. Stages in the ring (S): 3, or DEEP_S for the
-// small tiles (M <= 16), whose loop waits on DRAM latency: ncu on H200 (split-K kernel,
-// M = 1) showed warps stalled on L1TEX data 38 % of the time at 1.7 TB/s, i.e. too few bytes
-// in flight per SM; 2 CTAs of a 5-stage ring keep 8 stages (up to 128 KiB) in flight.
+// Units (64-wide K chunks) per pipeline stage, and stages in the ring.
 constexpr int D = 2;
-constexpr int DEFAULT_S = 3;
-constexpr int DEEP_S = 5;
-template <int T, int NT>
-constexpr bool has_deep() { return T * NT <= 4; }
+constexpr int STAGES = 3;
 
 // Shared-memory layout of one CTA (bytes), W warps. Per stage: weights [D][W][T][512],
 // weight scales [D][W][T][64], raw activation bytes [D][NT][32 lanes][8], raw activation
 // scale words [D][NT][32][4]; then two buffers of decoded activation fragments
 // [D][NT][2 halves][32 lanes][16 B].
-template <int T, int NT, int S>
+template <int T, int NT>
 struct Smem {
     uint32_t w_st, s_st, ar_st, as_st, af_buf, off_s, off_ar, off_as, off_af, total;
     __host__ __device__ static Smem make(int W) {
@@ -124,10 +117,10 @@ struct Smem {
         s.ar_st = D * NT * 32 * 8;
         s.as_st = D * NT * 32 * 4;
         s.af_buf = D * NT * 1024;
-        s.off_s = S * s.w_st;
-        s.off_ar = s.off_s + S * s.s_st;
-        s.off_as = s.off_ar + S * s.ar_st;
-        s.off_af = s.off_as + S * s.as_st;
+        s.off_s = STAGES * s.w_st;
+        s.off_ar = s.off_s + STAGES * s.s_st;
+        s.off_as = s.off_ar + STAGES * s.ar_st;
+        s.off_af = s.off_as + STAGES * s.as_st;
         s.total = s.off_af + 2 * s.af_buf;
         return s;
     }
@@ -153,7 +146,7 @@ struct Cursor {
 // Small tiles (T * NT <= 4) are capped at 128 registers so 16 warps fit on an SM: the loop
 // is latency-bound (ncu on H100: ~2 warps per scheduler at 173 registers, 4.3 cycles per
 // issued instruction), so more warps beat more per-warp unrolling.
-template <bool MX, int T, int NT, int S>
+template <bool MX, int T, int NT>
 __global__ void __launch_bounds__(256, (T * NT <= 4) ? 2 : 1) fp4_sk_kernel(const Fp4GemvParams p) {
     extern __shared__ __align__(16) uint8_t smem[];
     const int W = p.warps;
@@ -165,7 +158,7 @@ __global__ void __launch_bounds__(256, (T * NT <= 4) ? 2 : 1) fp4_sk_kernel(cons
     const int P = gridDim.x;
     const int u_begin = (int)(U * blockIdx.x / P), u_end = (int)(U * (blockIdx.x + 1) / P);
     if (u_begin >= u_end) return;  // never: the launcher keeps gridDim.x <= U
-    const Smem<T, NT, S> L = Smem<T, NT, S>::make(W);
+    const Smem<T, NT> L = Smem<T, NT>::make(W);
     const uint32_t sbase = (uint32_t)__cvta_generic_to_shared(smem);
     constexpr int SFB = MX ? 32 : 64;   // weight scale bytes per (tile, chunk)
     constexpr int SPL = SFB / 16;       // 16-byte pieces of them
@@ -186,11 +179,11 @@ __global__ void __launch_bounds__(256, (T * NT <= 4) ? 2 : 1) fp4_sk_kernel(cons
     for (int e = 0; e < D * NT; ++e)
         if (e % W == warp) mine_a |= 1u << e;
 
-    // Issue the copies of stage k (units u_begin + k*D ...) into ring slot k % S.
+    // Issue the copies of stage k (units u_begin + k*D ...) into ring slot k % STAGES.
     Cursor ic = Cursor::at(u_begin, C, G);
     int issued = u_begin;
     auto issue = [&](int k) {
-        const int slot = k % S;
+        const int slot = k % STAGES;
 #pragma unroll
         for (int d = 0; d < D; ++d) {
             if (issued < u_end) {
@@ -232,7 +225,7 @@ __global__ void __launch_bounds__(256, (T * NT <= 4) ? 2 : 1) fp4_sk_kernel(cons
     Cursor dc = Cursor::at(u_begin, C, G);
     int decoded = u_begin;
     auto decode_a = [&](int k) {
-        const int slot = k % S, buf = k & 1;
+        const int slot = k % STAGES, buf = k & 1;
 #pragma unroll
         for (int d = 0; d < D; ++d) {
             if (decoded < u_end) {
@@ -403,22 +396,22 @@ __global__ void __launch_bounds__(256, (T * NT <= 4) ? 2 : 1) fp4_sk_kernel(cons
 
     const int nst = (u_end - u_begin + D - 1) / D;
 #pragma unroll 1
-    for (int k = 0; k < S - 1; ++k) issue(k);
+    for (int k = 0; k < STAGES - 1; ++k) issue(k);
     zero_acc();
     Cursor cc = Cursor::at(u_begin, C, G);
     int seg_c0 = cc.c;
     int u = u_begin;
 #pragma unroll 1
     for (int k = 0; k < nst; ++k) {
-        cp_wait<S - 2>();
+        cp_wait<STAGES - 2>();
         __syncthreads();  // stage k landed for every thread; stage k-1's slot is free
-        issue(k + S - 1);
+        issue(k + STAGES - 1);
         decode_a(k);
         __syncthreads();  // activation fragments of stage k visible
 #pragma unroll 1
         for (int d = 0; d < D && u < u_end; ++d, ++u) {
             if (cc.c == 0) seg_c0 = 0;
-            compute(k % S, k & 1, d);
+            compute(k % STAGES, k & 1, d);
             if (cc.c == C - 1 || u == u_end - 1) {
                 finish(cc.x(G), seg_c0 == 0 && cc.c == C - 1);
                 zero_acc();
@@ -431,77 +424,41 @@ __global__ void __launch_bounds__(256, (T * NT <= 4) ? 2 : 1) fp4_sk_kernel(cons
 
 // The opt-in dynamic shared memory limit: the 8-warp size, or the device's maximum if less
 // (the 8-warp size of the largest tiles does not fit; those tactics are never offered).
-template <int T, int NT, int S>
+template <int T, int NT>
 int smem_limit() {
     int dev = 0, optin = 0;
     cudaGetDevice(&dev);
     cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev);
-    const int want = (int)Smem<T, NT, S>::make(8).total, room = optin - 1024;  // static smem
+    const int want = (int)Smem<T, NT>::make(8).total, room = optin - 1024;  // static smem
     return want < room ? want : room;
-}
-
-template <bool MX, int T, int NT, int S>
-cudaError_t launch_s(const Fp4GemvParams& p, int grid, cudaStream_t stream) {
-    const unsigned smem = Smem<T, NT, S>::make(p.warps).total;
-    // One limit for every warp count: the largest (8 warps); set once (a benign race).
-    static bool attr_done = false;
-    if (!attr_done) {
-        const cudaError_t e = cudaFuncSetAttribute(fp4_sk_kernel<MX, T, NT, S>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                                   smem_limit<T, NT, S>());
-        if (e != cudaSuccess) return e;
-        attr_done = true;
-    }
-    if ((int)smem > smem_limit<T, NT, S>()) return cudaErrorInvalidValue;  // never offered as a tactic
-    fp4_sk_kernel<MX, T, NT, S><<<grid, 32 * p.warps, smem, stream>>>(p);
-    return cudaGetLastError();
-}
-
-template <bool MX, int T, int NT, int S>
-int occupancy_s(int warps) {
-    const unsigned smem = Smem<T, NT, S>::make(warps).total;
-    if ((int)smem > smem_limit<T, NT, S>()) return 0;
-    if (cudaFuncSetAttribute(fp4_sk_kernel<MX, T, NT, S>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                             smem_limit<T, NT, S>()) != cudaSuccess)
-        return -1;
-    int n = 0;
-    if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, fp4_sk_kernel<MX, T, NT, S>, 32 * warps, smem) != cudaSuccess)
-        return -1;
-    return n;
-}
-
-// Ring depth `stages` (0 = DEFAULT_S) -> the compiled instantiation, or -1 if there is none.
-template <int T, int NT>
-int ring_of(int stages) {
-    if (stages == 0 || stages == DEFAULT_S) return DEFAULT_S;
-    if (has_deep<T, NT>() && stages == DEEP_S) return DEEP_S;
-    return -1;
 }
 
 template <bool MX, int T, int NT>
 cudaError_t launch(const Fp4GemvParams& p, int grid, cudaStream_t stream) {
-    switch (ring_of<T, NT>(p.stages)) {
-        case DEFAULT_S: return launch_s<MX, T, NT, DEFAULT_S>(p, grid, stream);
-        case DEEP_S: if constexpr (has_deep<T, NT>()) return launch_s<MX, T, NT, DEEP_S>(p, grid, stream); break;
+    const unsigned smem = Smem<T, NT>::make(p.warps).total;
+    // One limit for every warp count: the largest (8 warps); set once (a benign race).
+    static bool attr_done = false;
+    if (!attr_done) {
+        const cudaError_t e = cudaFuncSetAttribute(fp4_sk_kernel<MX, T, NT>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                                   smem_limit<T, NT>());
+        if (e != cudaSuccess) return e;
+        attr_done = true;
     }
-    return cudaErrorInvalidValue;
+    fp4_sk_kernel<MX, T, NT><<<grid, 32 * p.warps, smem, stream>>>(p);
+    return cudaGetLastError();
 }
 
 template <bool MX, int T, int NT>
-int occupancy(int warps, int stages) {
-    switch (ring_of<T, NT>(stages)) {
-        case DEFAULT_S: return occupancy_s<MX, T, NT, DEFAULT_S>(warps);
-        case DEEP_S: if constexpr (has_deep<T, NT>()) return occupancy_s<MX, T, NT, DEEP_S>(warps); break;
-    }
-    return -1;
-}
-
-template <int T, int NT>
-int smem_bytes(int warps, int stages) {
-    switch (ring_of<T, NT>(stages)) {
-        case DEFAULT_S: return (int)Smem<T, NT, DEFAULT_S>::make(warps).total;
-        case DEEP_S: if constexpr (has_deep<T, NT>()) return (int)Smem<T, NT, DEEP_S>::make(warps).total; break;
-    }
-    return -1;
+int occupancy(int warps) {
+    const unsigned smem = Smem<T, NT>::make(warps).total;
+    if ((int)smem > smem_limit<T, NT>()) return 0;
+    if (cudaFuncSetAttribute(fp4_sk_kernel<MX, T, NT>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                             smem_limit<T, NT>()) != cudaSuccess)
+        return -1;
+    int n = 0;
+    if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, fp4_sk_kernel<MX, T, NT>, 32 * warps, smem) != cudaSuccess)
+        return -1;
+    return n;
 }
 
 // The compiled (T, NT) pairs: registers bound T * NT (accumulators) for the larger T.
@@ -539,11 +496,11 @@ struct Launch {
 };
 template <bool MX, int T, int NT>
 struct Occupancy {
-    static int run(int warps, int stages) { return occupancy<MX, T, NT>(warps, stages); }
+    static int run(int warps) { return occupancy<MX, T, NT>(warps); }
 };
 template <bool MX, int T, int NT>
 struct SmemBytes {
-    static int run(int warps, int stages) { return smem_bytes<T, NT>(warps, stages); }
+    static int run(int warps) { return (int)Smem<T, NT>::make(warps).total; }
 };
 
 }  // namespace
@@ -563,22 +520,20 @@ int fp4_trtllm_gemv(const Fp4GemvParams* p, int mx, int t, int nt, int grid, voi
     return r < 0 ? -r : r;
 }
 
-// CTAs of this configuration that fit on one SM (its shared memory and registers), 0 if
-// none, or -1 (not compiled). stages: the ring depth, 0 = DEFAULT_S (3) or DEEP_S (5, for
-// t * nt <= 4).
-int fp4_trtllm_occupancy(int mx, int t, int nt, int warps, int stages) {
+// CTAs of this configuration that fit on one SM (its shared memory and registers), or -1.
+int fp4_trtllm_occupancy(int mx, int t, int nt, int warps) {
     if (warps < 1 || warps > 8) return -1;
-    return dispatch<Occupancy>(mx, t, nt, warps, stages);
+    return dispatch<Occupancy>(mx, t, nt, warps);
 }
 
-// Dynamic shared memory of one CTA, in bytes (-1: not compiled).
-int fp4_trtllm_smem_bytes(int mx, int t, int nt, int warps, int stages) {
-    return dispatch<SmemBytes>(mx, t, nt, warps, stages);
+// Dynamic shared memory of one CTA, in bytes.
+int fp4_trtllm_smem_bytes(int mx, int t, int nt, int warps) {
+    return dispatch<SmemBytes>(mx, t, nt, warps);
 }
 
 const char* fp4_trtllm_error_string(int code) {
     return cudaGetErrorString(static_cast<cudaError_t>(code));
 }
 
-int fp4_trtllm_abi_version(void) { return 4; }
+int fp4_trtllm_abi_version(void) { return 2; }
 }

@@ -47,7 +47,6 @@ struct Fp4SplitKParams {
     int splits;            // gridDim.y
     int warps;             // warps per CTA
     int m_tiles;           // ceil(N / 16): tiles of weight rows
-    int stages;            // chunks in flight per lane: 0 = the tile's default, or deep_stages()
 };
 }
 
@@ -120,17 +119,8 @@ __device__ __forceinline__ void compute(const Stage<T, NT>& st, float (&acc)[T][
     }
 }
 
-// The default pipeline depth, and the deeper variant offered as a tactic where the tile is
-// small enough for its registers: more 16-byte loads in flight per lane for M <= 16, where
-// the loop waits on DRAM latency rather than on issue.
-template <int T, int NT>
-constexpr int default_stages() { return (T * NT <= 4) ? 3 : 2; }
-template <int T, int NT>
-constexpr int deep_stages() { return T * NT <= 2 ? 6 : (T * NT == 4 ? 4 : 0); }
-
-// The deep variants give up the 2-CTAs-of-8-warps register cap: their stages need the room.
 template <bool MX, int T, int NT, int STAGES>
-__global__ void __launch_bounds__(256, (T * NT <= 2 && STAGES <= 3) ? 2 : 1) fp4_splitk_kernel(const Fp4SplitKParams p) {
+__global__ void __launch_bounds__(256, (T * NT <= 2) ? 2 : 1) fp4_splitk_kernel(const Fp4SplitKParams p) {
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     const int g = lane >> 2, t = lane & 3;
     const int chunks = p.k >> 6;
@@ -303,15 +293,10 @@ __global__ void __launch_bounds__(256, (T * NT <= 2 && STAGES <= 3) ? 2 : 1) fp4
 
 template <bool MX, int T, int NT>
 cudaError_t launch(const Fp4SplitKParams& p, cudaStream_t stream) {
-    constexpr int DEFAULT = default_stages<T, NT>(), DEEP = deep_stages<T, NT>();
+    // Fewer chunks in flight where the tile needs more registers.
+    constexpr int STAGES = (T * NT <= 4) ? 3 : 2;
     dim3 grid((p.m_tiles + p.warps * T - 1) / (p.warps * T), p.splits, (p.m + 8 * NT - 1) / (8 * NT));
-    if (p.stages == 0 || p.stages == DEFAULT) {
-        fp4_splitk_kernel<MX, T, NT, DEFAULT><<<grid, 32 * p.warps, 0, stream>>>(p);
-    } else if (DEEP > 0 && p.stages == DEEP) {
-        fp4_splitk_kernel<MX, T, NT, (DEEP > 0 ? DEEP : DEFAULT)><<<grid, 32 * p.warps, 0, stream>>>(p);
-    } else {
-        return cudaErrorInvalidValue;  // a depth that is not compiled for this tile
-    }
+    fp4_splitk_kernel<MX, T, NT, STAGES><<<grid, 32 * p.warps, 0, stream>>>(p);
     return cudaGetLastError();
 }
 
@@ -341,8 +326,7 @@ cudaError_t dispatch_t(const Fp4SplitKParams& p, int t, int nt, cudaStream_t s) 
 extern "C" {
 
 // Launch on `stream`. mx: 0 NVFP4, 1 MXFP4; t: weight tiles (16 rows) per warp, 1/2/4;
-// nt: activation tiles (8 rows) per CTA, 1/2/4/8 (8 only with t <= 2); p->stages: 0, the
-// tile's default depth, or its deep one (6 for t * nt <= 2, 4 for t * nt == 4). Returns a
+// nt: activation tiles (8 rows) per CTA, 1/2/4/8 (8 only with t <= 2). Returns a
 // cudaError_t (0 = launched).
 int fp4_trtllm_splitk(const Fp4SplitKParams* p, int mx, int t, int nt, void* stream) {
     if (p->warps < 1 || p->warps > 8 || p->splits < 1 || (p->k & 63) || p->m < 1 || p->n < 1)
