@@ -1,0 +1,45 @@
+"""Eager (back-to-back Python calls) vs CUDA-graph replay time of the cudnn backend's best
+plan and of bf16 cuBLAS on one shape: does the call cost more than its GPU work?
+
+    python plugins/fp4-cudnn/scripts/graph_vs_eager.py [--shape 4096:8192:8192] [--engine eng0]
+
+Each timing rotates over two input sets (fp4core.timing); the graph replays one call per set.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import torch
+
+import fp4core
+from fp4core.synthetic import random_operands
+from fp4core.timing import CudaEventTimer, graph_replay_us, median
+from fp4_cudnn.plugin import CudnnBackend
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--shape", default="4096:8192:8192", help="M:N:K")
+    ap.add_argument("--engine", default="eng0", help="the cuDNN plan (engine name) of the plain graph")
+    args = ap.parse_args()
+    m, n, k = (int(v) for v in args.shape.split(":"))
+    be = CudnnBackend()
+    p = fp4core.make_problem(m, n, k, device="cuda")
+    sets = [random_operands(p) for _ in range(2)]
+    tac = next(t for t in be.tactics(p) if t.get("graph") == "plain" and t.get("engine") == args.engine)
+    out = torch.empty(m, n, dtype=torch.bfloat16, device="cuda")
+    a = [torch.randn(m, k, device="cuda", dtype=torch.bfloat16) for _ in range(2)]
+    w = [torch.randn(n, k, device="cuda", dtype=torch.bfloat16) for _ in range(2)]
+    timer = CudaEventTimer()
+    runs = {"cudnn " + args.engine: lambda i: be.run(p, sets[i], tac, out),
+            "bf16 cuBLAS": lambda i: torch.mm(a[i], w[i].t(), out=out)}
+    print(f"{m}x{n}x{k}, {torch.cuda.get_device_name()}")
+    for name, run in runs.items():
+        eager = median(timer.measure(run, 2))
+        graph = graph_replay_us(run, 2)
+        print(f"{name:14s} eager {eager:8.1f} us   graph {graph:8.1f} us")
+
+
+if __name__ == "__main__":
+    main()
