@@ -135,12 +135,12 @@ print("interpreter: all equal")
 _E2M1_SCRIPT = r"""
 import torch, triton, triton.language as tl
 from fp4core.formats import e2m1_encode
-from fp4core.kernels.quantize_triton import _e2m1_codes
+from fp4core.kernels.quantize_triton import _e2m1_magnitude
 
 @triton.jit
 def codes(x_ptr, out_ptr, n, B: tl.constexpr):
     i = tl.program_id(0) * B + tl.arange(0, B)
-    tl.store(out_ptr + i, _e2m1_codes(tl.load(x_ptr + i, mask=i < n)), mask=i < n)
+    tl.store(out_ptr + i, _e2m1_magnitude(tl.load(x_ptr + i, mask=i < n)), mask=i < n)
 
 # every E2M1 rounding boundary and value, one ulp either side, both signs, zeros, values
 # past the saturation point, and random magnitudes over the whole range
@@ -154,7 +154,7 @@ x = torch.cat([edges, up, down, rnd])
 x = torch.cat([x, -x])
 out = torch.empty(x.numel(), dtype=torch.int32)
 codes[(triton.cdiv(x.numel(), 1024),)](x, out, x.numel(), B=1024)
-ref = e2m1_encode(x).to(torch.int32)
+ref = e2m1_encode(x).to(torch.int32) & 7  # magnitude; the kernels take signs from the input
 out &= 0xFF  # the code is the low byte; the kernel drops the rest
 bad = (out != ref).nonzero().flatten()
 assert bad.numel() == 0, [(x[i].item(), out[i].item(), ref[i].item()) for i in bad[:8]]
@@ -165,8 +165,9 @@ print("e2m1: all equal")
 @pytest.mark.skipif(not importlib.util.find_spec("triton") or torch.cuda.is_available(),
                     reason="needs triton; with a GPU the GPU tests run the real kernels")
 def test_e2m1_rounding_on_the_bits_matches_the_reference_in_the_interpreter():
-    """The kernels' bit-level E2M1 rounding against ``e2m1_encode`` on every rounding boundary
-    and its neighbours (ties to even, saturation, signed zeros) and 400k random values."""
+    """The kernels' E2M1 rounding of the magnitude against ``e2m1_encode`` on every rounding
+    boundary and its neighbours (ties to even, saturation, both signs, zeros) and 400k random
+    values (signs are checked by the byte-equality tests)."""
     env = dict(os.environ, TRITON_INTERPRET="1")
     res = subprocess.run([sys.executable, "-c", _E2M1_SCRIPT], env=env, capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]

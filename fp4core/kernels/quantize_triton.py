@@ -84,22 +84,16 @@ def _e2m1_magnitude(q):
 
 
 @triton.jit
-def _e2m1_codes(q):
-    """E2M1 codes (sign bit 8 from the sign of ``q``) in the low byte; see ``_e2m1_magnitude``."""
-    return _e2m1_magnitude(q) | ((q.to(tl.int32, bitcast=True) >> 28) & 8)
-
-
-@triton.jit
 def _max_nan(a, b):
     return tl.maximum(a, b, propagate_nan=tl.PropagateNan.ALL)
 
 
 @triton.jit
 def _load_pairs(xp_ptr, offs, mask, IN_KIND: tl.constexpr):
-    """Elements 2i and 2i+1 of each pair as float32 and their two sign bits at bits 15 and
-    31 (int32): the input is read
-    as one integer per pair (int32 for bf16/fp16, int64 for fp32), so each thread holds whole
-    pairs and the nibble packing needs no data exchange between threads."""
+    """Elements 2i and 2i+1 of each pair as float32, and their two sign bits at bits 15 and
+    31 of an int32. The input is read as one integer per pair (int32 for bf16/fp16, int64 for
+    fp32), so each thread holds whole pairs and the nibble packing needs no data exchange
+    between threads."""
     w = tl.load(xp_ptr + offs, mask=mask, other=0)
     if IN_KIND == 0:  # float32 pairs in an int64
         lo_b = w.to(tl.int32)
@@ -174,8 +168,7 @@ def _quant_kernel(xp_ptr, stride_pm, q_ptr, sf_ptr, gs_ptr, gs_out_ptr, M, KP, N
     m2 = mult[:, None]
     # codes of the pair in one byte: low byte of (hi << 4) + lo (carries only run upwards),
     # signs from the inputs (mult >= 0 keeps every sign, zeros included)
-    sb = sign_bits  # the pair's two sign bits at bits 15 and 31 (see _load_pairs)
-    packed = ((_e2m1_magnitude(hi * m2) << 4) + _e2m1_magnitude(lo * m2)) | (sb >> 12) | (sb >> 24)
+    packed = ((_e2m1_magnitude(hi * m2) << 4) + _e2m1_magnitude(lo * m2)) | (sign_bits >> 12) | (sign_bits >> 24)
     packed = tl.where(bad[:, None], 0, packed).to(tl.uint8)
     sbyte = tl.where(bad, nan_byte, sbyte)
     tl.store(q_ptr + r[:, None].to(tl.int64) * KP + pc, packed, mask=mask)
