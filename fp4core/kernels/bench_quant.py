@@ -123,7 +123,7 @@ def sweep_configs(m: int = 8192, k: int = 8192, configs=None,
     from ..formats import Fp4Format
     from ..layouts import SfLayout
     from . import quantize_triton as qt
-    # (rows, NVFP4 blocks, warps): 1 to 8 blocks per thread
+    # (rows, NVFP4 blocks, warps): 2 to 16 blocks per thread
     configs = configs or [(16, 16, 4), (16, 32, 4), (32, 32, 4), (16, 64, 4), (8, 32, 4), (32, 16, 4),
                           (32, 32, 8), (64, 32, 8), (32, 64, 8), (16, 32, 2), (64, 64, 8), (16, 16, 2)]
     xs = [torch.randn(m, k, device="cuda", dtype=torch.bfloat16) for _ in range(2)]

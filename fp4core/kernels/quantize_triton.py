@@ -185,9 +185,10 @@ def _quant_kernel(xp_ptr, stride_pm, q_ptr, sf_ptr, gs_ptr, gs_out_ptr, M, KP, N
     tl.store(sf_ptr + off, sval, mask=(r < PROWS) & (c < PCOL))
 
 
-#: (rows, scale blocks) per program and warps, per format: the fastest of
-#: ``bench_quant.sweep_configs`` on an H200 (2026-12-01, 8192 x 8192 bf16), 2 NVFP4 blocks /
-#: 1 MXFP4 block per thread. FP4CORE_QUANT_TILES overrides them ("nvfp4=16,16,4;mxfp4=16,16,4").
+#: (rows, scale blocks) per program and warps, per format: 2 blocks per thread, within 1 %
+#: (NVFP4) and 3 % (MXFP4) of the fastest tile of ``bench_quant.sweep_configs`` on an H200
+#: (2026-12-01, 8192 x 8192 bf16). FP4CORE_QUANT_TILES overrides them
+#: ("nvfp4=16,16,4;mxfp4=16,16,4").
 DEFAULT_CONFIG = {Fp4Format.NVFP4: (16, 16, 4), Fp4Format.MXFP4: (16, 16, 4)}
 
 
