@@ -53,3 +53,24 @@ def test_graph_replay_times_each_captured_call():
     assert one > 0 and four > 0 and abs(four - one) / one < 0.5  # per call, not per replay
     assert torch.equal(ys[1], xs[1])
     assert copy_bandwidth_gbps(1 << 26) > 100
+
+
+@pytest.mark.gpu
+def test_batches_start_behind_a_lead_so_host_submit_time_is_not_counted():
+    """A call that needs 300 us of host time before launching 600 us of device work: timed
+    back to back in batches of one or two, the start event would fire before the first launch
+    and count most of that host time; behind the lead spin the device time alone remains."""
+    import torch
+    from fp4core.timing import CudaEventTimer, device_spin, median
+
+    def run(i):
+        t0 = time.perf_counter()
+        while time.perf_counter() - t0 < 300e-6:
+            pass
+        device_spin(600.0)
+
+    with_lead = median(CudaEventTimer(samples=7).measure(run, 1))
+    without = median(CudaEventTimer(samples=7, lead=False).measure(run, 1))
+    torch.cuda.synchronize()
+    assert abs(with_lead - 600.0) < 60.0, with_lead
+    assert without > with_lead + 80.0, (without, with_lead)

@@ -189,8 +189,9 @@ def main(argv=None) -> int:
     print(json.dumps(meta), flush=True)
     result = {"meta": meta, "rows": []}
     if args.dequant_sweep:
-        configs = [{"BR": br, "KBYTES": kb, "num_warps": w} for br, kb, w in
-                   [(32, 128, 4), (16, 256, 4), (8, 512, 4), (64, 128, 8), (32, 256, 8), (16, 64, 2)]]
+        configs = [{"BR": br, "KBYTES": kb, "VB": vb, "num_warps": w} for br, kb, vb, w in
+                   [(32, 256, 4, 8), (32, 256, 8, 8), (16, 256, 4, 4), (64, 128, 4, 8), (32, 512, 4, 8),
+                    (64, 256, 4, 8), (16, 512, 4, 8), (32, 128, 4, 4)]]
         result["dequant_sweep"] = dequant_sweep(timer, configs)
     for m, n, k in shapes:
         row = bench_shape(be, m, n, k, timer, all_plans=not args.no_all_plans)
