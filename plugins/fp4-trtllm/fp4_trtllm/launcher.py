@@ -28,7 +28,7 @@ SOURCE = Path(__file__).parent / "csrc" / "fp4_gemv.cu"
 #: Both kernels, linked into one library: stream-K (fp4_gemv.cu) and split-K (fp4_splitk.cu).
 SOURCES = (SOURCE, Path(__file__).parent / "csrc" / "fp4_splitk.cu")
 LIB_NAME = "fp4_trtllm_gemv"
-ABI_VERSION = 2
+ABI_VERSION = 3
 #: nvcc flags of the library (the build hook and ``library`` must agree: same JIT cache key).
 FLAGS = ("-lineinfo",)
 #: Activation rows per CTA pass, by the kernel's template parameter NT (8 rows per MMA tile).
@@ -49,7 +49,8 @@ class _SplitKParams(ctypes.Structure):
     _fields_ = [(name, ctypes.c_void_p) for name in
                 ("a", "a_sf", "b", "b_sf", "alpha", "out", "ws", "counters")] + \
                [(name, ctypes.c_int) for name in
-                ("m", "n", "k", "a_sf_8x4", "a_sf_col_tiles", "out_fp16", "splits", "warps", "m_tiles")]
+                ("m", "n", "k", "a_sf_8x4", "a_sf_col_tiles", "out_fp16", "splits", "warps", "m_tiles",
+                 "prefetch")]
 
 
 def arch_for(capability: tuple[int, int]) -> str:
@@ -208,9 +209,11 @@ def splitk_grid(m: int, n: int, t: int, warps: int, splits: int) -> tuple[int, i
 
 def launch_splitk(*, a: torch.Tensor, a_sf: torch.Tensor, w: torch.Tensor, w_sf: torch.Tensor,
                   alpha: torch.Tensor | None, out: torch.Tensor, m: int, n: int, k: int, mx: bool,
-                  a_sf_8x4: bool, a_sf_cols: int, t: int, warps: int, splits: int) -> None:
+                  a_sf_8x4: bool, a_sf_cols: int, t: int, warps: int, splits: int,
+                  prefetch: int = 0) -> None:
     """Launch the split-K register-pipeline kernel (same arguments as ``launch``; ``splits``
-    CTAs share each tile of rows, the last to arrive sums their partials in split order)."""
+    CTAs share each tile of rows, the last to arrive sums their partials in split order;
+    ``prefetch``: L2 prefetch window in 64-wide K chunks per tile, SM90+, 0 = off)."""
     index = out.device.index
     lib = _device_lib(index)
     nt = nt_for(m)
@@ -222,9 +225,9 @@ def launch_splitk(*, a: torch.Tensor, a_sf: torch.Tensor, w: torch.Tensor, w_sf:
     p = _SplitKParams(a.data_ptr(), a_sf.data_ptr(), w.data_ptr(), w_sf.data_ptr(),
                       alpha.data_ptr() if alpha is not None else None, out.data_ptr(), ws, cnt,
                       m, n, k, int(a_sf_8x4), a_sf_cols // 4, int(out.dtype == torch.float16),
-                      splits, warps, m_tiles)
+                      splits, warps, m_tiles, prefetch)
     err = lib.fp4_trtllm_splitk(ctypes.byref(p), int(mx), t, nt, _raw_stream(index))
     if err != 0:
         raise RuntimeError(f"fp4-trtllm split-K kernel launch failed: CUDA error {err} "
                            f"({lib.fp4_trtllm_error_string(err).decode()}) for m={m} n={n} k={k} "
-                           f"t={t} warps={warps} splits={splits}")
+                           f"t={t} warps={warps} splits={splits} prefetch={prefetch}")

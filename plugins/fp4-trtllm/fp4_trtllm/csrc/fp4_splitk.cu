@@ -47,6 +47,7 @@ struct Fp4SplitKParams {
     int splits;            // gridDim.y
     int warps;             // warps per CTA
     int m_tiles;           // ceil(N / 16): tiles of weight rows
+    int prefetch;          // L2 prefetch window in chunks (SM90+; 0 = off)
 };
 }
 
@@ -58,6 +59,16 @@ __device__ __forceinline__ uint4 ld_stream(const uint4* p) {
     asm volatile("ld.global.nc.L1::no_allocate.v4.u32 {%0, %1, %2, %3}, [%4];"
                  : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w) : "l"(p));
     return v;
+}
+
+// Ask L2 to fetch `bytes` (a multiple of 16, 16-byte aligned) from global memory, without
+// waiting and without registers: the bytes a warp will load a few chunks later are then in
+// flight from DRAM while it decodes, beyond what its register pipeline can hold. SM90+ only
+// (cp.async.bulk); a no-op elsewhere.
+__device__ __forceinline__ void prefetch_l2(const void* p, uint32_t bytes) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;" :: "l"(p), "r"(bytes) : "memory");
+#endif
 }
 
 __device__ __forceinline__ uint32_t ld_u16(const uint16_t* p) {
@@ -195,18 +206,40 @@ __global__ void __launch_bounds__(256, (T * NT <= 2) ? 2 : 1) fp4_splitk_kernel(
 #pragma unroll
             for (int r = 0; r < 4; ++r) acc[i][j][r] = 0.f;
 
+    // L2 prefetch window: lane 0 asks for the first `prefetch` chunks of every tile (weight
+    // and scales; a tile's chunks are contiguous in the prepared layout), then for STAGES
+    // more chunks per pass of the loop, `prefetch` chunks ahead of the register pipeline.
+    // The window is in chunks per tile, so it bounds the bytes in flight per warp.
+    constexpr uint32_t kSfChunk = MX ? 32u : 64u;  // scale bytes per tile and chunk
+    const bool pf_lane = p.prefetch > 0 && lane == 0;
+    int c_next = c_begin;  // the chunk wp/sp point at (advanced with every `load`)
+    auto prefetch_chunks = [&](int c0, int count) {
+        count = min(count, c_end - c0);
+        if (!pf_lane || count <= 0) return;
+#pragma unroll
+        for (int i = 0; i < T; ++i) {
+            // wp/sp point at the lane's data of the next chunk to load; chunk c0 is
+            // (c0 - c_next) chunks further. Lane 0's pointer is the chunk's first byte.
+            prefetch_l2(wp[i] + (size_t)(c0 - c_next) * 32, (uint32_t)count * 512u);
+            prefetch_l2(reinterpret_cast<const uint8_t*>(sp[i]) + (size_t)(c0 - c_next) * kSfChunk,
+                        (uint32_t)count * kSfChunk);
+        }
+    };
+    prefetch_chunks(c_begin + STAGES, p.prefetch);
+
     // Register pipeline: STAGES chunks in flight per lane; a stage is refilled with the chunk
     // STAGES ahead right after it is consumed (the other STAGES-1 loads cover the latency).
     Stage<T, NT> stages[STAGES];
 #pragma unroll
     for (int s = 0; s < STAGES; ++s)
-        if (c_begin + s < c_end) load(stages[s], c_begin + s);
+        if (c_begin + s < c_end) { load(stages[s], c_begin + s); ++c_next; }
     for (int c = c_begin; c < c_end; c += STAGES) {
+        prefetch_chunks(c + STAGES + p.prefetch, STAGES);
 #pragma unroll
         for (int s = 0; s < STAGES; ++s) {
             if (c + s < c_end) {
                 compute<MX, T, NT>(stages[s], acc, tb);
-                if (c + s + STAGES < c_end) load(stages[s], c + s + STAGES);
+                if (c + s + STAGES < c_end) { load(stages[s], c + s + STAGES); ++c_next; }
             }
         }
     }
