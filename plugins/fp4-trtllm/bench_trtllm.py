@@ -28,7 +28,7 @@ SHAPES = [(8192, 8192), (28672, 8192), (8192, 28672), (1280, 2880), (2880, 1024)
 def _label(tac: dict) -> str:
     """Short name of a tactic: kernel, tiles per warp, warps, then splits or CTAs per SM."""
     if tac.get("kernel") == "splitk":
-        return f"splitk t={tac['t']},w={tac['warps']},s={tac['split_k']},pf={tac.get('prefetch', 0)}"
+        return f"splitk t={tac['t']},w={tac['warps']},s={tac['split_k']},ring={tac.get('ring', 0)}"
     return f"streamk t={tac.get('t')},w={tac.get('warps')},c={tac.get('ctas')}"
 
 

@@ -3,8 +3,8 @@
 The library's C entry points take raw device pointers and the current stream, so nothing here
 touches torch's C++ ABI: ``fp4_trtllm_gemv(const Fp4GemvParams*, mx, t, nt, grid, stream)``
 launches the stream-K kernel, ``fp4_trtllm_occupancy(mx, t, nt, warps)`` says how many of its
-CTAs fit on one SM, ``fp4_trtllm_splitk(const Fp4SplitKParams*, mx, t, nt, stream)`` launches
-the split-K register-pipeline kernel (the first kernel of this plugin, kept as a tactic
+CTAs fit on one SM, ``fp4_trtllm_splitk(const Fp4SplitKParams*, mx, t, nt, ring, stream)`` launches
+the split-K kernel (register pipeline, or a shared-memory cp.async ring) (the first kernel of this plugin, kept as a tactic
 family: it is the faster one for some decode shapes).
 
 The kernel is a persistent stream-K grid: the work (activation block, group of W*T weight
@@ -49,8 +49,7 @@ class _SplitKParams(ctypes.Structure):
     _fields_ = [(name, ctypes.c_void_p) for name in
                 ("a", "a_sf", "b", "b_sf", "alpha", "out", "ws", "counters")] + \
                [(name, ctypes.c_int) for name in
-                ("m", "n", "k", "a_sf_8x4", "a_sf_col_tiles", "out_fp16", "splits", "warps", "m_tiles",
-                 "prefetch")]
+                ("m", "n", "k", "a_sf_8x4", "a_sf_col_tiles", "out_fp16", "splits", "warps", "m_tiles")]
 
 
 def arch_for(capability: tuple[int, int]) -> str:
@@ -69,7 +68,7 @@ def library(arch: str) -> ctypes.CDLL:
                                     ctypes.c_int, ctypes.c_int, ctypes.c_void_p]
     lib.fp4_trtllm_splitk.restype = ctypes.c_int
     lib.fp4_trtllm_splitk.argtypes = [ctypes.POINTER(_SplitKParams), ctypes.c_int, ctypes.c_int,
-                                      ctypes.c_int, ctypes.c_void_p]
+                                      ctypes.c_int, ctypes.c_int, ctypes.c_void_p]
     lib.fp4_trtllm_occupancy.restype = ctypes.c_int
     lib.fp4_trtllm_occupancy.argtypes = [ctypes.c_int] * 4
     lib.fp4_trtllm_error_string.restype = ctypes.c_char_p
@@ -210,10 +209,12 @@ def splitk_grid(m: int, n: int, t: int, warps: int, splits: int) -> tuple[int, i
 def launch_splitk(*, a: torch.Tensor, a_sf: torch.Tensor, w: torch.Tensor, w_sf: torch.Tensor,
                   alpha: torch.Tensor | None, out: torch.Tensor, m: int, n: int, k: int, mx: bool,
                   a_sf_8x4: bool, a_sf_cols: int, t: int, warps: int, splits: int,
-                  prefetch: int = 0) -> None:
-    """Launch the split-K register-pipeline kernel (same arguments as ``launch``; ``splits``
-    CTAs share each tile of rows, the last to arrive sums their partials in split order;
-    ``prefetch``: L2 prefetch window in 64-wide K chunks per tile, SM90+, 0 = off)."""
+                  ring: bool = False) -> None:
+    """Launch the split-K kernel (same arguments as ``launch``; ``splits`` CTAs share each tile
+    of rows, the last to arrive sums their partials in split order). ``ring``: stream the
+    chunks through a per-warp shared-memory ring filled by ``cp.async`` instead of the
+    register pipeline (falls back to the register pipeline when ``a_sf`` is not 4-byte
+    aligned, which the ring's 4-byte scale copies need)."""
     index = out.device.index
     lib = _device_lib(index)
     nt = nt_for(m)
@@ -225,9 +226,10 @@ def launch_splitk(*, a: torch.Tensor, a_sf: torch.Tensor, w: torch.Tensor, w_sf:
     p = _SplitKParams(a.data_ptr(), a_sf.data_ptr(), w.data_ptr(), w_sf.data_ptr(),
                       alpha.data_ptr() if alpha is not None else None, out.data_ptr(), ws, cnt,
                       m, n, k, int(a_sf_8x4), a_sf_cols // 4, int(out.dtype == torch.float16),
-                      splits, warps, m_tiles, prefetch)
-    err = lib.fp4_trtllm_splitk(ctypes.byref(p), int(mx), t, nt, _raw_stream(index))
+                      splits, warps, m_tiles)
+    ring = bool(ring) and a_sf.data_ptr() % 4 == 0
+    err = lib.fp4_trtllm_splitk(ctypes.byref(p), int(mx), t, nt, int(ring), _raw_stream(index))
     if err != 0:
         raise RuntimeError(f"fp4-trtllm split-K kernel launch failed: CUDA error {err} "
                            f"({lib.fp4_trtllm_error_string(err).decode()}) for m={m} n={n} k={k} "
-                           f"t={t} warps={warps} splits={splits} prefetch={prefetch}")
+                           f"t={t} warps={warps} splits={splits} ring={ring}")

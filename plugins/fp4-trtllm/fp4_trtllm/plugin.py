@@ -41,10 +41,6 @@ _STREAMK = {1: [(4, 4), (4, 2), (4, 1), (2, 8)],
 _SPLITK = {1: [(4, 4), (2, 8), (2, 4)], 2: [(2, 4), (4, 4)], 4: [(2, 4), (1, 4)], 8: [(2, 4), (1, 4)]}
 
 
-#: L2 prefetch windows (chunks of 64 K per tile) offered to the split-K kernel on SM90+.
-PREFETCH_WINDOWS = (0, 4, 8)
-
-
 def _auto_splits(problem: Problem, t: int, warps: int, ctas_per_sm: int = 3) -> int:
     """Split K until the split-K grid fills the SMs about ``ctas_per_sm`` times over, keeping
     at least 4 chunks (256 values of K) per split."""
@@ -104,18 +100,17 @@ class TrtllmBackend:
         """Best guess first. Stream-K: ``{"kernel": "streamk", "t": tiles of 16 rows per warp,
         "warps": per CTA, "ctas": CTAs per SM of the persistent grid (0 = as many as fit)}``;
         split-K: ``{"kernel": "splitk", "t", "warps", "split_k": CTAs per tile of rows,
-        "prefetch": L2 prefetch window in 64-wide K chunks (SM90+ only; 0 = off)}``.
+        "ring": 0 = register pipeline, 1 = shared-memory cp.async ring}``.
         Split-K leads up to M = 16 (measured faster there on H100), stream-K above."""
         nt = launcher.nt_for(problem.m or 1)
         sk = [{"kernel": "streamk", "t": t, "warps": w, "ctas": 0} for t, w in _STREAMK[nt]]
         sk.append({**sk[0], "ctas": 1})  # one CTA per SM: fewer, longer K streams
         sp = []
-        windows = PREFETCH_WINDOWS if problem.device.sm >= 90 else (0,)
         for t, w in _SPLITK[nt]:
             s = _auto_splits(problem, t, w)
             for splits in sorted({s, max(1, s // 2)}, reverse=True):
-                for pf in windows:
-                    sp.append({"kernel": "splitk", "t": t, "warps": w, "split_k": splits, "prefetch": pf})
+                for ring in (0, 1):
+                    sp.append({"kernel": "splitk", "t": t, "warps": w, "split_k": splits, "ring": ring})
         return sp + sk if nt <= 2 else sk + sp
 
     @hookimpl
@@ -152,6 +147,6 @@ class TrtllmBackend:
         if tactic.get("kernel", "streamk") == "splitk":
             splits = tactic.get("split_k", 0) or _auto_splits(problem, t, warps)
             launcher.launch_splitk(**args, splits=max(1, min(splits, problem.k // CHUNK_K)),
-                                   prefetch=int(tactic.get("prefetch", 0)))
+                                   ring=bool(tactic.get("ring", 0)))
         else:
             launcher.launch(**args, ctas=tactic.get("ctas", 0))

@@ -11,7 +11,7 @@ from fp4core import jit
 from fp4core.problem import DeviceInfo
 
 from fp4_trtllm import launcher
-from fp4_trtllm.plugin import PREFETCH_WINDOWS, TrtllmBackend
+from fp4_trtllm.plugin import TrtllmBackend
 
 needs_nvcc = pytest.mark.skipif(jit.nvcc_path() is None, reason="nvcc not installed")
 H100 = DeviceInfo("cuda", 0, "hypothetical H100", (9, 0))
@@ -61,22 +61,14 @@ def test_tactics_are_json_and_valid(m):
             assert set(t) == {"kernel", "t", "warps", "ctas"}, t
             assert t["t"] in (1, 2, 4, 8) and t["warps"] in (1, 2, 4, 8) and t["ctas"] >= 0
         else:
-            assert set(t) == {"kernel", "t", "warps", "split_k", "prefetch"}, t
+            assert set(t) == {"kernel", "t", "warps", "split_k", "ring"}, t
             assert t["t"] in (1, 2, 4) and 1 <= t["warps"] <= 8 and t["split_k"] >= 1
-            assert t["prefetch"] in PREFETCH_WINDOWS
+            assert t["ring"] in (0, 1)
         if launcher.nt_for(m) == 8:
             assert t["t"] <= 2
     # split-K (measured faster at M <= 16) leads up to 16 rows, stream-K above
     assert tacs[0]["kernel"] == ("splitk" if m <= 16 else "streamk")
     assert len({json.dumps(t, sort_keys=True) for t in tacs}) == len(tacs)  # no duplicates
-    assert {t["prefetch"] for t in tacs if t["kernel"] == "splitk"} == set(PREFETCH_WINDOWS)
-
-
-def test_prefetch_windows_only_on_sm90_and_newer():
-    """cp.async.bulk prefetch is SM90+: an SM80 device gets only the windowless tactics."""
-    a100 = DeviceInfo("cuda", 0, "hypothetical A100", (8, 0))
-    tacs = TrtllmBackend().tactics(fp4core.make_problem(1, 8192, 8192, device=a100))
-    assert {t["prefetch"] for t in tacs if t["kernel"] == "splitk"} == {0}
 
 
 def test_arch_for():

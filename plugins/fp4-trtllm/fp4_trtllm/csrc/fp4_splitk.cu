@@ -47,7 +47,6 @@ struct Fp4SplitKParams {
     int splits;            // gridDim.y
     int warps;             // warps per CTA
     int m_tiles;           // ceil(N / 16): tiles of weight rows
-    int prefetch;          // L2 prefetch window in chunks (SM90+; 0 = off)
 };
 }
 
@@ -61,21 +60,26 @@ __device__ __forceinline__ uint4 ld_stream(const uint4* p) {
     return v;
 }
 
-// Ask L2 to fetch `bytes` (a multiple of 16, 16-byte aligned) from global memory, without
-// waiting and without registers: the bytes a warp will load a few chunks later are then in
-// flight from DRAM while it decodes, beyond what its register pipeline can hold. SM90+ only
-// (cp.async.bulk); a no-op elsewhere.
-__device__ __forceinline__ void prefetch_l2(const void* p, uint32_t bytes) {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-    asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;" :: "l"(p), "r"(bytes) : "memory");
-#endif
-}
-
 __device__ __forceinline__ uint32_t ld_u16(const uint16_t* p) {
     unsigned short v;
     asm volatile("ld.global.nc.u16 %0, [%1];" : "=h"(v) : "l"(p));
     return v;
 }
+
+// Asynchronous global -> shared copies (cp.async, SM80+): nothing is held in registers while
+// they are in flight. 16-byte copies bypass L1 (.cg: the weight is read once).
+__device__ __forceinline__ void cp_async16(void* dst, const void* src) {
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16;"
+                 :: "r"((uint32_t)__cvta_generic_to_shared(dst)), "l"(src) : "memory");
+}
+template <int BYTES>
+__device__ __forceinline__ void cp_async_small(void* dst, const void* src) {
+    asm volatile("cp.async.ca.shared.global [%0], [%1], %2;"
+                 :: "r"((uint32_t)__cvta_generic_to_shared(dst)), "l"(src), "n"(BYTES) : "memory");
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;" ::: "memory"); }
+template <int N>
+__device__ __forceinline__ void cp_async_wait() { asm volatile("cp.async.wait_group %0;" :: "n"(N) : "memory"); }
 
 // Raw bytes of one chunk (64 k's) for one lane: T weight tiles and NT activation tiles.
 template <int T, int NT>
@@ -84,6 +88,18 @@ struct Stage {
     uint32_t wsf[T];    // scale bytes of row g (low) and g+8
     uint2 a[NT];        // 8 bytes of activation row 8j+g
     uint32_t asf[NT];   // its scale byte
+};
+
+// One warp's slot of the shared-memory ring (split-K "ring" tactics): per chunk, T weight
+// tiles (each lane's 16 bytes side by side), their scale bytes (as the prepared layout has
+// them, 64 or 32 bytes per tile), each lane's 8 activation bytes per activation tile, and the
+// aligned 4-byte group holding the lane's activation scale byte. Every lane copies and later
+// reads its own bytes, except the weight scales, which lanes 0..3 (or 0..1) copy for the warp.
+template <bool MX, int T, int NT>
+struct RingSlot {
+    static constexpr int kWsf = MX ? 32 : 64;
+    static constexpr int kW = 0, kWs = T * 512, kA = kWs + T * kWsf, kAs = kA + NT * 256;
+    static constexpr int kBytes = kAs + NT * 128;
 };
 
 template <bool MX, int T, int NT>
@@ -130,8 +146,9 @@ __device__ __forceinline__ void compute(const Stage<T, NT>& st, float (&acc)[T][
     }
 }
 
-template <bool MX, int T, int NT, int STAGES>
-__global__ void __launch_bounds__(256, (T * NT <= 2) ? 2 : 1) fp4_splitk_kernel(const Fp4SplitKParams p) {
+template <bool MX, int T, int NT, int STAGES, int RING>
+__global__ void __launch_bounds__(256, (T * NT <= 2 || (RING > 0 && T * NT <= 4)) ? 2 : 1)
+fp4_splitk_kernel(const Fp4SplitKParams p) {
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     const int g = lane >> 2, t = lane & 3;
     const int chunks = p.k >> 6;
@@ -206,40 +223,81 @@ __global__ void __launch_bounds__(256, (T * NT <= 2) ? 2 : 1) fp4_splitk_kernel(
 #pragma unroll
             for (int r = 0; r < 4; ++r) acc[i][j][r] = 0.f;
 
-    // L2 prefetch window: lane 0 asks for the first `prefetch` chunks of every tile (weight
-    // and scales; a tile's chunks are contiguous in the prepared layout), then for STAGES
-    // more chunks per pass of the loop, `prefetch` chunks ahead of the register pipeline.
-    // The window is in chunks per tile, so it bounds the bytes in flight per warp.
-    constexpr uint32_t kSfChunk = MX ? 32u : 64u;  // scale bytes per tile and chunk
-    const bool pf_lane = p.prefetch > 0 && lane == 0;
-    int c_next = c_begin;  // the chunk wp/sp point at (advanced with every `load`)
-    auto prefetch_chunks = [&](int c0, int count) {
-        count = min(count, c_end - c0);
-        if (!pf_lane || count <= 0) return;
+    if constexpr (RING > 0) {
+        // Shared-memory ring of RING chunks per warp, filled with cp.async: RING - 1 chunks are
+        // in flight per lane without holding registers (the register pipeline below needs
+        // STAGES x (16 T + ...) registers for the same), so more warps fit per SM and more
+        // bytes are in flight. No CTA barrier: each warp owns its slots.
+        using R = RingSlot<MX, T, NT>;
+        extern __shared__ __align__(16) uint8_t ring_smem[];
+        uint8_t* const ring = ring_smem + (size_t)warp * RING * R::kBytes;
+        const uint8_t* sfb[T];  // the chunk's first scale byte of each tile
 #pragma unroll
-        for (int i = 0; i < T; ++i) {
-            // wp/sp point at the lane's data of the next chunk to load; chunk c0 is
-            // (c0 - c_next) chunks further. Lane 0's pointer is the chunk's first byte.
-            prefetch_l2(wp[i] + (size_t)(c0 - c_next) * 32, (uint32_t)count * 512u);
-            prefetch_l2(reinterpret_cast<const uint8_t*>(sp[i]) + (size_t)(c0 - c_next) * kSfChunk,
-                        (uint32_t)count * kSfChunk);
+        for (int i = 0; i < T; ++i)
+            sfb[i] = reinterpret_cast<const uint8_t*>(sp[i] - (MX ? lane >> 1 : lane));
+        constexpr int kSfLanes = R::kWsf / 16;
+        auto issue = [&](uint8_t* slot, int c) {
+#pragma unroll
+            for (int i = 0; i < T; ++i) {
+                cp_async16(slot + R::kW + i * 512 + lane * 16, wp[i]);
+                if (lane < kSfLanes) cp_async16(slot + R::kWs + i * R::kWsf + lane * 16, sfb[i] + lane * 16);
+                wp[i] += 32;
+                sfb[i] += R::kWsf;
+            }
+            const int sub = MX ? (t >> 1) + ((c & 1) << 1) : t;  // the byte in its 4-byte group
+#pragma unroll
+            for (int j = 0; j < NT; ++j) {
+                cp_async_small<8>(slot + R::kA + j * 256 + lane * 8, ap[j]);
+                cp_async_small<4>(slot + R::kAs + j * 128 + lane * 4, p.a_sf + sf_base[j] + sf_off - sub);
+                ap[j] += 4;
+            }
+            sf_off += MX ? ((c & 1) ? tile_bytes - 2 : 2) : tile_bytes;
+        };
+        auto read = [&](const uint8_t* slot, int c, Stage<T, NT>& st) {
+#pragma unroll
+            for (int i = 0; i < T; ++i) {
+                st.w[i] = *reinterpret_cast<const uint4*>(slot + R::kW + i * 512 + lane * 16);
+                st.wsf[i] = *reinterpret_cast<const uint16_t*>(slot + R::kWs + i * R::kWsf + (MX ? lane >> 1 : lane) * 2);
+            }
+            const int sub = MX ? (t >> 1) + ((c & 1) << 1) : t;
+#pragma unroll
+            for (int j = 0; j < NT; ++j) {
+                st.a[j] = *reinterpret_cast<const uint2*>(slot + R::kA + j * 256 + lane * 8);
+                st.asf[j] = avalid[j] ? (uint32_t)slot[R::kAs + j * 128 + lane * 4 + sub] : 0x100u;
+            }
+        };
+#pragma unroll
+        for (int s = 0; s < RING - 1; ++s) {
+            if (c_begin + s < c_end) issue(ring + s * R::kBytes, c_begin + s);
+            cp_async_commit();  // one group per chunk, empty past the end: the wait count stays fixed
         }
-    };
-    prefetch_chunks(c_begin + STAGES, p.prefetch);
-
-    // Register pipeline: STAGES chunks in flight per lane; a stage is refilled with the chunk
-    // STAGES ahead right after it is consumed (the other STAGES-1 loads cover the latency).
-    Stage<T, NT> stages[STAGES];
+        int slot = 0;
+        for (int c = c_begin; c < c_end; ++c) {
+            cp_async_wait<RING - 2>();  // this lane's copies of chunk c have landed
+            __syncwarp();               // ... and every lane's (the scales), and chunk c-1 is read
+            const int refill = slot == 0 ? RING - 1 : slot - 1;  // chunk c-1's slot
+            if (c + RING - 1 < c_end) issue(ring + refill * R::kBytes, c + RING - 1);
+            cp_async_commit();
+            Stage<T, NT> st;
+            read(ring + slot * R::kBytes, c, st);
+            compute<MX, T, NT>(st, acc, tb);
+            slot = slot == RING - 1 ? 0 : slot + 1;
+        }
+    } else {
+        // Register pipeline: STAGES chunks in flight per lane; a stage is refilled with the
+        // chunk STAGES ahead right after it is consumed (the other STAGES-1 loads cover the
+        // latency).
+        Stage<T, NT> stages[STAGES];
 #pragma unroll
-    for (int s = 0; s < STAGES; ++s)
-        if (c_begin + s < c_end) { load(stages[s], c_begin + s); ++c_next; }
-    for (int c = c_begin; c < c_end; c += STAGES) {
-        prefetch_chunks(c + STAGES + p.prefetch, STAGES);
+        for (int s = 0; s < STAGES; ++s)
+            if (c_begin + s < c_end) load(stages[s], c_begin + s);
+        for (int c = c_begin; c < c_end; c += STAGES) {
 #pragma unroll
-        for (int s = 0; s < STAGES; ++s) {
-            if (c + s < c_end) {
-                compute<MX, T, NT>(stages[s], acc, tb);
-                if (c + s + STAGES < c_end) { load(stages[s], c + s + STAGES); ++c_next; }
+            for (int s = 0; s < STAGES; ++s) {
+                if (c + s < c_end) {
+                    compute<MX, T, NT>(stages[s], acc, tb);
+                    if (c + s + STAGES < c_end) load(stages[s], c + s + STAGES);
+                }
             }
         }
     }
@@ -324,34 +382,62 @@ __global__ void __launch_bounds__(256, (T * NT <= 2) ? 2 : 1) fp4_splitk_kernel(
     if (threadIdx.x == 0) p.counters[tile_id] = 0;  // every CTA of this tile has arrived
 }
 
-template <bool MX, int T, int NT>
+// Chunks per warp in the shared-memory ring of the "ring" tactics: 5 for 4 tiles per warp
+// (4 CTAs of 4 warps then fit in 228 KiB, as many as its 122 registers allow), else 6.
+constexpr int ring_chunks(int T) { return T >= 4 ? 5 : 6; }
+
+template <bool MX, int T, int NT, int RING>
 cudaError_t launch(const Fp4SplitKParams& p, cudaStream_t stream) {
     // Fewer chunks in flight where the tile needs more registers.
     constexpr int STAGES = (T * NT <= 4) ? 3 : 2;
     dim3 grid((p.m_tiles + p.warps * T - 1) / (p.warps * T), p.splits, (p.m + 8 * NT - 1) / (8 * NT));
-    fp4_splitk_kernel<MX, T, NT, STAGES><<<grid, 32 * p.warps, 0, stream>>>(p);
+    const unsigned smem = RING ? (unsigned)(p.warps * RING * RingSlot<MX, T, NT>::kBytes) : 0u;
+    if (RING) {
+        // Past 48 KiB a kernel must opt in, per device: once per device, for the largest warp
+        // count's need (a benign race: every thread sets the same values). All of the
+        // unified L1/shared storage goes to shared memory: the streamed bytes skip L1.
+        static bool opted_in[64] = {};
+        int dev = 0;
+        cudaGetDevice(&dev);
+        if (dev >= 64 || !opted_in[dev]) {
+            auto* fn = fp4_splitk_kernel<MX, T, NT, STAGES, RING>;
+            cudaError_t e = cudaFuncSetAttribute(fn, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                                 8 * RING * RingSlot<MX, T, NT>::kBytes);
+            if (e == cudaSuccess)
+                e = cudaFuncSetAttribute(fn, cudaFuncAttributePreferredSharedMemoryCarveout, 100);
+            if (e != cudaSuccess) return e;
+            if (dev < 64) opted_in[dev] = true;
+        }
+    }
+    fp4_splitk_kernel<MX, T, NT, STAGES, RING><<<grid, 32 * p.warps, smem, stream>>>(p);
     return cudaGetLastError();
 }
 
-template <bool MX, int T>
+template <bool MX, int T, bool RING>
 cudaError_t dispatch_nt(const Fp4SplitKParams& p, int nt, cudaStream_t s) {
+    constexpr int R = RING ? ring_chunks(T) : 0;
     switch (nt) {
-        case 1: return launch<MX, T, 1>(p, s);
-        case 2: return launch<MX, T, 2>(p, s);
-        case 4: return launch<MX, T, 4>(p, s);
-        case 8: if (T <= 2) return launch<MX, (T <= 2 ? T : 2), 8>(p, s); break;
+        case 1: return launch<MX, T, 1, R>(p, s);
+        case 2: return launch<MX, T, 2, R>(p, s);
+        case 4: return launch<MX, T, 4, R>(p, s);
+        case 8: if (T <= 2) return launch<MX, (T <= 2 ? T : 2), 8, RING ? ring_chunks(2) : 0>(p, s); break;
+    }
+    return cudaErrorInvalidValue;
+}
+
+template <bool MX, bool RING>
+cudaError_t dispatch_t(const Fp4SplitKParams& p, int t, int nt, cudaStream_t s) {
+    switch (t) {
+        case 1: return dispatch_nt<MX, 1, RING>(p, nt, s);
+        case 2: return dispatch_nt<MX, 2, RING>(p, nt, s);
+        case 4: return dispatch_nt<MX, 4, RING>(p, nt, s);
     }
     return cudaErrorInvalidValue;
 }
 
 template <bool MX>
-cudaError_t dispatch_t(const Fp4SplitKParams& p, int t, int nt, cudaStream_t s) {
-    switch (t) {
-        case 1: return dispatch_nt<MX, 1>(p, nt, s);
-        case 2: return dispatch_nt<MX, 2>(p, nt, s);
-        case 4: return dispatch_nt<MX, 4>(p, nt, s);
-    }
-    return cudaErrorInvalidValue;
+cudaError_t dispatch_ring(const Fp4SplitKParams& p, int t, int nt, int ring, cudaStream_t s) {
+    return ring ? dispatch_t<MX, true>(p, t, nt, s) : dispatch_t<MX, false>(p, t, nt, s);
 }
 
 }  // namespace
@@ -359,12 +445,15 @@ cudaError_t dispatch_t(const Fp4SplitKParams& p, int t, int nt, cudaStream_t s) 
 extern "C" {
 
 // Launch on `stream`. mx: 0 NVFP4, 1 MXFP4; t: weight tiles (16 rows) per warp, 1/2/4;
-// nt: activation tiles (8 rows) per CTA, 1/2/4/8 (8 only with t <= 2). Returns a
+// nt: activation tiles (8 rows) per CTA, 1/2/4/8 (8 only with t <= 2); ring: 0 = register
+// pipeline, 1 = shared-memory cp.async ring (needs a_sf 4-byte aligned). Returns a
 // cudaError_t (0 = launched).
-int fp4_trtllm_splitk(const Fp4SplitKParams* p, int mx, int t, int nt, void* stream) {
+int fp4_trtllm_splitk(const Fp4SplitKParams* p, int mx, int t, int nt, int ring, void* stream) {
     if (p->warps < 1 || p->warps > 8 || p->splits < 1 || (p->k & 63) || p->m < 1 || p->n < 1)
         return (int)cudaErrorInvalidValue;
+    if (ring && (reinterpret_cast<uintptr_t>(p->a_sf) & 3))
+        return (int)cudaErrorMisalignedAddress;
     cudaStream_t s = reinterpret_cast<cudaStream_t>(stream);
-    return (int)(mx ? dispatch_t<true>(*p, t, nt, s) : dispatch_t<false>(*p, t, nt, s));
+    return (int)(mx ? dispatch_ring<true>(*p, t, nt, ring, s) : dispatch_ring<false>(*p, t, nt, ring, s));
 }
 }
