@@ -129,3 +129,20 @@ def test_stream_k_partition(m, n, k, t, warps, grid):
             slot = (b, 0 if x == ranges[b][0] // chunks else 1)
             assert slot not in slots
             slots.add(slot)
+
+
+@pytest.mark.parametrize("n,k,t,warps", [(28672, 8192, 4, 4), (8192, 8192, 4, 4), (8192, 28672, 2, 4),
+                                         (2880, 1024, 2, 4), (1280, 2880, 4, 4)])
+def test_balanced_splits_spread_the_grid_evenly(n, k, t, warps):
+    """Against a brute force over every allowed split count: the chosen grid leaves the fewest
+    SMs idle in its last round (132 SMs), with at least one CTA per SM where K allows it."""
+    from fp4_trtllm.plugin import _balanced_splits
+    p = fp4core.make_problem(1, n, k, device=H100)
+    gx = -(-(-(-n // 16)) // (warps * t))
+    eff = lambda s: gx * s / (132 * -(-gx * s // 132))
+    allowed = [s for s in range(1, k // 256 + 1) if 132 <= gx * s <= 8 * 132] or [k // 256]
+    chosen = _balanced_splits(p, t, warps)
+    assert chosen in allowed
+    assert eff(chosen) == max(eff(s) for s in allowed)
+    if n == 28672:
+        assert eff(chosen) > 0.95  # 224 CTAs (s=2) would leave 40 % of the second round idle
