@@ -30,15 +30,16 @@ def _have_nvcc() -> bool:
 
 
 #: Stream-K kernel: (tiles of 16 rows per warp, warps per CTA) worth timing per activation
-#: pass size NT, best measured first (H100, 2026-11-25): it wins at M = 32 (t=4 with 2 warps
-#: on the large layers) and at M = 16 on the 28672-wide layers; t = 1 makes small groups.
+#: pass size NT, best measured first (H100, 2026-11-25: it won at M = 32 and at M = 16 on the
+#: 28672-wide layers before the split-K ring existed; on the H200 it won no decode shape).
 _STREAMK = {1: [(4, 4), (4, 2), (4, 1), (2, 8)],
             2: [(4, 4), (4, 2), (4, 1), (2, 8)],
             4: [(4, 2), (2, 8), (2, 4), (1, 4)],
             8: [(2, 4), (2, 8), (1, 8), (1, 4)]}
-#: Split-K register-pipeline kernel: (t, warps) per NT, best measured first; it wins at
-#: M <= 8 everywhere and at M = 16 on most shapes. The split count follows from the grid
-#: (``_auto_splits``), and half of it is offered too.
+#: Split-K kernel: (t, warps) per NT, best measured first. Each is offered with the
+#: shared-memory ring (faster on every H200 decode shape, M = 1...64) and with the register
+#: pipeline, at three split counts: the one that fills the SMs ~3 times (``_auto_splits``),
+#: its half, and the one that spreads the grid most evenly (``_balanced_splits``).
 _SPLITK = {1: [(4, 4), (2, 8), (2, 4)], 2: [(2, 4), (4, 4)], 4: [(2, 4), (1, 4)], 8: [(2, 4), (1, 4)]}
 
 
@@ -116,7 +117,9 @@ class TrtllmBackend:
         "warps": per CTA, "ctas": CTAs per SM of the persistent grid (0 = as many as fit)}``;
         split-K: ``{"kernel": "splitk", "t", "warps", "split_k": CTAs per tile of rows,
         "ring": 0 = register pipeline, 1 = shared-memory cp.async ring}``.
-        Split-K leads up to M = 16 (measured faster there on H100), stream-K above."""
+        Split-K with the shared-memory ring leads at every M: on the H200 it was the fastest
+        tactic at M = 1...64 on the Llama-70B layers (stream-K had led above M = 16 on H100,
+        before the ring existed)."""
         nt = launcher.nt_for(problem.m or 1)
         sk = [{"kernel": "streamk", "t": t, "warps": w, "ctas": 0} for t, w in _STREAMK[nt]]
         sk.append({**sk[0], "ctas": 1})  # one CTA per SM: fewer, longer K streams
@@ -126,7 +129,7 @@ class TrtllmBackend:
             for splits in sorted({s, max(1, s // 2), _balanced_splits(problem, t, w)}, reverse=True):
                 for ring in (1, 0):  # the ring was the faster on every H200 decode shape
                     sp.append({"kernel": "splitk", "t": t, "warps": w, "split_k": splits, "ring": ring})
-        return sp + sk if nt <= 2 else sk + sp
+        return sp + sk
 
     @hookimpl
     def build(self, archs: list[str], progress: bool) -> list[str]:
