@@ -12,23 +12,17 @@ import argparse
 
 import torch
 
-import fp4core
-from fp4core.synthetic import random_operands
 from fp4core.timing import CudaEventTimer, graph_replay_us, median
-from fp4_cudnn.plugin import CudnnBackend
+from plan_case import add_case_args, plan_case
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--shape", default="4096:8192:8192", help="M:N:K")
-    ap.add_argument("--engine", default="eng0", help="the cuDNN plan (engine name) of the plain graph")
+    add_case_args(ap)
     args = ap.parse_args()
-    m, n, k = (int(v) for v in args.shape.split(":"))
-    be = CudnnBackend()
-    p = fp4core.make_problem(m, n, k, device="cuda")
-    sets = [random_operands(p) for _ in range(2)]
-    tac = next(t for t in be.tactics(p) if t.get("graph") == "plain" and t.get("engine") == args.engine)
-    out = torch.empty(m, n, dtype=torch.bfloat16, device="cuda")
+    case = plan_case(args)
+    be, p, sets, tac, out = case.backend, case.problem, case.sets, case.tactic, case.out
+    m, n, k = p.m, p.n, p.k
     a = [torch.randn(m, k, device="cuda", dtype=torch.bfloat16) for _ in range(2)]
     w = [torch.randn(n, k, device="cuda", dtype=torch.bfloat16) for _ in range(2)]
     timer = CudaEventTimer()
