@@ -1,6 +1,7 @@
-// fp4-trtllm: the split-K register-pipeline kernel (the plugin's first kernel, kept as a
-// tactic family beside the stream-K kernel of fp4_gemv.cu: on H100 it is the faster one at
-// M <= 8 on 8192-wide layers). Swap-AB streaming GEMM for small M, NVFP4 and MXFP4, SM80+.
+// fp4-trtllm: the split-K kernel (the plugin's first kernel; beside the stream-K kernel of
+// fp4_gemv.cu). Swap-AB streaming GEMM for small M, NVFP4 and MXFP4, SM80+. Chunks reach the
+// registers either through a register pipeline or through a per-warp shared-memory ring
+// filled with cp.async (RING > 0; the faster on every H200 decode shape measured).
 //
 // out (M, N) = alpha * dequant(A) (M, K) @ dequant(B)^T, B = the weight (N, K).
 //
