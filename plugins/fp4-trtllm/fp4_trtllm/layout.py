@@ -11,8 +11,10 @@ scale bytes in the 128x4 layout. Output: two flat uint8 tensors ordered by
   4c + t. MXFP4 32 bytes per (r, c): byte 2(2g + u) + h is row 16r + 8h + g, block 2c + u
   (u = t / 2; lanes 2u and 2u+1 of a row share a 32-value block).
 
-N is padded to a multiple of 16 with zero rows; K must be a multiple of 64. The permutation
-loses nothing: ``unprepare`` restores the canonical bytes exactly (the 128x4 padding bytes
+NVFP4 weights are then re-encoded word by word (``wordcode.encode``: every aligned 4 bytes, a
+fixed invertible bit map) so the kernel's decode is 4 shifts and 4 LOP3s; MXFP4 bytes stay as
+they are. N is padded to a multiple of 16 with zero rows; K must be a multiple of 64. Both
+steps lose nothing: ``unprepare`` restores the canonical bytes exactly (the 128x4 padding bytes
 come back as zeros, which is what the quantizers write).
 """
 
@@ -22,6 +24,8 @@ import torch
 
 from fp4core.formats import Fp4Format, as_bytes
 from fp4core.layouts import SfLayout, flat_scale_bytes, round_up, swizzle_scales, unswizzle_scales
+
+from . import wordcode
 
 TILE_ROWS = 16
 CHUNK_K = 64
@@ -48,7 +52,8 @@ def prepare_weight(b: torch.Tensor, b_scale: torch.Tensor, fmt: Fp4Format
         fmt: NVFP4 or MXFP4.
     Returns:
         (uint8 1-D of round_up(N, 16) * K/2 bytes, uint8 1-D of round_up(N, 16) * K/block
-        bytes), on ``b``'s device, laid out as the module docstring says.
+        bytes), on ``b``'s device, laid out (and for NVFP4 word-encoded) as the module
+        docstring says.
     """
     b = as_bytes(b)
     n, k = b.shape[0], b.shape[1] * 2
@@ -58,6 +63,8 @@ def prepare_weight(b: torch.Tensor, b_scale: torch.Tensor, fmt: Fp4Format
     rows[:n] = b
     # (r, h, g, c, t, j) -> (r, c, g, t, h, j)
     w = rows.view(npad // 16, 2, 8, chunks, 4, 8).permute(0, 3, 2, 4, 1, 5).reshape(-1)
+    if fmt is Fp4Format.NVFP4:
+        w = wordcode.encode(w)  # each word is 8 codes of one row: 4 aligned bytes of j
 
     spc = _sf_blocks_per_chunk(fmt)
     lin = unswizzle_scales(b_scale, n, k // fmt.block_size, SfLayout.layout_128x4)
@@ -86,6 +93,8 @@ def unprepare_weight(w: torch.Tensor, s: torch.Tensor, n: int, k: int, fmt: Fp4F
     if w.numel() != npad * k // 2 or s.numel() != npad * chunks * spc:
         raise ValueError(f"unprepare_weight: sizes {w.numel()}, {s.numel()} do not match "
                          f"N={n}, K={k}, {fmt.value}")
+    if fmt is Fp4Format.NVFP4:
+        w = wordcode.decode(w.reshape(-1))
     # inverse of (0, 3, 2, 4, 1, 5) is (0, 4, 2, 1, 3, 5)
     rows = w.reshape(npad // 16, chunks, 8, 4, 2, 8).permute(0, 4, 2, 1, 3, 5).reshape(npad, k // 2)
     # inverse of (0, 3, 2, 4, 1) is (0, 4, 2, 1, 3)

@@ -1,5 +1,5 @@
 """CPU emulation of the kernel's arithmetic: the prmt decode tables (all 16 codes in every
-nibble position), the scale conversions, and the lane/fragment mapping of mma.sync m16n8k16
+nibble position), the NVFP4 weight word code and its 4-shift decode, the scale conversions, and the lane/fragment mapping of mma.sync m16n8k16
 over the prepared layout, compared with the exact reference. It checks the index math of
 csrc/fp4_decode.cuh and the two kernels (fp4_gemv.cu stream-K, fp4_splitk.cu split-K; they share the
 decode and the fragment mapping) without a GPU; the GPU tests check the compiled kernel itself."""
@@ -18,6 +18,7 @@ from fp4core.layouts import SfLayout, padded_scale_shape
 from fp4core.reference import reference_mm, relative_error
 from fp4core.synthetic import random_operands
 
+from fp4_trtllm import wordcode
 from fp4_trtllm.layout import prepare_weight
 
 M32 = 0xFFFFFFFF
@@ -90,6 +91,40 @@ def test_decode_tables(mx):
             assert hi == E2M1_VALUES[n1] and math.copysign(1, hi) == math.copysign(1, E2M1_VALUES[n1])
 
 
+def nv_weight_regs(w):
+    """Mirror of decode_nv_weight in csrc/fp4_decode.cuh (an NVFP4 weight word as stored)."""
+    q, x = 0x8E008E00, w >> 3
+    return [((w << a) & M32 ^ x) & q for a in (0, 2, 6, 9)]
+
+
+def test_nv_weight_word_code():
+    """Every code in every position, both signs: the kernel's 4-shift decode of the stored
+    word is the code's value * 2^-14 in fp16, in the registers decode_word fills."""
+    rng = random.Random(2)
+    words = [rng.getrandbits(32) for _ in range(2000)]
+    words += [sum(c << (4 * i) for i in range(8)) for c in range(16)]  # one code everywhere
+    words += [sum(((c + i) & 15) << (4 * i) for i in range(8)) for c in range(16)]
+    nat = torch.tensor([[(w >> (8 * p)) & 0xFF for p in range(4)] for w in words], dtype=torch.uint8)
+    stored = wordcode.encode(nat)
+    assert torch.equal(wordcode.decode(stored), nat)
+    for w, row in zip(words, stored.tolist()):
+        regs = nv_weight_regs(int.from_bytes(bytes(row), "little"))
+        for q in range(4):
+            lo, hi = halves(regs[q], False)
+            for v, code in ((lo, (w >> (8 * q)) & 0xF), (hi, (w >> (8 * q + 4)) & 0xF)):
+                want = E2M1_VALUES[code]
+                assert v * 2.0 ** 14 == want and math.copysign(1, v) == math.copysign(1, want)
+
+
+def test_nv_weight_products_exact_in_fp16():
+    """code value * 2^-14 times every finite E4M3 scale is exact in fp16 (subnormals included)."""
+    codes = np.array([E2M1_VALUES[c] * 2.0 ** -14 for c in range(16)])
+    scales = e4m3_decode(torch.arange(256, dtype=torch.uint8)).double().numpy()
+    scales = scales[np.isfinite(scales)]
+    exact = np.multiply.outer(codes, scales)
+    assert np.array_equal(exact.astype(np.float16).astype(np.float64), exact)
+
+
 def test_e8m0_as_bf16():
     for byte in range(255):
         assert scale_value(byte, True) == 2.0 ** (byte - 127)
@@ -108,9 +143,12 @@ def emulate(problem, ops, T=2, W=2, S=3):
     tile_bytes = 32 if e8 else 512
     out = np.full((m, n), np.nan)
     gx = math.ceil(m_tiles / (W * T)); gz = math.ceil(m / (8 * NT))
-    def lanevals(raw8, sc):  # 8 bytes -> 8 regs of 2 values
+    def lanevals(raw8, sc, weight=False):  # 8 bytes -> 8 regs of 2 values
         w0 = int.from_bytes(bytes(raw8[:4]), 'little'); w1 = int.from_bytes(bytes(raw8[4:]), 'little')
-        regs = decode_word(w0, mx) + decode_word(w1, mx)
+        if weight and not mx:  # word-encoded NVFP4 weight: value * 2^-14, undone here as alpha does
+            regs, sc = nv_weight_regs(w0) + nv_weight_regs(w1), sc * 2.0 ** 14
+        else:
+            regs = decode_word(w0, mx) + decode_word(w1, mx)
         return [[v * sc for v in halves(r, mx)] for r in regs]
     for bx in range(gx):
         for bz in range(gz):
@@ -145,7 +183,8 @@ def emulate(problem, ops, T=2, W=2, S=3):
                                 blk = (tile * chunks + c)
                                 raw = wb[blk*512 + lane*16: blk*512 + lane*16 + 16]
                                 sw = sb[blk*(16 if mx else 32)*2 + ((lane >> 1) if mx else lane)*2:][:2]
-                                av[lane] = (lanevals(raw[:8], scale_value(int(sw[0]), mx)), lanevals(raw[8:], scale_value(int(sw[1]), mx)))
+                                av[lane] = (lanevals(raw[:8], scale_value(int(sw[0]), mx), True),
+                                            lanevals(raw[8:], scale_value(int(sw[1]), mx), True))
                             for st in range(4):
                                 A = np.zeros((16, 16)); 
                                 for lane in range(32):

@@ -1,5 +1,5 @@
-// Shared by fp4_gemv.cu (stream-K kernel) and fp4_splitk.cu (split-K register-pipeline
-// kernel): exact E2M1/E4M3/E8M0 decoding into fp16/bf16 MMA operands, and mma.sync.
+// Shared by fp4_gemv.cu (stream-K kernel) and fp4_splitk.cu (split-K kernel): exact
+// E2M1/E4M3/E8M0 decoding into fp16/bf16 MMA operands, and mma.sync.
 #pragma once
 #include <cuda_runtime.h>
 #include <cuda_fp16.h>
@@ -54,6 +54,35 @@ __device__ __forceinline__ void decode_word(uint32_t w, uint32_t (&r)[4], const 
         }
     }
 }
+
+// One stored word of an NVFP4 weight (re-encoded by prepare: fp4_trtllm/wordcode.py) -> the
+// same 4 registers as decode_word<false> gives for the natural word, but each half is the
+// code's value times 2^-14 (the E2M1 exponent sits in the low bits of the fp16 exponent, so
+// e = 0 is fp16's subnormal range, exactly E2M1's own subnormal). The encoding is chosen so
+// that this is 4 shifts and 4 LOP3s per 8 codes, against ~17 instructions for the table
+// lookup. Products with the fp16 block scale stay exact (multiples of 2^-24 below 2^-14,
+// <= 6 significant bits above); the kernels multiply alpha by kNvWeightScale to undo 2^-14.
+constexpr float kNvWeightScale = 16384.0f;
+__device__ __forceinline__ void decode_nv_weight(uint32_t w, uint32_t (&r)[4]) {
+    constexpr uint32_t Q = 0x8E008E00u;  // sign and e1 e0 m of both halves
+    const uint32_t x = w >> 3;
+    r[0] = (w ^ x) & Q;
+    r[1] = ((w << 2) ^ x) & Q;
+    r[2] = ((w << 6) ^ x) & Q;
+    r[3] = ((w << 9) ^ x) & Q;
+}
+
+// A stored weight word: MXFP4 weights keep the natural codes (bf16 table decode), NVFP4
+// weights are word-encoded (value * 2^-14, see decode_nv_weight).
+template <bool MX>
+__device__ __forceinline__ void decode_weight(uint32_t w, uint32_t (&r)[4], const Tables& tb) {
+    if (MX) decode_word<true>(w, r, tb);
+    else decode_nv_weight(w, r);
+}
+
+// What the kernels multiply the fp32 accumulators by besides alpha.
+template <bool MX>
+__device__ __forceinline__ float weight_scale() { return MX ? 1.0f : kNvWeightScale; }
 
 // Two scale bytes (low 16 bits of `two`) -> a register holding both scales as fp16 (E4M3)
 // or bf16 (E8M0), byte 0 in the low half.

@@ -287,16 +287,16 @@ __global__ void __launch_bounds__(256, (T * NT <= 4) ? 2 : 1) fp4_sk_kernel(cons
             const uint32_t both = scales2<MX>(sc);
             const uint32_t s_lo = bcast(both, true), s_hi = bcast(both, false);
             uint32_t lo[8], hi[8], r[4];  // rows g and g+8, 16 values each
-            decode_word<MX>(w.x, r, tb);
+            decode_weight<MX>(w.x, r, tb);
 #pragma unroll
             for (int q = 0; q < 4; ++q) lo[q] = mul2<MX>(r[q], s_lo);
-            decode_word<MX>(w.y, r, tb);
+            decode_weight<MX>(w.y, r, tb);
 #pragma unroll
             for (int q = 0; q < 4; ++q) lo[4 + q] = mul2<MX>(r[q], s_lo);
-            decode_word<MX>(w.z, r, tb);
+            decode_weight<MX>(w.z, r, tb);
 #pragma unroll
             for (int q = 0; q < 4; ++q) hi[q] = mul2<MX>(r[q], s_hi);
-            decode_word<MX>(w.w, r, tb);
+            decode_weight<MX>(w.w, r, tb);
 #pragma unroll
             for (int q = 0; q < 4; ++q) hi[4 + q] = mul2<MX>(r[q], s_hi);
 #pragma unroll
@@ -310,7 +310,8 @@ __global__ void __launch_bounds__(256, (T * NT <= 4) ? 2 : 1) fp4_sk_kernel(cons
         }
     };
 
-    const float alpha = p.alpha ? __ldg(p.alpha) : 1.0f;
+    // NVFP4 weight operands are value * 2^-14 (decode_nv_weight): alpha carries 2^14, exactly.
+    const float alpha = (p.alpha ? __ldg(p.alpha) : 1.0f) * weight_scale<MX>();
     auto store = [&](const float (&v)[T][NT][4], int mb, int gi) {
 #pragma unroll
         for (int i = 0; i < T; ++i) {
@@ -535,5 +536,5 @@ const char* fp4_trtllm_error_string(int code) {
     return cudaGetErrorString(static_cast<cudaError_t>(code));
 }
 
-int fp4_trtllm_abi_version(void) { return 3; }
+int fp4_trtllm_abi_version(void) { return 4; }
 }

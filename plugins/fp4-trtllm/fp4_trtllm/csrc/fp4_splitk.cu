@@ -124,16 +124,16 @@ __device__ __forceinline__ void compute(const Stage<T, NT>& st, float (&acc)[T][
         uint32_t r[4];
         const uint32_t both = scales2<MX>(st.wsf[i]);
         const uint32_t s_lo = bcast(both, true), s_hi = bcast(both, false);
-        decode_word<MX>(st.w[i].x, r, tb);
+        decode_weight<MX>(st.w[i].x, r, tb);
 #pragma unroll
         for (int q = 0; q < 4; ++q) lo[q] = mul2<MX>(r[q], s_lo);
-        decode_word<MX>(st.w[i].y, r, tb);
+        decode_weight<MX>(st.w[i].y, r, tb);
 #pragma unroll
         for (int q = 0; q < 4; ++q) lo[4 + q] = mul2<MX>(r[q], s_lo);
-        decode_word<MX>(st.w[i].z, r, tb);
+        decode_weight<MX>(st.w[i].z, r, tb);
 #pragma unroll
         for (int q = 0; q < 4; ++q) hi[q] = mul2<MX>(r[q], s_hi);
-        decode_word<MX>(st.w[i].w, r, tb);
+        decode_weight<MX>(st.w[i].w, r, tb);
 #pragma unroll
         for (int q = 0; q < 4; ++q) hi[4 + q] = mul2<MX>(r[q], s_hi);
 #pragma unroll
@@ -303,7 +303,8 @@ fp4_splitk_kernel(const Fp4SplitKParams p) {
         }
     }
 
-    const float alpha = p.alpha ? __ldg(p.alpha) : 1.0f;
+    // NVFP4 weight operands are value * 2^-14 (decode_nv_weight): alpha carries 2^14, exactly.
+    const float alpha = (p.alpha ? __ldg(p.alpha) : 1.0f) * weight_scale<MX>();
     auto store = [&](float (&v)[T][NT][4]) {
 #pragma unroll
         for (int i = 0; i < T; ++i) {
