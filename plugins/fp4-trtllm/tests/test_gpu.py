@@ -2,6 +2,8 @@
 both formats and A-scale layouts, the fp4core.prepare + mm_fp4 paths, FlashInfer-style
 inputs, determinism and CUDA-graph capture."""
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -52,6 +54,23 @@ def test_every_tactic_exact(m, n, k, nv, e8):
     ops = random_operands(problem, device="cuda", generator=gen)
     for tactic in be.tactics(problem) + [{"kernel": "streamk", "t": 1, "warps": 8, "ctas": 1}]:
         _check(be, problem, ops, tactic)
+
+
+@pytest.mark.parametrize("lo,hi", [(1, 8), (1, 0x30), (0x70, 0x7F)], ids=["subnormal", "small", "largest"])
+@pytest.mark.parametrize("m", [1, 33])
+def test_nvfp4_weight_scale_extremes(m, lo, hi):
+    """NVFP4 weights decode to value * 2^-14 (fp16 subnormals for every |value * scale| < 1):
+    with only E4M3 subnormal or tiny block scales every weight operand is an fp16 subnormal,
+    which must survive HMUL2 and the MMA exactly; the largest scales (up to 448) must not
+    overflow."""
+    be = TrtllmBackend()
+    problem = _problem(m, 1280, 2880)
+    gen = torch.Generator(device="cuda").manual_seed(m + lo)
+    ops = random_operands(problem, device="cuda", generator=gen)
+    sf = torch.randint(lo, hi, ops.b_scale.shape, generator=gen, device="cuda", dtype=torch.int32)
+    ops = dataclasses.replace(ops, b_scale=sf.to(torch.uint8))
+    for tactic in be.tactics(problem)[:3] + [{"kernel": "streamk", "t": 2, "warps": 4, "ctas": 0}]:
+        assert _check(be, problem, ops, tactic) < 4e-3
 
 
 @pytest.mark.parametrize("nv", [True, False], ids=["nvfp4", "mxfp4"])
