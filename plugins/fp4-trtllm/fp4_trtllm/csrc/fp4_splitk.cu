@@ -14,9 +14,11 @@
 // (= lane % 4) covers k = 16t..16t+15 of the chunk in 4 MMA steps, so its activation values
 // are one 8-byte load of row m of A, and one scale byte per row covers all its values.
 //
-// Dequantization is exact in registers: E2M1 codes go through a byte-permute lookup table
-// (prmt) to fp16 (NVFP4) or bf16 (MXFP4) bit patterns and are multiplied by the block scale
-// (E4M3 -> fp16 or E8M0 -> bf16, both exact for every product code * scale). NVFP4 uses
+// Dequantization is exact in registers: NVFP4 weight words arrive re-encoded by prepare so
+// that 4 shifts and 4 LOP3s give fp16 bit patterns of value * 2^-14 (decode_nv_weight; alpha
+// carries 2^14); activations and MXFP4 weights go through a byte-permute lookup table (prmt)
+// to fp16 (NVFP4) or bf16 (MXFP4). Both are multiplied by the block scale (E4M3 -> fp16 or
+// E8M0 -> bf16, exact for every product code * scale). NVFP4 uses
 // fp16 MMAs because E2M1 x E4M3 is exact in fp16 and fp16 needs no low byte in the table;
 // MXFP4 needs bf16's exponent range. Accumulation is fp32.
 //
