@@ -41,6 +41,9 @@ _STREAMK = {1: [(4, 4), (4, 2), (4, 1), (2, 8)],
 #: pipeline, at three split counts: the one that fills the SMs ~3 times (``_auto_splits``),
 #: its half, and the one that spreads the grid most evenly (``_balanced_splits``).
 _SPLITK = {1: [(4, 4), (2, 8), (2, 4)], 2: [(2, 4), (4, 4)], 4: [(2, 4), (1, 4)], 8: [(2, 4), (1, 4)]}
+#: Split-K ring tactics with small CTAs (1-2 warps), offered at the two best single-wave
+#: split counts of ``_balanced_splits``: small CTAs let the grid divide evenly over the SMs.
+_BALANCED = {1: [(4, 1), (2, 2)], 2: [(4, 1), (2, 2)], 4: [(2, 1), (1, 2)]}
 
 
 def _auto_splits(problem: Problem, t: int, warps: int, ctas_per_sm: int = 3) -> int:
@@ -52,18 +55,45 @@ def _auto_splits(problem: Problem, t: int, warps: int, ctas_per_sm: int = 3) -> 
     return max(1, min(max(1, chunks // 4), round(want / (gx * gz))))
 
 
-def _balanced_splits(problem: Problem, t: int, warps: int) -> int:
-    """The split count whose grid divides most evenly over the SMs (CTAs / (SMs x rounds),
-    rounds = ceil(CTAs / SMs)), with at least one CTA per SM and 4 chunks per split; the
-    fewest splits among equals. A memory-bound grid that leaves some SMs a CTA short streams
-    at the rate of the busiest ones: on the H200, 28672 x 8192 with 224 CTAs over 132 SMs
-    ran at 55 % of the copy rate."""
+def _resident_ctas(problem: Problem, t: int, warps: int) -> int:
+    """Split-K ring CTAs that fit on one SM at once: registers (the ring variants are capped at
+    128 per thread, so 16 warps) and shared memory (the ring's bytes per warp, as laid out by
+    RingSlot and ring_chunks in csrc/fp4_splitk.cu, plus the 1 KiB the driver keeps per CTA)."""
+    nt = launcher.nt_for(problem.m or 1)
+    slot = t * 512 + t * (32 if problem.fmt is Fp4Format.MXFP4 else 64) + nt * 256 + nt * 128
+    per_warp = (5 if t >= 4 else 6) * slot
+    by_smem = _smem_per_sm(problem.device.index) // (warps * per_warp + 1024)
+    return max(1, min(16 // warps, by_smem, 32))
+
+
+def _balanced_splits(problem: Problem, t: int, warps: int, keep: int = 1) -> list[int]:
+    """Split counts whose grid runs in one wave (every CTA resident at once) and divides most
+    evenly over the SMs, best first: the score is the busiest SM's share of the average work
+    (CTAs / (SMs x ceil(CTAs / SMs))), scaled down when the busiest SM has fewer than 8 warps
+    (too few to hide the latency of the decode chain); the fewest splits among equals; at least
+    4 chunks per split. A memory-bound grid streams at the rate of its busiest SMs: on the
+    H200, 28672 x 8192 at M = 1 with 224 CTAs of 4 warps (40 SMs with one CTA, 92 with two)
+    left the least-loaded SMs idle 37 % of the kernel (ncu sm__cycles_active min / max)."""
     gx, _, gz = launcher.splitk_grid(problem.m or 1, problem.n, t, warps, 1)
     sms = _sm_count(problem.device.index)
+    cap = _resident_ctas(problem, t, warps) * sms
     most = max(1, problem.k // CHUNK_K // 4)
-    # Split counts that give every SM a CTA and stay within 8 per SM (else the most there is).
-    counts = [s for s in range(1, most + 1) if sms <= gx * gz * s <= 8 * sms] or [most]
-    return max(counts, key=lambda s: (gx * gz * s / (sms * math.ceil(gx * gz * s / sms)), -s))
+    counts = [s for s in range(1, most + 1) if gx * gz * s <= cap] or [1]
+
+    def score(s: int) -> tuple[float, int]:
+        ctas = gx * gz * s
+        busiest = math.ceil(ctas / sms)
+        return (round(ctas / (sms * busiest) * min(1.0, busiest * warps / 8), 3), -s)
+
+    return sorted(counts, key=score, reverse=True)[:keep]
+
+
+@functools.lru_cache(maxsize=None)
+def _smem_per_sm(index: int | None) -> int:
+    """Shared memory per SM in bytes (228 KiB, the SM90 figure, without a device to ask)."""
+    if index is None or not torch.cuda.is_available():
+        return 228 * 1024
+    return getattr(torch.cuda.get_device_properties(index), "shared_memory_per_multiprocessor", 228 * 1024)
 
 
 @functools.lru_cache(maxsize=None)
@@ -126,9 +156,14 @@ class TrtllmBackend:
         sp = []
         for t, w in _SPLITK[nt]:
             s = _auto_splits(problem, t, w)
-            for splits in sorted({s, max(1, s // 2), _balanced_splits(problem, t, w)}, reverse=True):
+            for splits in sorted({s, max(1, s // 2), *_balanced_splits(problem, t, w)}, reverse=True):
                 for ring in (1, 0):  # the ring was the faster on every H200 decode shape
                     sp.append({"kernel": "splitk", "t": t, "warps": w, "split_k": splits, "ring": ring})
+        for t, w in _BALANCED.get(nt, []):
+            for splits in _balanced_splits(problem, t, w, keep=2):
+                tac = {"kernel": "splitk", "t": t, "warps": w, "split_k": splits, "ring": 1}
+                if tac not in sp:
+                    sp.append(tac)
         return sp + sk
 
     @hookimpl

@@ -149,8 +149,17 @@ __device__ __forceinline__ void compute(const Stage<T, NT>& st, float (&acc)[T][
     }
 }
 
+// Register budget: 128 per thread (2 CTAs of 8 warps, 16 warps per SM) wherever the kernel
+// fits in it without spilling (sm_90a, ptxas 13.0): every ring variant up to 8 tile pairs per
+// chunk except MXFP4 with 8 activation tiles. Left to itself, ptxas gave the t = 4 kernel with
+// 2 activation tiles 218 registers, which leaves room for only 8 warps per SM.
+template <bool MX, int T, int NT, int RING>
+constexpr int min_ctas_8_warps() {
+    return (T * NT <= 2 || (RING > 0 && (T * NT <= 4 || (T * NT <= 8 && !(MX && NT == 8))))) ? 2 : 1;
+}
+
 template <bool MX, int T, int NT, int STAGES, int RING>
-__global__ void __launch_bounds__(256, (T * NT <= 2 || (RING > 0 && T * NT <= 4)) ? 2 : 1)
+__global__ void __launch_bounds__(256, (min_ctas_8_warps<MX, T, NT, RING>()))
 fp4_splitk_kernel(const Fp4SplitKParams p) {
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     const int g = lane >> 2, t = lane & 3;
