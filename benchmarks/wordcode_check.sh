@@ -3,9 +3,10 @@
 # GPU tests (every tactic against the exact reference, the scale-extreme test for the fp16
 # subnormal operands), the decode table at M = 1, 8, 16, 32, 64 on the three Llama-70B layers
 # and gpt-oss 2880 x 1024 (every tactic beside bf16 cuBLAS, copy bandwidth in the same run),
-# then Nsight Compute on one launch of the M = 1 8192 x 8192 ring tactic. Logs in logs.tgz.
+# then (unless NCU=0) Nsight Compute on one launch of the M = 1 8192 x 8192 ring tactic.
+# Logs in logs.tgz.
 # See device_env.sh for what to carry (.whl, .carry/jit).
-#   run: bash benchmarks/wordcode_check.sh
+#   run: bash benchmarks/wordcode_check.sh        (NCU=0 bash benchmarks/wordcode_check.sh)
 set -uo pipefail
 source "$(dirname "$0")/device_env.sh"
 timeout ${TEST_CAP:-110} python3 -m pytest -q -p no:cacheprovider --tb=short -rfE -m gpu plugins/fp4-trtllm/tests \
@@ -14,6 +15,7 @@ echo "trtllm tests rc=$? $(tail -1 "$OUT/tests-trtllm.log")" > "$OUT/summary.txt
 timeout ${DECODE_CAP:-220} python3 plugins/fp4-trtllm/bench_trtllm.py --verbose --m 1,8,16,32,64 \
   --shapes 8192:8192,28672:8192,8192:28672,2880:1024 --out "$OUT/trtllm.md" > "$OUT/trtllm.log" 2>&1
 echo "trtllm bench rc=$?" >> "$OUT/summary.txt"
+if [ "${NCU:-1}" = 1 ]; then
 cat > /tmp/ring_case.py <<'PY'
 import torch, fp4core
 from fp4core.synthetic import random_operands
@@ -33,5 +35,6 @@ SECTIONS="--section SpeedOfLight --section MemoryWorkloadAnalysis --section Warp
 timeout ${NCU_CAP:-90} ncu --clock-control none -k regex:fp4_splitk --launch-skip 2 --launch-count 1 $SECTIONS \
   python3 /tmp/ring_case.py > "$OUT/ncu-ring.txt" 2>&1
 echo "ncu ring rc=$?" >> "$OUT/summary.txt"
+fi
 cat "$OUT/summary.txt"
 (cd "$OUT" && tar czf /tmp/logs.tgz . && find . -type f -delete && mv /tmp/logs.tgz .)
