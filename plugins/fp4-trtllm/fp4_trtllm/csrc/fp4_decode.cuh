@@ -140,6 +140,25 @@ __device__ __forceinline__ uint32_t mul2(uint32_t x, uint32_t s) {
     return d;
 }
 
+// x times the low (LO) or high half of s in both lanes. Written with the half2 broadcast
+// intrinsics so that ptxas folds the broadcast into HMUL2's operand selector (.H0_H0 /
+// .H1_H1) instead of spending a PRMT on it.
+template <bool MX, bool LO>
+__device__ __forceinline__ uint32_t mul2_by_half(uint32_t x, uint32_t s) {
+    uint32_t d;
+    if (MX) {
+        const __nv_bfloat162 sv = *reinterpret_cast<__nv_bfloat162*>(&s);
+        __nv_bfloat162 r = __hmul2(*reinterpret_cast<__nv_bfloat162*>(&x),
+                                   LO ? __low2bfloat162(sv) : __high2bfloat162(sv));
+        d = *reinterpret_cast<uint32_t*>(&r);
+    } else {
+        const __half2 sv = *reinterpret_cast<__half2*>(&s);
+        __half2 r = __hmul2(*reinterpret_cast<__half2*>(&x), LO ? __low2half2(sv) : __high2half2(sv));
+        d = *reinterpret_cast<uint32_t*>(&r);
+    }
+    return d;
+}
+
 template <bool MX>
 __device__ __forceinline__ void mma(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
     if (MX) {

@@ -285,20 +285,19 @@ __global__ void __launch_bounds__(256, (T * NT <= 4) ? 2 : 1) fp4_sk_kernel(cons
             const uint4 w = lds128(sbase + slot * L.w_st + blk * 512 + lane * 16);
             const uint32_t sc = lds16(sbase + L.off_s + slot * L.s_st + blk * 64 + (MX ? (lane >> 1) : lane) * 2);
             const uint32_t both = scales2<MX>(sc);
-            const uint32_t s_lo = bcast(both, true), s_hi = bcast(both, false);
-            uint32_t lo[8], hi[8], r[4];  // rows g and g+8, 16 values each
+                        uint32_t lo[8], hi[8], r[4];  // rows g and g+8, 16 values each
             decode_weight<MX>(w.x, r, tb);
 #pragma unroll
-            for (int q = 0; q < 4; ++q) lo[q] = mul2<MX>(r[q], s_lo);
+            for (int q = 0; q < 4; ++q) lo[q] = mul2_by_half<MX, true>(r[q], both);
             decode_weight<MX>(w.y, r, tb);
 #pragma unroll
-            for (int q = 0; q < 4; ++q) lo[4 + q] = mul2<MX>(r[q], s_lo);
+            for (int q = 0; q < 4; ++q) lo[4 + q] = mul2_by_half<MX, true>(r[q], both);
             decode_weight<MX>(w.z, r, tb);
 #pragma unroll
-            for (int q = 0; q < 4; ++q) hi[q] = mul2<MX>(r[q], s_hi);
+            for (int q = 0; q < 4; ++q) hi[q] = mul2_by_half<MX, false>(r[q], both);
             decode_weight<MX>(w.w, r, tb);
 #pragma unroll
-            for (int q = 0; q < 4; ++q) hi[4 + q] = mul2<MX>(r[q], s_hi);
+            for (int q = 0; q < 4; ++q) hi[4 + q] = mul2_by_half<MX, false>(r[q], both);
 #pragma unroll
             for (int s = 0; s < 4; ++s) {
                 // A fragment: {row g, slots 2t..}, {row g+8, 2t..}, {row g, 2t+8..}, {row g+8, 2t+8..};
