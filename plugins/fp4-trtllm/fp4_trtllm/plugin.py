@@ -43,8 +43,7 @@ _STREAMK = {1: [(4, 4), (4, 2), (4, 1), (2, 8)],
 _SPLITK = {1: [(4, 4), (2, 8), (2, 4)], 2: [(2, 4), (4, 4)], 4: [(2, 4), (1, 4)], 8: [(2, 4), (1, 4)]}
 #: Split-K ring tactics with small CTAs (1-2 warps), offered at the two best single-wave
 #: split counts of ``_balanced_splits``: small CTAs let the grid divide evenly over the SMs.
-#: t = 8 (one activation tile only) exists with the ring only.
-_BALANCED = {1: [(4, 1), (2, 2), (8, 1), (8, 2), (8, 4)], 2: [(4, 1), (2, 2)], 4: [(2, 1), (1, 2)]}
+_BALANCED = {1: [(4, 1), (2, 2)], 2: [(4, 1), (2, 2)], 4: [(2, 1), (1, 2)]}
 
 
 def _auto_splits(problem: Problem, t: int, warps: int, ctas_per_sm: int = 3) -> int:
@@ -62,7 +61,7 @@ def _resident_ctas(problem: Problem, t: int, warps: int) -> int:
     RingSlot and ring_chunks in csrc/fp4_splitk.cu, plus the 1 KiB the driver keeps per CTA)."""
     nt = launcher.nt_for(problem.m or 1)
     slot = t * 512 + t * (32 if problem.fmt is Fp4Format.MXFP4 else 64) + nt * 256 + nt * 128
-    per_warp = (4 if t >= 8 else 5 if t >= 4 else 6) * slot
+    per_warp = (5 if t >= 4 else 6) * slot
     by_smem = _smem_per_sm(problem.device.index) // (warps * per_warp + 1024)
     return max(1, min(16 // warps, by_smem, 32))
 
@@ -192,8 +191,6 @@ class TrtllmBackend:
         warps = tactic.get("warps", 4)
         if t > 2 and problem.m > 32:
             t = 2  # neither kernel has a t=4 variant for 64-row activation passes
-        if t == 8 and tactic.get("kernel", "streamk") == "splitk" and (problem.m > 8 or not tactic.get("ring")):
-            t = 4  # the split-K t=8 variant is ring-only, one activation tile
         cols = problem.k // problem.block_size
         args = dict(a=operands.a, a_sf=operands.a_scale, w=operands.b, w_sf=operands.b_scale,
                     alpha=operands.alpha, out=out, m=problem.m, n=problem.n, k=problem.k,

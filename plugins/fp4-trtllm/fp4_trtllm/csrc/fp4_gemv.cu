@@ -285,7 +285,7 @@ __global__ void __launch_bounds__(256, (T * NT <= 4) ? 2 : 1) fp4_sk_kernel(cons
             const uint4 w = lds128(sbase + slot * L.w_st + blk * 512 + lane * 16);
             const uint32_t sc = lds16(sbase + L.off_s + slot * L.s_st + blk * 64 + (MX ? (lane >> 1) : lane) * 2);
             const uint32_t both = scales2<MX>(sc);
-                        uint32_t lo[8], hi[8], r[4];  // rows g and g+8, 16 values each
+            uint32_t lo[8], hi[8], r[4];  // rows g and g+8, 16 values each
             decode_weight<MX>(w.x, r, tb);
 #pragma unroll
             for (int q = 0; q < 4; ++q) lo[q] = mul2_by_half<MX, true>(r[q], both);

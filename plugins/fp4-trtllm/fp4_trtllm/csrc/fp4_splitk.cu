@@ -125,7 +125,7 @@ __device__ __forceinline__ void compute(const Stage<T, NT>& st, float (&acc)[T][
         uint32_t lo[8], hi[8];  // rows g and g+8, 16 values each
         uint32_t r[4];
         const uint32_t both = scales2<MX>(st.wsf[i]);
-                decode_weight<MX>(st.w[i].x, r, tb);
+        decode_weight<MX>(st.w[i].x, r, tb);
 #pragma unroll
         for (int q = 0; q < 4; ++q) lo[q] = mul2_by_half<MX, true>(r[q], both);
         decode_weight<MX>(st.w[i].y, r, tb);
@@ -395,9 +395,8 @@ fp4_splitk_kernel(const Fp4SplitKParams p) {
 }
 
 // Chunks per warp in the shared-memory ring of the "ring" tactics: 5 for 4 tiles per warp
-// (4 CTAs of 4 warps then fit in 228 KiB, as many as its 124 registers allow), 4 for 8 tiles
-// (20 KiB per warp), else 6.
-constexpr int ring_chunks(int T) { return T >= 8 ? 4 : T >= 4 ? 5 : 6; }
+// (4 CTAs of 4 warps then fit in 228 KiB, as many as its 124 registers allow), else 6.
+constexpr int ring_chunks(int T) { return T >= 4 ? 5 : 6; }
 
 template <bool MX, int T, int NT, int RING>
 cudaError_t launch(const Fp4SplitKParams& p, cudaStream_t stream) {
@@ -444,10 +443,6 @@ cudaError_t dispatch_t(const Fp4SplitKParams& p, int t, int nt, cudaStream_t s) 
         case 1: return dispatch_nt<MX, 1, RING>(p, nt, s);
         case 2: return dispatch_nt<MX, 2, RING>(p, nt, s);
         case 4: return dispatch_nt<MX, 4, RING>(p, nt, s);
-        // 8 tiles per warp: ring only, one activation tile (M <= 8). Per 4 tiles the chunk
-        // loop is 316 instructions instead of 360 (sm_90a SASS): the activation decode, the
-        // ring bookkeeping and the loop are shared by twice the weight.
-        case 8: if (RING && nt == 1) return launch<MX, 8, 1, ring_chunks(8)>(p, s); break;
     }
     return cudaErrorInvalidValue;
 }
@@ -461,8 +456,7 @@ cudaError_t dispatch_ring(const Fp4SplitKParams& p, int t, int nt, int ring, cud
 
 extern "C" {
 
-// Launch on `stream`. mx: 0 NVFP4, 1 MXFP4; t: weight tiles (16 rows) per warp, 1/2/4 (8 with
-// ring = 1 and nt = 1);
+// Launch on `stream`. mx: 0 NVFP4, 1 MXFP4; t: weight tiles (16 rows) per warp, 1/2/4;
 // nt: activation tiles (8 rows) per CTA, 1/2/4/8 (8 only with t <= 2); ring: 0 = register
 // pipeline, 1 = shared-memory cp.async ring (needs a_sf 4-byte aligned). Returns a
 // cudaError_t (0 = launched).
