@@ -6,7 +6,8 @@
 # then (unless NCU=0) Nsight Compute on one launch of the M = 1 8192 x 8192 ring tactic.
 # Logs in logs.tgz.
 # See device_env.sh for what to carry (.whl, .carry/jit).
-#   run: bash benchmarks/wordcode_check.sh        (NCU=0 bash benchmarks/wordcode_check.sh)
+#   run: bash benchmarks/wordcode_check.sh        (NCU=0 skips the profile, SANITIZE=1 adds
+#   compute-sanitizer memcheck and racecheck on a small case)
 set -uo pipefail
 source "$(dirname "$0")/device_env.sh"
 timeout ${TEST_CAP:-110} python3 -m pytest -q -p no:cacheprovider --tb=short -rfE -m gpu plugins/fp4-trtllm/tests \
@@ -35,6 +36,10 @@ SECTIONS="--section SpeedOfLight --section MemoryWorkloadAnalysis --section Warp
 timeout ${NCU_CAP:-90} ncu --clock-control none -k regex:fp4_splitk --launch-skip 2 --launch-count 1 $SECTIONS \
   python3 /tmp/ring_case.py > "$OUT/ncu-ring.txt" 2>&1
 echo "ncu ring rc=$?" >> "$OUT/summary.txt"
+fi
+if [ "${SANITIZE:-0}" = 1 ]; then  # compute-sanitizer memcheck + racecheck, small case (the plugin's script)
+  OUT="$OUT/sanitizer" TEST_MARK=no_such_mark timeout 200 bash plugins/fp4-trtllm/device_check.sh tests > /dev/null 2>&1
+  echo "sanitizer: $(grep -c 'ERROR SUMMARY: 0 errors\|RACECHECK SUMMARY: 0 hazards' "$OUT/sanitizer/sanitizer.txt") of 2 clean" >> "$OUT/summary.txt"
 fi
 cat "$OUT/summary.txt"
 (cd "$OUT" && tar czf /tmp/logs.tgz . && find . -type f -delete && mv /tmp/logs.tgz .)
