@@ -148,15 +148,13 @@ __device__ __forceinline__ void compute(const Stage<T, NT>& st, float (&acc)[T][
     }
 }
 
-// Register budget: 128 per thread (2 CTAs of 8 warps, 16 warps per SM) wherever ptxas fits
-// the kernel in it without spilling (sm_90a, ptxas 13.0): every ring variant up to 8 tile
-// pairs per chunk except those with 8 activation tiles and MXFP4 with 4. Left to itself,
-// ptxas gave the t = 4 kernel with 2 activation tiles 218 registers, which leaves room for
-// only 8 warps per SM.
+// Register budget: 128 per thread (2 CTAs of 8 warps, 16 warps per SM) wherever the kernel
+// fits in it without spilling (sm_90a, ptxas 13.0): every ring variant up to 8 tile pairs per
+// chunk except MXFP4 with 8 activation tiles. Left to itself, ptxas gave the t = 4 kernel with
+// 2 activation tiles 218 registers, which leaves room for only 8 warps per SM.
 template <bool MX, int T, int NT, int RING>
 constexpr int min_ctas_8_warps() {
-    const bool fits = T * NT <= 4 || (T * NT <= 8 && NT < 8 && !(MX && NT == 4));
-    return (T * NT <= 2 || (RING > 0 && fits)) ? 2 : 1;
+    return (T * NT <= 2 || (RING > 0 && (T * NT <= 4 || (T * NT <= 8 && !(MX && NT == 8))))) ? 2 : 1;
 }
 
 template <bool MX, int T, int NT, int STAGES, int RING>
@@ -249,24 +247,22 @@ fp4_splitk_kernel(const Fp4SplitKParams p) {
         for (int i = 0; i < T; ++i)
             sfb[i] = reinterpret_cast<const uint8_t*>(sp[i] - (MX ? lane >> 1 : lane));
         constexpr int kSfLanes = R::kWsf / 16;
-        // Addresses are the CTA's first chunk plus an offset, so that in the loop below
-        // (unrolled by RING, slots known at compile time) ptxas folds the per-chunk steps into
-        // immediate offsets and advances each pointer once per RING chunks.
         auto issue = [&](uint8_t* slot, int c) {
-            const size_t d = (size_t)(c - c_begin);
 #pragma unroll
             for (int i = 0; i < T; ++i) {
-                cp_async16(slot + R::kW + i * 512 + lane * 16, wp[i] + d * 32);
-                if (lane < kSfLanes)
-                    cp_async16(slot + R::kWs + i * R::kWsf + lane * 16, sfb[i] + d * R::kWsf + lane * 16);
+                cp_async16(slot + R::kW + i * 512 + lane * 16, wp[i]);
+                if (lane < kSfLanes) cp_async16(slot + R::kWs + i * R::kWsf + lane * 16, sfb[i] + lane * 16);
+                wp[i] += 32;
+                sfb[i] += R::kWsf;
             }
             const int sub = MX ? (t >> 1) + ((c & 1) << 1) : t;  // the byte in its 4-byte group
-            const int off = MX ? (c >> 1) * tile_bytes + ((c & 1) << 1) : c * tile_bytes;
 #pragma unroll
             for (int j = 0; j < NT; ++j) {
-                cp_async_small<8>(slot + R::kA + j * 256 + lane * 8, ap[j] + d * 4);
-                cp_async_small<4>(slot + R::kAs + j * 128 + lane * 4, p.a_sf + sf_base[j] + off - sub);
+                cp_async_small<8>(slot + R::kA + j * 256 + lane * 8, ap[j]);
+                cp_async_small<4>(slot + R::kAs + j * 128 + lane * 4, p.a_sf + sf_base[j] + sf_off - sub);
+                ap[j] += 4;
             }
+            sf_off += MX ? ((c & 1) ? tile_bytes - 2 : 2) : tile_bytes;
         };
         auto read = [&](const uint8_t* slot, int c, Stage<T, NT>& st) {
 #pragma unroll
@@ -286,22 +282,17 @@ fp4_splitk_kernel(const Fp4SplitKParams p) {
             if (c_begin + s < c_end) issue(ring + s * R::kBytes, c_begin + s);
             cp_async_commit();  // one group per chunk, empty past the end: the wait count stays fixed
         }
-        // Chunk c_begin + u lives in slot u % RING.
-        for (int c0 = c_begin; c0 < c_end; c0 += RING) {
-#pragma unroll
-            for (int s = 0; s < RING; ++s) {
-                const int c = c0 + s;
-                if (c < c_end) {
-                    cp_async_wait<RING - 2>();  // this lane's copies of chunk c have landed
-                    __syncwarp();               // ... and every lane's (the scales), and chunk c-1 is read
-                    if (c + RING - 1 < c_end)   // into chunk c-1's slot
-                        issue(ring + ((s + RING - 1) % RING) * R::kBytes, c + RING - 1);
-                    cp_async_commit();
-                    Stage<T, NT> st;
-                    read(ring + s * R::kBytes, c, st);
-                    compute<MX, T, NT>(st, acc, tb);
-                }
-            }
+        int slot = 0;
+        for (int c = c_begin; c < c_end; ++c) {
+            cp_async_wait<RING - 2>();  // this lane's copies of chunk c have landed
+            __syncwarp();               // ... and every lane's (the scales), and chunk c-1 is read
+            const int refill = slot == 0 ? RING - 1 : slot - 1;  // chunk c-1's slot
+            if (c + RING - 1 < c_end) issue(ring + refill * R::kBytes, c + RING - 1);
+            cp_async_commit();
+            Stage<T, NT> st;
+            read(ring + slot * R::kBytes, c, st);
+            compute<MX, T, NT>(st, acc, tb);
+            slot = slot == RING - 1 ? 0 : slot + 1;
         }
     } else {
         // Register pipeline: STAGES chunks in flight per lane; a stage is refilled with the
