@@ -7,7 +7,7 @@
 # Logs in logs.tgz.
 # See device_env.sh for what to carry (.whl, .carry/jit).
 #   run: bash benchmarks/wordcode_check.sh        (NCU=0 skips the profile, SANITIZE=1 adds
-#   compute-sanitizer memcheck and racecheck on a small case)
+#   compute-sanitizer memcheck and racecheck on a small case, MX=1 an MXFP4 table at M = 1, 16)
 set -uo pipefail
 source "$(dirname "$0")/device_env.sh"
 timeout ${TEST_CAP:-110} python3 -m pytest -q -p no:cacheprovider --tb=short -rfE -m gpu plugins/fp4-trtllm/tests \
@@ -16,6 +16,11 @@ echo "trtllm tests rc=$? $(tail -1 "$OUT/tests-trtllm.log")" > "$OUT/summary.txt
 timeout ${DECODE_CAP:-220} python3 plugins/fp4-trtllm/bench_trtllm.py --verbose --m 1,8,16,32,64 \
   --shapes 8192:8192,28672:8192,8192:28672,2880:1024 --out "$OUT/trtllm.md" > "$OUT/trtllm.log" 2>&1
 echo "trtllm bench rc=$?" >> "$OUT/summary.txt"
+if [ "${MX:-0}" = 1 ]; then  # MXFP4 at M = 1 and 16 on the Llama-70B layers
+  timeout 150 python3 plugins/fp4-trtllm/bench_trtllm.py --mx --m 1,16 --shapes 8192:8192,28672:8192,8192:28672 \
+    --out "$OUT/trtllm-mx.md" > "$OUT/trtllm-mx.log" 2>&1
+  echo "trtllm mxfp4 bench rc=$?" >> "$OUT/summary.txt"
+fi
 if [ "${NCU:-1}" = 1 ]; then
 cat > /tmp/ring_case.py <<'PY'
 import torch, fp4core

@@ -41,7 +41,7 @@ _STREAMK = {1: [(4, 4), (4, 2), (4, 1), (2, 8)],
 #: pipeline, at three split counts: the one that fills the SMs ~3 times (``_auto_splits``),
 #: its half, and the one that spreads the grid most evenly (``_balanced_splits``).
 _SPLITK = {1: [(4, 4), (2, 8), (2, 4)], 2: [(2, 4), (4, 4)], 4: [(2, 4), (1, 4)], 8: [(2, 4), (1, 4)]}
-#: Split-K ring tactics with small CTAs (1-2 warps), offered at the two best single-wave
+#: Split-K ring tactics with small CTAs (1-2 warps), offered at the three best single-wave
 #: split counts of ``_balanced_splits``: small CTAs let the grid divide evenly over the SMs.
 _BALANCED = {1: [(4, 1), (2, 2)], 2: [(4, 1), (2, 2)], 4: [(2, 1), (1, 2)]}
 
@@ -68,22 +68,23 @@ def _resident_ctas(problem: Problem, t: int, warps: int) -> int:
 
 def _balanced_splits(problem: Problem, t: int, warps: int, keep: int = 1) -> list[int]:
     """Split counts whose grid runs in one wave (every CTA resident at once) and divides most
-    evenly over the SMs, best first: the score is the busiest SM's share of the average work
-    (CTAs / (SMs x ceil(CTAs / SMs))), scaled down when the busiest SM has fewer than 8 warps
-    (too few to hide the latency of the decode chain); the fewest splits among equals; at least
-    4 chunks per split. A memory-bound grid streams at the rate of its busiest SMs: on the
-    H200, 28672 x 8192 at M = 1 with 224 CTAs of 4 warps (40 SMs with one CTA, 92 with two)
-    left the least-loaded SMs idle 37 % of the kernel (ncu sm__cycles_active min / max)."""
+    evenly over the SMs, best first: the score is the average SM's share of the busiest one's
+    work (CTAs / (SMs x ceil(CTAs / SMs))); grids whose busiest SM holds fewer than 6 warps
+    are left out where others exist (too few to hide the decode chain's latency); the fewest
+    splits among equals; at least 4 chunks per split. A memory-bound grid streams at the rate
+    of its busiest SMs: on the H200, 28672 x 8192 at M = 1 with 224 CTAs of 4 warps (40 SMs
+    with one CTA, 92 with two) left the least-loaded SMs idle 37 % of the kernel (ncu
+    sm__cycles_active min / max)."""
     gx, _, gz = launcher.splitk_grid(problem.m or 1, problem.n, t, warps, 1)
     sms = _sm_count(problem.device.index)
     cap = _resident_ctas(problem, t, warps) * sms
     most = max(1, problem.k // CHUNK_K // 4)
     counts = [s for s in range(1, most + 1) if gx * gz * s <= cap] or [1]
+    counts = [s for s in counts if math.ceil(gx * gz * s / sms) * warps >= 6] or counts
 
     def score(s: int) -> tuple[float, int]:
         ctas = gx * gz * s
-        busiest = math.ceil(ctas / sms)
-        return (round(ctas / (sms * busiest) * min(1.0, busiest * warps / 8), 3), -s)
+        return (round(ctas / (sms * math.ceil(ctas / sms)), 3), -s)
 
     return sorted(counts, key=score, reverse=True)[:keep]
 
@@ -160,7 +161,7 @@ class TrtllmBackend:
                 for ring in (1, 0):  # the ring was the faster on every H200 decode shape
                     sp.append({"kernel": "splitk", "t": t, "warps": w, "split_k": splits, "ring": ring})
         for t, w in _BALANCED.get(nt, []):
-            for splits in _balanced_splits(problem, t, w, keep=2):
+            for splits in _balanced_splits(problem, t, w, keep=3):
                 tac = {"kernel": "splitk", "t": t, "warps": w, "split_k": splits, "ring": 1}
                 if tac not in sp:
                     sp.append(tac)
