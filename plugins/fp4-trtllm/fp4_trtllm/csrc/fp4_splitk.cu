@@ -58,7 +58,7 @@ namespace {
 // The weight is read once: keep it out of L1.
 __device__ __forceinline__ uint4 ld_stream(const uint4* p) {
     uint4 v;
-    asm volatile("ld.global.nc.L1::no_allocate.L2::256B.v4.u32 {%0, %1, %2, %3}, [%4];"
+    asm volatile("ld.global.nc.L1::no_allocate.v4.u32 {%0, %1, %2, %3}, [%4];"
                  : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w) : "l"(p));
     return v;
 }
@@ -72,7 +72,7 @@ __device__ __forceinline__ uint32_t ld_u16(const uint16_t* p) {
 // Asynchronous global -> shared copies (cp.async, SM80+): nothing is held in registers while
 // they are in flight. 16-byte copies bypass L1 (.cg: the weight is read once).
 __device__ __forceinline__ void cp_async16(void* dst, const void* src) {
-    asm volatile("cp.async.cg.shared.global.L2::256B [%0], [%1], 16;"
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16;"
                  :: "r"((uint32_t)__cvta_generic_to_shared(dst)), "l"(src) : "memory");
 }
 template <int BYTES>
