@@ -28,7 +28,7 @@ SOURCE = Path(__file__).parent / "csrc" / "fp4_gemv.cu"
 #: Both kernels, linked into one library: stream-K (fp4_gemv.cu) and split-K (fp4_splitk.cu).
 SOURCES = (SOURCE, Path(__file__).parent / "csrc" / "fp4_splitk.cu")
 LIB_NAME = "fp4_trtllm_gemv"
-ABI_VERSION = 4  # 4: NVFP4 weights are word-encoded (wordcode.py)
+ABI_VERSION = 5  # 4: NVFP4 weights word-encoded (wordcode.py); 5: tiles in groups of 16
 #: nvcc flags of the library (the build hook and ``library`` must agree: same JIT cache key).
 FLAGS = ("-lineinfo",)
 #: Activation rows per CTA pass, by the kernel's template parameter NT (8 rows per MMA tile).

@@ -1,21 +1,26 @@
 """The weight layout the fp4-trtllm kernel streams, made by ``prepare`` (pure torch, CPU or CUDA).
 
 Canonical input: ``b`` uint8 (N, K/2) row-major packed E2M1 and ``b_scale``, the (N, K/block)
-scale bytes in the 128x4 layout. Output: two flat uint8 tensors ordered by
-(weight tile r = 16 rows, K chunk c = 64 values), r major:
+scale bytes in the 128x4 layout. Output: two flat uint8 tensors of pieces, one piece per
+(weight tile r = 16 rows, K chunk c = 64 values), ordered by (tile group G = r / 16, chunk c,
+tile r % 16): piece index ((G * chunks + c) * 16 + r % 16). A CTA whose 16 tiles are one
+group therefore reads one contiguous run of 16 pieces per chunk and one contiguous range
+for its whole K split: on the H200 a read of that shape streams at ~94 % of the copy rate,
+where 16 streams of single 512-byte pieces per CTA reached ~70 % (benchmarks/bulk_probe.cu,
+benchmarks/stream_probe.cu).
 
-* weight: 512 bytes per (r, c). Lane L = 4g + t (g = 0..7, t = 0..3) of the warp owning tile r
+* weight: 512 bytes per piece. Lane L = 4g + t (g = 0..7, t = 0..3) of the warp owning tile r
   reads 16 bytes at 16L: bytes 8h + j (h = 0, 1; j = 0..7) are byte 32c + 8t + j of row
   16r + 8h + g. One coalesced 16-byte load gives a lane its 16 values of rows g and g+8.
-* scales: NVFP4 64 bytes per (r, c): byte 2L + h is the scale of row 16r + 8h + g, block
-  4c + t. MXFP4 32 bytes per (r, c): byte 2(2g + u) + h is row 16r + 8h + g, block 2c + u
+* scales: NVFP4 64 bytes per piece: byte 2L + h is the scale of row 16r + 8h + g, block
+  4c + t. MXFP4 32 bytes per piece: byte 2(2g + u) + h is row 16r + 8h + g, block 2c + u
   (u = t / 2; lanes 2u and 2u+1 of a row share a 32-value block).
 
 NVFP4 weights are then re-encoded word by word (``wordcode.encode``: every aligned 4 bytes, a
 fixed invertible bit map) so the kernel's decode is 4 shifts and 4 LOP3s; MXFP4 bytes stay as
-they are. N is padded to a multiple of 16 with zero rows; K must be a multiple of 64. Both
-steps lose nothing: ``unprepare`` restores the canonical bytes exactly (the 128x4 padding bytes
-come back as zeros, which is what the quantizers write).
+they are. N is padded with zero rows to whole tile groups (a multiple of 256); K must be a
+multiple of 64. Both steps lose nothing: ``unprepare`` restores the canonical bytes exactly
+(the 128x4 padding bytes come back as zeros, which is what the quantizers write).
 """
 
 from __future__ import annotations
@@ -28,6 +33,8 @@ from fp4core.layouts import SfLayout, flat_scale_bytes, round_up, swizzle_scales
 from . import wordcode
 
 TILE_ROWS = 16
+#: Tiles per group: the pieces of a group's tiles for one chunk are contiguous.
+TILE_GROUP = 16
 CHUNK_K = 64
 
 
@@ -51,18 +58,19 @@ def prepare_weight(b: torch.Tensor, b_scale: torch.Tensor, fmt: Fp4Format
         b_scale: the weight's scale bytes in the 128x4 layout (flat or 2-D, as stored).
         fmt: NVFP4 or MXFP4.
     Returns:
-        (uint8 1-D of round_up(N, 16) * K/2 bytes, uint8 1-D of round_up(N, 16) * K/block
+        (uint8 1-D of round_up(N, 256) * K/2 bytes, uint8 1-D of round_up(N, 256) * K/block
         bytes), on ``b``'s device, laid out (and for NVFP4 word-encoded) as the module
         docstring says.
     """
     b = as_bytes(b)
     n, k = b.shape[0], b.shape[1] * 2
     _check(n, k)
-    npad, chunks = round_up(n, TILE_ROWS), k // CHUNK_K
+    npad, chunks = round_up(n, TILE_ROWS * TILE_GROUP), k // CHUNK_K
+    groups = npad // (TILE_ROWS * TILE_GROUP)
     rows = torch.zeros((npad, k // 2), dtype=torch.uint8, device=b.device)
     rows[:n] = b
-    # (r, h, g, c, t, j) -> (r, c, g, t, h, j)
-    w = rows.view(npad // 16, 2, 8, chunks, 4, 8).permute(0, 3, 2, 4, 1, 5).reshape(-1)
+    # (G, r, h, g, c, t, j) -> (G, c, r, g, t, h, j)
+    w = rows.view(groups, TILE_GROUP, 2, 8, chunks, 4, 8).permute(0, 4, 1, 3, 5, 2, 6).reshape(-1)
     if fmt is Fp4Format.NVFP4:
         w = wordcode.encode(w)  # each word is 8 codes of one row: 4 aligned bytes of j
 
@@ -70,8 +78,8 @@ def prepare_weight(b: torch.Tensor, b_scale: torch.Tensor, fmt: Fp4Format
     lin = unswizzle_scales(b_scale, n, k // fmt.block_size, SfLayout.layout_128x4)
     sf = torch.zeros((npad, k // fmt.block_size), dtype=torch.uint8, device=b.device)
     sf[:n] = lin
-    # NVFP4 (r, h, g, c, t) -> (r, c, g, t, h); MXFP4 the same with u = t / 2 in place of t.
-    s = sf.view(npad // 16, 2, 8, chunks, spc).permute(0, 3, 2, 4, 1).reshape(-1)
+    # NVFP4 (G, r, h, g, c, t) -> (G, c, r, g, t, h); MXFP4 the same with u = t / 2 for t.
+    s = sf.view(groups, TILE_GROUP, 2, 8, chunks, spc).permute(0, 4, 1, 3, 5, 2).reshape(-1)
     return w.contiguous(), s.contiguous()
 
 
@@ -88,17 +96,18 @@ def unprepare_weight(w: torch.Tensor, s: torch.Tensor, n: int, k: int, fmt: Fp4F
         in the 128x4 layout).
     """
     _check(n, k)
-    npad, chunks = round_up(n, TILE_ROWS), k // CHUNK_K
+    npad, chunks = round_up(n, TILE_ROWS * TILE_GROUP), k // CHUNK_K
+    groups = npad // (TILE_ROWS * TILE_GROUP)
     spc = _sf_blocks_per_chunk(fmt)
     if w.numel() != npad * k // 2 or s.numel() != npad * chunks * spc:
         raise ValueError(f"unprepare_weight: sizes {w.numel()}, {s.numel()} do not match "
                          f"N={n}, K={k}, {fmt.value}")
     if fmt is Fp4Format.NVFP4:
         w = wordcode.decode(w.reshape(-1))
-    # inverse of (0, 3, 2, 4, 1, 5) is (0, 4, 2, 1, 3, 5)
-    rows = w.reshape(npad // 16, chunks, 8, 4, 2, 8).permute(0, 4, 2, 1, 3, 5).reshape(npad, k // 2)
-    # inverse of (0, 3, 2, 4, 1) is (0, 4, 2, 1, 3)
-    sf = s.reshape(npad // 16, chunks, 8, spc, 2).permute(0, 4, 2, 1, 3).reshape(npad, k // fmt.block_size)
+    # (G, c, r, g, t, h, j) -> (G, r, h, g, c, t, j)
+    rows = w.reshape(groups, chunks, TILE_GROUP, 8, 4, 2, 8).permute(0, 2, 5, 3, 1, 4, 6).reshape(npad, k // 2)
+    # (G, c, r, g, t, h) -> (G, r, h, g, c, t)
+    sf = s.reshape(groups, chunks, TILE_GROUP, 8, spc, 2).permute(0, 2, 5, 3, 1, 4).reshape(npad, k // fmt.block_size)
     return rows[:n].contiguous(), swizzle_scales(sf[:n], SfLayout.layout_128x4)
 
 

@@ -180,7 +180,7 @@ def emulate(problem, ops, T=2, W=2, S=3):
                             if tile >= m_tiles: continue
                             av = {}
                             for lane in range(32):
-                                blk = (tile * chunks + c)
+                                blk = ((tile // 16) * chunks + c) * 16 + tile % 16  # piece of (tile, c)
                                 raw = wb[blk*512 + lane*16: blk*512 + lane*16 + 16]
                                 sw = sb[blk*(16 if mx else 32)*2 + ((lane >> 1) if mx else lane)*2:][:2]
                                 av[lane] = (lanevals(raw[:8], scale_value(int(sw[0]), mx), True),

@@ -8,6 +8,15 @@
 
 namespace {
 
+// The prepared layout's piece of (tile of 16 rows, 64-wide K chunk): tiles in groups of
+// kTileGroup, chunk-major inside a group, so a group's pieces of one chunk are contiguous
+// (fp4_trtllm/layout.py). A piece is 512 weight bytes and 64 (NVFP4) or 32 (MXFP4) scale
+// bytes; the next chunk of a tile is kTileGroup pieces further on.
+constexpr int kTileGroup = 16;
+__device__ __forceinline__ size_t piece_of(int tile, int chunk, int chunks) {
+    return ((size_t)(tile / kTileGroup) * chunks + chunk) * kTileGroup + tile % kTileGroup;
+}
+
 __device__ __forceinline__ uint32_t prmt(uint32_t a, uint32_t b, uint32_t sel) {
     uint32_t d;
     asm("prmt.b32 %0, %1, %2, %3;" : "=r"(d) : "r"(a), "r"(b), "r"(sel));

@@ -40,8 +40,8 @@ extern "C" {
 struct Fp4GemvParams {
     const uint8_t* a;      // (M, K/2) packed E2M1, row-major
     const uint8_t* a_sf;   // A's scale bytes, 128x4 or 8x4 layout
-    const uint8_t* b;      // prepared weight: [m_tile][chunk][lane][16 B]
-    const uint8_t* b_sf;   // prepared scales: [m_tile][chunk][64 B (NVFP4) or 32 B (MXFP4)]
+    const uint8_t* b;      // prepared weight: [tile group][chunk][tile][lane][16 B]
+    const uint8_t* b_sf;   // prepared scales: [tile group][chunk][tile][64 B (NVFP4) or 32 B (MXFP4)]
     const float* alpha;    // one float, or null for 1
     void* out;             // (M, N) bf16 or fp16, row-major
     float* ws;             // stream-K partials: [gridDim.x][2][warps][T*NT*32] float4
@@ -193,14 +193,14 @@ __global__ void __launch_bounds__(256, (T * NT <= 4) ? 2 : 1) fp4_sk_kernel(cons
                 for (int i = 0; i < T; ++i) {
                     const int tile = (gi * W + warp) * T + i;
                     if (tile < p.m_tiles)
-                        cp16(wdst + i * 512, p.b + ((size_t)tile * C + c) * 512 + lane * 16);
+                        cp16(wdst + i * 512, p.b + piece_of(tile, c, C) * 512 + lane * 16);
                 }
                 if (lane < T * SPL) {
                     const int i = lane / SPL, piece = lane % SPL;
                     const int tile = (gi * W + warp) * T + i;
                     if (tile < p.m_tiles)
                         cp16(sbase + L.off_s + slot * L.s_st + ((d * W + warp) * T + i) * 64 + piece * 16,
-                             p.b_sf + ((size_t)tile * C + c) * SFB + piece * 16);
+                             p.b_sf + piece_of(tile, c, C) * SFB + piece * 16);
                 }
 #pragma unroll
                 for (int j = 0; j < NT; ++j) {
@@ -535,5 +535,5 @@ const char* fp4_trtllm_error_string(int code) {
     return cudaGetErrorString(static_cast<cudaError_t>(code));
 }
 
-int fp4_trtllm_abi_version(void) { return 4; }
+int fp4_trtllm_abi_version(void) { return 5; }
 }

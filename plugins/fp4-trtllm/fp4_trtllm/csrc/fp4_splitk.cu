@@ -37,8 +37,8 @@ extern "C" {
 struct Fp4SplitKParams {
     const uint8_t* a;      // (M, K/2) packed E2M1, row-major
     const uint8_t* a_sf;   // A's scale bytes, 128x4 or 8x4 layout
-    const uint8_t* b;      // prepared weight: [m_tile][chunk][lane][16 B]
-    const uint8_t* b_sf;   // prepared scales: [m_tile][chunk][lane or lane/2][2 B]
+    const uint8_t* b;      // prepared weight: [tile group][chunk][tile][lane][16 B]
+    const uint8_t* b_sf;   // prepared scales: [tile group][chunk][tile][lane or lane/2][2 B]
     const float* alpha;    // one float, or null for 1
     void* out;             // (M, N) bf16 or fp16, row-major
     float* ws;             // split-K partials (splits > 1)
@@ -175,7 +175,7 @@ fp4_splitk_kernel(const Fp4SplitKParams p) {
     for (int i = 0; i < T; ++i) {
         const int tile = tile0 + i;
         wvalid[i] = tile < p.m_tiles;  // warp-uniform
-        const size_t blk = (size_t)(wvalid[i] ? tile : 0) * chunks;
+        const size_t blk = piece_of(wvalid[i] ? tile : 0, 0, chunks);
         wp[i] = reinterpret_cast<const uint4*>(p.b) + blk * 32 + lane;
         sp[i] = reinterpret_cast<const uint16_t*>(p.b_sf) + blk * (MX ? 16 : 32) + (MX ? lane >> 1 : lane);
     }
@@ -200,8 +200,8 @@ fp4_splitk_kernel(const Fp4SplitKParams p) {
     // Chunks are loaded in increasing order, once each, so the addresses just advance.
 #pragma unroll
     for (int i = 0; i < T; ++i) {
-        wp[i] += (size_t)c_begin * 32;
-        sp[i] += (size_t)c_begin * (MX ? 16 : 32);
+        wp[i] += (size_t)c_begin * kTileGroup * 32;
+        sp[i] += (size_t)c_begin * kTileGroup * (MX ? 16 : 32);
     }
 #pragma unroll
     for (int j = 0; j < NT; ++j) ap[j] += (size_t)c_begin * 4;
@@ -214,8 +214,8 @@ fp4_splitk_kernel(const Fp4SplitKParams p) {
         for (int i = 0; i < T; ++i) {
             st.w[i] = ld_stream(wp[i]);
             st.wsf[i] = ld_u16(sp[i]);
-            wp[i] += 32;
-            sp[i] += MX ? 16 : 32;
+            wp[i] += kTileGroup * 32;
+            sp[i] += kTileGroup * (MX ? 16 : 32);
         }
 #pragma unroll
         for (int j = 0; j < NT; ++j) {
@@ -252,8 +252,8 @@ fp4_splitk_kernel(const Fp4SplitKParams p) {
             for (int i = 0; i < T; ++i) {
                 cp_async16(slot + R::kW + i * 512 + lane * 16, wp[i]);
                 if (lane < kSfLanes) cp_async16(slot + R::kWs + i * R::kWsf + lane * 16, sfb[i] + lane * 16);
-                wp[i] += 32;
-                sfb[i] += R::kWsf;
+                wp[i] += kTileGroup * 32;
+                sfb[i] += kTileGroup * R::kWsf;
             }
             const int sub = MX ? (t >> 1) + ((c & 1) << 1) : t;  // the byte in its 4-byte group
 #pragma unroll
