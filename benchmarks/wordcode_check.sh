@@ -22,24 +22,9 @@ if [ "${MX:-0}" = 1 ]; then  # MXFP4 at M = 1 and 16 on the Llama-70B layers
   echo "trtllm mxfp4 bench rc=$?" >> "$OUT/summary.txt"
 fi
 if [ "${NCU:-1}" = 1 ]; then
-cat > /tmp/ring_case.py <<'PY'
-import torch, fp4core
-from fp4core.synthetic import random_operands
-from fp4_trtllm.plugin import TrtllmBackend
-be = TrtllmBackend()
-p = fp4core.make_problem(1, 8192, 8192, prepared=True, device="cuda")
-ops = random_operands(p, device="cuda")
-w = be.prepare(p.with_m(None), fp4core.Operands(None, None, ops.b, ops.b_scale)).with_activation(ops.a, ops.a_scale, ops.alpha)
-out = torch.empty(1, 8192, dtype=torch.bfloat16, device="cuda")
-tac = be.tactics(p)[0]
-print("tactic", tac)
-for _ in range(3):
-    be.run(p, w, tac, out)
-torch.cuda.synchronize()
-PY
 SECTIONS="--section SpeedOfLight --section MemoryWorkloadAnalysis --section WarpStateStats --section SchedulerStats --section Occupancy --section LaunchStats --section ComputeWorkloadAnalysis --section InstructionStats"
 timeout ${NCU_CAP:-90} ncu --clock-control none -k regex:fp4_splitk --launch-skip 2 --launch-count 1 $SECTIONS \
-  python3 /tmp/ring_case.py > "$OUT/ncu-ring.txt" 2>&1
+  python3 benchmarks/trtllm_case.py 1 8192 8192 > "$OUT/ncu-ring.txt" 2>&1
 echo "ncu ring rc=$?" >> "$OUT/summary.txt"
 fi
 if [ "${SANITIZE:-0}" = 1 ]; then  # compute-sanitizer memcheck + racecheck, small case (the plugin's script)
