@@ -4,10 +4,13 @@
 // flight per lane), in three layouts and two load flavours, against a device-to-device copy.
 // It separates "the access pattern caps the rate" from "the kernel's work caps it".
 //
-//   layout 0 "tile-major": the prepared layout of fp4_trtllm/layout.py: [tile][chunk][512 B],
-//            so a warp's 4 tiles are 4 streams 64 KiB apart (K = 8192: 128 chunks per tile).
-//   layout 1 "group-major": [group of 16 tiles][chunk][tile][512 B]: a CTA's 16 tiles of one
-//            chunk are 8 KiB contiguous, its whole K range one contiguous run.
+//   layout 0 "tile-major": the prepared layout of fp4_trtllm/layout.py up to 0.3:
+//            [tile][chunk][512 B], so a warp's 4 tiles are 4 streams 64 KiB apart (K = 8192:
+//            128 chunks per tile).
+//   layout 1 "group-major": [group of 16 tiles][chunk][tile][512 B] (the prepared layout
+//            since 0.4): a CTA's 16 tiles of one chunk are 8 KiB contiguous, its whole K range
+//            one contiguous run. (On this 32 MiB weight with ~11 chunks per CTA the probe
+//            showed no gain; benchmarks/bulk_probe.cu, with long per-CTA runs, did.)
 //   layout 2 "linear": each warp reads consecutive 512 B pieces of one contiguous range.
 //   loads: 0 = ld.global.nc.L1::no_allocate.v4 (what the kernel uses), 1 = ld.global.v4.
 //
