@@ -10,11 +10,7 @@ source "$(dirname "$0")/device_env.sh"
 timeout 90 python3 -m pytest -q -p no:cacheprovider --tb=short -rfE -m gpu plugins/fp4-trtllm/tests \
   > "$OUT/tests-trtllm.log" 2>&1
 echo "trtllm tests rc=$? $(tail -1 "$OUT/tests-trtllm.log")" > "$OUT/summary.txt"
-timeout ${DECODE_CAP:-200} python3 plugins/fp4-trtllm/bench_trtllm.py --verbose --m 1,8,16,32,64 \
-  --shapes 8192:8192,28672:8192,8192:28672,2880:1024 --out "$OUT/trtllm.md" > "$OUT/trtllm.log" 2>&1
-echo "trtllm bench rc=$?" >> "$OUT/summary.txt"
-FP4CORE_BACKENDS=cudnn timeout ${PREFILL_CAP:-220} fp4core bench --shapes-file benchmarks/shapes/cudnn-standard.txt \
-  --autotune --json "$OUT/cudnn-standard.json" 2>"$OUT/cudnn-standard-progress.log" > "$OUT/cudnn-standard.txt"
-echo "cudnn standard rc=$?" >> "$OUT/summary.txt"
+trtllm_bench trtllm ${DECODE_CAP:-200} 1,8,16,32,64 8192:8192,28672:8192,8192:28672,2880:1024
+cudnn_bench cudnn-standard ${PREFILL_CAP:-220} benchmarks/shapes/cudnn-standard.txt
 cat "$OUT/summary.txt"
 (cd "$OUT" && tar czf /tmp/logs.tgz . && find . -type f -delete && mv /tmp/logs.tgz .)

@@ -21,3 +21,19 @@ x = torch.empty(1 << 30, dtype=torch.uint8, device='cuda'); y = torch.empty_like
 ms = tt.do_bench(lambda: y.copy_(x), return_mode='median')
 print(f'device copy bandwidth {2 * x.numel() / ms / 1e9:.2f} TB/s (read+write)')" | tee -a "$OUT/device.txt"
 fp4core backends | tee "$OUT/backends.txt"
+
+# Shared steps of the device scripts; each appends one line to $OUT/summary.txt.
+#   trtllm_bench NAME CAP_S M_LIST SHAPES [extra bench_trtllm.py args]  -> $OUT/NAME.md, NAME.log
+trtllm_bench() {
+  local name=$1 cap=$2 ms=$3 shapes=$4; shift 4
+  timeout "$cap" python3 plugins/fp4-trtllm/bench_trtllm.py --verbose --m "$ms" --shapes "$shapes" "$@" \
+    --out "$OUT/$name.md" > "$OUT/$name.log" 2>&1
+  echo "$name bench rc=$?" >> "$OUT/summary.txt"
+}
+#   cudnn_bench NAME CAP_S SHAPES_FILE  (tuned fp4core bench, cudnn only) -> $OUT/NAME.json, .txt
+cudnn_bench() {
+  local name=$1 cap=$2 shapes=$3
+  FP4CORE_BACKENDS=cudnn timeout "$cap" fp4core bench --shapes-file "$shapes" --autotune \
+    --json "$OUT/$name.json" 2>"$OUT/$name-progress.log" > "$OUT/$name.txt"
+  echo "$name rc=$?" >> "$OUT/summary.txt"
+}

@@ -11,11 +11,7 @@ SANITIZERS="memcheck racecheck" SANITIZER_TIMEOUT=60 TEST_TIMEOUT=120 NCU= \
   bash plugins/fp4-trtllm/device_check.sh tests > "$OUT/trtllm-tests.txt" 2>&1
 echo "trtllm tests: $(grep -E 'passed|failed' "$OUT/trtllm-tests.txt" | tail -1)" > "$OUT/summary.txt"
 grep -A3 "^== " "$OUT/trtllm-tests.txt" >> "$OUT/summary.txt"
-timeout ${DECODE_CAP:-170} python3 plugins/fp4-trtllm/bench_trtllm.py --verbose --m 1,8,16 \
-  --shapes 8192:8192,28672:8192,8192:28672 --out "$OUT/trtllm.md" > "$OUT/trtllm.log" 2>&1
-echo "trtllm bench rc=$?" >> "$OUT/summary.txt"
-FP4CORE_BACKENDS=cudnn timeout ${PREFILL_CAP:-200} fp4core bench --shapes-file benchmarks/shapes/cudnn-targets.txt \
-  --autotune --json "$OUT/cudnn-prefill.json" 2>"$OUT/cudnn-prefill-progress.log" > "$OUT/cudnn-prefill.txt"
-echo "cudnn prefill rc=$?" >> "$OUT/summary.txt"
+trtllm_bench trtllm ${DECODE_CAP:-170} 1,8,16 8192:8192,28672:8192,8192:28672
+cudnn_bench cudnn-prefill ${PREFILL_CAP:-200} benchmarks/shapes/cudnn-targets.txt
 cat "$OUT/summary.txt"
 (cd "$OUT" && tar czf /tmp/logs.tgz . && find . -type f -delete && mv /tmp/logs.tgz .)

@@ -13,14 +13,8 @@ source "$(dirname "$0")/device_env.sh"
 timeout ${TEST_CAP:-110} python3 -m pytest -q -p no:cacheprovider --tb=short -rfE -m gpu plugins/fp4-trtllm/tests \
   > "$OUT/tests-trtllm.log" 2>&1
 echo "trtllm tests rc=$? $(tail -1 "$OUT/tests-trtllm.log")" > "$OUT/summary.txt"
-timeout ${DECODE_CAP:-220} python3 plugins/fp4-trtllm/bench_trtllm.py --verbose --m 1,8,16,32,64 \
-  --shapes 8192:8192,28672:8192,8192:28672,2880:1024 --out "$OUT/trtllm.md" > "$OUT/trtllm.log" 2>&1
-echo "trtllm bench rc=$?" >> "$OUT/summary.txt"
-if [ "${MX:-0}" = 1 ]; then  # MXFP4 at M = 1 and 16 on the Llama-70B layers
-  timeout 150 python3 plugins/fp4-trtllm/bench_trtllm.py --mx --m 1,16 --shapes 8192:8192,28672:8192,8192:28672 \
-    --out "$OUT/trtllm-mx.md" > "$OUT/trtllm-mx.log" 2>&1
-  echo "trtllm mxfp4 bench rc=$?" >> "$OUT/summary.txt"
-fi
+trtllm_bench trtllm ${DECODE_CAP:-220} 1,8,16,32,64 8192:8192,28672:8192,8192:28672,2880:1024
+[ "${MX:-0}" = 1 ] && trtllm_bench trtllm-mx 150 1,16 8192:8192,28672:8192,8192:28672 --mx  # MXFP4
 if [ "${NCU:-1}" = 1 ]; then
 SECTIONS="--section SpeedOfLight --section MemoryWorkloadAnalysis --section WarpStateStats --section SchedulerStats --section Occupancy --section LaunchStats --section ComputeWorkloadAnalysis --section InstructionStats"
 timeout ${NCU_CAP:-90} ncu --clock-control none -k regex:fp4_splitk --launch-skip 2 --launch-count 1 $SECTIONS \
