@@ -79,7 +79,9 @@ def sweep_tactics(backend: str, m: int, n: int, k: int, *, use_nvfp4: bool = Tru
     Args:
         backend: name of a loaded backend that supports the problem on the current device
             (CUDA when available, else the CPU).
-        m, n, k: out (m, n) = A (m, k) @ B (n, k)^T; operands are random FP4 of the format.
+        m: rows of A and of the output: out (m, n) = A (m, k) @ B (n, k)^T.
+        n: rows of B (the weight) and columns of the output.
+        k: the shared dimension; operands are random FP4 of the format.
         use_nvfp4: NVFP4 (True) or MXFP4 operands, 128x4 scales.
         out_dtype: torch.bfloat16 or torch.float16.
         tactics: the tactics to try (default: ``backend.tactics(problem)``).
