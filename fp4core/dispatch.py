@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import logging
 import os
 import threading
 from typing import Iterator
@@ -20,7 +21,8 @@ from typing import Iterator
 import torch
 
 from . import state
-from .errors import BackendNotInstalledError, BackendUnsupportedError, NoBackendError
+from .env import env_flag
+from .errors import BackendFailedError, BackendNotInstalledError, BackendUnsupportedError, NoBackendError
 from .hookspec import Tactic
 from .problem import Problem
 from .registry import ENV_ONLY, KNOWN_PACKAGES, Backend
@@ -28,6 +30,7 @@ from .tuner import Progress, tune
 from .tuning_cache import problem_key
 
 ENV_AUTOTUNE = "FP4CORE_AUTOTUNE"
+log = logging.getLogger("fp4core")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -96,12 +99,22 @@ class Dispatcher:
         self._force = False
         self._tuned_keys: set[str] = set()
         self._epoch = 0
+        # (problem, backend name) -> why: backends whose run() raised on that problem; auto
+        # leaves them out for the rest of the process instead of failing every call
+        self._failed: dict[tuple[Problem, str], str] = {}
         self.timer = None  # a timing.Timer to use instead of the default (tests)
         self.progress: Progress | None = None
 
+    @property
+    def generation(self) -> tuple[int, int, int]:
+        """Changes whenever a choice may change (backends, tuning cache, tuning mode, a
+        failed backend): callers that cache choices compare it."""
+        return (state.registry.generation, state.tuning_cache.generation, self._epoch)
+
     # -- tuning mode -----------------------------------------------------------------------
     def tuning_enabled(self) -> bool:
-        return self._tuning_depth > 0 or os.environ.get(ENV_AUTOTUNE, "").strip() not in ("", "0")
+        """Inside ``fp4core.autotune()``, or with FP4CORE_AUTOTUNE switched on."""
+        return self._tuning_depth > 0 or env_flag(ENV_AUTOTUNE)
 
     @contextlib.contextmanager
     def tuning(self, force: bool = False) -> Iterator[None]:
@@ -119,6 +132,17 @@ class Dispatcher:
                     self._tuned_keys.clear()
                 self._epoch += 1
 
+    # -- failures --------------------------------------------------------------------------
+    def mark_failed(self, problem: Problem, backend: str, why: str) -> None:
+        """Leave ``backend`` out of ``auto`` for ``problem`` from now on (its run raised)."""
+        with self._lock:
+            self._failed[(problem, backend)] = why
+            self._epoch += 1
+
+    def failures(self) -> dict[tuple[Problem, str], str]:
+        """(problem, backend) -> why, for every backend left out after a failed run."""
+        return dict(self._failed)
+
     # -- candidates ------------------------------------------------------------------------
     def candidates(self, problem: Problem) -> tuple[list[Backend], dict[str, str]]:
         """Backends that can run ``problem`` (heuristic order) and the others' reasons."""
@@ -128,6 +152,10 @@ class Dispatcher:
             if be.info.needs_prepare and not problem.prepared:
                 excluded[be.name] = ("needs its own weight layout: pass a weight from "
                                      "fp4core.prepare(b, b_descale) to let auto consider it")
+                continue
+            failed = self._failed.get((problem, be.name))
+            if failed is not None:
+                excluded[be.name] = f"left out after a failed run in this process: {failed}"
                 continue
             answer = be.supports(problem)
             if answer:
@@ -143,7 +171,8 @@ class Dispatcher:
 
     # -- choosing --------------------------------------------------------------------------
     def choose(self, problem: Problem, backend: str = "auto") -> Choice:
-        gen = (state.registry.generation, state.tuning_cache.generation, self._epoch)
+        """The (backend, tactic) for ``problem``: memoised until ``generation`` changes."""
+        gen = self.generation
         if gen != self._memo_gen:
             self._memo.clear()
             self._memo_gen = gen
@@ -152,7 +181,7 @@ class Dispatcher:
         if choice is not None:
             return choice
         with self._lock:
-            choice = self._resolve(problem, backend)
+            choice = self._resolve(problem, backend, may_tune=True)
             if not (choice.source == "heuristic" and self.tuning_enabled()):
                 self._memo[key] = choice
             return choice
@@ -164,7 +193,7 @@ class Dispatcher:
             return False  # never tune inside CUDA-graph capture
         return True
 
-    def _resolve(self, problem: Problem, name: str) -> Choice:
+    def _resolve(self, problem: Problem, name: str, may_tune: bool) -> Choice:
         cache = state.tuning_cache
         key = problem_key(problem)
         if name != "auto":
@@ -181,41 +210,39 @@ class Dispatcher:
         if not ok:
             reasons = "\n".join(f"  {n}: {why}" for n, why in sorted(excluded.items()))
             raise NoBackendError(f"no backend supports {problem.describe()}:\n{reasons}")
-        versions = {b.name: b.version for b in ok}
-        entry = cache.lookup(key, versions)
+        by_name = {b.name: b for b in ok}
+        entry = cache.lookup(key, {b.name: b.version for b in ok})
         retune = self._force and key not in self._tuned_keys
-        if (entry is None or retune) and self._can_tune_now(problem):
+        if (entry is None or retune) and may_tune and self._can_tune_now(problem):
             entry = tune(problem, ok, timer=self.timer, progress=self.progress)
             cache.store(key, entry)
             self._tuned_keys.add(key)
             if self._tuning_depth == 0:  # tune-on-first-use: persist right away
-                cache.save()
-            return Choice(state.registry.get(entry["backend"]), entry["tactic"], "tuned")
+                cache.save_or_warn()
+            return Choice(by_name[entry["backend"]], entry["tactic"], "tuned")
         if entry is not None:
-            return Choice(state.registry.get(entry["backend"]), entry["tactic"], "cache")
-        return Choice(ok[0], ok[0].tactics(problem)[0], "heuristic")
+            return Choice(by_name[entry["backend"]], entry["tactic"], "cache")
+        refusals = []
+        for be in ok:  # the first candidate whose tactics hook works
+            try:
+                return Choice(be, be.tactics(problem)[0], "heuristic")
+            except BackendFailedError as exc:
+                log.warning("%s; auto tries the next backend", exc)
+                refusals.append(f"  {be.name}: {exc}")
+        raise NoBackendError(f"no backend could run {problem.describe()}:\n" + "\n".join(refusals))
 
     def explain(self, problem: Problem, backend: str = "auto") -> Explanation:
+        """What ``choose`` would answer now, without tuning, and why (see Explanation)."""
         ok, excluded = self.candidates(problem)
         key = problem_key(problem)
         entry = state.tuning_cache.lookup(key, {b.name: b.version for b in ok})
         try:
-            choice = self._resolve_without_tuning(problem, backend)
+            with self._lock:
+                choice = self._resolve(problem, backend, may_tune=False)
             err = ""
         except Exception as exc:
             choice, err = None, str(exc)
         return Explanation(problem, choice, [b.name for b in ok], excluded, key, entry, err)
-
-    def _resolve_without_tuning(self, problem: Problem, backend: str) -> Choice:
-        with self._lock:
-            depth, env = self._tuning_depth, os.environ.pop(ENV_AUTOTUNE, None)
-            self._tuning_depth = 0
-            try:
-                return self._resolve(problem, backend)
-            finally:
-                self._tuning_depth = depth
-                if env is not None:
-                    os.environ[ENV_AUTOTUNE] = env
 
 
 dispatcher = Dispatcher()

@@ -17,3 +17,13 @@ class BackendUnsupportedError(BackendError):
 
 class NoBackendError(BackendError):
     """``auto`` found no backend for the problem; the message lists every refusal."""
+
+
+class BackendFailedError(BackendError):
+    """A backend's hook raised while running a call; the message names the backend and the
+    hook, and the original exception is chained as ``__cause__``."""
+
+    def __init__(self, backend: str, hook: str, exc: BaseException):
+        super().__init__(f"backend {backend!r}: {hook}() raised {type(exc).__name__}: {exc}")
+        self.backend = backend
+        self.hook = hook

@@ -134,7 +134,7 @@ def flat_scale_bytes(sf: torch.Tensor) -> torch.Tensor:
     """
     sf = as_bytes(sf)
     if sf.is_contiguous():
-        return sf.reshape(-1)
+        return sf if sf.dim() == 1 else sf.reshape(-1)
     if sf.dim() == 2:
         st = sf.t()
         if st.is_contiguous():

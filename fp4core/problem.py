@@ -48,6 +48,23 @@ def _device_info(type_: str, index: int | None) -> DeviceInfo:
     return DeviceInfo("cuda", idx, props.name, (props.major, props.minor), props.multi_processor_count)
 
 
+_INTERNED: dict[tuple, "Problem"] = {}
+
+
+def problem_of(m: int, n: int, k: int, fmt: Fp4Format, out_dtype: torch.dtype, a_sf_layout: SfLayout,
+               has_alpha: bool, device: torch.device, prepared: bool) -> "Problem":
+    """The Problem of a call, one shared object per distinct description (so the dispatcher's
+    memo finds it by identity). ``device`` is the operands' torch device."""
+    key = (m, n, k, fmt, out_dtype, a_sf_layout, has_alpha, device, prepared)
+    p = _INTERNED.get(key)
+    if p is None:
+        if len(_INTERNED) > 8192:  # many distinct shapes: start over rather than grow forever
+            _INTERNED.clear()
+        p = _INTERNED[key] = Problem(m, n, k, fmt, out_dtype, a_sf_layout, has_alpha,
+                                     device_info(device), prepared)
+    return p
+
+
 def device_info(device: torch.device | str | None = None) -> DeviceInfo:
     """DeviceInfo for ``device`` (default: the current CUDA device if any, else the CPU)."""
     if type(device) is torch.device and (device.index is not None or device.type != "cuda"):
@@ -92,6 +109,21 @@ class Problem:
 
     def with_m(self, m: int | None) -> "Problem":
         return dataclasses.replace(self, m=m)
+
+    def __hash__(self) -> int:
+        # computed once: problems are dict keys on every call (the dispatcher's memo)
+        h = self.__dict__.get("_hash")
+        if h is None:
+            h = hash((self.m, self.n, self.k, self.fmt, self.out_dtype, self.a_sf_layout,
+                      self.has_alpha, self.device, self.prepared))
+            object.__setattr__(self, "_hash", h)
+        return h
+
+    @functools.cached_property
+    def plain(self) -> "Problem":
+        """This problem with ``prepared=False``: what a backend without a ``prepare`` hook
+        sees (it takes the canonical weight either way). Computed once per problem."""
+        return dataclasses.replace(self, prepared=False) if self.prepared else self
 
     def describe(self) -> str:
         m = "any" if self.m is None else self.m

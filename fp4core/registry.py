@@ -6,7 +6,7 @@ register, or to describe itself is recorded as broken with its error text and sk
 it never breaks ``import fp4core`` or the other backends.
 
 Environment:
-    FP4CORE_DISABLE_PLUGIN_AUTOLOAD=1   load no entry points (built-ins and in-process
+    FP4CORE_DISABLE_PLUGIN_AUTOLOAD=1   (or true/yes/on) load no entry points (built-ins and in-process
                                         registrations still work), like pytest's variable.
     FP4CORE_BACKENDS=a,b                only these backends are enabled (built-ins too).
 """
@@ -20,10 +20,12 @@ import os
 import threading
 import traceback
 from importlib import metadata
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 import pluggy
 
+from .env import env_flag
+from .errors import BackendFailedError
 from .hookspec import PROJECT, BackendInfo, BackendSpec, Support, Tactic
 from .problem import Operands, Problem
 
@@ -53,6 +55,33 @@ def _caller(impl: pluggy.HookImpl | None) -> Callable[..., Any] | None:
     return lambda **kw: fn(*[kw[n] for n in names])
 
 
+def _check_info(info: BackendInfo) -> None:
+    """Refuse metadata that would fail later, inside dispatch (a bad priority would make
+    every ``auto`` call raise while sorting candidates)."""
+    if (not isinstance(info.name, str) or not info.name or info.name == "auto"
+            or any(c.isspace() or c in ",|" for c in info.name)):
+        raise ValueError(f"backend_info().name must be a non-empty string without spaces, ',' or '|' "
+                         f"and not 'auto', got {info.name!r}")
+    if not isinstance(info.version, str) or not info.version:
+        raise ValueError(f"backend {info.name!r}: backend_info().version must be a non-empty string, "
+                         f"got {info.version!r}")
+    if not isinstance(info.priority, Mapping):
+        raise ValueError(f"backend {info.name!r}: backend_info().priority must be a mapping of regime "
+                         f"to int, got {type(info.priority).__name__}")
+    for key, value in info.priority.items():
+        if not isinstance(key, str) or isinstance(value, bool) or not isinstance(value, int):
+            raise ValueError(f"backend {info.name!r}: backend_info().priority must map regime names to "
+                             f"ints, got {key!r}: {value!r}")
+    if not isinstance(info.needs_prepare, bool):
+        raise ValueError(f"backend {info.name!r}: backend_info().needs_prepare must be a bool, got "
+                         f"{info.needs_prepare!r}")
+    for field in ("targets", "verified"):
+        vals = getattr(info, field)
+        if isinstance(vals, str) or not all(isinstance(v, str) for v in vals):
+            raise ValueError(f"backend {info.name!r}: backend_info().{field} must be a tuple of strings, "
+                             f"got {vals!r}")
+
+
 @dataclasses.dataclass
 class Backend:
     """A loaded backend: its metadata and its hooks, callable one backend at a time."""
@@ -72,10 +101,17 @@ class Backend:
     def version(self) -> str:
         return self.info.version
 
+    def sees(self, problem: Problem) -> Problem:
+        """``problem`` as this backend is shown it. A backend without a ``prepare`` hook takes
+        the canonical weight whether or not it came through ``fp4core.prepare``, so it is
+        never told ``prepared=True``: its ``supports`` answers the same for a prepared and a
+        plain weight, and ``auto`` on a prepared weight chooses among every backend."""
+        return problem.plain if problem.prepared and self._prepare is None else problem
+
     def supports(self, problem: Problem) -> Support:
         """The backend's answer; an exception becomes a refusal that names it."""
         try:
-            answer = self._supports(problem=problem)
+            answer = self._supports(problem=self.sees(problem))
         except Exception as exc:  # isolation: one broken plugin must not break auto
             self.last_error = f"supports() raised {_short_error(exc)}"
             log.warning("backend %r: %s", self.name, self.last_error)
@@ -88,18 +124,43 @@ class Backend:
         return answer
 
     def tactics(self, problem: Problem) -> list[Tactic]:
+        """The backend's tactics for ``problem``, best guess first (``[{}]`` without the hook).
+
+        Raises BackendFailedError (naming the backend) when the hook raises or returns
+        something that is not a list of dicts."""
         if self._tactics is None:
             return [{}]
-        found = list(self._tactics(problem=problem) or [])
+        try:
+            found = self._tactics(problem=self.sees(problem))
+            found = list(found or [])
+            bad = [t for t in found if not isinstance(t, dict)]
+            if bad:
+                raise TypeError(f"tactics must be dicts, got {type(bad[0]).__name__}")
+        except Exception as exc:
+            raise BackendFailedError(self.name, "tactics", exc) from exc
         return found or [{}]
 
     def prepare(self, problem: Problem, operands: Operands) -> Operands:
+        """The weight in this backend's layout (``operands`` itself without the hook).
+
+        Raises BackendFailedError when the hook raises or returns no Operands."""
         if self._prepare is None:
             return operands
-        return self._prepare(problem=problem, operands=operands)
+        try:
+            out = self._prepare(problem=problem, operands=operands)
+            if not isinstance(out, Operands):
+                raise TypeError(f"prepare() must return fp4core.Operands, got {type(out).__name__}")
+        except Exception as exc:
+            raise BackendFailedError(self.name, "prepare", exc) from exc
+        return out
 
     def run(self, problem: Problem, operands: Operands, tactic: Tactic, out) -> None:
-        self._run(problem=problem, operands=operands, tactic=tactic, out=out)
+        """Launch the backend. Raises BackendFailedError (naming the backend, the original
+        exception chained) when the hook raises."""
+        try:
+            self._run(problem=self.sees(problem), operands=operands, tactic=tactic, out=out)
+        except Exception as exc:
+            raise BackendFailedError(self.name, "run", exc) from exc
 
     @property
     def can_build(self) -> bool:
@@ -152,7 +213,7 @@ class Registry:
                 return
             for plugin in (self._builtins() if self._builtins else []):
                 self._add(plugin, None, "built into fp4core")
-            if os.environ.get(ENV_DISABLE_AUTOLOAD, "").strip() not in ("", "0"):
+            if env_flag(ENV_DISABLE_AUTOLOAD):
                 log.info("%s is set: not loading plugins", ENV_DISABLE_AUTOLOAD)
             else:
                 self._load_entry_points()
@@ -219,6 +280,7 @@ class Registry:
         info = _caller(impls["backend_info"])()
         if not isinstance(info, BackendInfo):
             raise TypeError(f"backend_info() must return fp4core.BackendInfo, got {type(info).__name__}")
+        _check_info(info)
         return Backend(info.name, info, origin, plugin, _caller(impls["supports"]),
                        _caller(impls["run"]), _caller(impls.get("tactics")),
                        _caller(impls.get("prepare")), _caller(impls.get("build")))

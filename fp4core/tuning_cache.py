@@ -122,6 +122,9 @@ class TuningCache:
 
     # -- writing ---------------------------------------------------------------------------
     def store(self, key: str, entry: dict[str, Any]) -> None:
+        why = entry_problem(entry)
+        if why:
+            raise ValueError(f"tuning cache entry for {key!r}: {why}")
         self._ensure_loaded()
         with self._lock:
             self._entries[key] = entry
@@ -158,14 +161,26 @@ class TuningCache:
             self._loaded_from = path
         return path
 
+    def save_or_warn(self) -> Path | None:
+        """``save``, but a file-system problem (unwritable folder, full disk) becomes a
+        RuntimeWarning and None: the results stay in memory for this process, and no GEMM
+        or tuning run fails because the cache could not be written."""
+        try:
+            return self.save()
+        except OSError as exc:
+            warnings.warn(f"could not write the tuning cache {self.path}: {exc}; the tuning results "
+                          f"are kept in memory for this process only (set {ENV_CACHE_PATH} to a "
+                          f"writable file)", RuntimeWarning, stacklevel=2)
+            return None
+
 
 def _read_entries(path: Path, quiet: bool = False) -> dict[str, dict[str, Any]]:
     """Entries of the cache file at ``path``; {} (with a warning) if missing or unusable."""
     try:
-        text = path.read_text()
+        text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         return {}
-    except OSError as exc:
+    except (OSError, UnicodeDecodeError) as exc:
         _warn(f"cannot read tuning cache {path}: {exc}; ignoring it", quiet)
         return {}
     try:
@@ -184,7 +199,57 @@ def _read_entries(path: Path, quiet: bool = False) -> dict[str, dict[str, Any]]:
     if not isinstance(entries, dict):
         _warn(f"tuning cache {path} has no entries table; ignoring it", quiet)
         return {}
-    return {k: v for k, v in entries.items() if isinstance(v, dict) and "backend" in v}
+    good, bad = {}, []
+    for key, entry in entries.items():
+        why = entry_problem(entry) if isinstance(key, str) else "its key is not a string"
+        if why:
+            bad.append(f"{key!r}: {why}")
+        else:
+            good[key] = entry
+    if bad:
+        _warn(f"tuning cache {path}: ignoring {len(bad)} malformed entr{'y' if len(bad) == 1 else 'ies'} "
+              f"({'; '.join(bad[:3])}{'; ...' if len(bad) > 3 else ''})", quiet)
+    return good
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _record_problem(rec: Any, what: str) -> str:
+    if not isinstance(rec, dict):
+        return f"{what} is not an object"
+    if not isinstance(rec.get("version"), str):
+        return f"{what} has no version string"
+    if not isinstance(rec.get("tactic"), dict):
+        return f"{what} has no tactic object"
+    if not _is_number(rec.get("us")):
+        return f"{what} has no time (us)"
+    return ""
+
+
+def entry_problem(entry: Any) -> str:
+    """Why ``entry`` is not a well-formed cache entry ("" when it is). Every field that
+    ``auto``, ``explain`` and the tuner read is checked, so a hand-edited or foreign file
+    cannot make them raise."""
+    if not isinstance(entry, dict):
+        return "not an object"
+    if not isinstance(entry.get("backend"), str):
+        return "no backend name"
+    why = _record_problem(entry, "the entry")
+    if why:
+        return why
+    per = entry.get("per_backend", {})
+    if not isinstance(per, dict):
+        return "per_backend is not an object"
+    for name, rec in per.items():
+        why = _record_problem(rec, f"per_backend[{name!r}]")
+        if why:
+            return why
+    dropped = entry.get("dropped", {})
+    if not isinstance(dropped, dict) or not all(isinstance(v, str) for v in dropped.values()):
+        return "dropped is not an object of strings"
+    return ""
 
 
 def _warn(message: str, quiet: bool) -> None:

@@ -19,11 +19,11 @@ dtype, alpha, variant[, format]).
 
 from __future__ import annotations
 
-import os
 import threading
 
 import torch
 
+from fp4core.env import env_flag
 from fp4core.hookspec import BackendInfo, Support, hookimpl
 from fp4core.problem import Operands, Problem
 
@@ -56,7 +56,7 @@ def variants(problem: Problem) -> list[str]:
         return [NATIVE]
     if not problem.has_alpha:
         return [PLAIN]
-    if os.environ.get(ENV_EXACT_ALPHA, "").strip() not in ("", "0"):
+    if env_flag(ENV_EXACT_ALPHA):
         return [EPILOGUE]
     return [PLAIN, EPILOGUE]
 

@@ -86,8 +86,6 @@ class CutlassBackend:
                               f"weight, whole 64-value scale groups), got K = {problem.k}")
         if problem.a_sf_layout not in (SfLayout.layout_128x4, SfLayout.layout_8x4):
             return Support.no(f"A scales must be 128x4 or 8x4, got {problem.a_sf_layout.value}")
-        if problem.prepared:
-            return Support.no("takes the canonical weight (no prepare hook); pass b as given")
         m = problem.m or 1
         if launcher.padded_k(problem.k) * m >= 2**31 or problem.n * m >= 2**31:
             return Support.no("sizes past 2^31 elements are not supported (32-bit indices)")
