@@ -14,14 +14,14 @@ from . import state
 from .dispatch import Explanation, dispatcher
 from .formats import Fp4Format
 from .layouts import SfLayout
-from .prepared import PreparedWeight
-from .problem import DeviceInfo, Operands, Problem, device_info
+from .errors import BackendFailedError
+from .prepared import PreparedWeight, weight_for
+from .problem import DeviceInfo, Operands, Problem, device_info, problem_of
 from .registry import Backend
 from .validation import (activation, build_problem, check_alpha, check_format, check_out,
                          check_out_dtype)
 
 log = logging.getLogger("fp4core")
-_warned_per_call_prepare: set[str] = set()
 
 
 def mm_fp4(a: torch.Tensor, b: torch.Tensor | PreparedWeight, a_descale: torch.Tensor,
@@ -55,39 +55,53 @@ def mm_fp4(a: torch.Tensor, b: torch.Tensor | PreparedWeight, a_descale: torch.T
         subclasses when the backend is missing or refuses the problem.
     """
     check = not skip_check
-    if isinstance(b, PreparedWeight):
-        problem, ops = _prepared_call(a, b, a_descale, b_descale, alpha, out_dtype, out, block_size,
+    weight = b if isinstance(b, PreparedWeight) else None
+    if weight is not None:
+        problem, ops = _prepared_call(a, weight, a_descale, b_descale, alpha, out_dtype, out, block_size,
                                       use_8x4_sf_layout, use_nvfp4, check)
     else:
         problem, ops = build_problem(a, b, a_descale, b_descale, alpha, out_dtype, out, block_size,
                                      use_8x4_sf_layout, use_nvfp4, check)
+    if check and not isinstance(backend, str):
+        raise TypeError(f"backend: expected 'auto' or a backend name, got {type(backend).__name__}")
     if out is None:
         out = torch.empty((problem.m, problem.n), dtype=out_dtype, device=a.device)
     if problem.m == 0 or problem.n == 0:
         return out
-    if check and not isinstance(backend, str):
-        raise TypeError(f"backend: expected 'auto' or a backend name, got {type(backend).__name__}")
-    choice = dispatcher.choose(problem, backend)
-    be = choice.backend
-    if isinstance(b, PreparedWeight):
-        w = b.operands_for(be.name)
-        if w is None:
-            w = _prepare_per_call(be, problem, b.canonical)
-        ops = w.with_activation(ops.a, ops.a_scale, alpha)
-    elif be.info.needs_prepare:
-        ops = _prepare_per_call(be, problem, ops).with_activation(ops.a, ops.a_scale, alpha)
-        problem = dataclasses.replace(problem, prepared=True)
-    be.run(problem, ops, choice.tactic, out)
-    return out
+    return run(problem, ops, weight, backend, out)
 
 
-def _prepare_per_call(be: Backend, problem: Problem, weight: Operands) -> Operands:
-    if be.name not in _warned_per_call_prepare:
-        _warned_per_call_prepare.add(be.name)
-        log.warning("backend %r wants its own weight layout and got a plain weight: preparing it on "
-                    "every call. Use fp4core.prepare(b, b_descale) once instead.", be.name)
-    wp = dataclasses.replace(problem, m=None, prepared=True)
-    return be.prepare(wp, Operands(None, None, weight.b, weight.b_scale))
+def run(problem: Problem, ops: Operands, weight: PreparedWeight | None, backend: str,
+        out: torch.Tensor) -> torch.Tensor:
+    """Select and run: the validated core of ``mm_fp4`` (no argument checks here).
+
+    ``ops`` holds the activation (and the canonical weight of a plain call), ``weight`` the
+    PreparedWeight or None. With ``backend="auto"``, a backend whose ``run`` raises is left out
+    of ``auto`` for this problem (logged once) and the next choice runs instead; an explicit
+    backend's failure, a failure during CUDA-graph capture and a CUDA error (after which the
+    CUDA context is unusable) are raised as they are."""
+    while True:
+        choice = dispatcher.choose(problem, backend)
+        be = choice.backend
+        run_problem, run_ops = weight_for(be, problem, ops, weight)
+        try:
+            be.run(run_problem, run_ops, choice.tactic, out)
+            return out
+        except BackendFailedError as exc:
+            if not _may_fall_back(backend, problem, exc):
+                raise
+            log.warning("%s; auto leaves %r out for %s from now on", exc, be.name, problem.describe())
+            dispatcher.mark_failed(problem, be.name, str(exc.__cause__ or exc))
+
+
+def _may_fall_back(backend: str, problem: Problem, exc: BackendFailedError) -> bool:
+    if backend != "auto":
+        return False
+    cause = exc.__cause__
+    accel = getattr(torch, "AcceleratorError", None)
+    if accel is not None and isinstance(cause, accel) or "CUDA error" in str(cause):
+        return False  # the context is gone: no other backend can run either
+    return not (problem.device.is_cuda and torch.cuda.is_current_stream_capturing())
 
 
 def _prepared_call(a, w: PreparedWeight, a_descale, b_descale, alpha, out_dtype, out, block_size,
@@ -110,7 +124,7 @@ def _prepared_call(a, w: PreparedWeight, a_descale, b_descale, alpha, out_dtype,
             raise ValueError(f"a: expected a tensor on {w.device} (where the PreparedWeight is), got {a.device}")
         check_alpha(alpha, a.device)
         check_out(out, m, w.n, out_dtype, a.device)
-    problem = Problem(m, w.n, k, fmt, out_dtype, layout, alpha is not None, device_info(a.device), True)
+    problem = problem_of(m, w.n, k, fmt, out_dtype, layout, alpha is not None, a.device, True)
     return problem, Operands(a8, asf, w.canonical.b, w.canonical.b_scale, alpha)
 
 
@@ -264,8 +278,7 @@ def autotune(tune_mode: bool = True, *, force: bool = False, save: bool = True,
     finally:
         dispatcher.progress = prev
         if save and state.tuning_cache.dirty:
-            path = state.tuning_cache.save()
-            log.info("tuning cache saved to %s", path)
+            state.tuning_cache.save_or_warn()
 
 
 def tune(problems: list[Problem], *, force: bool = False, verbose: bool = True,

@@ -13,13 +13,18 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 from typing import Callable, Iterator
 
 import torch
 from torch import nn
 
 from . import ops
+from .dispatch import dispatcher
 from .formats import Fp4Format
+from .linear_plan import MAX_PLANS, LinearPlan, make_plan
+from .prepared import PreparedWeight
+from .problem import Operands
 from .layouts import SfLayout, padded_scale_shape
 from .quantize import compute_global_scale, mxfp4_quantize, nvfp4_quantize
 
@@ -28,10 +33,27 @@ log = logging.getLogger("fp4core")
 
 def _after_load(module: "Fp4Linear", incompatible_keys) -> None:
     module._entry.invalidate()
+    module._plans = {}
     module._refresh_static_alpha()
 
 
 _ACT_SCALES = ("dynamic", "static")
+
+
+def _fast_kernels(x: torch.Tensor):
+    """The Triton quantization module if the eager path can run on ``x``'s device, else None
+    (then the op path runs). CPU tensors take it only under Triton's interpreter (tests)."""
+    from .kernels import quantize_kernels
+    kernels = quantize_kernels()
+    if kernels is None or not (x.is_cuda or os.environ.get("TRITON_INTERPRET")):
+        return None
+    return kernels
+
+
+def _canonical(b: torch.Tensor, b_sf: torch.Tensor, fmt: Fp4Format) -> PreparedWeight:
+    """A PreparedWeight with no backend copies: every backend gets the canonical weight."""
+    return PreparedWeight(b.shape[0], b.shape[1] * 2, fmt, b.device,
+                          Operands(None, None, b, b_sf.reshape(-1)), {}, {})
 
 
 class Fp4Linear(nn.Module):
@@ -74,6 +96,7 @@ class Fp4Linear(nn.Module):
         self.in_features, self.out_features = in_features, out_features
         self.format, self.backend, self.act_sf_layout = fmt.value, backend, layout.value
         self.act_scale = act_scale
+        self._fmt, self._layout = fmt, layout  # the enums, for the per-call path
         prow, pcol = padded_scale_shape(out_features, in_features // fmt.block_size, SfLayout.layout_128x4)
         self.register_buffer("weight_fp4", torch.zeros(out_features, in_features // 2, dtype=torch.uint8,
                                                        device=device))
@@ -88,6 +111,7 @@ class Fp4Linear(nn.Module):
         self.register_buffer("_calib_amax", None, persistent=False)
         # the op finds this layer's prepared weight by key (a PreparedWeight is no tensor)
         self._key, self._entry = ops.new_weight_key()
+        self._plans: dict[tuple[int, torch.dtype], LinearPlan] = {}
         self.register_load_state_dict_post_hook(_after_load)
 
     def get_extra_state(self):
@@ -120,11 +144,13 @@ class Fp4Linear(nn.Module):
         state = self.__dict__.copy()
         state.pop("_entry", None)
         state.pop("_key", None)
+        state.pop("_plans", None)
         return state
 
     def __setstate__(self, state):
         super().__setstate__(state)
         self._key, self._entry = ops.new_weight_key()
+        self._plans = {}
 
     @classmethod
     def from_linear(cls, linear: nn.Linear, format: str = "nvfp4", backend: str = "auto",
@@ -153,15 +179,32 @@ class Fp4Linear(nn.Module):
         return m
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x (..., K) float32/bfloat16/float16 -> (..., N) of x's dtype (an empty batch gives
+        an empty result, as ``nn.Linear``)."""
         if x.shape[-1] != self.in_features:
             raise ValueError(f"Fp4Linear: expected input (..., {self.in_features}), got {tuple(x.shape)}")
         lead = x.shape[:-1]
         x2 = x.reshape(-1, self.in_features)
-        nv = self.format == "nvfp4"
         out_dtype = x.dtype if x.dtype in (torch.bfloat16, torch.float16) else torch.bfloat16
         if self._calib_amax is not None:  # inside fp4core.nn.calibrate(): record the input range
-            amax = x2.detach().float().abs().nan_to_num(nan=0.0).amax().reshape(1)
+            amax = x2.detach().float().abs().nan_to_num(nan=0.0).amax().reshape(1) if x2.numel() \
+                else x2.new_zeros(1, dtype=torch.float32)
             torch.maximum(self._calib_amax, amax, out=self._calib_amax)
+        if x2.shape[0] == 0:
+            y = x2.new_empty((0, self.out_features), dtype=out_dtype)
+        elif not torch.compiler.is_compiling() and (kernels := _fast_kernels(x2)) is not None:
+            y = self._eager_gemm(kernels, x2.detach(), out_dtype)
+        else:
+            y = self._op_gemm(x2, out_dtype)
+        if y.dtype != x.dtype:
+            y = y.to(x.dtype)
+        if self.bias is not None:
+            y = y.add_(self.bias) if self.bias.dtype == y.dtype else y + self.bias.to(y.dtype)
+        return y.reshape(*lead, self.out_features)
+
+    def _op_gemm(self, x2: torch.Tensor, out_dtype: torch.dtype) -> torch.Tensor:
+        """The torch.library path: traceable by torch.compile (and used without Triton)."""
+        nv = self.format == "nvfp4"
         if nv and self.act_scale == "static":
             a, a_sf, _ = torch.ops.fp4core.quantize_fp4(x2, self.format, self.act_sf_layout,
                                                         self.input_global_scale, False)
@@ -169,13 +212,45 @@ class Fp4Linear(nn.Module):
         else:
             a, a_sf, gs_a = torch.ops.fp4core.quantize_fp4(x2, self.format, self.act_sf_layout, None, nv)
             alpha = 1.0 / (gs_a * self.weight_global_scale) if nv else None
-        y = torch.ops.fp4core.mm_fp4(a, a_sf, self.weight_fp4, self.weight_scale, alpha, out_dtype, nv,
-                                     self.act_sf_layout == "8x4", self.backend, self._key)
-        if y.dtype != x.dtype:
-            y = y.to(x.dtype)
-        if self.bias is not None:
-            y = y + self.bias.to(y.dtype)
-        return y.reshape(*lead, self.out_features)
+        return torch.ops.fp4core.mm_fp4(a, a_sf, self.weight_fp4, self.weight_scale, alpha, out_dtype, nv,
+                                        self.act_sf_layout == "8x4", self.backend, self._key)
+
+    def _eager_gemm(self, kernels, x2: torch.Tensor, out_dtype: torch.dtype) -> torch.Tensor:
+        """The eager path: the cached plan for this M (see ``fp4core.linear_plan``)."""
+        m = x2.shape[0]
+        wf, ws = self.weight_fp4, self.weight_scale
+        wsig = (wf.data_ptr(), ws.data_ptr(), wf._version, ws._version, self._entry.epoch)
+        plan = self._plans.get((m, out_dtype))
+        if plan is None or plan.signature != (wsig, dispatcher.generation):
+            plan = self._new_plan(m, out_dtype, wsig)
+        fmt = self._fmt
+        if fmt is Fp4Format.NVFP4 and self.act_scale == "static":
+            a, a_sf, _ = kernels.quantize_activation(x2, fmt, self._layout, self.input_global_scale, None)
+            alpha = self._static_alpha
+        else:
+            a, a_sf, alpha = kernels.quantize_activation(x2, fmt, self._layout, None,
+                                                                 self.weight_global_scale)
+        out = torch.empty((m, self.out_features), dtype=out_dtype, device=x2.device)
+        plan.run(a, a_sf.view(-1), alpha, out)
+        return out
+
+    def _new_plan(self, m: int, out_dtype: torch.dtype, wsig: tuple) -> LinearPlan:
+        nv = self._fmt is Fp4Format.NVFP4
+        prepared = self._entry.resolve(self.weight_fp4, self.weight_scale, nv, out_dtype,
+                                       self._layout is SfLayout.layout_8x4, nv)
+        if prepared is None:  # changed during capture: take the canonical weight this once
+            prepared = _canonical(self.weight_fp4, self.weight_scale, self._fmt)
+        plan = make_plan(wsig, prepared, m, self._fmt, out_dtype, self._layout, nv, self.weight_fp4.device,
+                         self.backend)
+        if len(self._plans) >= MAX_PLANS:
+            self._plans.clear()
+        self._plans[(m, out_dtype)] = plan
+        return plan
+
+    def _apply(self, fn, recurse=True):
+        # .to() / .cuda() / .half() replace the buffers: the plans name the old ones
+        self._plans = {}
+        return super()._apply(fn, recurse)
 
     def dequantized_weight(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
         """The weight as the GEMM sees it, (N, K) in ``dtype`` (exact in float32/float64)."""

@@ -17,6 +17,7 @@ from . import state
 from .formats import Fp4Format
 from .layouts import SfLayout
 from .problem import Operands, Problem, device_info
+from .registry import Backend
 from .validation import check_format, check_out_dtype, weight
 
 log = logging.getLogger("fp4core")
@@ -113,3 +114,32 @@ def prepare(b: torch.Tensor, b_descale: torch.Tensor, *, block_size: int | None 
             skipped[be.name] = f"prepare() raised {type(exc).__name__}: {exc}"
             log.warning("backend %r: %s", be.name, skipped[be.name])
     return PreparedWeight(n, k, fmt, b.device, canonical, by_backend, skipped)
+
+
+_warned_per_call_prepare: set[str] = set()
+
+
+def weight_for(be: Backend, problem: Problem, ops: Operands,
+               weight: PreparedWeight | None) -> tuple[Problem, Operands]:
+    """The problem and operands ``be.run`` gets: the one place that decides which weight layout
+    a backend receives.
+
+    ``ops`` holds the activation (and, for a plain call, the canonical weight); ``weight`` is
+    the caller's PreparedWeight or None. A backend with its own prepared copy gets it (problem
+    marked prepared); one without a prepare hook, or whose hook declined this weight, gets the
+    canonical weight and a plain problem; one that needs its own layout and has none gets it
+    prepared on this call (with a one-time warning: use ``fp4core.prepare``)."""
+    if weight is not None:
+        own = weight.by_backend.get(be.name)
+        if own is not None:
+            return problem, own.with_activation(ops.a, ops.a_scale, ops.alpha)
+        ops = weight.canonical.with_activation(ops.a, ops.a_scale, ops.alpha)
+    if not be.info.needs_prepare:
+        return problem.plain, ops
+    if be.name not in _warned_per_call_prepare:
+        _warned_per_call_prepare.add(be.name)
+        log.warning("backend %r wants its own weight layout and got a plain weight: preparing it on "
+                    "every call. Use fp4core.prepare(b, b_descale) once instead.", be.name)
+    prepared = problem.as_prepared
+    own = be.prepare(prepared.with_m(None), Operands(None, None, ops.b, ops.b_scale))
+    return prepared, own.with_activation(ops.a, ops.a_scale, ops.alpha)

@@ -125,6 +125,11 @@ class Problem:
         sees (it takes the canonical weight either way). Computed once per problem."""
         return dataclasses.replace(self, prepared=False) if self.prepared else self
 
+    @functools.cached_property
+    def as_prepared(self) -> "Problem":
+        """This problem with ``prepared=True`` (computed once per problem)."""
+        return self if self.prepared else dataclasses.replace(self, prepared=True)
+
     def describe(self) -> str:
         m = "any" if self.m is None else self.m
         dt = str(self.out_dtype).replace("torch.", "")

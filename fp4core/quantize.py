@@ -52,9 +52,13 @@ def _blocks(x: torch.Tensor, block: int) -> torch.Tensor:
 def compute_global_scale(x: torch.Tensor) -> torch.Tensor:
     """NVFP4 global scale ``448 * 6 / amax(|x|)`` as a float32 tensor of shape (1,).
 
-    This is the recipe FlashInfer's examples use; an all-zero (or NaN-only) ``x`` gives 1.0.
+    This is the recipe FlashInfer's examples use, with the amax over the finite values: a NaN
+    or an Inf in ``x`` marks only its own block (NaN scale, zero codes) instead of shrinking
+    the scale of every other value. An ``x`` without a finite non-zero value (or with no
+    elements) gives 1.0.
     """
-    amax = x.float().abs().nan_to_num(nan=0.0).amax().reshape(1)
+    a = x.detach().float().abs()
+    amax = torch.where(a < float("inf"), a, 0.0).amax().reshape(1) if a.numel() else a.new_zeros(1)
     return torch.where(amax > 0, (E4M3_MAX * E2M1_MAX) / amax, torch.ones_like(amax))
 
 

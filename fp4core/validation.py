@@ -11,7 +11,7 @@ import torch
 
 from .formats import Fp4Format, as_bytes, is_byte_dtype
 from .layouts import SfLayout, flat_scale_bytes, padded_scale_shape
-from .problem import Operands, Problem, device_info
+from .problem import Operands, Problem, problem_of
 
 OUT_DTYPES = (torch.bfloat16, torch.float16)
 _E8M0 = getattr(torch, "float8_e8m0fnu", None)
@@ -99,10 +99,35 @@ def check_out(out, m: int, n: int, out_dtype: torch.dtype, device: torch.device)
         raise ValueError(f"out: expected a contiguous tensor, got strides {out.stride()}")
 
 
+# Metadata of argument tensors that passed the checks -> what the checks derived. A model calls
+# mm_fp4 with the same shapes, dtypes and strides over and over; a hit skips re-validating
+# them (about half of the host time of a call). Bounded: cleared when it grows large.
+_CHECKED: dict[tuple, tuple[int, int]] = {}
+_CHECKED_MAX = 4096
+
+
+def _remember(key: tuple, value: tuple[int, int]) -> None:
+    if len(_CHECKED) >= _CHECKED_MAX:
+        _CHECKED.clear()
+    _CHECKED[key] = value
+
+
+def _meta_key(tag: str, x, sf, fmt: Fp4Format, layout: SfLayout) -> tuple | None:
+    """What every check on (x, sf) depends on; None for anything but two plain tensors
+    (subclasses and non-tensors always take the full checks)."""
+    if type(x) is not torch.Tensor or type(sf) is not torch.Tensor:
+        return None
+    return (tag, x.shape, x.stride(), x.dtype, x.device, sf.shape, sf.stride(), sf.dtype, sf.device,
+            fmt, layout)
+
+
 def activation(a, a_descale, fmt: Fp4Format, layout: SfLayout, check: bool
                ) -> tuple[torch.Tensor, torch.Tensor, int, int]:
     """Validate A and its scales; return (a bytes (M, K/2), flat scale bytes, M, K)."""
     if not check:
+        return as_bytes(a), flat_scale_bytes(a_descale), a.shape[0], a.shape[1] * 2
+    key = _meta_key("a", a, a_descale, fmt, layout)
+    if key is not None and key in _CHECKED:
         return as_bytes(a), flat_scale_bytes(a_descale), a.shape[0], a.shape[1] * 2
     _check_packed("a", a, "of shape (M, K/2)")
     if not a.is_contiguous():
@@ -112,6 +137,8 @@ def activation(a, a_descale, fmt: Fp4Format, layout: SfLayout, check: bool
         raise ValueError(f"a: K = 2 * a.shape[1] = {k} must be a multiple of the {fmt.value} block size "
                          f"{fmt.block_size}")
     sf = check_scales("a_descale", a_descale, fmt, m, k, layout, a.device, "a")
+    if key is not None:
+        _remember(key, (m, k))
     return as_bytes(a), sf, m, k
 
 
@@ -124,6 +151,14 @@ def weight(b, b_descale, fmt: Fp4Format, k: int | None, device: torch.device | N
     if not check:
         b_rows = as_bytes(b).t()
         return b_rows, flat_scale_bytes(b_descale), b_rows.shape[0]
+    key = _meta_key("b", b, b_descale, fmt, SfLayout.layout_128x4)
+    if key is not None and key in _CHECKED:
+        if k is not None and b.shape[0] * 2 != k:
+            raise ValueError(f"b: K mismatch: a has K/2 = {k // 2} packed columns, b.shape[0] = "
+                             f"{b.shape[0]} (b is (K/2, N): pass b_fp4.T)")
+        if device is not None and b.device != device:
+            raise ValueError(f"b: expected a tensor on {device} (where a is), got {b.device}")
+        return as_bytes(b).t(), flat_scale_bytes(b_descale), b.shape[1]
     _check_packed("b", b, "of shape (K/2, N)")
     if k is not None and b.shape[0] * 2 != k:
         raise ValueError(f"b: K mismatch: a has K/2 = {k // 2} packed columns, b.shape[0] = {b.shape[0]} "
@@ -139,6 +174,8 @@ def weight(b, b_descale, fmt: Fp4Format, k: int | None, device: torch.device | N
                          f"{fmt.block_size}")
     n = b.shape[1]
     sf = check_scales("b_descale", b_descale, fmt, n, kk, SfLayout.layout_128x4, b.device, "b")
+    if key is not None:
+        _remember(key, (n, kk))
     return as_bytes(b).t(), sf, n
 
 
@@ -154,5 +191,5 @@ def build_problem(a, b, a_descale, b_descale, alpha, out_dtype, out, block_size,
     if check:
         check_alpha(alpha, a.device)
         check_out(out, m, n, out_dtype, a.device)
-    problem = Problem(m, n, k, fmt, out_dtype, layout, alpha is not None, device_info(a.device))
+    problem = problem_of(m, n, k, fmt, out_dtype, layout, alpha is not None, a.device, False)
     return problem, Operands(a8, asf, b8, bsf, alpha)

@@ -10,10 +10,10 @@ Byte-for-byte the recipe of ``fp4core.quantize`` (the CPU reference), in float32
   (multiplying by the exact reciprocal power of two, which rounds identically).
 * A block holding NaN/Inf gets the NaN scale byte (0x7F / 0xFF) and zero codes; a
   non-finite global scale marks every block.
-* ``global_scale="auto"``: ``gs = 2688 * (1 / amax(|x|))`` with NaN read as 0 and Inf as the
-  largest float (``compute_global_scale``), from a first pass that reduces amax with an
-  integer atomic max (non-negative floats order like their bit patterns), then read by every
-  program of the quantization pass.
+* ``global_scale="auto"``: ``gs = 2688 * (1 / amax)`` over the finite values of ``|x|``
+  (``compute_global_scale``; NaN and Inf only mark their own blocks), from a first pass in
+  which each program writes the maximum of its tiles; every program of the quantization
+  pass reduces those few partial maxima itself, so the pair is two launches.
 
 Each program quantizes a tile of ``BM`` rows x ``BC`` scale blocks and writes its codes and
 its scale bytes at their swizzled offsets (128x4, 8x4 or linear), zeros in the padding, so
@@ -33,16 +33,23 @@ _LAYOUT_ID = {SfLayout.layout_linear: 0, SfLayout.layout_128x4: 1, SfLayout.layo
 
 
 @triton.jit
-def _amax_kernel(x_ptr, stride_xm, M, K, amax_ptr, BM: tl.constexpr, BK: tl.constexpr):
-    rows = tl.program_id(0) * BM + tl.arange(0, BM)
-    cols = tl.program_id(1) * BK + tl.arange(0, BK)
-    mask = (rows < M)[:, None] & (cols < K)[None, :]
-    x = tl.load(x_ptr + rows[:, None].to(tl.int64) * stride_xm + cols[None, :], mask=mask, other=0.0)
-    a = tl.abs(x.to(tl.float32))
-    a = tl.where(a == a, a, 0.0)  # nan_to_num(nan=0)
-    a = tl.minimum(a, 3.4028234663852886e38)  # ... and +inf -> the largest float
-    m = tl.max(tl.max(a, axis=1), axis=0)
-    tl.atomic_max(amax_ptr, m.to(tl.int32, bitcast=True))
+def _partial_amax_kernel(x_ptr, stride_xm, M, K, part_ptr, TILES_K, TILES,
+                         BM: tl.constexpr, BK: tl.constexpr):
+    # Each program folds the tiles pid, pid + P, ... into a running maximum and writes it to
+    # part_ptr[pid]: no atomics and no zero-filled buffer (one launch fewer). Programs advance
+    # together, so the tensor's last tiles are read last: the quantization pass walks the
+    # tensor backwards and finds them still in L2.
+    pid = tl.program_id(0)
+    acc = tl.zeros([BM, BK], dtype=tl.float32)
+    for t in range(pid, TILES, tl.num_programs(0)):
+        rows = (t // TILES_K) * BM + tl.arange(0, BM)
+        cols = (t % TILES_K) * BK + tl.arange(0, BK)
+        mask = (rows < M)[:, None] & (cols < K)[None, :]
+        x = tl.load(x_ptr + rows[:, None].to(tl.int64) * stride_xm + cols[None, :], mask=mask, other=0.0)
+        a = tl.abs(x.to(tl.float32))
+        # finite values only: a NaN or Inf must not move the scale of every other block
+        acc = tl.maximum(acc, tl.where(a < float("inf"), a, 0.0))
+    tl.store(part_ptr + pid, tl.max(tl.max(acc, axis=1), axis=0))
 
 
 @triton.jit
@@ -115,18 +122,25 @@ def _load_pairs(xp_ptr, offs, mask, IN_KIND: tl.constexpr):
 
 
 @triton.jit
-def _quant_kernel(xp_ptr, stride_pm, q_ptr, sf_ptr, gs_ptr, gs_out_ptr, M, KP, NB, PROWS, PCOL,
+def _quant_kernel(xp_ptr, stride_pm, q_ptr, sf_ptr, gs_ptr, gs_out_ptr, wgs_ptr, alpha_ptr, NPART,
+                  M, KP, NB, PROWS, PCOL, PROGS_C,
                   IN_KIND: tl.constexpr, IS_NV: tl.constexpr, BLOCK: tl.constexpr,
-                  LAYOUT: tl.constexpr, GS_MODE: tl.constexpr, BM: tl.constexpr, BC: tl.constexpr):
-    # GS_MODE: 0 none (MXFP4), 1 gs_ptr holds the float32 global scale, 2 gs_ptr holds the
-    # int32 bits of amax(|x|) and the global scale is derived here.
+                  LAYOUT: tl.constexpr, GS_MODE: tl.constexpr, ALPHA: tl.constexpr,
+                  PART: tl.constexpr, BM: tl.constexpr, BC: tl.constexpr):
+    # GS_MODE: 0 none (MXFP4), 1 gs_ptr holds the float32 global scale, 2 gs_ptr holds NPART
+    # partial maxima of |x| (``_partial_amax_kernel``) and the global scale is derived here
+    # (programs run in reverse order then, to meet the amax pass's last tiles in L2).
+    # ALPHA: program 0 also writes the GEMM's alpha = 1 / (gs * gs_w), gs_w at wgs_ptr.
     # A program owns BM rows x BC scale blocks, laid out as BM * BC block rows of BLOCK / 2
     # pairs: the block reductions stay inside a thread or a pair of threads, and the codes
     # and scales are computed once per element and once per block (no broadcast copies).
     HALF: tl.constexpr = BLOCK // 2
     NBLK: tl.constexpr = BM * BC
-    pid_m = tl.program_id(0)
-    pid_c = tl.program_id(1)
+    pid = tl.program_id(0)
+    if GS_MODE == 2:
+        pid = tl.num_programs(0) - 1 - pid
+    pid_m = pid // PROGS_C
+    pid_c = pid % PROGS_C
     blk = tl.arange(0, NBLK)
     r = pid_m * BM + blk // BC           # row of each block
     c = pid_c * BC + blk % BC            # scale-block column of each block
@@ -140,12 +154,16 @@ def _quant_kernel(xp_ptr, stride_pm, q_ptr, sf_ptr, gs_ptr, gs_out_ptr, M, KP, N
     bad = amax.to(tl.int32, bitcast=True) >= 0x7F800000
     if IS_NV:
         if GS_MODE == 2:
-            am = tl.load(gs_ptr).to(tl.float32, bitcast=True)
+            parts = tl.arange(0, PART)
+            am = tl.max(tl.load(gs_ptr + parts, mask=parts < NPART, other=0.0), axis=0)
             gs = tl.where(am > 0, tl.math.div_rn(1.0, am) * 2688.0, 1.0)
-            if (pid_m == 0) & (pid_c == 0):
+            if pid == 0:
                 tl.store(gs_out_ptr, gs)
         else:
             gs = tl.load(gs_ptr)
+        if ALPHA:
+            if pid == 0:
+                tl.store(alpha_ptr, tl.math.div_rn(1.0, gs * tl.load(wgs_ptr)))
         gs = gs + tl.zeros_like(amax)  # broadcast once: the block math below is elementwise
         scale_f = tl.where(amax > 0, tl.math.div_rn(amax * gs, 6.0), 0.0)
         scale_f = tl.minimum(scale_f, 448.0)
@@ -214,10 +232,67 @@ def _as_pairs(x: torch.Tensor) -> tuple[torch.Tensor, int]:
     return x.view(pair_dtype), kind
 
 
+def _amax_programs(x: torch.Tensor, tiles: int) -> int:
+    props = torch.cuda.get_device_properties(x.device) if x.is_cuda else None
+    sms = props.multi_processor_count if props is not None else 4
+    return max(1, min(tiles, 2 * sms))
+
+
+def _launch(x: torch.Tensor, fmt: Fp4Format, layout: SfLayout, global_scale: torch.Tensor | None,
+            auto_global_scale: bool, weight_global_scale: torch.Tensor | None,
+            config: tuple[int, int, int] | None):
+    if x.stride(1) != 1:
+        x = x.contiguous()
+    rows, k = x.shape
+    block = fmt.block_size
+    nb = k // block
+    prow, pcol = padded_scale_shape(rows, nb, layout)
+    bm, bc, warps = config or DEFAULT_CONFIG[fmt]
+    dev = x.device
+    q = torch.empty((rows, k // 2), dtype=torch.uint8, device=dev)
+    sf = torch.empty((prow, pcol), dtype=torch.uint8, device=dev)
+    nv = fmt is Fp4Format.NVFP4
+    alpha = torch.empty(1, dtype=torch.float32, device=dev) if weight_global_scale is not None else None
+    npart = 1
+    if nv and auto_global_scale:
+        gs_out = torch.empty(1, dtype=torch.float32, device=dev)
+        abm, abk = 32, 256
+        tiles_k = triton.cdiv(k, abk)
+        tiles = triton.cdiv(rows, abm) * tiles_k
+        npart = _amax_programs(x, tiles) if rows and k else 1
+        gs_in = torch.empty(npart, dtype=torch.float32, device=dev)
+        if rows and k:
+            _partial_amax_kernel[(npart,)](x, x.stride(0), rows, k, gs_in, tiles_k, tiles,
+                                           BM=abm, BK=abk, num_warps=4)
+        mode = 2
+    elif nv:
+        gs_in = gs_out = global_scale.reshape(1).to(torch.float32)
+        mode = 1
+    else:
+        gs_in = gs_out = torch.ones(1, dtype=torch.float32, device=dev)
+        mode = 0
+    if prow and pcol:
+        xp, in_kind = _as_pairs(x)
+        progs_m, progs_c = triton.cdiv(prow, bm), triton.cdiv(pcol, bc)
+        wgs = weight_global_scale if alpha is not None else gs_out
+        _quant_kernel[(progs_m * progs_c,)](
+            xp, xp.stride(0), q, sf, gs_in, gs_out, wgs, alpha if alpha is not None else gs_out, npart,
+            rows, k // 2, nb, prow, pcol, progs_c,
+            IN_KIND=in_kind, IS_NV=nv, BLOCK=block, LAYOUT=_LAYOUT_ID[layout], GS_MODE=mode,
+            ALPHA=alpha is not None, PART=triton.next_power_of_2(npart), BM=bm, BC=bc, num_warps=warps)
+    else:  # no rows: nothing to launch, the scalars still have to be right
+        if mode == 2:
+            gs_out.fill_(1.0)
+        if alpha is not None:
+            torch.reciprocal(gs_out * weight_global_scale, out=alpha)
+    return q, sf, gs_out, alpha
+
+
 def quantize(x: torch.Tensor, fmt: Fp4Format, layout: SfLayout, global_scale: torch.Tensor | None,
              auto_global_scale: bool, config: tuple[int, int, int] | None = None
              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Quantize a 2-D CUDA tensor; see the module docstring.
+    """Quantize a 2-D CUDA tensor; see the module docstring. One launch, or two with
+    ``auto_global_scale`` (partial maxima, then the quantization pass reduces them).
 
     Args:
         x: (rows, K) float32/float16/bfloat16 with unit stride along K; K a multiple of the
@@ -225,40 +300,35 @@ def quantize(x: torch.Tensor, fmt: Fp4Format, layout: SfLayout, global_scale: to
         fmt, layout: format and scale layout of the result.
         global_scale: NVFP4 float32 tensor with one element (ignored when
             ``auto_global_scale``; None for MXFP4).
-        auto_global_scale: NVFP4 only: compute the global scale from ``x``.
+        auto_global_scale: NVFP4 only: compute the global scale from ``x`` (its finite values).
         config: (rows per program, scale blocks per program, warps), powers of two.
     Returns:
         (x_fp4 uint8 (rows, K/2), x_sf uint8 (padded_rows, padded_K/block) in ``layout``
         order, global scale float32 (1,): the one used, ones for MXFP4).
     """
-    rows, k = x.shape
-    block = fmt.block_size
-    nb = k // block
-    prow, pcol = padded_scale_shape(rows, nb, layout)
-    bm, bc, warps = config or DEFAULT_CONFIG[fmt]
-    q = torch.empty((rows, k // 2), dtype=torch.uint8, device=x.device)
-    sf = torch.empty((prow, pcol), dtype=torch.uint8, device=x.device)
+    q, sf, gs, _ = _launch(x, fmt, layout, global_scale, auto_global_scale, None, config)
+    return q, sf, gs
+
+
+def quantize_activation(x: torch.Tensor, fmt: Fp4Format, layout: SfLayout,
+                        global_scale: torch.Tensor | None, weight_global_scale: torch.Tensor | None,
+                        config: tuple[int, int, int] | None = None
+                        ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """Quantize a layer's input and compute the GEMM's alpha on the device, in the launches of
+    ``quantize`` (no extra kernel for alpha).
+
+    Args:
+        x: (rows, K) float32/float16/bfloat16, unit stride along K.
+        fmt, layout: format and scale layout.
+        global_scale: NVFP4: a float32 (1,) tensor (a static, calibrated scale: one launch) or
+            None (from ``x``'s amax: two launches). Ignored for MXFP4.
+        weight_global_scale: NVFP4: the weight's float32 (1,) global scale; alpha is then
+            ``1 / (gs_x * gs_w)``, bit-equal to that torch expression. None: no alpha.
+    Returns:
+        (x_fp4 uint8 (rows, K/2), x_sf uint8 scales in ``layout`` order, alpha float32 (1,)
+        or None (MXFP4, or no weight_global_scale)).
+    """
     nv = fmt is Fp4Format.NVFP4
-    if nv and auto_global_scale:
-        gs_out = torch.empty(1, dtype=torch.float32, device=x.device)
-        gs_in = torch.zeros(1, dtype=torch.int32, device=x.device)
-        abm, abk = 32, 256
-        if rows and k:
-            _amax_kernel[(triton.cdiv(rows, abm), triton.cdiv(k, abk))](
-                x, x.stride(0), rows, k, gs_in, BM=abm, BK=abk, num_warps=4)
-        mode = 2
-    elif nv:
-        gs_in = gs_out = global_scale.reshape(1).to(torch.float32)
-        mode = 1
-    else:
-        gs_in = gs_out = torch.ones(1, dtype=torch.float32, device=x.device)
-        mode = 0
-    if prow and pcol:
-        xp, in_kind = _as_pairs(x)
-        grid = (triton.cdiv(prow, bm), triton.cdiv(pcol, bc))
-        _quant_kernel[grid](xp, xp.stride(0), q, sf, gs_in, gs_out, rows, k // 2, nb, prow, pcol,
-                            IN_KIND=in_kind, IS_NV=nv, BLOCK=block, LAYOUT=_LAYOUT_ID[layout],
-                            GS_MODE=mode, BM=bm, BC=bc, num_warps=warps)
-    elif mode == 2:
-        gs_out.fill_(1.0)
-    return q, sf, gs_out
+    q, sf, _, alpha = _launch(x, fmt, layout, global_scale, nv and global_scale is None,
+                              weight_global_scale if nv else None, config)
+    return q, sf, alpha
