@@ -54,9 +54,26 @@ def _ints(text: str | None, default: list[int]) -> list[int]:
 
 def shapes_from_args(args) -> list[tuple[int, int, int]]:
     """(M, N, K) triples from --m/--n/--k, --preset or --shapes-file."""
-    if getattr(args, "shapes_file", None):
-        with open(args.shapes_file) as f:
-            return [tuple(int(v) for v in line.split()[:3]) for line in f if line.strip() and not line.startswith("#")]
+    path = getattr(args, "shapes_file", None)
+    if path:
+        try:
+            with open(path) as f:
+                lines = f.readlines()
+        except OSError as exc:
+            raise ValueError(f"--shapes-file: cannot read {path!r}: {exc.strerror or exc}") from None
+        shapes = []
+        for no, line in enumerate(lines, 1):
+            if not line.strip() or line.lstrip().startswith("#"):
+                continue
+            try:
+                m, n, k = (int(v) for v in line.split()[:3])
+            except ValueError:
+                raise ValueError(f"--shapes-file: {path}:{no}: expected 'M N K' (three integers), got "
+                                 f"{line.strip()!r}") from None
+            shapes.append((m, n, k))
+        if not shapes:
+            raise ValueError(f"--shapes-file: {path!r} holds no 'M N K' line")
+        return shapes
     cuda = torch.cuda.is_available()
     ms = _ints(args.m, [1, 16, 128, 2048] if cuda else [1, 16, 64])
     if args.preset:

@@ -134,7 +134,57 @@ def cmd_bench_tactics(args) -> int:
     return 0
 
 
+def check_output_paths(args) -> None:
+    """Fail before a long run, not after it, when an output file cannot be written."""
+    import os
+    for flag in ("json", "csv", "plot"):
+        path = getattr(args, flag, None)
+        if not path:
+            continue
+        existed = os.path.exists(path)
+        try:
+            with open(path, "a"):
+                pass
+        except OSError as exc:
+            raise ValueError(f"--{flag}: cannot write {path!r}: {exc.strerror or exc}") from None
+        if not existed:
+            os.remove(path)
+
+
+def cmd_bench_layer(args) -> int:
+    """``bench --layer``: bf16 nn.Linear against Fp4Linear, eager and in CUDA graphs."""
+    from .layer_bench import VARIANTS, format_rows, run_layer_bench
+    cuda = torch.cuda.is_available()
+    if getattr(args, "shapes_file", None):
+        shapes = shapes_from_args(args)
+        layers = list(dict.fromkeys((n, k) for _, n, k in shapes))
+        ms = sorted({m for m, _, _ in shapes})
+    else:
+        layers = PRESETS[args.preset] if args.preset else (
+            [(int(n), int(k)) for n in (args.n or "8192").split(",") for k in (args.k or "8192").split(",")]
+            if cuda or args.n or args.k else [(512, 512)])
+        ms = [int(v) for v in args.m.split(",")] if args.m else ([1, 16, 128, 2048] if cuda else [1, 16])
+    variants = VARIANTS if not args.variants else tuple(
+        v for v in VARIANTS if v[0] in args.variants.split(","))
+    if args.variants and len(variants) != len(args.variants.split(",")):
+        raise ValueError(f"--variants: expected a comma list of {[v[0] for v in VARIANTS]}, got {args.variants!r}")
+    print(_device_line(), file=sys.stderr)
+    progress = lambda s: print(s, file=sys.stderr, flush=True)
+    if args.autotune:
+        from .layer_bench import tune_layers
+        tune_layers(layers, ms, variants, progress=progress)
+    rows = run_layer_bench(layers, ms, variants, progress=progress)
+    print(format_rows(rows))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump([r.__dict__ for r in rows], f, indent=1)
+    return 1 if any(r.error for r in rows) else 0
+
+
 def cmd_bench(args) -> int:
+    check_output_paths(args)
+    if getattr(args, "layer", False):
+        return cmd_bench_layer(args)
     if getattr(args, "quantize", False):
         return cmd_bench_quantize(args)
     if getattr(args, "tactics", False):
@@ -212,6 +262,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "(CUDA-graph replays on a GPU)")
     p.add_argument("--quantize", action="store_true",
                    help="benchmark activation quantization (M x K, bf16 -> NVFP4/MXFP4) instead of the GEMM")
+    p.add_argument("--layer", action="store_true",
+                   help="bf16 nn.Linear against Fp4Linear (NVFP4, MXFP4), eager and CUDA-graph replay")
+    p.add_argument("--variants", default="", help="--layer: comma list of nvfp4, nvfp4-static, mxfp4")
     p.add_argument("--json")
     p.add_argument("--csv")
     p.add_argument("--plot", help="PNG: time vs M per backend (log scale) with the bandwidth floor")
@@ -238,7 +291,7 @@ def main(argv: list[str] | None = None) -> int:
                "build": cmd_build}
     try:
         return handler[args.command](args)
-    except (ValueError, LookupError, RuntimeError) as exc:
+    except (ValueError, LookupError, RuntimeError, OSError) as exc:
         print(f"fp4core {args.command}: error: {exc}", file=sys.stderr)
         return 2
 
