@@ -11,7 +11,8 @@ __version__ = "0.1.0"
 from .api import (BackendStatus, autotune, backends, explain, is_backend_supported, make_problem,
                   mm_fp4, register_backend, supported_backends, tune, unregister_backend)
 from .dispatch import Choice, Explanation
-from .errors import BackendError, BackendNotInstalledError, BackendUnsupportedError, NoBackendError
+from .errors import (BackendError, BackendFailedError, BackendNotInstalledError, BackendUnsupportedError,
+                     NoBackendError)
 from .formats import Fp4Format
 from .hookspec import BackendInfo, Support, Tactic, hookimpl, hookspec
 from .layouts import SfLayout, swizzle_scales, unswizzle_scales
@@ -30,5 +31,5 @@ __all__ = [
     "SfLayout", "Fp4Format",
     "Problem", "Operands", "DeviceInfo", "BackendInfo", "Support", "Tactic", "hookimpl",
     "hookspec", "Choice", "Explanation", "BackendError", "BackendNotInstalledError",
-    "BackendUnsupportedError", "NoBackendError",
+    "BackendUnsupportedError", "BackendFailedError", "NoBackendError",
 ]

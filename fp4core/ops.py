@@ -37,7 +37,7 @@ from . import api
 from .formats import Fp4Format, as_bytes
 from .layouts import SfLayout, flat_scale_bytes, padded_scale_shape
 from .prepared import PreparedWeight, prepare
-from .quantize import compute_global_scale, mxfp4_quantize, nvfp4_quantize
+from .quantize import check_global_scale, compute_global_scale, mxfp4_quantize, nvfp4_quantize
 from .validation import check_format
 
 log = logging.getLogger("fp4core")
@@ -295,4 +295,5 @@ def quantize_fp4(x: torch.Tensor, fmt: Fp4Format | str = "nvfp4",
         gs = torch.as_tensor(global_scale, dtype=torch.float32, device=x.device).reshape(-1)
         if gs.numel() != 1:
             raise ValueError(f"global_scale: expected one element, got {gs.numel()}")
+        check_global_scale(gs)
     return torch.ops.fp4core.quantize_fp4(x2, f.value, layout.value, gs, auto)

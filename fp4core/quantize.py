@@ -62,6 +62,21 @@ def compute_global_scale(x: torch.Tensor) -> torch.Tensor:
     return torch.where(amax > 0, (E4M3_MAX * E2M1_MAX) / amax, torch.ones_like(amax))
 
 
+def check_global_scale(gs: torch.Tensor, name: str = "global_scale") -> None:
+    """Refuse a global scale that is not one positive finite number (a negative one would
+    give all-zero codes, a NaN/Inf one NaN scales everywhere). Reads the value (a host sync
+    on CUDA), so the check is skipped while a CUDA graph is captured or torch.compile traces.
+
+    Raises ValueError naming ``name`` and the value."""
+    if gs.is_cuda and torch.cuda.is_current_stream_capturing():
+        return
+    if torch.compiler.is_compiling():
+        return
+    v = float(gs.reshape(-1)[0])
+    if not (v > 0 and v < float("inf")):
+        raise ValueError(f"{name}: expected one positive finite value, got {v}")
+
+
 def nvfp4_quantize(x: torch.Tensor, global_scale: torch.Tensor | float,
                    sfLayout: SfLayout | str = SfLayout.layout_128x4, do_shuffle: bool = False,
                    sf_vec_size: int = 16) -> tuple[torch.Tensor, torch.Tensor]:
@@ -92,6 +107,7 @@ def nvfp4_quantize(x: torch.Tensor, global_scale: torch.Tensor | float,
     gs = torch.as_tensor(global_scale, dtype=torch.float32, device=x.device).reshape(-1)
     if gs.numel() != 1:
         raise ValueError(f"nvfp4_quantize: global_scale must have one element, got {gs.numel()}")
+    check_global_scale(gs, "nvfp4_quantize: global_scale")
     kernels = _gpu_kernels(x)
     if kernels is not None:
         q, sf, _ = kernels.quantize(_unit_stride(x), Fp4Format.NVFP4, SfLayout.parse(sfLayout), gs, False)

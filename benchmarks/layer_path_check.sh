@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# Issue 15/16 on a lent GPU (one call, timeout_s 600): the GPU tests of the core, then the
+# layer-path measurements: host overhead, activation quantization, the layer benchmark
+# (tuned), and auto on prepared weights against every backend. Logs and JSON under $OUT.
+# Carry .whl and .carry (see device_env.sh).  STEPS="tests host quant layer auto" selects.
+set -uo pipefail
+source "$(dirname "$0")/device_env.sh"
+export FP4CORE_TUNING_CACHE=$OUT/tuning-cache.json
+STEPS=${STEPS:-"tests host quant layer auto"}
+has() { [[ " $STEPS " == *" $1 "* ]]; }
+if has tests; then
+  timeout 200 python3 -m pytest -q -p no:cacheprovider --tb=short -rfE -m gpu tests \
+    plugins/fp4-cutlass/tests plugins/fp4-cudnn/tests > "$OUT/tests.log" 2>&1
+  echo "tests rc=$? $(tail -1 "$OUT/tests.log")" | tee -a "$OUT/summary.txt"
+fi
+if has host; then
+  timeout 90 python3 benchmarks/host_overhead.py --json "$OUT/host.json" 2>&1 | tee "$OUT/host.txt"
+  echo "host rc=$?" >> "$OUT/summary.txt"
+fi
+if has quant; then
+  timeout 60 fp4core bench --quantize --m 16,2048,8192 --k 8192 2>"$OUT/quant-progress.log" | tee "$OUT/quant.txt"
+  echo "quant rc=$?" >> "$OUT/summary.txt"
+fi
+if has layer; then
+  timeout ${LAYER_CAP:-240} fp4core bench --layer --preset llama3-70b --m ${LAYER_M:-1,16,128,2048} --autotune \
+    --json "$OUT/layer.json" 2>"$OUT/layer-progress.log" | tee "$OUT/layer.txt"
+  echo "layer rc=$?" >> "$OUT/summary.txt"
+fi
+if has auto; then
+  timeout ${AUTO_CAP:-200} python3 benchmarks/auto_prepared.py --m ${AUTO_M:-1,16,128,2048,8192} \
+    --json "$OUT/auto.json" 2>&1 | tee "$OUT/auto.txt"
+  echo "auto rc=$?" >> "$OUT/summary.txt"
+fi
+cat "$OUT/summary.txt"

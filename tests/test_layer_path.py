@@ -1,0 +1,173 @@
+"""Issue 15 on the CPU: prepared weights reach every backend, the validated-call cache never
+hides a bad argument, and Fp4Linear's eager plans (run here through Triton's interpreter)
+give the op path's bytes and are rebuilt whenever the weight or the dispatcher changes."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import fp4core
+from fp4core import state
+from fp4core.problem import DeviceInfo
+from fp4core.testing import registered
+
+SM90 = DeviceInfo("cuda", 0, "fake H200", (9, 0), 132)
+SM100 = DeviceInfo("cuda", 0, "fake B200", (10, 0), 148)
+SHAPES = [(1, 8192, 8192), (16, 28672, 8192), (128, 8192, 28672), (2048, 7168, 2048), (7, 2880, 1024),
+          (1000, 1280, 2880), (3, 4096, 64)]
+
+
+@pytest.mark.parametrize("device", [SM90, SM100], ids=["sm90", "sm100"])
+def test_backends_without_prepare_answer_the_same_for_prepared_and_plain(device):
+    """A backend that takes the canonical weight must not refuse a PreparedWeight: auto on a
+    prepared weight then chooses among every backend."""
+    checked = 0
+    for be in state.registry.backends():
+        if be._prepare is not None:
+            continue
+        for m, n, k in SHAPES:
+            for nv in (True, False):
+                if k % (16 if nv else 32):
+                    continue
+                kw = dict(use_nvfp4=nv, has_alpha=nv, device=device)
+                plain = be.supports(fp4core.make_problem(m, n, k, **kw))
+                prepared = be.supports(fp4core.make_problem(m, n, k, prepared=True, **kw))
+                assert bool(plain) == bool(prepared), (be.name, m, n, k, nv, plain.reason, prepared.reason)
+                checked += 1
+    assert checked  # the torch backend at least
+
+
+class CanonicalOnly:
+    """A top-priority backend without a prepare hook that records what it is shown."""
+
+    seen = []
+
+    @fp4core.hookimpl
+    def backend_info(self):
+        return fp4core.BackendInfo(name="canonical", version="1",
+                                   priority={"decode": 99, "small": 99, "medium": 99, "large": 99})
+
+    @fp4core.hookimpl
+    def supports(self, problem):
+        if problem.prepared:  # what the cutlass plugin used to do
+            return fp4core.Support.no("takes the canonical weight")
+        return fp4core.Support.yes()
+
+    @fp4core.hookimpl
+    def run(self, problem, operands, tactic, out):
+        self.seen.append((problem.prepared, operands.b.shape))
+        state.registry.get("torch").run(problem, operands, {}, out)
+
+
+def _operands(m=5, n=40, k=64, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x, w = torch.randn(m, k, generator=g), torch.randn(n, k, generator=g)
+    a, asf, ga = fp4core.quantize_fp4(x)
+    b, bsf, gb = fp4core.quantize_fp4(w)
+    return a, b, asf, bsf, (1.0 / (ga * gb)).float()
+
+
+def test_auto_on_a_prepared_weight_reaches_a_backend_without_prepare():
+    a, b, asf, bsf, alpha = _operands()
+    CanonicalOnly.seen.clear()
+    with registered(CanonicalOnly()):
+        pw = fp4core.prepare(b.T, bsf.T)
+        assert fp4core.explain(a, pw, asf, None, alpha).choice.backend.name == "canonical"
+        out = torch.full((5, 40), float("nan"), dtype=torch.bfloat16)
+        fp4core.mm_fp4(a, pw, asf, None, alpha, out=out)
+    assert CanonicalOnly.seen == [(False, (40, 32))]  # shown a plain problem and the canonical bytes
+    assert torch.equal(out, fp4core.mm_fp4(a, b.T, asf, bsf.T, alpha, backend="torch"))
+
+
+def test_the_validated_call_cache_never_hides_a_bad_argument():
+    a, b, asf, bsf, alpha = _operands()
+    fp4core.mm_fp4(a, b.T, asf, bsf.T, alpha)  # its metadata is now known good
+    a2, _, asf2, _, _ = _operands(k=128)
+    with pytest.raises(ValueError, match="b: K mismatch"):
+        fp4core.mm_fp4(a2, b.T, asf2, bsf.T, alpha)  # known-good b, but K differs from a's
+    with pytest.raises(ValueError, match="a_descale: expected .* scale bytes"):
+        fp4core.mm_fp4(a, b.T, asf[:64], bsf.T, alpha)
+    with pytest.raises(ValueError, match="a: expected a row-major contiguous"):
+        fp4core.mm_fp4(a.T.contiguous().T, b.T, asf, bsf.T, alpha)
+    with pytest.raises(ValueError, match="b: expected a column-major"):
+        fp4core.mm_fp4(a, b.contiguous().T.contiguous(), asf, bsf.T, alpha)
+    pw = fp4core.prepare(b.T, bsf.T)
+    fp4core.mm_fp4(a, pw, asf, None, alpha)
+    with pytest.raises(ValueError, match="a: K mismatch"):
+        fp4core.mm_fp4(a2, pw, asf2, None, alpha)
+
+
+_EAGER_SCRIPT = r"""
+import torch, fp4core
+from fp4core.nn import Fp4Linear
+from fp4core.dispatch import dispatcher
+torch.manual_seed(0)
+for fmt, act in (("nvfp4", "dynamic"), ("nvfp4", "static"), ("mxfp4", "dynamic")):
+    lin = torch.nn.Linear(64, 48, bias=True, dtype=torch.bfloat16)
+    layer = Fp4Linear.from_linear(lin, format=fmt)
+    if act == "static":
+        layer.set_input_global_scale(37.5)
+    for m in (1, 7, 33):
+        x = torch.randn(2, m, 64, dtype=torch.bfloat16)
+        y = layer(x)
+        assert layer._plans, "the eager path made no plan"
+        y_op = layer._op_gemm(x.reshape(-1, 64), torch.bfloat16).add_(layer.bias).reshape(2, m, 48)
+        assert torch.equal(y, y_op), (fmt, act, m, (y - y_op).abs().max())
+        plan = layer._plans[(2 * m, torch.bfloat16)]
+        layer(x)
+        assert layer._plans[(2 * m, torch.bfloat16)] is plan, "plan not reused"
+    # the weight changes in place: a new plan, and the new weight's result
+    x = torch.randn(5, 64, dtype=torch.bfloat16)
+    plan = layer._plans.get((5, torch.bfloat16)) or (layer(x), layer._plans[(5, torch.bfloat16)])[1]
+    with torch.no_grad():
+        layer.weight_fp4.copy_(torch.roll(layer.weight_fp4, 1, 0))
+    y = layer(x)
+    assert layer._plans[(5, torch.bfloat16)] is not plan, "stale plan after an in-place weight change"
+    assert torch.equal(y, layer._op_gemm(x, torch.bfloat16).add_(layer.bias))
+    # a loaded state_dict and a new backend each invalidate the plans
+    plan = layer._plans[(5, torch.bfloat16)]
+    layer.load_state_dict(layer.state_dict())
+    layer(x)
+    assert layer._plans[(5, torch.bfloat16)] is not plan
+    plan = layer._plans[(5, torch.bfloat16)]
+    gen = dispatcher.generation
+    with fp4core.autotune(verbose=False):
+        pass
+    assert dispatcher.generation != gen
+    layer(x)
+    assert layer._plans[(5, torch.bfloat16)] is not plan
+print("eager plans: ok")
+"""
+
+
+@pytest.mark.skipif(not __import__("importlib").util.find_spec("triton") or torch.cuda.is_available(),
+                    reason="needs triton (the interpreter); with a GPU the GPU tests cover the path")
+def test_fp4linear_eager_plans_in_the_triton_interpreter():
+    env = dict(os.environ, TRITON_INTERPRET="1", FP4CORE_DISABLE_PLUGIN_AUTOLOAD="1")
+    res = subprocess.run([sys.executable, "-c", _EAGER_SCRIPT], env=env, capture_output=True, text=True,
+                         timeout=900)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    assert "eager plans: ok" in res.stdout
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("fmt,act", [("nvfp4", "dynamic"), ("nvfp4", "static"), ("mxfp4", "dynamic")])
+def test_fp4linear_eager_path_equals_the_op_path_and_graph_replay(fmt, act):
+    torch.manual_seed(1)
+    lin = torch.nn.Linear(2048, 1280, bias=False, device="cuda", dtype=torch.bfloat16)
+    layer = fp4core.nn.Fp4Linear.from_linear(lin, format=fmt)
+    if act == "static":
+        layer.set_input_global_scale(fp4core.compute_global_scale(torch.randn(64, 2048, device="cuda")))
+    for m in (1, 16, 300):
+        x = torch.randn(m, 2048, device="cuda", dtype=torch.bfloat16)
+        y = layer(x)
+        assert torch.equal(y, layer._op_gemm(x, torch.bfloat16))
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            yg = layer(x)
+        x.copy_(torch.randn_like(x))
+        graph.replay()
+        assert torch.equal(yg, layer(x))
