@@ -114,6 +114,16 @@ def main() -> None:
             g = graph_replay_us(gpu[name], 1) if name in gpu else float("nan")
             rows.append({"step": name, "host_us": h, "gpu_us": g})
             print(f"{name:48s} {h:8.1f} {g:8.1f}")
+    import cProfile
+    import io
+    import pstats
+    prof = cProfile.Profile()
+    with torch.no_grad():
+        prof.runcall(lambda: [fl(x) for _ in range(300)])
+    text = io.StringIO()
+    pstats.Stats(prof, stream=text).sort_stats("tottime").print_stats(18)
+    print("\nFp4Linear.forward (dynamic), 300 calls under cProfile, by own time:")
+    print("\n".join(text.getvalue().splitlines()[6:]))
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"m": m, "n": n, "k": k, "backend": be.name, "rows": rows}, f, indent=1)

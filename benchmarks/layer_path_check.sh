@@ -5,30 +5,35 @@
 # Carry .whl and .carry (see device_env.sh).  STEPS="tests host quant layer auto" selects.
 set -uo pipefail
 source "$(dirname "$0")/device_env.sh"
-export FP4CORE_TUNING_CACHE=$OUT/tuning-cache.json
+mkdir -p "$OUT/work"
+export FP4CORE_TUNING_CACHE=$OUT/work/tuning-cache.json
+# at most 8 files come back: the logs go to $OUT/work and come back as one archive
+trap 'tar czf "$OUT/logs.tgz" -C "$OUT" work' EXIT
 STEPS=${STEPS:-"tests host quant layer auto"}
 has() { [[ " $STEPS " == *" $1 "* ]]; }
 if has tests; then
-  timeout 200 python3 -m pytest -q -p no:cacheprovider --tb=short -rfE -m gpu tests \
-    plugins/fp4-cutlass/tests plugins/fp4-cudnn/tests > "$OUT/tests.log" 2>&1
-  echo "tests rc=$? $(tail -1 "$OUT/tests.log")" | tee -a "$OUT/summary.txt"
+  for d in ${TEST_DIRS:-tests plugins/fp4-trtllm/tests plugins/fp4-cutlass/tests plugins/fp4-cudnn/tests}; do
+    timeout ${TEST_CAP:-150} python3 -m pytest -q -p no:cacheprovider --tb=short -rfE -m gpu $d \
+      > "$OUT/work/tests-${d//\//_}.log" 2>&1
+    echo "tests $d rc=$? $(tail -1 "$OUT/work/tests-${d//\//_}.log")" | tee -a "$OUT/summary.txt"
+  done
 fi
 if has host; then
-  timeout 90 python3 benchmarks/host_overhead.py --json "$OUT/host.json" 2>&1 | tee "$OUT/host.txt"
-  echo "host rc=$?" >> "$OUT/summary.txt"
+  timeout 90 python3 benchmarks/host_overhead.py --json "$OUT/work/host.json" 2>&1 | tee "$OUT/host.txt"
+  echo "host rc=$?" >> "$OUT/summary.txt"; cp "$OUT/host.txt" "$OUT/work/"
 fi
 if has quant; then
-  timeout 60 fp4core bench --quantize --m 16,2048,8192 --k 8192 2>"$OUT/quant-progress.log" | tee "$OUT/quant.txt"
+  timeout 60 fp4core bench --quantize --m 16,2048,8192 --k 8192 2>"$OUT/work/quant-progress.log" | tee "$OUT/quant.txt"
   echo "quant rc=$?" >> "$OUT/summary.txt"
 fi
 if has layer; then
   timeout ${LAYER_CAP:-240} fp4core bench --layer --preset llama3-70b --m ${LAYER_M:-1,16,128,2048} --autotune \
-    --json "$OUT/layer.json" 2>"$OUT/layer-progress.log" | tee "$OUT/layer.txt"
+    --json "$OUT/work/layer.json" 2>"$OUT/work/layer-progress.log" | tee "$OUT/layer.txt"
   echo "layer rc=$?" >> "$OUT/summary.txt"
 fi
 if has auto; then
   timeout ${AUTO_CAP:-200} python3 benchmarks/auto_prepared.py --m ${AUTO_M:-1,16,128,2048,8192} \
-    --json "$OUT/auto.json" 2>&1 | tee "$OUT/auto.txt"
+    --json "$OUT/work/auto.json" 2>&1 | tee "$OUT/auto.txt"
   echo "auto rc=$?" >> "$OUT/summary.txt"
 fi
 cat "$OUT/summary.txt"

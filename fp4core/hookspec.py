@@ -8,6 +8,7 @@ instantiates with no arguments) whose methods carry ``@fp4core.hookimpl``:
     run(problem, operands, tactic, out)     -> None               required
     tactics(problem)                        -> list[Tactic]       optional ([{}] if absent)
     prepare(problem, operands)              -> Operands           optional (identity)
+    bind(problem, operands, tactic)         -> callable           optional (calls run)
 
 fp4core calls each hook for one named backend at a time; pluggy validates the signatures
 when the plugin is registered. Hooks are plain functions: a hook may take fewer arguments
@@ -134,6 +135,18 @@ class BackendSpec:
         ``out`` is a contiguous (m, n) tensor of ``problem.out_dtype``. On CUDA launch on
         the current stream: no host synchronisation, no allocation beyond a workspace
         cached across calls, safe inside CUDA-graph capture.
+        """
+
+    @hookspec
+    def bind(self, problem: Problem, operands: Operands, tactic: Tactic) -> Any:
+        """Optional: a launcher with everything but the activation fixed, for callers that
+        run one (problem, weight, tactic) many times (``Fp4Linear``'s per-M plans).
+
+        ``operands`` holds the weight as ``run`` gets it (``a``, ``a_scale``, ``alpha`` are
+        None). Return ``launch(a, a_scale, alpha, out) -> None`` that does what ``run``
+        would with those tensors (same shapes, dtypes and alpha presence as ``problem``),
+        doing the per-shape work (grid, workspace, argument packing) once here. Keep what
+        it closes over valid across calls (e.g. a workspace that never shrinks).
         """
 
     @hookspec

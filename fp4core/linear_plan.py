@@ -2,8 +2,9 @@
 
 A model calls each layer with the same few batch sizes. ``LinearPlan`` freezes what a call
 needs once (the backend and tactic ``auto`` chose, the problem as that backend sees it, the
-weight operands in that backend's layout), so a call is: quantize (one or two Triton
-launches, alpha on the device), allocate the output, call the backend's ``run`` hook. No
+weight operands in that backend's layout, and the backend's bound launcher: its ``bind``
+hook, or ``run``), so a call is: quantize (one or two Triton launches, alpha on the device),
+allocate the output, launch. No
 argument validation (the module owns the weight; the input was checked by shape), no
 ``torch.library`` dispatch, no PreparedWeight lookup.
 
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+from typing import Callable
 
 import torch
 
@@ -57,17 +59,17 @@ class LinearPlan:
     selected: Problem
     weight: Operands
     prepared: PreparedWeight
+    launch: Callable[..., None]
 
     def run(self, a: torch.Tensor, a_scale: torch.Tensor, alpha: torch.Tensor | None,
             out: torch.Tensor) -> None:
         """The GEMM: ``out (M, N) = alpha * dequant(a) @ dequant(W).T``; a uint8 (M, K/2),
         a_scale flat uint8 scale bytes. On a backend failure under ``auto`` the backend is
         left out (as ``mm_fp4`` does) and the call is redone by ``fp4core.api.run``."""
-        w = self.weight
         try:
-            self.backend.run(self.problem, Operands(a, a_scale, w.b, w.b_scale, alpha, w.extra),
-                             self.tactic, out)
+            self.launch(a, a_scale, alpha, out)
         except BackendFailedError as exc:
+            w = self.weight
             if not api._may_fall_back(self.requested, self.selected, exc):
                 raise
             log.warning("%s; auto leaves %r out for %s from now on", exc, self.backend.name,
@@ -88,4 +90,6 @@ def make_plan(weight_signature: tuple, prepared: PreparedWeight, m: int, fmt: Fp
     # read after choose (tuning may have changed it): the plan is rebuilt when the
     # dispatcher's answer may change (backends, tuning cache or mode, failures)
     sig = (weight_signature, dispatcher.generation)
-    return LinearPlan(sig, backend, choice.backend, choice.tactic, run_problem, selected, weight, prepared)
+    launch = choice.backend.bind(run_problem, weight, choice.tactic)
+    return LinearPlan(sig, backend, choice.backend, choice.tactic, run_problem, selected, weight, prepared,
+                      launch)

@@ -95,6 +95,7 @@ class Backend:
     _tactics: Callable[..., Any] | None
     _prepare: Callable[..., Any] | None
     _build: Callable[..., Any] | None = None
+    _bind: Callable[..., Any] | None = None
     last_error: str = ""
 
     @property
@@ -161,6 +162,32 @@ class Backend:
             self._run(problem=self.sees(problem), operands=operands, tactic=tactic, out=out)
         except Exception as exc:
             raise BackendFailedError(self.name, "run", exc) from exc
+
+    def bind(self, problem: Problem, weight: Operands, tactic: Tactic) -> Callable[..., None]:
+        """``launch(a, a_scale, alpha, out)`` for repeated runs of one (problem, weight,
+        tactic): the backend's ``bind`` hook, else a closure over ``run``. Failures of the
+        hook (here) and of a launch raise BackendFailedError naming the backend."""
+        seen = self.sees(problem)
+        if self._bind is not None:
+            try:
+                launch = self._bind(problem=seen, operands=weight, tactic=tactic)
+                if not callable(launch):
+                    raise TypeError(f"bind() must return a callable, got {type(launch).__name__}")
+            except Exception as exc:
+                raise BackendFailedError(self.name, "bind", exc) from exc
+        else:
+            run, b, b_scale, extra = self._run, weight.b, weight.b_scale, weight.extra
+
+            def launch(a, a_scale, alpha, out):
+                run(problem=seen, operands=Operands(a, a_scale, b, b_scale, alpha, extra), tactic=tactic, out=out)
+        name = self.name
+
+        def checked(a, a_scale, alpha, out):
+            try:
+                launch(a, a_scale, alpha, out)
+            except Exception as exc:
+                raise BackendFailedError(name, "run", exc) from exc
+        return checked
 
     @property
     def can_build(self) -> bool:
@@ -269,7 +296,7 @@ class Registry:
 
     def _wrap(self, plugin: Any, pm_name: str, origin: str) -> Backend:
         impls: dict[str, pluggy.HookImpl] = {}
-        for hook_name in ("backend_info", "supports", "prepare", "tactics", "run", "build"):
+        for hook_name in ("backend_info", "supports", "prepare", "tactics", "run", "build", "bind"):
             for impl in getattr(self._pm.hook, hook_name).get_hookimpls():
                 if impl.plugin_name == pm_name:
                     impls[hook_name] = impl
@@ -283,7 +310,8 @@ class Registry:
         _check_info(info)
         return Backend(info.name, info, origin, plugin, _caller(impls["supports"]),
                        _caller(impls["run"]), _caller(impls.get("tactics")),
-                       _caller(impls.get("prepare")), _caller(impls.get("build")))
+                       _caller(impls.get("prepare")), _caller(impls.get("build")),
+                       _caller(impls.get("bind")))
 
     # -- public ----------------------------------------------------------------------------
     def register(self, plugin: Any, origin: str = "registered in process") -> Backend:

@@ -220,3 +220,29 @@ def copy_bandwidth_gbps(nbytes: int = 1 << 30, timer: Timer | None = None) -> fl
     us = median((timer or CudaEventTimer()).measure(lambda i: dst.copy_(src), 1))
     del src, dst
     return 2 * nbytes / us / 1e3
+
+
+def graph_replay_interleaved_us(runs: list[tuple[RunFn, int]], timer: Timer | None = None) -> list[float]:
+    """``graph_replay_us`` for several runs at once, their graph replays timed in alternating
+    batches (``Timer.measure_interleaved``), so that clock and thermal drift during the
+    measurement hit all of them alike: for deciding which of close candidates is faster.
+    Each ``(run, n_sets)`` is captured as n_sets calls in one graph. CUDA only.
+
+    Returns the GPU time per call of each run, in order."""
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for run, n_sets in runs:
+            for i in range(n_sets):
+                run(i)
+    torch.cuda.current_stream().wait_stream(side)
+    graphs, keep = [], []
+    for run, n_sets in runs:
+        g = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(g):
+            keep.append([run(i) for i in range(n_sets)])
+        graphs.append(g)
+    samples = (timer or CudaEventTimer()).measure_interleaved([((lambda i, g=g: g.replay()), 1) for g in graphs])
+    us = [median(s) / n for s, (_, n) in zip(samples, runs)]
+    del graphs, keep
+    return us

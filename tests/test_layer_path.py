@@ -171,3 +171,25 @@ def test_fp4linear_eager_path_equals_the_op_path_and_graph_replay(fmt, act):
         x.copy_(torch.randn_like(x))
         graph.replay()
         assert torch.equal(yg, layer(x))
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("m,n,k", [(1, 8192, 8192), (16, 2880, 1024), (128, 1280, 2880)])
+def test_every_backends_bound_launcher_equals_its_run(m, n, k):
+    """``Backend.bind`` (the plugin's bind hook, or the closure over run) writes what ``run``
+    writes, for the first tactics of every backend that takes the shape."""
+    from fp4core.problem import Operands
+    from fp4core.tuner import make_sets, prepared_sets
+    problem = fp4core.make_problem(m, n, k, device="cuda", prepared=True)
+    ops = make_sets(problem, n_sets=1)[0]
+    for be in state.registry.backends():
+        if be.name == "torch" or not be.supports(problem):
+            continue
+        bops = prepared_sets(be, problem, [ops])[0] if be._prepare is not None else ops
+        for tactic in be.tactics(problem)[:4]:
+            want = torch.full((m, n), float("nan"), device="cuda", dtype=torch.bfloat16)
+            be.run(problem, bops, tactic, want)
+            got = torch.full_like(want, float("nan"))
+            be.bind(problem, Operands(None, None, bops.b, bops.b_scale, None, bops.extra), tactic)(
+                bops.a, bops.a_scale, bops.alpha, got)
+            assert torch.equal(got, want), (be.name, tactic)

@@ -22,12 +22,15 @@ the scale tensor needs no separate swizzle pass and no zero fill.
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import triton
 import triton.language as tl
 
 from ..formats import Fp4Format
 from ..layouts import SfLayout, padded_scale_shape
+from .fast_launch import FastKernel
 
 _LAYOUT_ID = {SfLayout.layout_linear: 0, SfLayout.layout_128x4: 1, SfLayout.layout_8x4: 2}
 
@@ -232,10 +235,19 @@ def _as_pairs(x: torch.Tensor) -> tuple[torch.Tensor, int]:
     return x.view(pair_dtype), kind
 
 
+@functools.lru_cache(maxsize=None)
+def _sm_count(index: int) -> int:
+    return torch.cuda.get_device_properties(index).multi_processor_count
+
+
 def _amax_programs(x: torch.Tensor, tiles: int) -> int:
-    props = torch.cuda.get_device_properties(x.device) if x.is_cuda else None
-    sms = props.multi_processor_count if props is not None else 4
+    sms = _sm_count(x.device.index if x.device.index is not None else torch.cuda.current_device()) \
+        if x.is_cuda else 4
     return max(1, min(tiles, 2 * sms))
+
+
+_fast_amax = FastKernel(_partial_amax_kernel)
+_fast_quant = FastKernel(_quant_kernel)
 
 
 def _launch(x: torch.Tensor, fmt: Fp4Format, layout: SfLayout, global_scale: torch.Tensor | None,
@@ -252,38 +264,40 @@ def _launch(x: torch.Tensor, fmt: Fp4Format, layout: SfLayout, global_scale: tor
     q = torch.empty((rows, k // 2), dtype=torch.uint8, device=dev)
     sf = torch.empty((prow, pcol), dtype=torch.uint8, device=dev)
     nv = fmt is Fp4Format.NVFP4
-    alpha = torch.empty(1, dtype=torch.float32, device=dev) if weight_global_scale is not None else None
-    npart = 1
-    if nv and auto_global_scale:
-        gs_out = torch.empty(1, dtype=torch.float32, device=dev)
-        abm, abk = 32, 256
-        tiles_k = triton.cdiv(k, abk)
-        tiles = triton.cdiv(rows, abm) * tiles_k
-        npart = _amax_programs(x, tiles) if rows and k else 1
-        gs_in = torch.empty(npart, dtype=torch.float32, device=dev)
-        if rows and k:
-            _partial_amax_kernel[(npart,)](x, x.stride(0), rows, k, gs_in, tiles_k, tiles,
-                                           BM=abm, BK=abk, num_warps=4)
+    want_alpha = weight_global_scale is not None
+    auto = nv and auto_global_scale
+    # one float32 scratch allocation: [partial maxima..., global scale, alpha]
+    abm, abk = 32, 256
+    tiles_k = triton.cdiv(k, abk)
+    tiles = triton.cdiv(rows, abm) * tiles_k
+    npart = _amax_programs(x, tiles) if auto and rows and k else 0
+    scratch = torch.empty(npart + 2, dtype=torch.float32, device=dev)
+    alpha = scratch[npart + 1:] if want_alpha else None
+    if auto:
+        gs_out = scratch[npart:npart + 1]
+        gs_in = scratch  # the partial maxima, from offset 0 (aligned)
+        if npart:
+            _fast_amax((npart,), x, x.stride(0), rows, k, gs_in, tiles_k, tiles, BM=abm, BK=abk, num_warps=4)
         mode = 2
     elif nv:
         gs_in = gs_out = global_scale.reshape(1).to(torch.float32)
         mode = 1
     else:
-        gs_in = gs_out = torch.ones(1, dtype=torch.float32, device=dev)
+        gs_in = gs_out = scratch[:1].fill_(1.0)
         mode = 0
     if prow and pcol:
         xp, in_kind = _as_pairs(x)
         progs_m, progs_c = triton.cdiv(prow, bm), triton.cdiv(pcol, bc)
-        wgs = weight_global_scale if alpha is not None else gs_out
-        _quant_kernel[(progs_m * progs_c,)](
-            xp, xp.stride(0), q, sf, gs_in, gs_out, wgs, alpha if alpha is not None else gs_out, npart,
-            rows, k // 2, nb, prow, pcol, progs_c,
-            IN_KIND=in_kind, IS_NV=nv, BLOCK=block, LAYOUT=_LAYOUT_ID[layout], GS_MODE=mode,
-            ALPHA=alpha is not None, PART=triton.next_power_of_2(npart), BM=bm, BC=bc, num_warps=warps)
+        _fast_quant((progs_m * progs_c,), xp, xp.stride(0), q, sf, gs_in, gs_out,
+                    weight_global_scale if want_alpha else gs_out, alpha if want_alpha else gs_out,
+                    max(npart, 1), rows, k // 2, nb, prow, pcol, progs_c,
+                    IN_KIND=in_kind, IS_NV=nv, BLOCK=block, LAYOUT=_LAYOUT_ID[layout], GS_MODE=mode,
+                    ALPHA=want_alpha, PART=triton.next_power_of_2(max(npart, 1)), BM=bm, BC=bc,
+                    num_warps=warps)
     else:  # no rows: nothing to launch, the scalars still have to be right
         if mode == 2:
             gs_out.fill_(1.0)
-        if alpha is not None:
+        if want_alpha:
             torch.reciprocal(gs_out * weight_global_scale, out=alpha)
     return q, sf, gs_out, alpha
 

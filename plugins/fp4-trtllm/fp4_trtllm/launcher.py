@@ -233,3 +233,48 @@ def launch_splitk(*, a: torch.Tensor, a_sf: torch.Tensor, w: torch.Tensor, w_sf:
         raise RuntimeError(f"fp4-trtllm split-K kernel launch failed: CUDA error {err} "
                            f"({lib.fp4_trtllm_error_string(err).decode()}) for m={m} n={n} k={k} "
                            f"t={t} warps={warps} splits={splits} ring={ring}")
+
+
+def bind(*, w: torch.Tensor, w_sf: torch.Tensor, m: int, n: int, k: int, mx: bool, a_sf_8x4: bool,
+         a_sf_cols: int, t: int, warps: int, out_fp16: bool, device: torch.device, splitk: bool,
+         splits: int = 1, ring: bool = False, ctas: int = 0):
+    """``launch(a, a_sf, alpha, out)`` for repeated calls of one shape and tactic: the plan, the
+    workspace and the parameter block are made once, a call fills in four pointers and
+    launches (``launch`` / ``launch_splitk`` do all of it on every call). The workspace pointers
+    stay valid: the workspace only grows and keeps the buffers it replaced."""
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    lib = _device_lib(index)
+    if splitk:
+        nt = nt_for(m)
+        ws = cnt = None
+        if splits > 1:
+            gx, _, gz = splitk_grid(m, n, t, warps, splits)
+            ws, cnt = workspace(device).ensure(gx * splits * gz * warps * t * nt * 128, gx * gz)
+        p = _SplitKParams(None, None, w.data_ptr(), w_sf.data_ptr(), None, None, ws, cnt, m, n, k,
+                          int(a_sf_8x4), a_sf_cols // 4, int(out_fp16), splits, warps, (n + 15) // 16)
+        fn, ref, mode = lib.fp4_trtllm_splitk, ctypes.byref(p), int(mx)
+        what = f"split-K m={m} n={n} k={k} t={t} warps={warps} splits={splits}"
+
+        def launch(a, a_sf, alpha, out):
+            p.a, p.a_sf, p.out = a.data_ptr(), a_sf.data_ptr(), out.data_ptr()
+            p.alpha = alpha.data_ptr() if alpha is not None else None
+            err = fn(ref, mode, t, nt, int(ring and p.a_sf % 4 == 0), _raw_stream(index))
+            if err:
+                raise RuntimeError(f"fp4-trtllm kernel launch failed: CUDA error {err} "
+                                   f"({lib.fp4_trtllm_error_string(err).decode()}) for {what}")
+        return launch
+    nt, groups, mblocks, grid, ws_floats, n_counters = _plan(index, m, n, k, mx, t, warps, ctas)
+    ws, cnt = workspace(device).ensure(ws_floats, n_counters)
+    p = _Params(None, None, w.data_ptr(), w_sf.data_ptr(), None, None, ws, cnt, m, n, k, int(a_sf_8x4),
+                a_sf_cols // 4, int(out_fp16), warps, (n + 15) // 16, groups, mblocks)
+    fn, ref, mode = lib.fp4_trtllm_gemv, ctypes.byref(p), int(mx)
+    what = f"stream-K m={m} n={n} k={k} t={t} warps={warps} ctas={ctas} grid={grid}"
+
+    def launch(a, a_sf, alpha, out):
+        p.a, p.a_sf, p.out = a.data_ptr(), a_sf.data_ptr(), out.data_ptr()
+        p.alpha = alpha.data_ptr() if alpha is not None else None
+        err = fn(ref, mode, t, nt, grid, _raw_stream(index))
+        if err:
+            raise RuntimeError(f"fp4-trtllm kernel launch failed: CUDA error {err} "
+                               f"({lib.fp4_trtllm_error_string(err).decode()}) for {what}")
+    return launch

@@ -182,6 +182,19 @@ class TrtllmBackend:
 
     @hookimpl
     def run(self, problem: Problem, operands: Operands, tactic: dict, out) -> None:
+        launch, args = self._launch_args(problem, operands, tactic)
+        launch(**args, a=operands.a, a_sf=operands.a_scale, alpha=operands.alpha, out=out)
+
+    @hookimpl
+    def bind(self, problem: Problem, operands: Operands, tactic: dict):
+        """The launcher of one (shape, weight, tactic) with its parameter block made once."""
+        _, args = self._launch_args(problem, operands, tactic)
+        splitk = "splits" in args
+        return launcher.bind(**args, out_fp16=problem.out_dtype == torch.float16, device=operands.b.device,
+                             splitk=splitk)
+
+    def _launch_args(self, problem: Problem, operands: Operands, tactic: dict):
+        """(launcher function, its arguments but the activation, alpha and out)."""
         meta = operands.extra.get(EXTRA_KEY)
         if meta is None:
             raise ValueError("trtllm: the weight is not in this backend's layout; pass a weight from "
@@ -193,14 +206,13 @@ class TrtllmBackend:
         if t > 2 and problem.m > 32:
             t = 2  # neither kernel has a t=4 variant for 64-row activation passes
         cols = problem.k // problem.block_size
-        args = dict(a=operands.a, a_sf=operands.a_scale, w=operands.b, w_sf=operands.b_scale,
-                    alpha=operands.alpha, out=out, m=problem.m, n=problem.n, k=problem.k,
+        args = dict(w=operands.b, w_sf=operands.b_scale, m=problem.m, n=problem.n, k=problem.k,
                     mx=problem.fmt is Fp4Format.MXFP4,
                     a_sf_8x4=problem.a_sf_layout is SfLayout.layout_8x4,
                     a_sf_cols=(cols + 3) // 4 * 4, t=t, warps=warps)
         if tactic.get("kernel", "streamk") == "splitk":
             splits = tactic.get("split_k", 0) or _auto_splits(problem, t, warps)
-            launcher.launch_splitk(**args, splits=max(1, min(splits, problem.k // CHUNK_K)),
-                                   ring=bool(tactic.get("ring", 0)))
-        else:
-            launcher.launch(**args, ctas=tactic.get("ctas", 0))
+            args.update(splits=max(1, min(splits, problem.k // CHUNK_K)), ring=bool(tactic.get("ring", 0)))
+            return launcher.launch_splitk, args
+        args.update(ctas=tactic.get("ctas", 0))
+        return launcher.launch, args
