@@ -117,13 +117,15 @@ def main() -> None:
     import cProfile
     import io
     import pstats
-    prof = cProfile.Profile()
-    with torch.no_grad():
-        prof.runcall(lambda: [fl(x) for _ in range(300)])
-    text = io.StringIO()
-    pstats.Stats(prof, stream=text).sort_stats("tottime").print_stats(18)
-    print("\nFp4Linear.forward (dynamic), 300 calls under cProfile, by own time:")
-    print("\n".join(text.getvalue().splitlines()[6:]))
+    for label, call in (("Fp4Linear.forward (dynamic)", lambda: fl(x)),
+                        ("mm_fp4 auto, prepared weight", lambda: fp4core.mm_fp4(a, pw, a_sf, None, alpha))):
+        prof = cProfile.Profile()
+        with torch.no_grad():
+            prof.runcall(lambda: [call() for _ in range(300)])
+        text = io.StringIO()
+        pstats.Stats(prof, stream=text).sort_stats("tottime").print_stats(14)
+        print(f"\n{label}, 300 calls under cProfile, by own time:")
+        print("\n".join(text.getvalue().splitlines()[6:]))
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"m": m, "n": n, "k": k, "backend": be.name, "rows": rows}, f, indent=1)

@@ -29,6 +29,16 @@ def _arg_key(v: Any) -> Any:
     return type(v)
 
 
+def _hooked() -> bool:
+    """Whether a Triton launch hook is installed (Triton 3.6 keeps them in HookChain objects
+    that are never None; older versions use None for none)."""
+    from triton import knobs
+    for hook in (knobs.runtime.launch_enter_hook, knobs.runtime.launch_exit_hook):
+        if hook is not None and (getattr(hook, "calls", True)):
+            return True
+    return False
+
+
 class FastKernel:
     """A Triton ``@jit`` function with a cache of its compiled specializations.
 
@@ -59,9 +69,7 @@ class FastKernel:
             if kernel is not None and hasattr(kernel, "packed_metadata"):
                 self._compiled[key] = kernel
             return
-        from triton import knobs
-        enter, leave = knobs.runtime.launch_enter_hook, knobs.runtime.launch_exit_hook
-        if enter is not None or leave is not None:  # a profiler hook wants Triton's own path
+        if _hooked():  # a profiler's launch hook wants Triton's own path
             self.fn[grid](*args, **constexprs)
             return
         g1 = grid[1] if len(grid) > 1 else 1

@@ -246,6 +246,11 @@ def _amax_programs(x: torch.Tensor, tiles: int) -> int:
     return max(1, min(tiles, 2 * sms))
 
 
+def _pow2(n: int) -> int:
+    """The smallest power of two >= max(n, 1)."""
+    return 1 << max(n - 1, 0).bit_length()
+
+
 _fast_amax = FastKernel(_partial_amax_kernel)
 _fast_quant = FastKernel(_quant_kernel)
 
@@ -266,16 +271,18 @@ def _launch(x: torch.Tensor, fmt: Fp4Format, layout: SfLayout, global_scale: tor
     nv = fmt is Fp4Format.NVFP4
     want_alpha = weight_global_scale is not None
     auto = nv and auto_global_scale
-    # one float32 scratch allocation: [partial maxima..., global scale, alpha]
+    # one float32 scratch allocation: [global scale, alpha, 2 unused, partial maxima...], so
+    # the global scale (an output of the torch op) and the partials are 16-byte aligned.
+    # Plain integer arithmetic: triton.cdiv is a constexpr function (microseconds per call).
     abm, abk = 32, 256
-    tiles_k = triton.cdiv(k, abk)
-    tiles = triton.cdiv(rows, abm) * tiles_k
+    tiles_k = -(-k // abk)
+    tiles = -(-rows // abm) * tiles_k
     npart = _amax_programs(x, tiles) if auto and rows and k else 0
-    scratch = torch.empty(npart + 2, dtype=torch.float32, device=dev)
-    alpha = scratch[npart + 1:] if want_alpha else None
+    scratch = torch.empty(4 + npart, dtype=torch.float32, device=dev)
+    alpha = scratch[1:2] if want_alpha else None
     if auto:
-        gs_out = scratch[npart:npart + 1]
-        gs_in = scratch  # the partial maxima, from offset 0 (aligned)
+        gs_out = scratch[:1]
+        gs_in = scratch[4:]  # the partial maxima
         if npart:
             _fast_amax((npart,), x, x.stride(0), rows, k, gs_in, tiles_k, tiles, BM=abm, BK=abk, num_warps=4)
         mode = 2
@@ -283,16 +290,16 @@ def _launch(x: torch.Tensor, fmt: Fp4Format, layout: SfLayout, global_scale: tor
         gs_in = gs_out = global_scale.reshape(1).to(torch.float32)
         mode = 1
     else:
-        gs_in = gs_out = scratch[:1].fill_(1.0)
+        gs_in = gs_out = scratch[:1]  # unused by the kernel; ``quantize`` fills in the 1
         mode = 0
     if prow and pcol:
         xp, in_kind = _as_pairs(x)
-        progs_m, progs_c = triton.cdiv(prow, bm), triton.cdiv(pcol, bc)
+        progs_m, progs_c = -(-prow // bm), -(-pcol // bc)
         _fast_quant((progs_m * progs_c,), xp, xp.stride(0), q, sf, gs_in, gs_out,
                     weight_global_scale if want_alpha else gs_out, alpha if want_alpha else gs_out,
                     max(npart, 1), rows, k // 2, nb, prow, pcol, progs_c,
                     IN_KIND=in_kind, IS_NV=nv, BLOCK=block, LAYOUT=_LAYOUT_ID[layout], GS_MODE=mode,
-                    ALPHA=want_alpha, PART=triton.next_power_of_2(max(npart, 1)), BM=bm, BC=bc,
+                    ALPHA=want_alpha, PART=_pow2(npart), BM=bm, BC=bc,
                     num_warps=warps)
     else:  # no rows: nothing to launch, the scalars still have to be right
         if mode == 2:
@@ -321,6 +328,8 @@ def quantize(x: torch.Tensor, fmt: Fp4Format, layout: SfLayout, global_scale: to
         order, global scale float32 (1,): the one used, ones for MXFP4).
     """
     q, sf, gs, _ = _launch(x, fmt, layout, global_scale, auto_global_scale, None, config)
+    if fmt is Fp4Format.MXFP4:
+        gs.fill_(1.0)
     return q, sf, gs
 
 
