@@ -18,7 +18,7 @@ What it reports:
   same for the mean-pooled sentence embeddings, and a semantic sanity check;
 * speed: each Linear shape of the model, bf16 ``nn.Linear`` (cuBLAS) against ``Fp4Linear``
   (activation quantization + ``mm_fp4`` auto, tuned), at several M; and the whole model,
-  eager and CUDA-graph replay.
+  eager, CUDA-graph replay and ``torch.compile`` (``--no-compile`` skips the last).
 """
 
 from __future__ import annotations
@@ -326,6 +326,7 @@ def main(argv=None) -> int:
     ap.add_argument("--ms", default=None, help="comma list of M for the per-layer timing")
     ap.add_argument("--extra-layers", default=None,
                     help="comma list of NxK random bf16 layers to time too (default on CUDA: 4096x4096,14336x4096)")
+    ap.add_argument("--no-compile", action="store_true", help="skip the torch.compile timing of the whole model")
     ap.add_argument("--json", help="write the numbers here")
     ap.add_argument("--skip-if-missing", action="store_true",
                     help="exit 0 (after saying so) when the model files are not installed")
@@ -409,6 +410,19 @@ def main(argv=None) -> int:
             full["bf16_graph_us"], _ = graph_time_us(lambda: m16(ids, mask))
             full["fp4_graph_us"], g_out = graph_time_us(lambda: m4(ids, mask))
             full["fp4_graph_equals_eager"] = bool(torch.equal(g_out, m4(ids, mask)))
+    if cuda and not args.no_compile:
+        # torch.compile: Fp4Linear takes the fp4core custom ops, inductor fuses the rest
+        print("compiling both models with torch.compile (a minute or so) ...", file=sys.stderr, flush=True)
+        c16, c4 = torch.compile(m16), torch.compile(m4)
+        with torch.inference_mode():
+            c16(ids, mask)
+            hc = c4(ids, mask)
+            full["bf16_compiled_us"] = time_us(lambda: c16(ids, mask), cuda)
+            full["fp4_compiled_us"] = time_us(lambda: c4(ids, mask), cuda)
+            full["fp4_compiled_vs_eager_rel_err"] = relative_error(hc[mask].double(), h4[mask].double())
+    for mode in ("eager", "graph", "compiled"):
+        if f"fp4_{mode}_us" in full:
+            full[f"{mode}_speedup"] = full[f"bf16_{mode}_us"] / full[f"fp4_{mode}_us"]
     result["model"] = full
     print("\nwhole model: " + ", ".join(f"{k} {v:.1f}" if isinstance(v, float) else f"{k} {v}"
                                          for k, v in full.items()))

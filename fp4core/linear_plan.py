@@ -3,8 +3,8 @@
 A model calls each layer with the same few batch sizes. ``LinearPlan`` freezes what a call
 needs once (the backend and tactic ``auto`` chose, the problem as that backend sees it, the
 weight operands in that backend's layout, and the backend's bound launcher: its ``bind``
-hook, or ``run``), so a call is: quantize (one or two Triton launches, alpha on the device),
-allocate the output, launch. No
+hook, or ``run``), so a call is: quantize (one or two Triton launches, alpha on the device, into buffers
+the plan reuses), allocate the output, launch. No
 argument validation (the module owns the weight; the input was checked by shape), no
 ``torch.library`` dispatch, no PreparedWeight lookup.
 
@@ -49,6 +49,10 @@ class LinearPlan:
         selected: the problem the dispatcher chose for (for marking a failure).
         weight: the weight operands in ``backend``'s layout (``a``/``a_scale``/``alpha`` unset).
         prepared: the PreparedWeight the choice was made with.
+        launch: ``launch(a, a_scale, alpha, out)``, the backend's bound GEMM.
+        quantize: ``quantize(x, global_scale, weight_global_scale) -> (a, flat a_scale,
+            alpha)``, the activation quantization bound to this M (an
+            ``ActivationQuantizer``; its outputs are reused by the next call).
     """
 
     signature: tuple
@@ -60,6 +64,7 @@ class LinearPlan:
     weight: Operands
     prepared: PreparedWeight
     launch: Callable[..., None]
+    quantize: Callable[..., tuple]
 
     def run(self, a: torch.Tensor, a_scale: torch.Tensor, alpha: torch.Tensor | None,
             out: torch.Tensor) -> None:
@@ -81,8 +86,9 @@ class LinearPlan:
 
 def make_plan(weight_signature: tuple, prepared: PreparedWeight, m: int, fmt: Fp4Format,
               out_dtype: torch.dtype, layout: SfLayout, has_alpha: bool, device: torch.device,
-              backend: str) -> LinearPlan:
-    """Choose (backend, tactic) for an (m, N, K) call on ``prepared`` and freeze it."""
+              backend: str, quantize: Callable[..., tuple]) -> LinearPlan:
+    """Choose (backend, tactic) for an (m, N, K) call on ``prepared`` and freeze it, with
+    ``quantize`` as the plan's activation quantizer."""
     selected = problem_of(m, prepared.n, prepared.k, fmt, out_dtype, layout, has_alpha, device, True)
     choice = dispatcher.choose(selected, backend)
     run_problem, ops = weight_for(choice.backend, selected, Operands(None, None, None, None), prepared)
@@ -92,4 +98,4 @@ def make_plan(weight_signature: tuple, prepared: PreparedWeight, m: int, fmt: Fp
     sig = (weight_signature, dispatcher.generation)
     launch = choice.backend.bind(run_problem, weight, choice.tactic)
     return LinearPlan(sig, backend, choice.backend, choice.tactic, run_problem, selected, weight, prepared,
-                      launch)
+                      launch, quantize)

@@ -222,26 +222,24 @@ class Fp4Linear(nn.Module):
         wsig = (wf.data_ptr(), ws.data_ptr(), wf._version, ws._version, self._entry.epoch)
         plan = self._plans.get((m, out_dtype))
         if plan is None or plan.signature != (wsig, dispatcher.generation):
-            plan = self._new_plan(m, out_dtype, wsig)
-        fmt = self._fmt
-        if fmt is Fp4Format.NVFP4 and self.act_scale == "static":
-            a, a_sf, _ = kernels.quantize_activation(x2, fmt, self._layout, self.input_global_scale, None)
+            plan = self._new_plan(kernels, m, out_dtype, wsig)
+        if self._fmt is Fp4Format.NVFP4 and self.act_scale == "static":
+            a, a_sf, _ = plan.quantize(x2, self.input_global_scale, None)
             alpha = self._static_alpha
         else:
-            a, a_sf, alpha = kernels.quantize_activation(x2, fmt, self._layout, None,
-                                                                 self.weight_global_scale)
+            a, a_sf, alpha = plan.quantize(x2, None, self.weight_global_scale)
         out = torch.empty((m, self.out_features), dtype=out_dtype, device=x2.device)
-        plan.run(a, a_sf.view(-1), alpha, out)
+        plan.run(a, a_sf, alpha, out)
         return out
 
-    def _new_plan(self, m: int, out_dtype: torch.dtype, wsig: tuple) -> LinearPlan:
+    def _new_plan(self, kernels, m: int, out_dtype: torch.dtype, wsig: tuple) -> LinearPlan:
         nv = self._fmt is Fp4Format.NVFP4
         prepared = self._entry.resolve(self.weight_fp4, self.weight_scale, nv, out_dtype,
                                        self._layout is SfLayout.layout_8x4, nv)
         if prepared is None:  # changed during capture: take the canonical weight this once
             prepared = _canonical(self.weight_fp4, self.weight_scale, self._fmt)
         plan = make_plan(wsig, prepared, m, self._fmt, out_dtype, self._layout, nv, self.weight_fp4.device,
-                         self.backend)
+                         self.backend, kernels.ActivationQuantizer(self._fmt, self._layout))
         if len(self._plans) >= MAX_PLANS:
             self._plans.clear()
         self._plans[(m, out_dtype)] = plan

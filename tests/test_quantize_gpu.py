@@ -108,6 +108,48 @@ def test_cuda_graph_capture_of_quantization_replays_identically():
     assert torch.equal(q, q2) and torch.equal(sf, sf2) and torch.equal(g, g2)
 
 
+@pytest.mark.gpu
+@pytest.mark.parametrize("mode", ["dynamic", "static", "mxfp4"])
+def test_bound_activation_quantizer_equals_quantize_activation_on_every_call(mode):
+    """The plan's bound quantizer (integer pointers, reused buffers) gives the bytes of
+    quantize_activation on fresh data every call, and steps aside (fresh outputs) on another
+    stream, under capture, and for another shape."""
+    from fp4core.kernels import quantize_triton as qt
+    fmt = Fp4Format.MXFP4 if mode == "mxfp4" else Fp4Format.NVFP4
+    layout = SfLayout.layout_128x4
+    gs = torch.tensor([3.5e3], device="cuda") if mode == "static" else None
+    wgs = torch.tensor([0.37], device="cuda") if fmt is Fp4Format.NVFP4 else None
+    quant = qt.ActivationQuantizer(fmt, layout)
+    x = torch.empty(5, 512, dtype=torch.bfloat16, device="cuda")
+    outs = []
+    for step in range(4):
+        x.copy_(torch.randn(5, 512) * 10 ** step)  # same pointer, new data
+        if step == 3:
+            x = torch.randn(5, 512, dtype=torch.bfloat16, device="cuda")  # new pointer
+        q, sf, alpha = quant(x, gs, wgs)
+        q_ref, sf_ref, alpha_ref = qt.quantize_activation(x, fmt, layout, gs, wgs)
+        assert torch.equal(q, q_ref) and torch.equal(sf, sf_ref.view(-1)), step
+        assert (alpha is None) == (alpha_ref is None)
+        if alpha is not None:
+            assert torch.equal(alpha, alpha_ref), (step, alpha, alpha_ref)
+        outs.append(q.data_ptr())
+    assert len(set(outs)) == 1, "the bound quantizer reuses its buffers on one stream"
+    side = torch.cuda.Stream()
+    with torch.cuda.stream(side):
+        q_side, _, _ = quant(x, gs, wgs)
+    side.synchronize()
+    assert q_side.data_ptr() != outs[0] and torch.equal(q_side, quant(x, gs, wgs)[0])
+    q_other, _, _ = quant(x[:3].contiguous(), gs, wgs)
+    assert q_other.shape == (3, 256) and q_other.data_ptr() != outs[0]
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        q_cap, _, _ = quant(x, gs, wgs)
+    assert q_cap.data_ptr() != outs[0]
+    x.copy_(torch.randn(5, 512))
+    graph.replay()
+    assert torch.equal(q_cap, qt.quantize_activation(x, fmt, layout, gs, wgs)[0])
+
+
 _INTERPRETER_SCRIPT = r"""
 import sys, torch, fp4core
 sys.path.insert(0, {tests!r})

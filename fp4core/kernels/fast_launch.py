@@ -18,6 +18,11 @@ from typing import Any
 
 import torch
 
+try:
+    from triton import knobs as _knobs
+except ImportError:  # the interpreter-only tests import this module without Triton's knobs
+    _knobs = None
+
 
 def _arg_key(v: Any) -> Any:
     if isinstance(v, torch.Tensor):
@@ -32,8 +37,10 @@ def _arg_key(v: Any) -> Any:
 def _hooked() -> bool:
     """Whether a Triton launch hook is installed (Triton 3.6 keeps them in HookChain objects
     that are never None; older versions use None for none)."""
-    from triton import knobs
-    for hook in (knobs.runtime.launch_enter_hook, knobs.runtime.launch_exit_hook):
+    if _knobs is None:
+        return False
+    runtime = _knobs.runtime
+    for hook in (runtime.launch_enter_hook, runtime.launch_exit_hook):
         if hook is not None and (getattr(hook, "calls", True)):
             return True
     return False
@@ -57,12 +64,27 @@ class FastKernel:
         if order != sorted(order):
             raise TypeError(f"FastKernel({getattr(fn, '__name__', fn)}): constexpr parameters must come last")
 
+    def _key(self, device: int, args: tuple, constexprs: dict) -> tuple:
+        return (device, tuple(_arg_key(a) for a in args), tuple(constexprs.items()))
+
+    def compiled(self, args: tuple, constexprs: dict) -> "CompiledLaunch | None":
+        """The compiled kernel these arguments (tensors as tensors) select, made launchable
+        with plain integers for pointers; None until a call with such arguments compiled it
+        (or under the interpreter). For callers that launch one specialization many times
+        (``fp4core.kernels.quantize_triton.ActivationQuantizer``)."""
+        if not self._fast:
+            return None
+        kernel = self._compiled.get(self._key(torch.cuda.current_device(), args, constexprs))
+        if kernel is None:
+            return None
+        return CompiledLaunch(kernel, tuple(constexprs[name] for name in self._constexprs))
+
     def __call__(self, grid: tuple[int, ...], *args: Any, **constexprs: Any) -> None:
         if not self._fast:
             self.fn[grid](*args, **constexprs)
             return
         device = torch.cuda.current_device()
-        key = (device, tuple(_arg_key(a) for a in args), tuple(constexprs.items()))
+        key = self._key(device, args, constexprs)
         kernel = self._compiled.get(key)
         if kernel is None:
             kernel = self.fn[grid](*args, **constexprs)
@@ -79,3 +101,22 @@ class FastKernel:
         kernel.run(grid[0], g1, g2, stream, kernel.function, kernel.packed_metadata, None, None, None,
                    *args, *params)
 
+
+
+class CompiledLaunch:
+    """One compiled specialization of a FastKernel, launched with integer pointers.
+
+    Triton's launcher takes a Python int for a pointer argument as the address itself; a
+    tensor costs a ``data_ptr`` call and a ``cuPointerGetAttribute`` query per argument. The
+    caller guarantees that the arguments match the specialization (dtypes, 16-byte alignment,
+    the integers' divisibility), as ``FastKernel.compiled`` selected it.
+    """
+
+    __slots__ = ("kernel", "params")
+
+    def __init__(self, kernel: Any, params: tuple):
+        self.kernel, self.params = kernel, params
+
+    def __call__(self, grid0: int, stream: int, *args: Any) -> None:
+        k = self.kernel
+        k.run(grid0, 1, 1, stream, k.function, k.packed_metadata, None, None, None, *args, *self.params)

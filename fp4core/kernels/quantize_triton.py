@@ -30,6 +30,7 @@ import triton.language as tl
 
 from ..formats import Fp4Format
 from ..layouts import SfLayout, padded_scale_shape
+from . import fast_launch
 from .fast_launch import FastKernel
 
 _LAYOUT_ID = {SfLayout.layout_linear: 0, SfLayout.layout_128x4: 1, SfLayout.layout_8x4: 2}
@@ -255,36 +256,45 @@ _fast_amax = FastKernel(_partial_amax_kernel)
 _fast_quant = FastKernel(_quant_kernel)
 
 
-def _launch(x: torch.Tensor, fmt: Fp4Format, layout: SfLayout, global_scale: torch.Tensor | None,
-            auto_global_scale: bool, weight_global_scale: torch.Tensor | None,
-            config: tuple[int, int, int] | None):
-    if x.stride(1) != 1:
-        x = x.contiguous()
+def _plan(x: torch.Tensor, fmt: Fp4Format, layout: SfLayout, global_scale: torch.Tensor | None,
+          auto_global_scale: bool, weight_global_scale: torch.Tensor | None,
+          config: tuple[int, int, int] | None, buffers: tuple | None = None):
+    """The launches of one quantization and its outputs, without launching.
+
+    Returns ``(launches, (q, sf, gs_out, alpha))`` with launches a list of
+    ``(FastKernel, programs, args, constexprs)``; ``buffers`` = (q, sf, scratch) to write into
+    instead of fresh allocations. ``x`` has unit stride along K.
+    """
     rows, k = x.shape
     block = fmt.block_size
     nb = k // block
     prow, pcol = padded_scale_shape(rows, nb, layout)
     bm, bc, warps = config or DEFAULT_CONFIG[fmt]
-    dev = x.device
-    q = torch.empty((rows, k // 2), dtype=torch.uint8, device=dev)
-    sf = torch.empty((prow, pcol), dtype=torch.uint8, device=dev)
     nv = fmt is Fp4Format.NVFP4
     want_alpha = weight_global_scale is not None
     auto = nv and auto_global_scale
-    # one float32 scratch allocation: [global scale, alpha, 2 unused, partial maxima...], so
-    # the global scale (an output of the torch op) and the partials are 16-byte aligned.
     # Plain integer arithmetic: triton.cdiv is a constexpr function (microseconds per call).
     abm, abk = 32, 256
     tiles_k = -(-k // abk)
     tiles = -(-rows // abm) * tiles_k
     npart = _amax_programs(x, tiles) if auto and rows and k else 0
-    scratch = torch.empty(4 + npart, dtype=torch.float32, device=dev)
+    if buffers is None:
+        dev = x.device
+        q = torch.empty((rows, k // 2), dtype=torch.uint8, device=dev)
+        sf = torch.empty((prow, pcol), dtype=torch.uint8, device=dev)
+        # one float32 scratch allocation: [global scale, alpha, 2 unused, partial maxima...],
+        # so the global scale (an output of the torch op) and the partials are 16-byte aligned
+        scratch = torch.empty(4 + npart, dtype=torch.float32, device=dev)
+    else:
+        q, sf, scratch = buffers
     alpha = scratch[1:2] if want_alpha else None
+    launches = []
     if auto:
         gs_out = scratch[:1]
-        gs_in = scratch[4:]  # the partial maxima
+        gs_in = scratch[4:4 + npart]  # the partial maxima
         if npart:
-            _fast_amax((npart,), x, x.stride(0), rows, k, gs_in, tiles_k, tiles, BM=abm, BK=abk, num_warps=4)
+            launches.append((_fast_amax, npart, (x, x.stride(0), rows, k, gs_in, tiles_k, tiles),
+                             dict(BM=abm, BK=abk, num_warps=4)))
         mode = 2
     elif nv:
         gs_in = gs_out = global_scale.reshape(1).to(torch.float32)
@@ -295,18 +305,133 @@ def _launch(x: torch.Tensor, fmt: Fp4Format, layout: SfLayout, global_scale: tor
     if prow and pcol:
         xp, in_kind = _as_pairs(x)
         progs_m, progs_c = -(-prow // bm), -(-pcol // bc)
-        _fast_quant((progs_m * progs_c,), xp, xp.stride(0), q, sf, gs_in, gs_out,
-                    weight_global_scale if want_alpha else gs_out, alpha if want_alpha else gs_out,
-                    max(npart, 1), rows, k // 2, nb, prow, pcol, progs_c,
-                    IN_KIND=in_kind, IS_NV=nv, BLOCK=block, LAYOUT=_LAYOUT_ID[layout], GS_MODE=mode,
-                    ALPHA=want_alpha, PART=_pow2(npart), BM=bm, BC=bc,
-                    num_warps=warps)
-    else:  # no rows: nothing to launch, the scalars still have to be right
-        if mode == 2:
+        launches.append((_fast_quant, progs_m * progs_c,
+                         (xp, xp.stride(0), q, sf, gs_in, gs_out,
+                          weight_global_scale if want_alpha else gs_out, alpha if want_alpha else gs_out,
+                          max(npart, 1), rows, k // 2, nb, prow, pcol, progs_c),
+                         dict(IN_KIND=in_kind, IS_NV=nv, BLOCK=block, LAYOUT=_LAYOUT_ID[layout], GS_MODE=mode,
+                              ALPHA=want_alpha, PART=_pow2(npart), BM=bm, BC=bc, num_warps=warps)))
+    return launches, (q, sf, gs_out, alpha)
+
+
+def _launch(x: torch.Tensor, fmt: Fp4Format, layout: SfLayout, global_scale: torch.Tensor | None,
+            auto_global_scale: bool, weight_global_scale: torch.Tensor | None,
+            config: tuple[int, int, int] | None, buffers: tuple | None = None):
+    if x.stride(1) != 1:
+        x = x.contiguous()
+    launches, (q, sf, gs_out, alpha) = _plan(x, fmt, layout, global_scale, auto_global_scale,
+                                             weight_global_scale, config, buffers)
+    for fast, programs, args, constexprs in launches:
+        fast((programs,), *args, **constexprs)
+    if not launches or launches[-1][0] is not _fast_quant:  # no rows: the scalars still have to be right
+        if auto_global_scale and fmt is Fp4Format.NVFP4:
             gs_out.fill_(1.0)
-        if want_alpha:
+        if alpha is not None:
             torch.reciprocal(gs_out * weight_global_scale, out=alpha)
     return q, sf, gs_out, alpha
+
+
+#: the largest input (rows x K elements) whose quantized copy an ActivationQuantizer keeps
+#: between calls (1.5 MiB of codes and scales at the limit): host time matters for small
+#: batches, and a large batch's GPU time hides it.
+REUSE_MAX_ELEMS = 1 << 22
+
+
+class ActivationQuantizer:
+    """``quantize_activation`` for repeated calls with one input shape, dtype and row stride
+    (an ``Fp4Linear`` eager plan holds one per batch size).
+
+    After the first call it launches the compiled kernels directly with integer pointers
+    into buffers it owns (codes, scales, global scale, alpha): no allocation and no Triton
+    argument handling per call, a few microseconds instead of tens on a slow host CPU. The
+    buffers are reused on the stream of the first call, which orders every reuse after the
+    previous GEMM read them; on another stream, under CUDA-graph capture, with a profiler's
+    launch hook, for a misaligned or differently shaped input, or above ``REUSE_MAX_ELEMS``,
+    a call takes ``quantize_activation`` (fresh outputs) instead.
+
+    Call as ``quantizer(x, global_scale, weight_global_scale)`` with the arguments of
+    ``quantize_activation`` (global_scale None: dynamic; weight_global_scale None: no alpha;
+    the first call's choice is the one bound); returns (x_fp4 uint8 (rows, K/2), flat x_sf uint8, alpha float32
+    (1,) or None). The returned tensors are overwritten by the next call on the same stream.
+    """
+
+    def __init__(self, fmt: Fp4Format, layout: SfLayout, config: tuple[int, int, int] | None = None):
+        self.fmt, self.layout, self.config = fmt, layout, config
+        # (shape, stride, dtype, device, stream, static scale?, alpha?) of the bound launches
+        self._bound: tuple | None = None
+        self._launches: list = []  # (CompiledLaunch, programs, template args, slots)
+        self._outputs: tuple | None = None
+        self._keep: tuple = ()
+
+    def _generic(self, x, gs, wgs):
+        q, sf, alpha = quantize_activation(x, self.fmt, self.layout, gs, wgs, self.config)
+        return q, sf.view(-1), alpha
+
+    def _bind(self, x: torch.Tensor, gs, wgs, key: tuple):
+        """First call: quantize into owned buffers through FastKernel (compiling if needed),
+        then keep each launch as a compiled kernel with integer arguments. ``slots`` marks the
+        positions that take a per-call pointer (the input, the static or weight scale)."""
+        auto = self.fmt is Fp4Format.NVFP4 and gs is None
+        launches, outputs = _plan(x, self.fmt, self.layout, gs, auto, wgs, self.config)
+        for fast, programs, args, constexprs in launches:
+            fast((programs,), *args, **constexprs)
+        by_ptr = {x.data_ptr(): "x"}
+        if gs is not None:
+            by_ptr.setdefault(gs.data_ptr(), "gs")
+        if wgs is not None:
+            by_ptr.setdefault(wgs.data_ptr(), "wgs")
+        bound = []
+        for fast, programs, args, constexprs in launches:
+            compiled = fast.compiled(args, constexprs)
+            if compiled is None:
+                return outputs
+            template, slots = [], []
+            for i, a in enumerate(args):
+                if isinstance(a, torch.Tensor):
+                    ptr = a.data_ptr()
+                    if ptr in by_ptr:
+                        slots.append((i, by_ptr[ptr]))
+                    template.append(ptr)
+                else:
+                    template.append(a)
+            bound.append((compiled, programs, template, tuple(slots)))
+        self._launches = bound
+        # the outputs' storage (codes, scales, scratch) is what the integer pointers name
+        self._outputs = (outputs[0], outputs[1].view(-1), outputs[3])
+        self._keep = outputs
+        self._bound = key
+        return outputs
+
+    def __call__(self, x: torch.Tensor, global_scale: torch.Tensor | None,
+                 weight_global_scale: torch.Tensor | None):
+        nv = self.fmt is Fp4Format.NVFP4
+        gs = global_scale if nv else None
+        wgs = weight_global_scale if nv else None
+        if (not 0 < x.numel() <= REUSE_MAX_ELEMS or not x.is_cuda or x.data_ptr() % 16
+                or (gs is not None and (gs.dtype != torch.float32 or gs.numel() != 1))
+                or torch._C._cuda_isCurrentStreamCapturing() or fast_launch._hooked()):
+            return self._generic(x, gs, wgs)
+        device = x.device.index
+        stream = torch._C._cuda_getCurrentRawStream(device)
+        key = (x.shape, x.stride(), x.dtype, device, stream, gs is None, wgs is None)
+        if self._bound is None:
+            if x.stride(1) != 1:
+                return self._generic(x, gs, wgs)
+            q, sf, _, alpha = self._bind(x, gs, wgs, key)
+            return q, sf.view(-1), alpha
+        if self._bound != key:
+            return self._generic(x, gs, wgs)
+        ptrs = {"x": x.data_ptr()}
+        if gs is not None:
+            ptrs["gs"] = gs.data_ptr()
+        if wgs is not None:
+            ptrs["wgs"] = wgs.data_ptr()
+        for compiled, programs, template, slots in self._launches:
+            args = list(template)
+            for i, name in slots:
+                args[i] = ptrs[name]
+            compiled(programs, stream, *args)
+        return self._outputs
 
 
 def quantize(x: torch.Tensor, fmt: Fp4Format, layout: SfLayout, global_scale: torch.Tensor | None,
