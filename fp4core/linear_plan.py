@@ -9,8 +9,11 @@ argument validation (the module owns the weight; the input was checked by shape)
 ``torch.library`` dispatch, no PreparedWeight lookup.
 
 A plan is valid while its ``signature`` matches: the dispatcher's generation (backends,
-tuning cache, tuning mode, failures) and the weight's identity and version counters. Under
-``torch.compile`` the module takes the custom-op path instead (see ``fp4core.ops``).
+tuning cache, tuning mode, failures), the weight's identity and version counters, the
+requested backend and the activation-scale mode. ``LayerPlans`` keeps one layer's plans; the
+module calls it directly when eager, and ``torch.ops.fp4core.linear_fp4`` (what
+``torch.compile`` traces) calls the same object through its key, so compiled and eager models
+share plans and speed.
 """
 
 from __future__ import annotations
@@ -99,3 +102,67 @@ def make_plan(weight_signature: tuple, prepared: PreparedWeight, m: int, fmt: Fp
     launch = choice.backend.bind(run_problem, weight, choice.tactic)
     return LinearPlan(sig, backend, choice.backend, choice.tactic, run_problem, selected, weight, prepared,
                       launch, quantize)
+
+
+class LayerPlans:
+    """The eager plans of one linear layer, keyed by (M, out_dtype).
+
+    Args:
+        entry_key, entry: the layer's lazily prepared weight (``fp4core.ops.new_weight_key``).
+        fmt, layout: the weight format and the activations' scale layout (128x4 or 8x4).
+        out_features: N.
+        canonical: ``canonical(b, b_sf) -> PreparedWeight`` with no backend copies, for a
+            weight that changed during CUDA-graph capture (no preparing then).
+    """
+
+    def __init__(self, entry_key: int, entry, fmt: Fp4Format, layout: SfLayout, out_features: int,
+                 canonical: Callable[..., PreparedWeight]):
+        self.entry_key = entry_key
+        self.entry, self.fmt, self.layout, self.n = entry, fmt, layout, out_features
+        self._canonical = canonical
+        self.plans: dict[tuple[int, torch.dtype], LinearPlan] = {}
+
+    def clear(self) -> None:
+        """Drop every plan (the weight tensors were replaced or reloaded)."""
+        self.plans = {}
+
+    def gemm(self, kernels, x2: torch.Tensor, out_dtype: torch.dtype, weight_fp4: torch.Tensor,
+             weight_scale: torch.Tensor, weight_global_scale: torch.Tensor,
+             input_global_scale: torch.Tensor, static_alpha: torch.Tensor, static: bool,
+             backend: str) -> torch.Tensor:
+        """``x2 (M, K) -> (M, N) out_dtype``: quantize x2 and run the GEMM with this M's plan
+        (made on first use). ``weight_*`` are the layer's buffers (codes (N, K/2) uint8, 128x4
+        scale bytes, float32 (1,) global scale); ``static`` (NVFP4 only) quantizes with
+        ``input_global_scale`` and uses ``static_alpha``, else the activations' amax gives the
+        scale and alpha is computed on the device. ``kernels`` is the Triton quantization
+        module. No argument checks: the caller owns the weight and checked x2's shape."""
+        m = x2.shape[0]
+        nv = self.fmt is Fp4Format.NVFP4
+        static = static and nv
+        wsig = (weight_fp4.data_ptr(), weight_scale.data_ptr(), weight_fp4._version, weight_scale._version,
+                self.entry.epoch, backend, static)
+        plan = self.plans.get((m, out_dtype))
+        if plan is None or plan.signature != (wsig, dispatcher.generation):
+            plan = self._new_plan(kernels, m, out_dtype, wsig, weight_fp4, weight_scale, backend)
+        if static:
+            a, a_sf, _ = plan.quantize(x2, input_global_scale, None)
+            alpha = static_alpha
+        else:
+            a, a_sf, alpha = plan.quantize(x2, None, weight_global_scale if nv else None)
+        out = torch.empty((m, self.n), dtype=out_dtype, device=x2.device)
+        plan.run(a, a_sf, alpha, out)
+        return out
+
+    def _new_plan(self, kernels, m: int, out_dtype: torch.dtype, wsig: tuple, weight_fp4: torch.Tensor,
+                  weight_scale: torch.Tensor, backend: str) -> LinearPlan:
+        nv = self.fmt is Fp4Format.NVFP4
+        prepared = self.entry.resolve(weight_fp4, weight_scale, nv, out_dtype,
+                                      self.layout is SfLayout.layout_8x4, nv)
+        if prepared is None:  # changed during capture: take the canonical weight this once
+            prepared = self._canonical(weight_fp4, weight_scale, self.fmt)
+        plan = make_plan(wsig, prepared, m, self.fmt, out_dtype, self.layout, nv, weight_fp4.device,
+                         backend, kernels.ActivationQuantizer(self.fmt, self.layout))
+        if len(self.plans) >= MAX_PLANS:
+            self.plans.clear()
+        self.plans[(m, out_dtype)] = plan
+        return plan

@@ -6,23 +6,23 @@
 The weight is quantized once (buffers: packed codes, 128x4 scales, global scale) and
 prepared for every backend that wants its own layout on first use; activations are quantized
 on the fly (NVFP4: per-tensor global scale from their amax, computed on the device). The GEMM
-is ``torch.ops.fp4core.mm_fp4`` with ``backend="auto"`` (the tuned/cached choice).
+is ``backend="auto"``'s tuned/cached choice, frozen per batch size in a plan
+(``fp4core.linear_plan``); under ``torch.compile`` the layer is one op,
+``torch.ops.fp4core.linear_fp4``, that runs the same plans.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
-import os
 from typing import Callable, Iterator
 
 import torch
 from torch import nn
 
 from . import ops
-from .dispatch import dispatcher
 from .formats import Fp4Format
-from .linear_plan import MAX_PLANS, LinearPlan, make_plan
+from .linear_plan import LayerPlans, LinearPlan
 from .prepared import PreparedWeight
 from .problem import Operands
 from .layouts import SfLayout, padded_scale_shape
@@ -33,21 +33,11 @@ log = logging.getLogger("fp4core")
 
 def _after_load(module: "Fp4Linear", incompatible_keys) -> None:
     module._entry.invalidate()
-    module._plans = {}
+    module._layer.clear()
     module._refresh_static_alpha()
 
 
 _ACT_SCALES = ("dynamic", "static")
-
-
-def _fast_kernels(x: torch.Tensor):
-    """The Triton quantization module if the eager path can run on ``x``'s device, else None
-    (then the op path runs). CPU tensors take it only under Triton's interpreter (tests)."""
-    from .kernels import quantize_kernels
-    kernels = quantize_kernels()
-    if kernels is None or not (x.is_cuda or os.environ.get("TRITON_INTERPRET")):
-        return None
-    return kernels
 
 
 def _canonical(b: torch.Tensor, b_sf: torch.Tensor, fmt: Fp4Format) -> PreparedWeight:
@@ -109,10 +99,19 @@ class Fp4Linear(nn.Module):
         self.register_buffer("_static_alpha", torch.ones(1, dtype=torch.float32, device=device),
                              persistent=False)
         self.register_buffer("_calib_amax", None, persistent=False)
-        # the op finds this layer's prepared weight by key (a PreparedWeight is no tensor)
-        self._key, self._entry = ops.new_weight_key()
-        self._plans: dict[tuple[int, torch.dtype], LinearPlan] = {}
+        self._new_runtime()
         self.register_load_state_dict_post_hook(_after_load)
+
+    def _new_runtime(self) -> None:
+        # the ops find this layer's prepared weight and plans by key (neither is a tensor)
+        self._key, self._entry = ops.new_weight_key()
+        self._layer = LayerPlans(self._key, self._entry, self._fmt, self._layout, self.out_features, _canonical)
+        self._layer_key = ops.register_layer(self._layer)
+
+    @property
+    def _plans(self) -> dict[tuple[int, torch.dtype], LinearPlan]:
+        """The eager plans, by (M, out_dtype)."""
+        return self._layer.plans
 
     def get_extra_state(self):
         return {"act_scale": self.act_scale}
@@ -142,15 +141,13 @@ class Fp4Linear(nn.Module):
     # copies (deepcopy, pickle) get their own prepared-weight entry
     def __getstate__(self):
         state = self.__dict__.copy()
-        state.pop("_entry", None)
-        state.pop("_key", None)
-        state.pop("_plans", None)
+        for name in ("_entry", "_key", "_layer", "_layer_key"):
+            state.pop(name, None)
         return state
 
     def __setstate__(self, state):
         super().__setstate__(state)
-        self._key, self._entry = ops.new_weight_key()
-        self._plans = {}
+        self._new_runtime()
 
     @classmethod
     def from_linear(cls, linear: nn.Linear, format: str = "nvfp4", backend: str = "auto",
@@ -192,10 +189,16 @@ class Fp4Linear(nn.Module):
             torch.maximum(self._calib_amax, amax, out=self._calib_amax)
         if x2.shape[0] == 0:
             y = x2.new_empty((0, self.out_features), dtype=out_dtype)
-        elif not torch.compiler.is_compiling() and (kernels := _fast_kernels(x2)) is not None:
-            y = self._eager_gemm(kernels, x2.detach(), out_dtype)
+        elif not torch.compiler.is_compiling() and (kernels := ops.planned_kernels(x2)) is not None:
+            # eager: the plan directly, no torch.library dispatch
+            y = self._layer.gemm(kernels, x2.detach(), out_dtype, self.weight_fp4, self.weight_scale,
+                                 self.weight_global_scale, self.input_global_scale, self._static_alpha,
+                                 self.act_scale == "static", self.backend)
         else:
-            y = self._op_gemm(x2, out_dtype)
+            y = torch.ops.fp4core.linear_fp4(x2, self.weight_fp4, self.weight_scale, self.weight_global_scale,
+                                             self.input_global_scale, self._static_alpha, self.format,
+                                             self.act_sf_layout, self.act_scale == "static", out_dtype,
+                                             self.backend, self._layer_key)
         if y.dtype != x.dtype:
             y = y.to(x.dtype)
         if self.bias is not None:
@@ -203,51 +206,15 @@ class Fp4Linear(nn.Module):
         return y.reshape(*lead, self.out_features)
 
     def _op_gemm(self, x2: torch.Tensor, out_dtype: torch.dtype) -> torch.Tensor:
-        """The torch.library path: traceable by torch.compile (and used without Triton)."""
-        nv = self.format == "nvfp4"
-        if nv and self.act_scale == "static":
-            a, a_sf, _ = torch.ops.fp4core.quantize_fp4(x2, self.format, self.act_sf_layout,
-                                                        self.input_global_scale, False)
-            alpha = self._static_alpha
-        else:
-            a, a_sf, gs_a = torch.ops.fp4core.quantize_fp4(x2, self.format, self.act_sf_layout, None, nv)
-            alpha = 1.0 / (gs_a * self.weight_global_scale) if nv else None
-        return torch.ops.fp4core.mm_fp4(a, a_sf, self.weight_fp4, self.weight_scale, alpha, out_dtype, nv,
-                                        self.act_sf_layout == "8x4", self.backend, self._key)
-
-    def _eager_gemm(self, kernels, x2: torch.Tensor, out_dtype: torch.dtype) -> torch.Tensor:
-        """The eager path: the cached plan for this M (see ``fp4core.linear_plan``)."""
-        m = x2.shape[0]
-        wf, ws = self.weight_fp4, self.weight_scale
-        wsig = (wf.data_ptr(), ws.data_ptr(), wf._version, ws._version, self._entry.epoch)
-        plan = self._plans.get((m, out_dtype))
-        if plan is None or plan.signature != (wsig, dispatcher.generation):
-            plan = self._new_plan(kernels, m, out_dtype, wsig)
-        if self._fmt is Fp4Format.NVFP4 and self.act_scale == "static":
-            a, a_sf, _ = plan.quantize(x2, self.input_global_scale, None)
-            alpha = self._static_alpha
-        else:
-            a, a_sf, alpha = plan.quantize(x2, None, self.weight_global_scale)
-        out = torch.empty((m, self.out_features), dtype=out_dtype, device=x2.device)
-        plan.run(a, a_sf, alpha, out)
-        return out
-
-    def _new_plan(self, kernels, m: int, out_dtype: torch.dtype, wsig: tuple) -> LinearPlan:
-        nv = self._fmt is Fp4Format.NVFP4
-        prepared = self._entry.resolve(self.weight_fp4, self.weight_scale, nv, out_dtype,
-                                       self._layout is SfLayout.layout_8x4, nv)
-        if prepared is None:  # changed during capture: take the canonical weight this once
-            prepared = _canonical(self.weight_fp4, self.weight_scale, self._fmt)
-        plan = make_plan(wsig, prepared, m, self._fmt, out_dtype, self._layout, nv, self.weight_fp4.device,
-                         self.backend, kernels.ActivationQuantizer(self._fmt, self._layout))
-        if len(self._plans) >= MAX_PLANS:
-            self._plans.clear()
-        self._plans[(m, out_dtype)] = plan
-        return plan
+        """The layer as two ops (quantize, mm through the dispatcher), no plans: the
+        reference the planned path is tested against. x2 (M, K) -> (M, N) out_dtype, no bias."""
+        return ops.linear_by_ops(x2, self.weight_fp4, self.weight_scale, self.weight_global_scale,
+                                 self.input_global_scale, self._static_alpha, self.format, self.act_sf_layout,
+                                 self.act_scale == "static", out_dtype, self.backend, self._key)
 
     def _apply(self, fn, recurse=True):
         # .to() / .cuda() / .half() replace the buffers: the plans name the old ones
-        self._plans = {}
+        self._layer.clear()
         return super()._apply(fn, recurse)
 
     def dequantized_weight(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:

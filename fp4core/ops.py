@@ -13,6 +13,14 @@ through them without graph breaks:
 * ``torch.ops.fp4core.quantize_fp4(x, fmt, sf_layout, global_scale, auto_global_scale)
   -> (x_fp4, x_sf, global_scale)``: activation quantization (Triton on CUDA, the torch
   reference elsewhere).
+* ``torch.ops.fp4core.linear_fp4(x, weight_fp4, weight_scale, weight_global_scale,
+  input_global_scale, static_alpha, fmt, sf_layout, static_scale, out_dtype, backend,
+  layer_key) -> (M, N)``: a whole ``Fp4Linear`` GEMM (quantize + mm, no bias), what
+  ``torch.compile`` traces for the layer. ``layer_key`` names the layer's
+  ``fp4core.linear_plan.LayerPlans`` (``register_layer``), so the compiled model runs the
+  eager path's cached per-M plans (bound quantizer, bound launcher) instead of two ops that
+  each validate and dispatch; without Triton, or with an unknown key, it composes the two
+  ops above.
 
 The real implementation of ``mm_fp4`` is ``fp4core.mm_fp4``: the backend comes from the
 dispatcher (tuned/cached choice, else the heuristic). The dispatcher never tunes while the
@@ -27,6 +35,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import os
 import threading
 import weakref
 from typing import Optional
@@ -46,6 +55,7 @@ _NO_WEIGHT = -1
 _keys = itertools.count(1)
 _lock = threading.Lock()
 _entries: "weakref.WeakValueDictionary[int, _WeightEntry]" = weakref.WeakValueDictionary()
+_layers: "weakref.WeakValueDictionary[int, object]" = weakref.WeakValueDictionary()
 
 
 class _WeightEntry:
@@ -120,6 +130,15 @@ def register_prepared(w: PreparedWeight) -> int:
     return key
 
 
+def register_layer(plans) -> int:
+    """The ``layer_key`` of a layer's ``LayerPlans`` for ``torch.ops.fp4core.linear_fp4`` (the
+    registration lives as long as ``plans``; ``Fp4Linear`` keeps it)."""
+    with _lock:
+        key = next(_keys)
+        _layers[key] = plans
+    return key
+
+
 # The ops are defined with torch.library's low-level API (define + impl per device) rather than
 # torch.library.custom_op: the latter adds ~8 us of Python per call (autograd wrapper, dynamo
 # guard), which is most of the host overhead of a decode-size GEMM.
@@ -129,6 +148,9 @@ _lib.define("mm_fp4(Tensor a, Tensor a_descale, Tensor b, Tensor b_descale, Tens
             "bool use_nvfp4, bool use_8x4_sf_layout, str backend, int weight_key) -> Tensor")
 _lib.define("quantize_fp4(Tensor x, str fmt, str sf_layout, Tensor? global_scale, bool auto_global_scale) "
             "-> (Tensor, Tensor, Tensor)")
+_lib.define("linear_fp4(Tensor x, Tensor weight_fp4, Tensor weight_scale, Tensor weight_global_scale, "
+            "Tensor input_global_scale, Tensor static_alpha, str fmt, str sf_layout, bool static_scale, "
+            "ScalarType out_dtype, str backend, int layer_key) -> Tensor")
 
 
 def _impl(name: str):
@@ -148,7 +170,7 @@ def _fake(name: str):
 # so AOT autograd under torch.compile never asks for a backward, even when an Fp4Linear's input
 # requires grad (e.g. behind a float Linear of a partly quantized model). The implementations
 # detach their float inputs so nothing inside them records a graph either.
-for _name in ("mm_fp4", "quantize_fp4"):
+for _name in ("mm_fp4", "quantize_fp4", "linear_fp4"):
     _lib.impl(_name, torch.library.fallthrough_kernel, "Autograd")
 
 
@@ -297,3 +319,57 @@ def quantize_fp4(x: torch.Tensor, fmt: Fp4Format | str = "nvfp4",
             raise ValueError(f"global_scale: expected one element, got {gs.numel()}")
         check_global_scale(gs)
     return torch.ops.fp4core.quantize_fp4(x2, f.value, layout.value, gs, auto)
+
+
+# -- the whole-layer op -----------------------------------------------------------------------
+def linear_by_ops(x: torch.Tensor, weight_fp4: torch.Tensor, weight_scale: torch.Tensor,
+                  weight_global_scale: torch.Tensor, input_global_scale: torch.Tensor,
+                  static_alpha: torch.Tensor, fmt: str, sf_layout: str, static_scale: bool,
+                  out_dtype: torch.dtype, backend: str, weight_key: int) -> torch.Tensor:
+    """An Fp4Linear GEMM as the two ops (quantize, then mm through the dispatcher): the route
+    without Triton, and the reference the planned route is tested against. Arguments as
+    ``linear_fp4``'s, with ``weight_key`` the layer's prepared-weight key. Returns (M, N)."""
+    nv = fmt == "nvfp4"
+    if nv and static_scale:
+        a, a_sf, _ = torch.ops.fp4core.quantize_fp4(x, fmt, sf_layout, input_global_scale, False)
+        alpha = static_alpha
+    else:
+        a, a_sf, gs_a = torch.ops.fp4core.quantize_fp4(x, fmt, sf_layout, None, nv)
+        alpha = 1.0 / (gs_a * weight_global_scale) if nv else None
+    return torch.ops.fp4core.mm_fp4(a, a_sf, weight_fp4, weight_scale, alpha, out_dtype, nv,
+                                    sf_layout == "8x4", backend, weight_key)
+
+
+@_impl("linear_fp4")
+def _linear_op(x: torch.Tensor, weight_fp4: torch.Tensor, weight_scale: torch.Tensor,
+               weight_global_scale: torch.Tensor, input_global_scale: torch.Tensor,
+               static_alpha: torch.Tensor, fmt: str, sf_layout: str, static_scale: bool,
+               out_dtype: torch.dtype, backend: str, layer_key: int) -> torch.Tensor:
+    x = x.detach()
+    plans = _layers.get(layer_key)
+    kernels = planned_kernels(x) if plans is not None else None
+    if kernels is not None:
+        return plans.gemm(kernels, x if x.stride(1) == 1 else x.contiguous(), out_dtype, weight_fp4,
+                          weight_scale, weight_global_scale, input_global_scale, static_alpha,
+                          static_scale, backend)
+    key = plans.entry_key if plans is not None else _NO_WEIGHT
+    return linear_by_ops(x, weight_fp4, weight_scale, weight_global_scale, input_global_scale, static_alpha,
+                         fmt, sf_layout, static_scale, out_dtype, backend, key)
+
+
+@_fake("linear_fp4")
+def _linear_fake(x, weight_fp4, weight_scale, weight_global_scale, input_global_scale, static_alpha, fmt,
+                 sf_layout, static_scale, out_dtype, backend, layer_key):
+    torch._check(x.dim() == 2 and x.shape[1] == weight_fp4.shape[1] * 2,
+                 lambda: f"fp4core::linear_fp4: x must be (M, {weight_fp4.shape[1] * 2}), got {tuple(x.shape)}")
+    return x.new_empty((x.shape[0], weight_fp4.shape[0]), dtype=out_dtype)
+
+
+def planned_kernels(x: torch.Tensor):
+    """The Triton quantization module when a layer plan can run on ``x``'s device, else None.
+    CPU tensors take plans only under Triton's interpreter (the tests)."""
+    from .kernels import quantize_kernels
+    kernels = quantize_kernels()
+    if kernels is None or not (x.is_cuda or os.environ.get("TRITON_INTERPRET")):
+        return None
+    return kernels

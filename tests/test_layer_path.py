@@ -139,6 +139,29 @@ for fmt, act in (("nvfp4", "dynamic"), ("nvfp4", "static"), ("mxfp4", "dynamic")
     assert dispatcher.generation != gen
     layer(x)
     assert layer._plans[(5, torch.bfloat16)] is not plan
+    # a different backend asked for: a new plan, same bytes (torch is the reference backend)
+    plan = layer._plans[(5, torch.bfloat16)]
+    want = layer(x)
+    layer.backend = "torch"
+    got = layer(x)
+    assert layer._plans[(5, torch.bfloat16)] is not plan and layer._plans[(5, torch.bfloat16)].backend.name == "torch"
+    assert torch.equal(got, want), (got - want).abs().max()
+    layer.backend = "auto"
+    # the whole-layer op (what torch.compile traces) runs the same plans
+    layer._plans.clear()
+    x = torch.randn(11, 64, dtype=torch.bfloat16)
+    y_op = torch.ops.fp4core.linear_fp4(x, layer.weight_fp4, layer.weight_scale, layer.weight_global_scale,
+                                        layer.input_global_scale, layer._static_alpha, layer.format,
+                                        layer.act_sf_layout, layer.act_scale == "static", torch.bfloat16,
+                                        layer.backend, layer._layer_key)
+    assert (11, torch.bfloat16) in layer._plans, "linear_fp4 did not take the layer's plans"
+    assert torch.equal(y_op, layer._op_gemm(x, torch.bfloat16)), (fmt, act)
+    # an unknown layer key composes the two ops instead
+    y_unplanned = torch.ops.fp4core.linear_fp4(x, layer.weight_fp4, layer.weight_scale, layer.weight_global_scale,
+                                               layer.input_global_scale, layer._static_alpha, layer.format,
+                                               layer.act_sf_layout, layer.act_scale == "static", torch.bfloat16,
+                                               layer.backend, -1)
+    assert torch.equal(y_unplanned, y_op)
 print("eager plans: ok")
 """
 
@@ -171,6 +194,25 @@ def test_fp4linear_eager_path_equals_the_op_path_and_graph_replay(fmt, act):
         x.copy_(torch.randn_like(x))
         graph.replay()
         assert torch.equal(yg, layer(x))
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("fmt,act", [("nvfp4", "dynamic"), ("nvfp4", "static"), ("mxfp4", "dynamic")])
+def test_compiled_fp4linear_runs_the_eager_plans_bit_exactly(fmt, act):
+    torch._dynamo.reset()
+    torch.manual_seed(2)
+    lin = torch.nn.Linear(1024, 640, bias=True, device="cuda", dtype=torch.bfloat16)
+    layer = fp4core.nn.Fp4Linear.from_linear(lin, format=fmt)
+    if act == "static":
+        layer.set_input_global_scale(fp4core.compute_global_scale(torch.randn(64, 1024, device="cuda")))
+    compiled = torch.compile(layer, fullgraph=True, dynamic=False)
+    for m in (1, 16, 300):
+        x = torch.randn(m, 1024, device="cuda", dtype=torch.bfloat16)
+        layer._plans.clear()
+        y = compiled(x)
+        assert (m, torch.bfloat16) in layer._plans, "the compiled layer did not run a plan"
+        want = layer._op_gemm(x, torch.bfloat16) + layer.bias
+        assert torch.equal(y, want), (m, (y - want).abs().max())
 
 
 @pytest.mark.gpu
