@@ -65,15 +65,32 @@ def cmd_explain(args) -> int:
 
 def cmd_tune(args) -> int:
     shapes = shapes_from_args(args)
-    problems = [api.make_problem(m, n, k, **_problem_kwargs(args)) for m, n, k in shapes]
-    results = api.tune(problems, force=args.force)
-    from .tuner import tactic_label
-    for exp in results:
-        c = exp.choice
-        print(f"{exp.cache_key}: {c.backend.name} [{tactic_label(c.tactic)}] ({c.source})")
+    kwargs = _problem_kwargs(args)
     from . import state
+    if args.in_process:
+        problems = [api.make_problem(m, n, k, **kwargs) for m, n, k in shapes]
+        results = api.tune(problems, force=args.force)
+        from .tuner import tactic_label
+        for exp in results:
+            c = exp.choice
+            print(f"{exp.cache_key}: {c.backend.name} [{tactic_label(c.tactic)}] ({c.source})")
+        print(f"tuning cache: {state.tuning_cache.path}")
+        return 0
+    from .tune_worker import problem_spec, tune_isolated
+    for m, n, k in shapes:  # bad sizes fail here, before any worker starts
+        api.make_problem(m, n, k, **kwargs)
+    results = tune_isolated([problem_spec(m, n, k, **kwargs) for m, n, k in shapes], force=args.force)
+    failed = 0
+    for (m, n, k), res in zip(shapes, results):
+        if "error" in res:
+            failed += 1
+            print(f"{m}x{n}x{k}: NOT TUNED: {res['error']}")
+            continue
+        crashed = [label for label, why in res["dropped"].items() if "killed the tuning worker" in why]
+        note = f"; left out (killed the worker): {', '.join(crashed)}" if crashed else ""
+        print(f"{res['key']}: {res['backend']} [{res['tactic']}] ({res['source']}){note}")
     print(f"tuning cache: {state.tuning_cache.path}")
-    return 0
+    return 1 if failed else 0
 
 
 def _fmt_row(r: BenchRow) -> str:
@@ -272,6 +289,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("tune", help="tune shapes and write the persistent tuning cache")
     _add_shape_args(p)
     p.add_argument("--force", action="store_true", help="re-tune shapes already in the cache")
+    p.add_argument("--in-process", action="store_true",
+                   help="tune in this process (default: a worker process, restarted without any candidate "
+                        "that kills it, e.g. a kernel fault)")
     p = sub.add_parser("explain", help="which backend and tactic auto would use for one shape, and why")
     p.add_argument("--m", type=int, required=True)
     p.add_argument("--n", type=int, required=True)

@@ -4,13 +4,22 @@ Inputs are synthetic operands of the problem's exact shape and layouts, rotated 
 several sets so L2 does not flatter small shapes. Before timing, each candidate runs once
 into a NaN-poisoned output and is compared with the exact reference; a candidate that
 raises or is wrong (relative error > 1e-2, or unwritten output) is dropped with its reason.
+
+A candidate that breaks the CUDA context (an illegal address, a launch failure: every later
+CUDA call in the process fails) cannot be dropped and tuning go on in that process, so
+``tune`` raises ``TuningAborted`` naming it. ``fp4core tune`` runs tuning in a worker process
+(``fp4core.tune_worker``) that announces each candidate through ``isolation``; when the
+worker dies the parent records the candidate it was running and restarts without it.
 """
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
+import dataclasses
 import logging
 import time
-from typing import Callable
+from typing import Callable, Iterator
 
 import torch
 
@@ -24,6 +33,49 @@ from .timing import Timer, default_timer, median, rotation_sets
 log = logging.getLogger("fp4core")
 
 Progress = Callable[[str], None]
+
+
+class TuningAborted(RuntimeError):
+    """A candidate left the process unable to run CUDA work; ``candidate`` names it."""
+
+    def __init__(self, candidate: str, reason: str):
+        super().__init__(f"tuning stopped: {candidate} broke the CUDA context ({reason}); later "
+                         "candidates cannot run in this process (fp4core tune isolates candidates "
+                         "in a worker process and goes on without it)")
+        self.candidate = candidate
+
+
+@dataclasses.dataclass(frozen=True)
+class Isolation:
+    """How a tuning worker steers ``tune``: ``excluded`` maps a candidate label
+    ("backend[tactic]") or a backend name to why it is left out (it killed an earlier
+    worker); ``announce(label)`` is called before each candidate runs, so the parent knows
+    which one was running if the process dies."""
+
+    excluded: dict[str, str]
+    announce: Callable[[str], None]
+
+
+_isolation: contextvars.ContextVar[Isolation | None] = contextvars.ContextVar("fp4core_isolation", default=None)
+
+
+@contextlib.contextmanager
+def isolation(excluded: dict[str, str], announce: Callable[[str], None]) -> Iterator[None]:
+    """Tune with these candidates left out and each candidate announced (see Isolation)."""
+    token = _isolation.set(Isolation(dict(excluded), announce))
+    try:
+        yield
+    finally:
+        _isolation.reset(token)
+
+
+def _cuda_context_alive(device: torch.device) -> bool:
+    try:
+        torch.cuda.synchronize(device)
+        torch.ones(1, device=device).add_(1).item()
+        return True
+    except Exception:  # a sticky CUDA error: the context is gone
+        return False
 
 
 def tactic_label(tactic: Tactic) -> str:
@@ -121,7 +173,15 @@ def tune(problem: Problem, candidates: list[Backend], timer: Timer | None = None
     per_backend: dict[str, dict] = {}
     finalists: dict[str, tuple] = {}  # name -> (backend, its input sets, best tactic)
     dropped: dict[str, str] = {}
+    iso = _isolation.get()
+    excluded = iso.excluded if iso is not None else {}
+    announce = iso.announce if iso is not None else (lambda label: None)
     for backend in candidates:
+        if backend.name in excluded:
+            dropped[backend.name] = excluded[backend.name]
+            say(f"  {backend.name}: dropped ({excluded[backend.name]})")
+            continue
+        announce(backend.name)  # tactics() and prepare() run next
         try:
             tactics = backend.tactics(problem)
             bsets = prepared_sets(backend, problem, sets)
@@ -131,7 +191,15 @@ def tune(problem: Problem, candidates: list[Backend], timer: Timer | None = None
             continue
         for tactic in tactics:
             label = f"{backend.name}[{tactic_label(tactic)}]"
+            if label in excluded:
+                dropped[label] = excluded[label]
+                say(f"  {label}: dropped ({excluded[label]})")
+                continue
+            announce(label)
             why = check_candidate(backend, problem, bsets[0], tactic, ref)
+            if why is not None and why.startswith("raised") and ref.is_cuda \
+                    and not _cuda_context_alive(ref.device):
+                raise TuningAborted(label, why)
             if why is not None:
                 dropped[label] = why
                 say(f"  {label}: dropped ({why})")
@@ -145,6 +213,7 @@ def tune(problem: Problem, candidates: list[Backend], timer: Timer | None = None
                 finalists[backend.name] = (backend, bsets, tactic)
     if not per_backend:
         raise RuntimeError(f"tuning {problem.describe()}: every candidate failed: {dropped}")
+    announce("runoff")
     _runoff(problem, per_backend, finalists, timer, say, ref.device)
     name, rec = min(per_backend.items(), key=lambda kv: kv[1]["us"])
     say(f"  -> {name}[{tactic_label(rec['tactic'])}] {rec['us']:.1f} us "

@@ -162,6 +162,40 @@ def test_unwritable_cache_location_warns_from_autotune_and_tune(tmp_path, monkey
     assert "could not write the tuning cache" in res.stderr
 
 
+# -- item 1: offline tuning survives a candidate that kills its process ----------------------------
+def test_tune_leaves_out_a_candidate_that_kills_the_worker_and_records_why(fault_plugins, tmp_path):
+    import os
+    cache = tmp_path / "tuning.json"
+    env = {**os.environ, "FP4CORE_TUNING_CACHE": str(cache), "FP4CORE_BACKENDS": "torch,killsprocess",
+           "PYTHONPATH": os.pathsep.join([str(fault_plugins), os.environ.get("PYTHONPATH", "")])}
+    res = subprocess.run([sys.executable, "-m", "fp4core.cli", "tune", "--m", "3,5", "--n", "32", "--k", "64"],
+                         capture_output=True, text=True, timeout=600, env=env)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "killsprocess[crash=1]: killed the tuning worker (exit code 134" in res.stderr
+    entries = json.loads(cache.read_text())["entries"]
+    assert len(entries) == 2, entries.keys()
+    for entry in entries.values():
+        assert "killed the tuning worker" in entry["dropped"]["killsprocess[crash=1]"]
+        timed = {name: rec["tactic"] for name, rec in entry["per_backend"].items()}
+        assert timed.get("killsprocess") == {"crash": 0}, timed  # its good tactic was still timed
+    assert res.stdout.count("left out (killed the worker): killsprocess[crash=1]") == 2, res.stdout
+    # in process, the same candidate takes the whole tuning run down with it
+    res = subprocess.run([sys.executable, "-m", "fp4core.cli", "tune", "--in-process", "--force",
+                          "--m", "3", "--n", "32", "--k", "64"], capture_output=True, text=True, timeout=600, env=env)
+    assert res.returncode == 134
+
+
+def test_tune_reports_a_problem_it_cannot_tune_and_goes_on(fault_plugins, tmp_path):
+    import os
+    env = {**os.environ, "FP4CORE_TUNING_CACHE": str(tmp_path / "t.json"), "FP4CORE_BACKENDS": "runfails",
+           "PYTHONPATH": os.pathsep.join([str(fault_plugins), os.environ.get("PYTHONPATH", "")])}
+    res = subprocess.run([sys.executable, "-m", "fp4core.cli", "tune", "--m", "3", "--n", "32", "--k", "64"],
+                         capture_output=True, text=True, timeout=600, env=env)
+    assert res.returncode == 1, res.stdout + res.stderr
+    assert "3x32x64: NOT TUNED:" in res.stdout and "every candidate failed" in res.stdout
+    assert "Traceback" not in res.stderr
+
+
 # -- item 6: switches -----------------------------------------------------------------------------
 @pytest.mark.parametrize("value,want", [("1", True), ("true", True), ("YES", True), ("on", True),
                                         ("", False), ("0", False), ("false", False), ("No", False),
