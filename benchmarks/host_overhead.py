@@ -4,8 +4,8 @@ For one shape (default M = 1, 8192 x 8192, NVFP4) it reports the host microsecon
 of each step a model pays on the CPU: one bf16 cuBLAS launch (the floor), a bare Triton
 launch, activation quantization (dynamic: two launches; static: one), ``fp4core.mm_fp4``
 with ``auto`` on a plain and on a prepared weight (tuned first), the backend's ``run`` hook
-alone, the ``torch.ops.fp4core.mm_fp4`` op, and ``Fp4Linear.forward`` (and, beside it, the
-bf16 ``nn.Linear``). Host time is the submit loop's wall time while the GPU is kept busy by
+alone, the ``torch.ops.fp4core.mm_fp4`` op, and ``Fp4Linear.forward`` eager and under
+``torch.compile`` (and, beside each, the bf16 ``nn.Linear``). Host time is the submit loop's wall time while the GPU is kept busy by
 a device-side spin, so the numbers exclude any waiting for the GPU; GPU time of the same
 calls comes from CUDA-graph replay. Prints a table; ``--json`` writes it.
 
@@ -81,6 +81,11 @@ def main() -> None:
     rp, ops = weight_for(be, problem, Operands(a, a_sf.reshape(-1), None, None, alpha), pw)
     out = torch.empty(m, n, device=dev, dtype=torch.bfloat16)
     w16 = lin.weight
+    # torch.compile (default mode): the layer is one fp4core::linear_fp4 op running the plans
+    c_lin = torch.compile(lin, fullgraph=True, dynamic=False)
+    c_fl = torch.compile(fl, fullgraph=True, dynamic=False)
+    with torch.no_grad():
+        c_lin(x), c_fl(x)
     steps = {
         "bf16 torch.matmul (one cuBLAS launch)": lambda: torch.matmul(x, w16.t()),
         "bf16 nn.Linear.forward": lambda: lin(x),
@@ -96,6 +101,8 @@ def main() -> None:
         "torch.ops.fp4core.mm_fp4 (op path)": lambda: fp4core.ops.mm_fp4(a, pw, a_sf, None, alpha),
         "Fp4Linear.forward (dynamic scale)": lambda: fl(x),
         "Fp4Linear.forward (static scale)": lambda: fl_static(x),
+        "bf16 nn.Linear, torch.compile": lambda: c_lin(x),
+        "Fp4Linear, torch.compile (dynamic scale)": lambda: c_fl(x),
     }
     gpu = {
         "bf16 nn.Linear.forward": lambda i: lin(x),
@@ -104,6 +111,8 @@ def main() -> None:
             lambda i: qt.quantize_activation(x, Fp4Format.NVFP4, SfLayout.layout_128x4, None, wgs),
         "Fp4Linear.forward (dynamic scale)": lambda i: fl(x),
         "Fp4Linear.forward (static scale)": lambda i: fl_static(x),
+        "bf16 nn.Linear, torch.compile": lambda i: c_lin(x),
+        "Fp4Linear, torch.compile (dynamic scale)": lambda i: c_fl(x),
     }
     rows = []
     print(f"host time per call, M={m} N={n} K={k} NVFP4, auto -> {be.name} [{fp4core.tuner.tactic_label(tactic)}]")

@@ -19,7 +19,7 @@ if has tests; then
   done
 fi
 if has host; then
-  timeout 90 python3 benchmarks/host_overhead.py --json "$OUT/work/host.json" 2>&1 | tee "$OUT/host.txt"
+  timeout ${HOST_CAP:-150} python3 benchmarks/host_overhead.py --json "$OUT/work/host.json" 2>&1 | tee "$OUT/host.txt"
   echo "host rc=$?" >> "$OUT/summary.txt"; cp "$OUT/host.txt" "$OUT/work/"
 fi
 if has quant; then
