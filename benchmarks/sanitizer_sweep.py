@@ -84,7 +84,12 @@ def main(argv: list[str] | None = None) -> int:
                         print(f"CASE {label}", flush=True)
                         counts["cases"] += 1
                         err, why = run_checked(be, problem, bsets[0], tactic, ref)
-                        torch.cuda.synchronize()
+                        try:
+                            torch.cuda.synchronize()
+                        except Exception as exc:  # a sticky error: nothing more can run here
+                            print(f"  CONTEXT LOST ({why or exc}); stopping the sweep", flush=True)
+                            print(f"SWEEP {counts} in {time.perf_counter() - t0:.0f} s, stopped", flush=True)
+                            return 3
                         if why is None:
                             counts["ok"] += 1
                             print(f"  OK rel_err={err:.2e}", flush=True)
