@@ -9,13 +9,17 @@
 compares with the exact reference (relative error <= 1e-2), through the backend's own
 ``prepare`` when it has one, and through ``mm_fp4`` with the backend named.
 ``device_allocations`` counts the CUDA allocations a block makes (a repeated call or a
-CUDA-graph replay must make none).
+CUDA-graph replay must make none). ``guarded_copy`` puts a CPU tensor right before an
+unreadable page, so a Triton kernel run in the interpreter (``TRITON_INTERPRET=1``) that
+reads or writes past the tensor's end dies with SIGSEGV instead of passing by luck.
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import dataclasses
+import mmap
 from typing import Any, Iterator
 
 import torch
@@ -26,6 +30,30 @@ from .problem import Operands, Problem
 from .reference import TOLERANCE, reference_mm, relative_error
 from .synthetic import random_operands
 from .tuner import prepared_sets, tactic_label
+
+
+_guarded_maps: list = []  # the mappings behind guarded_copy's tensors live as long as the process
+
+
+def guarded_copy(t: torch.Tensor) -> torch.Tensor:
+    """A contiguous CPU copy of ``t`` (same shape and dtype) whose last byte is followed by a
+    page with no access rights (Linux/POSIX mmap + mprotect): any access past its end is a
+    segmentation fault. Its start is 16-byte aligned when ``t``'s size in bytes is a multiple
+    of 16. The memory is never unmapped (test processes only)."""
+    src = t.detach().cpu().contiguous()
+    nbytes = src.numel() * src.element_size()
+    page = mmap.PAGESIZE
+    total = (-(-nbytes // page) + 1) * page
+    buf = mmap.mmap(-1, total, prot=mmap.PROT_READ | mmap.PROT_WRITE)
+    base = ctypes.addressof(ctypes.c_char.from_buffer(buf))
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.mprotect(ctypes.c_void_p(base + total - page), ctypes.c_size_t(page), 0) != 0:
+        raise OSError(ctypes.get_errno(), "guarded_copy: mprotect failed")
+    _guarded_maps.append(buf)
+    raw = torch.frombuffer(buf, dtype=torch.uint8, count=nbytes, offset=total - page - nbytes)
+    out = raw.view(src.dtype).view(src.shape)
+    out.copy_(src)
+    return out
 
 
 @contextlib.contextmanager

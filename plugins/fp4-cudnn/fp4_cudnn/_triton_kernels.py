@@ -79,7 +79,10 @@ def _tile(q_ptr, sf_ptr, out_ptr, rows, kbytes, sf_col_tiles, tile, alpha_ptr,
     if EVEN:
         s = tl.load(sf_ptr + soff).to(tl.int32)
     else:
-        smask = (r2 < rows) & (c2 * VB < kbytes)
+        # the vector's first byte in range (vectors are VB-aligned and K/2 a multiple of a
+        # scale block's bytes, so then its block is too); a block index past the last one
+        # would read past the scale storage of the last row tile
+        smask = (r2 < rows) & ((v * VB)[:, None] < kbytes)
         s = tl.load(sf_ptr + soff, mask=smask, other=0).to(tl.int32)
     scale = _scale_f32(s, NVFP4)[:, :, None]
 

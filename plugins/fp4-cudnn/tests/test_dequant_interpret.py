@@ -63,6 +63,23 @@ for fmt in Fp4Format:
                 rb_ = dequantize(b, bsf, use_nvfp4=nv, sfLayout=SfLayout.layout_128x4, dtype=torch.bfloat16)
                 assert same(ao, ra_), (fmt, layout, ra, k, cfg, (ao.view(torch.int16) != ra_.view(torch.int16)).nonzero()[:4])
                 assert same(bo, rb_), (fmt, layout, rb, k, cfg)
+# every operand right before an unreadable page: an access past any of them is a SIGSEGV.
+# K = 2880 leaves the last K tile part-filled; there a scale-column bound that was too
+# loose read up to 1.5 KB past the last row tile's scales (memcheck on the H200, issue 16)
+from fp4core.testing import guarded_copy
+for fmt in Fp4Format:
+    for layout in (SfLayout.layout_128x4, SfLayout.layout_8x4):
+        ra, rb, k = 40, 24, 2880
+        a = guarded_copy(torch.randint(0, 256, (ra, k // 2), dtype=torch.uint8, generator=g))
+        b = guarded_copy(torch.randint(0, 256, (rb, k // 2), dtype=torch.uint8, generator=g))
+        asf = guarded_copy(scales(ra, k, fmt, layout))
+        bsf = guarded_copy(scales(rb, k, fmt, SfLayout.layout_128x4))
+        ao = guarded_copy(torch.full((ra, k), float("nan"), dtype=torch.bfloat16))
+        bo = guarded_copy(torch.full((rb, k), float("nan"), dtype=torch.bfloat16))
+        dequantize_pair(a, asf, ao, layout, b, bsf, bo, fmt)
+        nv = fmt is Fp4Format.NVFP4
+        assert same(ao, dequantize(a, asf, use_nvfp4=nv, sfLayout=layout, dtype=torch.bfloat16)), (fmt, layout)
+        assert same(bo, dequantize(b, bsf, use_nvfp4=nv, sfLayout=SfLayout.layout_128x4, dtype=torch.bfloat16))
 print("dequant interpreter: all equal")
 """
 
@@ -71,7 +88,8 @@ print("dequant interpreter: all equal")
                     reason="needs triton; with a GPU the GPU tests run the compiled kernel")
 def test_dequant_kernel_byte_exact_in_the_triton_interpreter():
     """Every code x scale byte (NaN scales in some cases), both formats and A-scale layouts,
-    full and partial tiles, three tile configurations: equal to ``fp4core.dequantize`` in bf16."""
+    full and partial tiles, three tile configurations: equal to ``fp4core.dequantize`` in bf16;
+    and no access past any operand (each placed before an unreadable page)."""
     env = dict(os.environ, TRITON_INTERPRET="1")
     res = subprocess.run([sys.executable, "-c", _SCRIPT], env=env, capture_output=True, text=True, timeout=900)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
