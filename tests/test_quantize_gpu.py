@@ -141,6 +141,26 @@ def test_bound_activation_quantizer_equals_quantize_activation_on_every_call(mod
     assert q_side.data_ptr() != outs[0] and torch.equal(q_side, quant(x, gs, wgs)[0])
     q_other, _, _ = quant(x[:3].contiguous(), gs, wgs)
     assert q_other.shape == (3, 256) and q_other.data_ptr() != outs[0]
+
+
+@pytest.mark.gpu
+def test_bound_quantizer_on_an_odd_row_stride_reads_the_input_every_call():
+    """A slice with an odd row stride is quantized from a contiguous copy; the bound
+    quantizer must not keep that copy's (freed) address: fresh data each call, right bytes."""
+    from fp4core.kernels import quantize_triton as qt
+    fmt, layout = Fp4Format.NVFP4, SfLayout.layout_128x4
+    wgs = torch.tensor([0.37], device="cuda")
+    quant = qt.ActivationQuantizer(fmt, layout)
+    base = torch.empty(6, 513, dtype=torch.bfloat16, device="cuda")
+    x = base[:, :512]
+    assert x.stride(0) % 2 == 1 and x.data_ptr() % 16 == 0
+    for step in range(3):
+        base.copy_(torch.randn(6, 513) * 10 ** step)
+        junk = torch.full((6, 512), 7.0, dtype=torch.bfloat16, device="cuda")  # may reuse a freed copy
+        q, sf, alpha = quant(x, None, wgs)
+        q_ref, sf_ref, alpha_ref = qt.quantize_activation(x, fmt, layout, None, wgs)
+        assert torch.equal(q, q_ref) and torch.equal(sf, sf_ref.view(-1)) and torch.equal(alpha, alpha_ref), step
+        del junk
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
         q_cap, _, _ = quant(x, gs, wgs)

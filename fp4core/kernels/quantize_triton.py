@@ -22,12 +22,12 @@ the scale tensor needs no separate swizzle pass and no zero fill.
 
 from __future__ import annotations
 
-import functools
 
 import torch
 import triton
 import triton.language as tl
 
+from .. import backend_kit
 from ..formats import Fp4Format
 from ..layouts import SfLayout, padded_scale_shape
 from . import fast_launch
@@ -236,13 +236,8 @@ def _as_pairs(x: torch.Tensor) -> tuple[torch.Tensor, int]:
     return x.view(pair_dtype), kind
 
 
-@functools.lru_cache(maxsize=None)
-def _sm_count(index: int) -> int:
-    return torch.cuda.get_device_properties(index).multi_processor_count
-
-
 def _amax_programs(x: torch.Tensor, tiles: int) -> int:
-    sms = _sm_count(x.device.index if x.device.index is not None else torch.cuda.current_device()) \
+    sms = backend_kit.sm_count(x.device.index if x.device.index is not None else torch.cuda.current_device()) \
         if x.is_cuda else 4
     return max(1, min(tiles, 2 * sms))
 
@@ -337,6 +332,9 @@ def _launch(x: torch.Tensor, fmt: Fp4Format, layout: SfLayout, global_scale: tor
 REUSE_MAX_ELEMS = 1 << 22
 
 
+_UNBINDABLE = ("unbindable",)  # a _bound key no call matches: every call takes the generic path
+
+
 class ActivationQuantizer:
     """``quantize_activation`` for repeated calls with one input shape, dtype and row stride
     (an ``Fp4Linear`` eager plan holds one per batch size).
@@ -380,6 +378,10 @@ class ActivationQuantizer:
             by_ptr.setdefault(gs.data_ptr(), "gs")
         if wgs is not None:
             by_ptr.setdefault(wgs.data_ptr(), "wgs")
+        # every other pointer must name memory the quantizer keeps (its outputs' storage): a
+        # temporary (e.g. a contiguous copy of x) would be freed after this call
+        kept = [(t.untyped_storage().data_ptr(), t.untyped_storage().nbytes())
+                for t in outputs if isinstance(t, torch.Tensor)]
         bound = []
         for fast, programs, args, constexprs in launches:
             compiled = fast.compiled(args, constexprs)
@@ -391,6 +393,9 @@ class ActivationQuantizer:
                     ptr = a.data_ptr()
                     if ptr in by_ptr:
                         slots.append((i, by_ptr[ptr]))
+                    elif not any(base <= ptr < base + size for base, size in kept):
+                        self._bound = _UNBINDABLE
+                        return outputs
                     template.append(ptr)
                 else:
                     template.append(a)
@@ -415,7 +420,7 @@ class ActivationQuantizer:
         stream = torch._C._cuda_getCurrentRawStream(device)
         key = (x.shape, x.stride(), x.dtype, device, stream, gs is None, wgs is None)
         if self._bound is None:
-            if x.stride(1) != 1:
+            if x.stride(1) != 1 or x.stride(0) % 2:  # the kernels would read a temporary copy
                 return self._generic(x, gs, wgs)
             q, sf, _, alpha = self._bind(x, gs, wgs, key)
             return q, sf.view(-1), alpha

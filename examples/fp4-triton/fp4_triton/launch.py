@@ -13,13 +13,12 @@ import functools
 
 import torch
 
-from fp4core import Fp4Format, Operands, Problem, SfLayout
+from fp4core import Fp4Format, Operands, Problem, SfLayout, backend_kit
 
 from .tactics import normalize
 
 _REDUCE_BLOCK = 1024
 _DQ_ROWS, _DQ_K = 32, 256  # tile of the A pre-pass (rows, K values)
-_workspaces: dict[tuple, torch.Tensor] = {}
 
 
 @functools.lru_cache(maxsize=1)
@@ -30,13 +29,12 @@ def kernels():
 
 
 def workspace(device: torch.device, numel: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """A cached buffer of at least ``numel`` elements of ``dtype`` on ``device`` (1-D view)."""
-    key = (device.type, device.index, dtype)
-    buf = _workspaces.get(key)
-    if buf is None or buf.numel() < numel:
-        buf = torch.empty(numel, dtype=dtype, device=device)
-        _workspaces[key] = buf
-    return buf[:numel]
+    """A buffer of ``numel`` elements of ``dtype`` on ``device`` (1-D). On CUDA a view of the
+    core's grow-only device buffer for this dtype: a buffer it outgrew stays allocated, so a
+    CUDA graph captured with it stays valid. Elsewhere (Triton's interpreter) a fresh tensor."""
+    if device.type != "cuda":
+        return torch.empty(numel, dtype=dtype, device=device)
+    return backend_kit.device_buffers(device).get(f"triton.{dtype}", numel, dtype)[:numel]
 
 
 def launch(problem: Problem, ops: Operands, tactic: dict, out: torch.Tensor) -> None:

@@ -23,6 +23,7 @@ import threading
 
 import torch
 
+from fp4core import backend_kit
 from fp4core.env import env_flag
 from fp4core.hookspec import BackendInfo, Support, hookimpl
 from fp4core.problem import Operands, Problem
@@ -175,7 +176,7 @@ class CudnnBackend:
         pg = self.planned_graph(problem, variant)
         index = self._plan_index(problem, variant, pg, tactic)
         ws_bytes = pg.ensure_built(index)
-        h = resources.handle(dev, torch.cuda.current_stream(dev).cuda_stream)
+        h = resources.handle(dev, backend_kit.raw_stream(dev))
         m, n, k = problem.m, problem.n, problem.k
         if variant == NATIVE:
             ptrs = {"A": operands.a.data_ptr(), "B": operands.b.data_ptr(),

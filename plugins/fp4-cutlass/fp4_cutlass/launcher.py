@@ -9,12 +9,11 @@ from __future__ import annotations
 
 import ctypes
 import functools
-import threading
 from pathlib import Path
 
 import torch
 
-from fp4core import jit
+from fp4core import backend_kit, jit
 
 CSRC = Path(__file__).parent / "csrc"
 SM90_SOURCE = CSRC / "fp4_sm90_gemm.cu"
@@ -79,46 +78,15 @@ def padded_k(k: int) -> int:
     return (k + BK - 1) // BK * BK
 
 
-class Workspace:
-    """Per-device buffers: the bf16 K-permuted activations (m x padded K) and the split-K fp32
-    partials. Grown on demand and never freed while the process lives: a CUDA graph captured
-    with an older buffer keeps using it, so a replaced buffer must stay allocated."""
-
-    def __init__(self, device: torch.device):
-        self.device = device
-        self.act = torch.empty(0, dtype=torch.bfloat16, device=device)
-        self.partial = torch.empty(0, dtype=torch.float32, device=device)
-        self._retired: list[torch.Tensor] = []
-
-    def ensure(self, act_elems: int, partial_elems: int) -> tuple[int, int]:
-        """Data pointers of buffers at least this large (allocates only when growing)."""
-        if self.act.numel() < act_elems:
-            self._retired.append(self.act)
-            self.act = torch.empty(max(act_elems, 1 << 20), dtype=torch.bfloat16, device=self.device)
-        if self.partial.numel() < partial_elems:
-            self._retired.append(self.partial)
-            self.partial = torch.empty(max(partial_elems, 1 << 18), dtype=torch.float32, device=self.device)
-        return self.act.data_ptr(), (self.partial.data_ptr() if partial_elems else 0)
-
-
-_workspaces: dict[int, Workspace] = {}
-_ws_lock = threading.Lock()
-
-
-def workspace(device: torch.device) -> Workspace:
-    """The workspace of ``device`` (one per device: concurrent calls on two streams of one
-    device are not supported, as with the other JIT backends)."""
-    idx = device.index if device.index is not None else torch.cuda.current_device()
-    ws = _workspaces.get(idx)
-    if ws is None:
-        with _ws_lock:
-            ws = _workspaces.setdefault(idx, Workspace(torch.device("cuda", idx)))
-    return ws
-
-
-def _raw_stream(index: int) -> int:
-    get = getattr(torch._C, "_cuda_getCurrentRawStream", None)
-    return get(index) if get is not None else torch.cuda.current_stream(index).cuda_stream
+def workspace_pointers(device: torch.device, act_elems: int, partial_elems: int) -> tuple[int, int]:
+    """Pointers to the device's bf16 K-permuted activations (at least ``act_elems``) and
+    split-K fp32 partials (at least ``partial_elems``; 0 when none: no split), from the core's
+    grow-only device buffers (valid across CUDA-graph capture)."""
+    bufs = backend_kit.device_buffers(device)
+    act = bufs.get("cutlass.act", act_elems, torch.bfloat16, minimum=1 << 20)
+    if not partial_elems:
+        return act.data_ptr(), 0
+    return act.data_ptr(), bufs.get("cutlass.partial", partial_elems, torch.float32, minimum=1 << 18).data_ptr()
 
 
 def _check_aligned(name: str, t: torch.Tensor) -> None:
@@ -147,16 +115,15 @@ def launch(*, a: torch.Tensor, a_sf: torch.Tensor, b: torch.Tensor, b_sf: torch.
     _check_aligned("a", a)
     _check_aligned("b (the weight)", b)
     _check_aligned("b_descale", b_sf)
-    ws = workspace(out.device)
-    act, part = ws.ensure(m * padded_k(k), splits * m * n if splits > 1 else 0)
+    act, part = workspace_pointers(out.device, m * padded_k(k), splits * m * n if splits > 1 else 0)
     p = Params(a.data_ptr(), a_sf.data_ptr(), b.data_ptr(), b_sf.data_ptr(),
                alpha.data_ptr() if alpha is not None else None, out.data_ptr(), act, part or None,
                m, n, k, int(a_sf_8x4), int(out.dtype == torch.float16), int(mx), splits, tm, bn, cluster, int(deep))
     if index == torch.cuda.current_device():
-        err = lib.fp4c_sm90_gemm(ctypes.byref(p), _raw_stream(index))
+        err = lib.fp4c_sm90_gemm(ctypes.byref(p), backend_kit.raw_stream(index))
     else:  # the runtime launches on the current device: make it out's device
         with torch.cuda.device(index):
-            err = lib.fp4c_sm90_gemm(ctypes.byref(p), _raw_stream(index))
+            err = lib.fp4c_sm90_gemm(ctypes.byref(p), backend_kit.raw_stream(index))
     if err != 0:
         raise RuntimeError(f"fp4-cutlass kernel launch failed: error {err} "
                            f"({lib.fp4c_error_string(err).decode()}) for m={m} n={n} k={k} "

@@ -5,9 +5,8 @@ from __future__ import annotations
 import functools
 import math
 
-import torch
 
-from fp4core import jit
+from fp4core import backend_kit, jit
 from fp4core.formats import Fp4Format
 from fp4core.hookspec import BackendInfo, Support, hookimpl
 from fp4core.layouts import SfLayout
@@ -20,19 +19,11 @@ from . import __version__, blackwell, launcher
 K_ALIGN = 64
 
 
-@functools.lru_cache(maxsize=None)
-def _sm_count(index: int | None) -> int:
-    if index is None or not torch.cuda.is_available():
-        return 132
-    return torch.cuda.get_device_properties(index).multi_processor_count
-
-
 @functools.lru_cache(maxsize=1)
 def _toolchain_problem() -> str:
     """Why the kernels cannot be built here, or "" when nvcc and the headers are present."""
-    if jit.nvcc_path() is None:
-        return ("nvcc (CUDA compiler) not found: the kernels are compiled on first use; install a "
-                "CUDA toolkit and put nvcc on PATH or set CUDA_HOME")
+    if backend_kit.nvcc_missing():
+        return backend_kit.nvcc_missing()
     if jit.cutlass_include_dir() is None:
         return "CUTLASS/CuTe headers not found: pip install nvidia-cutlass"
     return ""
@@ -43,7 +34,7 @@ def auto_splits(problem: Problem, tm: int, bn: int, cluster: int = 1) -> int:
     keep at least 8 stages (1024 values of K) per split."""
     m = problem.m or 1
     tiles = math.ceil(math.ceil(problem.n / bn) / cluster) * cluster * math.ceil(m / tm)
-    sms = _sm_count(problem.device.index)
+    sms = backend_kit.sm_count(problem.device.index)
     if tiles >= 0.75 * sms:
         return 1
     chunks = launcher.padded_k(problem.k) // launcher.BK
@@ -97,7 +88,7 @@ class CutlassBackend:
     @hookimpl
     def tactics(self, problem: Problem) -> list[dict]:
         m = problem.m or 1
-        sms = _sm_count(problem.device.index)
+        sms = backend_kit.sm_count(problem.device.index)
         tm_cap = _tm_for(m)
         # (tm, bn) from the most work per CTA to the least; measured on H100 (README): the
         # biggest tile that still gives ~a full wave of CTAs wins, else split K.

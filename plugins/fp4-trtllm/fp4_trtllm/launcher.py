@@ -17,12 +17,11 @@ from __future__ import annotations
 import ctypes
 import functools
 import math
-import threading
 from pathlib import Path
 
 import torch
 
-from fp4core import jit
+from fp4core import backend_kit, jit
 
 SOURCE = Path(__file__).parent / "csrc" / "fp4_gemv.cu"
 #: Both kernels, linked into one library: stream-K (fp4_gemv.cu) and split-K (fp4_splitk.cu).
@@ -52,11 +51,8 @@ class _SplitKParams(ctypes.Structure):
                 ("m", "n", "k", "a_sf_8x4", "a_sf_col_tiles", "out_fp16", "splits", "warps", "m_tiles")]
 
 
-def arch_for(capability: tuple[int, int]) -> str:
-    """The nvcc target for a device: the 'a' variants on SM90/SM100/SM120, else plain."""
-    major, minor = capability
-    cc = major * 10 + minor
-    return f"sm_{cc}a" if cc in (90, 100, 103, 120, 121) else f"sm_{cc}"
+# the nvcc target of a device (kept here by name: tests and the build hook use it)
+arch_for = backend_kit.arch_for
 
 
 @functools.lru_cache(maxsize=None)
@@ -87,41 +83,14 @@ def nt_for(m: int) -> int:
     return NT_CHOICES[-1]
 
 
-class Workspace:
-    """Stream-K partials (float32) and arrival counters (int32, zero between launches) for one
-    device, grown on demand and never freed while the process lives: a CUDA graph captured
-    with an older buffer keeps using it, so replacing it must not release it."""
-
-    def __init__(self, device: torch.device):
-        self.device = device
-        self.partials = torch.empty(0, dtype=torch.float32, device=device)
-        self.counters = torch.zeros(0, dtype=torch.int32, device=device)
-        self._retired: list[torch.Tensor] = []
-
-    def ensure(self, floats: int, counters: int) -> tuple[int, int]:
-        """Data pointers of buffers at least this large (allocates only when growing)."""
-        if self.partials.numel() < floats:
-            self._retired.append(self.partials)
-            self.partials = torch.empty(max(floats, 1 << 20), dtype=torch.float32, device=self.device)
-        if self.counters.numel() < counters:
-            self._retired.append(self.counters)
-            self.counters = torch.zeros(max(counters, 1 << 14), dtype=torch.int32, device=self.device)
-        return self.partials.data_ptr(), self.counters.data_ptr()
-
-
-_workspaces: dict[int, Workspace] = {}
-_ws_lock = threading.Lock()
-
-
-def workspace(device: torch.device) -> Workspace:
-    """The workspace of ``device`` (one per device, shared by every call on it: calls on two
-    streams of one device at the same time are not supported)."""
-    idx = device.index if device.index is not None else torch.cuda.current_device()
-    ws = _workspaces.get(idx)  # one dict lookup on the hot path
-    if ws is None:
-        with _ws_lock:
-            ws = _workspaces.setdefault(idx, Workspace(torch.device("cuda", idx)))
-    return ws
+def workspace_pointers(device: torch.device, floats: int, counters: int) -> tuple[int, int]:
+    """Pointers to the device's stream-K/split-K partials (at least ``floats`` float32) and
+    arrival counters (at least ``counters`` int32, zero between launches: the kernels leave
+    them so), from the core's grow-only device buffers (valid across CUDA-graph capture)."""
+    bufs = backend_kit.device_buffers(device)
+    partials = bufs.get("trtllm.partials", floats, torch.float32, minimum=1 << 20)
+    flags = bufs.get("trtllm.counters", counters, torch.int32, minimum=1 << 14, zeroed=True)
+    return partials.data_ptr(), flags.data_ptr()
 
 
 @functools.lru_cache(maxsize=None)
@@ -136,11 +105,6 @@ def _occupancy(index: int, mx: bool, t: int, nt: int, warps: int) -> int:
         raise RuntimeError(f"fp4-trtllm: no CTA of t={t} nt={nt} warps={warps} fits on an SM of "
                            f"device {index} (occupancy query returned {n})")
     return n
-
-
-@functools.lru_cache(maxsize=None)
-def _sm_count(index: int) -> int:
-    return torch.cuda.get_device_properties(index).multi_processor_count
 
 
 def geometry(m: int, n: int, k: int, t: int, warps: int) -> tuple[int, int, int, int]:
@@ -160,14 +124,8 @@ def _plan(index: int, m: int, n: int, k: int, mx: bool, t: int, warps: int, ctas
     per_sm = _occupancy(index, mx, t, nt, warps)
     if ctas > 0:
         per_sm = min(per_sm, ctas)
-    grid = max(1, min(units, _sm_count(index) * per_sm))
+    grid = max(1, min(units, backend_kit.sm_count(index) * per_sm))
     return nt, groups, mblocks, grid, grid * 2 * warps * t * nt * 32 * 4, mblocks * groups
-
-
-def _raw_stream(index: int) -> int:
-    # The C++ accessor avoids building a torch.cuda.Stream object on every call.
-    get = getattr(torch._C, "_cuda_getCurrentRawStream", None)
-    return get(index) if get is not None else torch.cuda.current_stream(index).cuda_stream
 
 
 def launch(*, a: torch.Tensor, a_sf: torch.Tensor, w: torch.Tensor, w_sf: torch.Tensor,
@@ -188,12 +146,12 @@ def launch(*, a: torch.Tensor, a_sf: torch.Tensor, w: torch.Tensor, w_sf: torch.
     index = out.device.index
     lib = _device_lib(index)
     nt, groups, mblocks, grid, ws_floats, n_counters = _plan(index, m, n, k, mx, t, warps, ctas)
-    ws, cnt = workspace(out.device).ensure(ws_floats, n_counters)
+    ws, cnt = workspace_pointers(out.device, ws_floats, n_counters)
     p = _Params(a.data_ptr(), a_sf.data_ptr(), w.data_ptr(), w_sf.data_ptr(),
                 alpha.data_ptr() if alpha is not None else None, out.data_ptr(), ws, cnt,
                 m, n, k, int(a_sf_8x4), a_sf_cols // 4, int(out.dtype == torch.float16),
                 warps, (n + 15) // 16, groups, mblocks)
-    err = lib.fp4_trtllm_gemv(ctypes.byref(p), int(mx), t, nt, grid, _raw_stream(index))
+    err = lib.fp4_trtllm_gemv(ctypes.byref(p), int(mx), t, nt, grid, backend_kit.raw_stream(index))
     if err != 0:
         raise RuntimeError(f"fp4-trtllm kernel launch failed: CUDA error {err} "
                            f"({lib.fp4_trtllm_error_string(err).decode()}) for m={m} n={n} k={k} "
@@ -222,13 +180,13 @@ def launch_splitk(*, a: torch.Tensor, a_sf: torch.Tensor, w: torch.Tensor, w_sf:
     ws = cnt = None
     if splits > 1:
         gx, _, gz = splitk_grid(m, n, t, warps, splits)
-        ws, cnt = workspace(out.device).ensure(gx * splits * gz * warps * t * nt * 128, gx * gz)
+        ws, cnt = workspace_pointers(out.device, gx * splits * gz * warps * t * nt * 128, gx * gz)
     p = _SplitKParams(a.data_ptr(), a_sf.data_ptr(), w.data_ptr(), w_sf.data_ptr(),
                       alpha.data_ptr() if alpha is not None else None, out.data_ptr(), ws, cnt,
                       m, n, k, int(a_sf_8x4), a_sf_cols // 4, int(out.dtype == torch.float16),
                       splits, warps, m_tiles)
     ring = bool(ring) and a_sf.data_ptr() % 4 == 0
-    err = lib.fp4_trtllm_splitk(ctypes.byref(p), int(mx), t, nt, int(ring), _raw_stream(index))
+    err = lib.fp4_trtllm_splitk(ctypes.byref(p), int(mx), t, nt, int(ring), backend_kit.raw_stream(index))
     if err != 0:
         raise RuntimeError(f"fp4-trtllm split-K kernel launch failed: CUDA error {err} "
                            f"({lib.fp4_trtllm_error_string(err).decode()}) for m={m} n={n} k={k} "
@@ -244,12 +202,13 @@ def bind(*, w: torch.Tensor, w_sf: torch.Tensor, m: int, n: int, k: int, mx: boo
     stay valid: the workspace only grows and keeps the buffers it replaced."""
     index = device.index if device.index is not None else torch.cuda.current_device()
     lib = _device_lib(index)
+    raw_stream = backend_kit.raw_stream  # a local: the closures below run per call
     if splitk:
         nt = nt_for(m)
         ws = cnt = None
         if splits > 1:
             gx, _, gz = splitk_grid(m, n, t, warps, splits)
-            ws, cnt = workspace(device).ensure(gx * splits * gz * warps * t * nt * 128, gx * gz)
+            ws, cnt = workspace_pointers(device, gx * splits * gz * warps * t * nt * 128, gx * gz)
         p = _SplitKParams(None, None, w.data_ptr(), w_sf.data_ptr(), None, None, ws, cnt, m, n, k,
                           int(a_sf_8x4), a_sf_cols // 4, int(out_fp16), splits, warps, (n + 15) // 16)
         fn, ref, mode = lib.fp4_trtllm_splitk, ctypes.byref(p), int(mx)
@@ -258,13 +217,13 @@ def bind(*, w: torch.Tensor, w_sf: torch.Tensor, m: int, n: int, k: int, mx: boo
         def launch(a, a_sf, alpha, out):
             p.a, p.a_sf, p.out = a.data_ptr(), a_sf.data_ptr(), out.data_ptr()
             p.alpha = alpha.data_ptr() if alpha is not None else None
-            err = fn(ref, mode, t, nt, int(ring and p.a_sf % 4 == 0), _raw_stream(index))
+            err = fn(ref, mode, t, nt, int(ring and p.a_sf % 4 == 0), raw_stream(index))
             if err:
                 raise RuntimeError(f"fp4-trtllm kernel launch failed: CUDA error {err} "
                                    f"({lib.fp4_trtllm_error_string(err).decode()}) for {what}")
         return launch
     nt, groups, mblocks, grid, ws_floats, n_counters = _plan(index, m, n, k, mx, t, warps, ctas)
-    ws, cnt = workspace(device).ensure(ws_floats, n_counters)
+    ws, cnt = workspace_pointers(device, ws_floats, n_counters)
     p = _Params(None, None, w.data_ptr(), w_sf.data_ptr(), None, None, ws, cnt, m, n, k, int(a_sf_8x4),
                 a_sf_cols // 4, int(out_fp16), warps, (n + 15) // 16, groups, mblocks)
     fn, ref, mode = lib.fp4_trtllm_gemv, ctypes.byref(p), int(mx)
@@ -273,7 +232,7 @@ def bind(*, w: torch.Tensor, w_sf: torch.Tensor, m: int, n: int, k: int, mx: boo
     def launch(a, a_sf, alpha, out):
         p.a, p.a_sf, p.out = a.data_ptr(), a_sf.data_ptr(), out.data_ptr()
         p.alpha = alpha.data_ptr() if alpha is not None else None
-        err = fn(ref, mode, t, nt, grid, _raw_stream(index))
+        err = fn(ref, mode, t, nt, grid, raw_stream(index))
         if err:
             raise RuntimeError(f"fp4-trtllm kernel launch failed: CUDA error {err} "
                                f"({lib.fp4_trtllm_error_string(err).decode()}) for {what}")

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import functools
 import math
 import re
 
 import torch
 
-from fp4core import jit
+from fp4core import backend_kit, jit
 from fp4core.formats import Fp4Format
 from fp4core.hookspec import BackendInfo, Support, hookimpl
 from fp4core.layouts import SfLayout
@@ -22,11 +21,6 @@ from .layout import CHUNK_K, prepare_weight
 MAX_M = 256
 #: Marker the prepare hook leaves in Operands.extra; run checks it.
 EXTRA_KEY = "fp4_trtllm"
-
-
-@functools.lru_cache(maxsize=1)
-def _have_nvcc() -> bool:
-    return jit.nvcc_path() is not None
 
 
 #: Stream-K kernel: (tiles of 16 rows per warp, warps per CTA) worth timing per activation
@@ -51,7 +45,7 @@ def _auto_splits(problem: Problem, t: int, warps: int, ctas_per_sm: int = 3) -> 
     at least 4 chunks (256 values of K) per split."""
     gx, _, gz = launcher.splitk_grid(problem.m or 1, problem.n, t, warps, 1)
     chunks = problem.k // CHUNK_K
-    want = _sm_count(problem.device.index) * ctas_per_sm
+    want = backend_kit.sm_count(problem.device.index) * ctas_per_sm
     return max(1, min(max(1, chunks // 4), round(want / (gx * gz))))
 
 
@@ -62,7 +56,7 @@ def _resident_ctas(problem: Problem, t: int, warps: int) -> int:
     nt = launcher.nt_for(problem.m or 1)
     slot = t * 512 + t * (32 if problem.fmt is Fp4Format.MXFP4 else 64) + nt * 256 + nt * 128
     per_warp = (5 if t >= 4 else 6) * slot
-    by_smem = _smem_per_sm(problem.device.index) // (warps * per_warp + 1024)
+    by_smem = backend_kit.smem_per_sm(problem.device.index) // (warps * per_warp + 1024)
     return max(1, min(16 // warps, by_smem, 32))
 
 
@@ -76,7 +70,7 @@ def _balanced_splits(problem: Problem, t: int, warps: int, keep: int = 1) -> lis
     with one CTA, 92 with two) left the least-loaded SMs idle 37 % of the kernel (ncu
     sm__cycles_active min / max)."""
     gx, _, gz = launcher.splitk_grid(problem.m or 1, problem.n, t, warps, 1)
-    sms = _sm_count(problem.device.index)
+    sms = backend_kit.sm_count(problem.device.index)
     cap = _resident_ctas(problem, t, warps) * sms
     most = max(1, problem.k // CHUNK_K // 4)
     counts = [s for s in range(1, most + 1) if gx * gz * s <= cap] or [1]
@@ -87,21 +81,6 @@ def _balanced_splits(problem: Problem, t: int, warps: int, keep: int = 1) -> lis
         return (round(ctas / (sms * math.ceil(ctas / sms)), 3), -s)
 
     return sorted(counts, key=score, reverse=True)[:keep]
-
-
-@functools.lru_cache(maxsize=None)
-def _smem_per_sm(index: int | None) -> int:
-    """Shared memory per SM in bytes (228 KiB, the SM90 figure, without a device to ask)."""
-    if index is None or not torch.cuda.is_available():
-        return 228 * 1024
-    return getattr(torch.cuda.get_device_properties(index), "shared_memory_per_multiprocessor", 228 * 1024)
-
-
-@functools.lru_cache(maxsize=None)
-def _sm_count(index: int | None) -> int:
-    if index is None or not torch.cuda.is_available():
-        return 132
-    return torch.cuda.get_device_properties(index).multi_processor_count
 
 
 class TrtllmBackend:
@@ -131,9 +110,8 @@ class TrtllmBackend:
             return Support.no(f"A scales must be 128x4 or 8x4, got {problem.a_sf_layout.value}")
         if problem.n * problem.k // 2 >= 2**31 or (problem.m or 1) * problem.n >= 2**31:
             return Support.no("sizes past 2^31 elements are not supported (32-bit indices)")
-        if not _have_nvcc():
-            return Support.no("nvcc (CUDA compiler) not found: the kernel is compiled on first use; "
-                              "install a CUDA toolkit and put nvcc on PATH or set CUDA_HOME")
+        if backend_kit.nvcc_missing():
+            return Support.no(backend_kit.nvcc_missing())
         return Support.yes()
 
     @hookimpl

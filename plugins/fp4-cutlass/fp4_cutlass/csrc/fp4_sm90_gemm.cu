@@ -74,7 +74,14 @@ struct Smem {
   static constexpr int kStage = (kAct + kW + kSf + 1023) / 1024 * 1024;
   static constexpr int kBudget = 227 * 1024 - 1024 - 256;  // minus alignment slack, barriers
   static constexpr int kStagesRaw = kBudget / kStage;
-  static constexpr int kStages = kStagesRaw > 8 ? 8 : kStagesRaw;
+  static constexpr int kStagesCapped = kStagesRaw > 8 ? 8 : kStagesRaw;
+  // BN = 64: the two consumer WGs take alternate iterations (it = cw, cw + 2, ...) of stage
+  // it % kStages. With an odd count a stage serves both WGs in turn, so a WG can wait on a
+  // stage's `full` barrier two phases ahead of it; a parity wait cannot tell that phase from
+  // the one before the current, returns at once and decodes a tile still in flight (a race:
+  // TM = 256 had 3 stages). An even count gives every stage to one WG, used in order.
+  static constexpr int kStages = BN == 64 ? (kStagesCapped & ~1) : kStagesCapped;
+  static_assert(kStages >= 2, "at least two stages");
   static constexpr int kBytes = kStages * kStage + 1024 + 256;
 };
 
