@@ -83,6 +83,14 @@ def nt_for(m: int) -> int:
     return NT_CHOICES[-1]
 
 
+def _check_alignment(a_ptr: int, a_sf_ptr: int, stream_k: bool) -> None:
+    """The kernels read A with 8-byte loads and (stream-K) A's scales with 4-byte cp.async:
+    an input at an odd offset would fault ("misaligned address"), so it is refused here."""
+    if a_ptr % 8 or (stream_k and a_sf_ptr % 4):
+        raise ValueError(f"fp4-trtllm: A must start 8-byte aligned and its scales 4-byte aligned "
+                         f"(got addresses {a_ptr:#x}, {a_sf_ptr:#x}); pass contiguous tensors")
+
+
 def workspace_pointers(device: torch.device, floats: int, counters: int) -> tuple[int, int]:
     """Pointers to the device's stream-K/split-K partials (at least ``floats`` float32) and
     arrival counters (at least ``counters`` int32, zero between launches: the kernels leave
@@ -147,6 +155,7 @@ def launch(*, a: torch.Tensor, a_sf: torch.Tensor, w: torch.Tensor, w_sf: torch.
     lib = _device_lib(index)
     nt, groups, mblocks, grid, ws_floats, n_counters = _plan(index, m, n, k, mx, t, warps, ctas)
     ws, cnt = workspace_pointers(out.device, ws_floats, n_counters)
+    _check_alignment(a.data_ptr(), a_sf.data_ptr(), True)
     p = _Params(a.data_ptr(), a_sf.data_ptr(), w.data_ptr(), w_sf.data_ptr(),
                 alpha.data_ptr() if alpha is not None else None, out.data_ptr(), ws, cnt,
                 m, n, k, int(a_sf_8x4), a_sf_cols // 4, int(out.dtype == torch.float16),
@@ -181,6 +190,7 @@ def launch_splitk(*, a: torch.Tensor, a_sf: torch.Tensor, w: torch.Tensor, w_sf:
     if splits > 1:
         gx, _, gz = splitk_grid(m, n, t, warps, splits)
         ws, cnt = workspace_pointers(out.device, gx * splits * gz * warps * t * nt * 128, gx * gz)
+    _check_alignment(a.data_ptr(), a_sf.data_ptr(), False)
     p = _SplitKParams(a.data_ptr(), a_sf.data_ptr(), w.data_ptr(), w_sf.data_ptr(),
                       alpha.data_ptr() if alpha is not None else None, out.data_ptr(), ws, cnt,
                       m, n, k, int(a_sf_8x4), a_sf_cols // 4, int(out.dtype == torch.float16),
@@ -216,6 +226,8 @@ def bind(*, w: torch.Tensor, w_sf: torch.Tensor, m: int, n: int, k: int, mx: boo
 
         def launch(a, a_sf, alpha, out):
             p.a, p.a_sf, p.out = a.data_ptr(), a_sf.data_ptr(), out.data_ptr()
+            if p.a % 8:
+                _check_alignment(p.a, p.a_sf, False)
             p.alpha = alpha.data_ptr() if alpha is not None else None
             err = fn(ref, mode, t, nt, int(ring and p.a_sf % 4 == 0), raw_stream(index))
             if err:
@@ -231,6 +243,8 @@ def bind(*, w: torch.Tensor, w_sf: torch.Tensor, m: int, n: int, k: int, mx: boo
 
     def launch(a, a_sf, alpha, out):
         p.a, p.a_sf, p.out = a.data_ptr(), a_sf.data_ptr(), out.data_ptr()
+        if p.a % 8 or p.a_sf % 4:
+            _check_alignment(p.a, p.a_sf, True)
         p.alpha = alpha.data_ptr() if alpha is not None else None
         err = fn(ref, mode, t, nt, grid, raw_stream(index))
         if err:

@@ -154,3 +154,14 @@ def test_balanced_splits_spread_the_grid_evenly(n, k, t, warps):
     assert [score(s) for s in chosen] == sorted((score(s) for s in chosen), reverse=True)
     if (n, warps) == (28672, 1):
         assert chosen[0] == 2 and score(2) > 0.95  # 896 CTAs: 6 or 7 per SM; 4-warp CTAs reach 0.85
+
+
+def test_misaligned_activations_are_refused_with_the_addresses():
+    """The kernels' 8-byte A loads and 4-byte stream-K scale copies would fault on inputs at
+    odd offsets; the launcher refuses them (auto then falls back) instead of launching."""
+    with pytest.raises(ValueError, match="A must start 8-byte aligned.*0x1004"):
+        launcher._check_alignment(0x1004, 0x2000, False)
+    with pytest.raises(ValueError, match="scales 4-byte aligned"):
+        launcher._check_alignment(0x1000, 0x2002, True)
+    launcher._check_alignment(0x1000, 0x2002, False)  # split-K: unaligned scales only turn its ring off
+    launcher._check_alignment(0x1008, 0x2004, True)
