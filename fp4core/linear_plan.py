@@ -104,6 +104,13 @@ def make_plan(weight_signature: tuple, prepared: PreparedWeight, m: int, fmt: Fp
                       launch, quantize)
 
 
+def _version(t: torch.Tensor) -> int:
+    try:
+        return t._version
+    except RuntimeError:  # inference tensors keep no version counter; the entry's epoch covers them
+        return 0
+
+
 class LayerPlans:
     """The eager plans of one linear layer, keyed by (M, out_dtype).
 
@@ -139,7 +146,7 @@ class LayerPlans:
         m = x2.shape[0]
         nv = self.fmt is Fp4Format.NVFP4
         static = static and nv
-        wsig = (weight_fp4.data_ptr(), weight_scale.data_ptr(), weight_fp4._version, weight_scale._version,
+        wsig = (weight_fp4.data_ptr(), weight_scale.data_ptr(), _version(weight_fp4), _version(weight_scale),
                 self.entry.epoch, backend, static)
         plan = self.plans.get((m, out_dtype))
         if plan is None or plan.signature != (wsig, dispatcher.generation):
