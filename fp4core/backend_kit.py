@@ -61,7 +61,7 @@ class DeviceBuffers:
                 take); True allocates from the graph's pool, which the buffer then keeps.
         """
         buf = self._buffers.get(name)
-        if buf is not None and buf.numel() >= numel:
+        if buf is not None and buf.numel() >= numel and buf.dtype == dtype:
             return buf
         if not grow_in_capture and torch.cuda.is_current_stream_capturing():
             raise CaptureGrowthError(
@@ -69,10 +69,10 @@ class DeviceBuffers:
                 "run this problem shape once before capturing")
         with self._lock:
             buf = self._buffers.get(name)
+            if buf is not None and buf.dtype != dtype:
+                raise TypeError(f"buffer {name!r} holds {buf.dtype}, asked for {dtype}")
             if buf is None or buf.numel() < numel:
                 if buf is not None:
-                    if buf.dtype != dtype:
-                        raise TypeError(f"buffer {name!r} holds {buf.dtype}, asked for {dtype}")
                     self._retired.setdefault(name, []).append(buf)  # a captured graph may still use it
                 size = max(int(numel), int(minimum), 1)
                 if round_pow2:

@@ -30,6 +30,7 @@ from .errors import BackendFailedError
 from .formats import Fp4Format
 from .hookspec import Tactic
 from .layouts import SfLayout
+from .ops import version_counter
 from .prepared import PreparedWeight, weight_for
 from .problem import Operands, Problem, problem_of
 from .registry import Backend
@@ -104,13 +105,6 @@ def make_plan(weight_signature: tuple, prepared: PreparedWeight, m: int, fmt: Fp
                       launch, quantize)
 
 
-def _version(t: torch.Tensor) -> int:
-    try:
-        return t._version
-    except RuntimeError:  # inference tensors keep no version counter; the entry's epoch covers them
-        return 0
-
-
 class LayerPlans:
     """The eager plans of one linear layer, keyed by (M, out_dtype).
 
@@ -146,7 +140,7 @@ class LayerPlans:
         m = x2.shape[0]
         nv = self.fmt is Fp4Format.NVFP4
         static = static and nv
-        wsig = (weight_fp4.data_ptr(), weight_scale.data_ptr(), _version(weight_fp4), _version(weight_scale),
+        wsig = (weight_fp4.data_ptr(), weight_scale.data_ptr(), version_counter(weight_fp4), version_counter(weight_scale),
                 self.entry.epoch, backend, static)
         plan = self.plans.get((m, out_dtype))
         if plan is None or plan.signature != (wsig, dispatcher.generation):

@@ -83,7 +83,7 @@ class _WeightEntry:
         if self.static:
             same = (b.data_ptr(), b_sf.data_ptr()) == self._sig
             return self.prepared if same else None
-        sig = (b.data_ptr(), b_sf.data_ptr(), _version(b), _version(b_sf), b.device, self.epoch,
+        sig = (b.data_ptr(), b_sf.data_ptr(), version_counter(b), version_counter(b_sf), b.device, self.epoch,
                use_nvfp4, out_dtype, use_8x4, has_alpha)
         if sig == self._sig:
             return self.prepared
@@ -99,7 +99,8 @@ class _WeightEntry:
         return self.prepared
 
 
-def _version(t: torch.Tensor) -> int:
+def version_counter(t: torch.Tensor) -> int:
+    """``t._version``, or 0 for an inference tensor (it keeps none; entries' epochs cover it)."""
     try:
         return t._version
     except RuntimeError:  # inference tensors keep no version counter; the epoch covers them

@@ -27,6 +27,8 @@ def test_buffers_grow_keep_what_they_replaced_and_start_aligned():
     assert torch.count_nonzero(z) == 0
     with pytest.raises(TypeError, match="holds torch.float32, asked for torch.float16"):
         bufs.get("p.x", 5000, torch.float16)
+    with pytest.raises(TypeError, match="holds torch.float32, asked for torch.float16"):
+        bufs.get("p.x", 10, torch.float16)  # large enough, but not that dtype
 
 
 def test_growth_during_capture_is_refused_only_when_asked(monkeypatch):
