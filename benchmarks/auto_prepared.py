@@ -20,9 +20,9 @@ import json
 import torch
 
 import fp4core
-from fp4core.bench import PRESETS
-from fp4core.timing import graph_replay_interleaved_us, graph_replay_us, rotation_sets
-from fp4core.tuner import tactic_label
+from fp4core.tools.bench import PRESETS
+from fp4core.dispatch.timing import graph_replay_interleaved_us, graph_replay_us, rotation_sets
+from fp4core.dispatch.tuner import tactic_label
 
 
 def main() -> int:
@@ -67,7 +67,7 @@ def main() -> int:
             choice = fp4core.explain(a0, pws[0], a0_sf, None, alphas[0], block_size=bs, use_nvfp4=nv).choice
             auto_be = choice.backend.name
             timed = {}
-            for be in fp4core.state.registry.backends():
+            for be in fp4core.dispatch.state.registry.backends():
                 for prepared in (True, False):
                     if not prepared and be.info.needs_prepare:
                         continue

@@ -21,8 +21,8 @@ import time
 import torch
 
 import fp4core
-import fp4core.tuner
-from fp4core.timing import device_spin, graph_replay_us
+import fp4core.dispatch.tuner
+from fp4core.dispatch.timing import device_spin, graph_replay_us
 
 
 def host_us(call, calls: int = 300) -> float:
@@ -49,9 +49,9 @@ def main() -> None:
     args = ap.parse_args()
     m, n, k = args.m, args.n, args.k
     dev = "cuda"
-    from fp4core.formats import Fp4Format
-    from fp4core.kernels import quantize_triton as qt
-    from fp4core.layouts import SfLayout
+    from fp4core.formats.fp4 import Fp4Format
+    from fp4core.formats.kernels import quantize_triton as qt
+    from fp4core.formats.layouts import SfLayout
     import triton
     import triton.language as tl
 
@@ -61,8 +61,8 @@ def main() -> None:
 
     x = torch.randn(m, k, device=dev, dtype=torch.bfloat16)
     lin = torch.nn.Linear(k, n, bias=False, device=dev, dtype=torch.bfloat16)
-    fl = fp4core.nn.Fp4Linear.from_linear(lin)
-    fl_static = fp4core.nn.Fp4Linear.from_linear(lin)
+    fl = fp4core.pytorch.nn.Fp4Linear.from_linear(lin)
+    fl_static = fp4core.pytorch.nn.Fp4Linear.from_linear(lin)
     fl_static.set_input_global_scale(fp4core.compute_global_scale(x))
     wgs = fl.weight_global_scale
     a, a_sf, gs = fp4core.quantize_fp4(x)
@@ -75,8 +75,8 @@ def main() -> None:
         fl(x)
     choice = fp4core.explain(a, pw, a_sf, None, alpha).choice
     be, tactic = choice.backend, choice.tactic
-    from fp4core.prepared import weight_for
-    from fp4core.problem import Operands
+    from fp4core.dispatch.prepared import weight_for
+    from fp4core.dispatch.problem import Operands
     problem = fp4core.explain(a, pw, a_sf, None, alpha).problem
     rp, ops = weight_for(be, problem, Operands(a, a_sf.reshape(-1), None, None, alpha), pw)
     out = torch.empty(m, n, device=dev, dtype=torch.bfloat16)
@@ -98,7 +98,7 @@ def main() -> None:
         "mm_fp4 auto, plain weight": lambda: fp4core.mm_fp4(a, b.T, a_sf, b_sf.T, alpha),
         "mm_fp4 auto, prepared weight": lambda: fp4core.mm_fp4(a, pw, a_sf, None, alpha),
         "mm_fp4 auto, prepared, out= given": lambda: fp4core.mm_fp4(a, pw, a_sf, None, alpha, out=out),
-        "torch.ops.fp4core.mm_fp4 (op path)": lambda: fp4core.ops.mm_fp4(a, pw, a_sf, None, alpha),
+        "torch.ops.fp4core.mm_fp4 (op path)": lambda: fp4core.pytorch.ops.mm_fp4(a, pw, a_sf, None, alpha),
         "Fp4Linear.forward (dynamic scale)": lambda: fl(x),
         "Fp4Linear.forward (static scale)": lambda: fl_static(x),
         "bf16 nn.Linear, torch.compile": lambda: c_lin(x),
@@ -115,7 +115,7 @@ def main() -> None:
         "Fp4Linear, torch.compile (dynamic scale)": lambda i: c_fl(x),
     }
     rows = []
-    print(f"host time per call, M={m} N={n} K={k} NVFP4, auto -> {be.name} [{fp4core.tuner.tactic_label(tactic)}]")
+    print(f"host time per call, M={m} N={n} K={k} NVFP4, auto -> {be.name} [{fp4core.dispatch.tuner.tactic_label(tactic)}]")
     print(f"{'step':48s} {'host us':>8s} {'GPU us':>8s}")
     with torch.no_grad():
         for name, call in steps.items():

@@ -22,7 +22,7 @@ torch.cuda.synchronize()
 PY
 cat > /tmp/splitk_case.py <<'PY'
 import torch, fp4core
-from fp4core.synthetic import random_operands
+from fp4core.dispatch.synthetic import random_operands
 from fp4_trtllm.plugin import TrtllmBackend
 be = TrtllmBackend()
 p = fp4core.make_problem(1, 8192, 8192, prepared=True, device="cuda")

@@ -14,7 +14,7 @@ echo "quant tests rc=$? $(tail -1 "$OUT/tests-quant.log")" > "$OUT/summary.txt"
 timeout 110 python3 -m pytest $T plugins/fp4-trtllm/tests > "$OUT/tests-trtllm.log" 2>&1
 echo "trtllm tests rc=$? $(tail -1 "$OUT/tests-trtllm.log")" >> "$OUT/summary.txt"
 timeout 45 python3 -c "
-from fp4core.kernels.bench_quant import sweep_configs, tiles_env
+from fp4core.tools.bench_quant import sweep_configs, tiles_env
 best = sweep_configs()
 print('best', best); print('FP4CORE_QUANT_TILES=' + tiles_env(best))" > "$OUT/quant-sweep.txt" 2>&1
 timeout 40 fp4core bench --quantize --m 2048,8192 --json "$OUT/quant.json" 2>/dev/null > "$OUT/quant.txt"

@@ -13,7 +13,7 @@ echo "core tests rc=$? $(tail -1 "$OUT/tests-core.log")" | tee "$OUT/summary.txt
 timeout 110 python3 -m pytest $T plugins/fp4-trtllm/tests > "$OUT/tests-trtllm.log" 2>&1
 echo "trtllm tests rc=$? $(tail -1 "$OUT/tests-trtllm.log")" | tee -a "$OUT/summary.txt"
 timeout 40 python3 -c "
-from fp4core.kernels.bench_quant import sweep_configs, tiles_env
+from fp4core.tools.bench_quant import sweep_configs, tiles_env
 best = sweep_configs()
 print('best', best); print('FP4CORE_QUANT_TILES=' + tiles_env(best))" > "$OUT/quant-sweep.txt" 2>&1
 tail -2 "$OUT/quant-sweep.txt" | tee -a "$OUT/summary.txt"

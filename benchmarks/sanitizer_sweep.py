@@ -21,9 +21,10 @@ import time
 
 import torch
 
-from fp4core import api, state
-from fp4core.reference import reference_mm
-from fp4core.tuner import make_sets, prepared_sets, run_checked, tactic_label
+from fp4core import api
+from fp4core.dispatch import state
+from fp4core.formats.reference import reference_mm
+from fp4core.dispatch.tuner import make_sets, prepared_sets, run_checked, tactic_label
 
 # odd M and N, K = 28672 (the shape of the issue-16 fault), a split-K-sized K, a prefill M
 DEFAULT_SHAPES = "1x136x28672,7x1000x28672,33x2880x512,130x1000x4096,1000x1280x2880,2048x1024x28672"

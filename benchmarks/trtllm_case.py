@@ -10,7 +10,7 @@ import sys
 import torch
 
 import fp4core
-from fp4core.synthetic import random_operands
+from fp4core.dispatch.synthetic import random_operands
 from fp4_trtllm.plugin import TrtllmBackend
 
 

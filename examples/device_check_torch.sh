@@ -22,10 +22,10 @@ FP4CORE_BACKENDS=torch timeout 150 $PY -m pytest $T tests/test_ops.py tests/test
 timeout 120 $PY -m pytest $T tests/test_ops.py tests/test_nn.py 2>&1 | tee "$OUT/tests-all.log" | tail -15
 timeout 120 $PY -m pytest $T tests/test_quantize_gpu.py 2>&1 | tee "$OUT/tests-quant.log" | tail -8
 timeout 40 $PY -c "
-from fp4core.kernels.bench_quant import sweep_configs, tiles_env
+from fp4core.tools.bench_quant import sweep_configs, tiles_env
 print('TILES=' + tiles_env(sweep_configs(progress=lambda s: print(s, flush=True))))" 2>&1 | tee "$OUT/sweep.log" | tail -2
 TILES=$(grep '^TILES=' "$OUT/sweep.log" | cut -d= -f2-)
 [ -n "$TILES" ] && export FP4CORE_QUANT_TILES="$TILES"
 echo "FP4CORE_QUANT_TILES=${FP4CORE_QUANT_TILES:-default}" | tee -a "$OUT/device.txt"
-timeout 60 $PY -m fp4core.cli bench --quantize --m 1,16,2048,8192 --json "$OUT/quant.json" 2>"$OUT/quant_progress.log" | tee "$OUT/quant_bench.txt"
+timeout 60 $PY -m fp4core.tools.cli bench --quantize --m 1,16,2048,8192 --json "$OUT/quant.json" 2>"$OUT/quant_progress.log" | tee "$OUT/quant_bench.txt"
 timeout 100 $PY examples/e2e_model.py --repeat 8 --json "$OUT/e2e.json" 2>&1 | grep -v "Loading weights" | tee "$OUT/e2e.log"

@@ -14,7 +14,7 @@ package (that is how the device check carries it: ``.carry/minilm``).
 What it reports:
 * agreement of the final hidden states (every real token of a batch of sentences) with the
   float32 model: cosine similarity and relative error, for the bf16 model and for the
-  NVFP4 (W4A4, every Linear quantized with ``fp4core.nn.quantize_linears``) model; the
+  NVFP4 (W4A4, every Linear quantized with ``fp4core.pytorch.nn.quantize_linears``) model; the
   same for the mean-pooled sentence embeddings, and a semantic sanity check;
 * speed: each Linear shape of the model, bf16 ``nn.Linear`` (cuBLAS) against ``Fp4Linear``
   (activation quantization + ``mm_fp4`` auto, tuned), at several M; and the whole model,
@@ -36,8 +36,8 @@ import torch
 from torch import nn
 
 import fp4core
-from fp4core.reference import relative_error
-from fp4core.timing import default_timer, median
+from fp4core.formats.reference import relative_error
+from fp4core.dispatch.timing import default_timer, median
 
 REPO = Path(__file__).resolve().parent.parent
 SENTENCES = [
@@ -286,9 +286,9 @@ def layer_speed(model_bf16: MiniLM, model_fp4: MiniLM, ms: list[int], cuda: bool
              if isinstance(a, nn.Linear)]
     for n, k in extra:
         lin = nn.Linear(k, n, device=device, dtype=torch.bfloat16)
-        pairs.append((f"random {n}x{k}", lin, fp4core.nn.Fp4Linear.from_linear(lin)))
+        pairs.append((f"random {n}x{k}", lin, fp4core.pytorch.nn.Fp4Linear.from_linear(lin)))
     for name, lin, q in pairs:
-        if (lin.out_features, lin.in_features) in seen or not isinstance(q, fp4core.nn.Fp4Linear):
+        if (lin.out_features, lin.in_features) in seen or not isinstance(q, fp4core.pytorch.nn.Fp4Linear):
             continue
         seen.add((lin.out_features, lin.in_features))
         for m in ms:
@@ -362,10 +362,10 @@ def main(argv=None) -> int:
     torch.backends.cuda.matmul.allow_tf32 = prev_tf32
     lowp = torch.bfloat16
     m16 = MiniLM(cfg).load_hf(weights).to(device, lowp).eval()
-    m4 = fp4core.nn.quantize_linears(MiniLM(cfg).load_hf(weights).to(device, lowp).eval(), format=args.format)
-    n_fp4 = sum(isinstance(m, fp4core.nn.Fp4Linear) for m in m4.modules())
+    m4 = fp4core.pytorch.nn.quantize_linears(MiniLM(cfg).load_hf(weights).to(device, lowp).eval(), format=args.format)
+    n_fp4 = sum(isinstance(m, fp4core.pytorch.nn.Fp4Linear) for m in m4.modules())
     if args.act_scale == "static":
-        with fp4core.nn.calibrate(m4), torch.inference_mode():
+        with fp4core.pytorch.nn.calibrate(m4), torch.inference_mode():
             m4(ids, mask)
     with fp4core.autotune(verbose=False, save=False), torch.inference_mode():
         m4(ids, mask)  # tune the model's shapes once

@@ -8,20 +8,19 @@ through the ``fp4core.backends`` entry-point group; ``torch`` is built in.
 
 __version__ = "0.1.0"
 
-from .api import (BackendStatus, autotune, backends, explain, is_backend_supported, make_problem,
+from fp4core.api import (BackendStatus, autotune, backends, build, explain, is_backend_supported, make_problem,
                   mm_fp4, register_backend, supported_backends, tune, unregister_backend)
-from .dispatch import Choice, Explanation
-from .errors import (BackendError, BackendFailedError, BackendNotInstalledError, BackendUnsupportedError,
+from fp4core.dispatch.selector import Choice, Explanation
+from fp4core.errors import (BackendError, BackendFailedError, BackendNotInstalledError, BackendUnsupportedError,
                      NoBackendError)
-from .formats import Fp4Format
-from .hookspec import BackendInfo, Support, Tactic, hookimpl, hookspec
-from .layouts import SfLayout, swizzle_scales, unswizzle_scales
-from .prebuild import build
-from .prepared import PreparedWeight, prepare
-from .problem import DeviceInfo, Operands, Problem
-from .quantize import compute_global_scale, dequantize, mxfp4_quantize, nvfp4_quantize
-from . import ops, nn  # noqa: E402  registers torch.ops.fp4core.{mm_fp4,quantize_fp4}
-from .ops import quantize_fp4
+from fp4core.formats.fp4 import Fp4Format
+from fp4core.dispatch.hooks import BackendInfo, Support, Tactic, hookimpl, hookspec
+from fp4core.formats.layouts import SfLayout, swizzle_scales, unswizzle_scales
+from fp4core.dispatch.prepared import PreparedWeight, prepare
+from fp4core.dispatch.problem import DeviceInfo, Operands, Problem
+from fp4core.formats.quantize import compute_global_scale, dequantize, mxfp4_quantize, nvfp4_quantize
+from fp4core.pytorch import ops, nn  # noqa: E402  registers torch.ops.fp4core.{mm_fp4,quantize_fp4}
+from fp4core.pytorch.ops import quantize_fp4
 
 __all__ = [
     "__version__", "mm_fp4", "prepare", "build", "PreparedWeight", "autotune", "tune", "explain",

@@ -10,15 +10,15 @@ from typing import Any, Iterator
 
 import torch
 
-from . import state
-from .dispatch import Explanation, dispatcher
-from .formats import Fp4Format
-from .layouts import SfLayout
-from .errors import BackendFailedError
-from .prepared import PreparedWeight, weight_for
-from .problem import DeviceInfo, Operands, Problem, device_info, problem_of
-from .registry import Backend
-from .validation import (activation, build_problem, check_alpha, check_format, check_out,
+from fp4core.dispatch import state
+from fp4core.dispatch.selector import Explanation, dispatcher
+from fp4core.formats.fp4 import Fp4Format
+from fp4core.formats.layouts import SfLayout
+from fp4core.errors import BackendFailedError
+from fp4core.dispatch.prepared import PreparedWeight, weight_for
+from fp4core.dispatch.problem import DeviceInfo, Operands, Problem, device_info, problem_of
+from fp4core.dispatch.registry import Backend
+from fp4core.dispatch.validation import (activation, build_problem, check_alpha, check_format, check_out,
                          check_out_dtype)
 
 log = logging.getLogger("fp4core")
@@ -290,3 +290,12 @@ def tune(problems: list[Problem], *, force: bool = False, verbose: bool = True,
             dispatcher.choose(problem, "auto")
             results.append(dispatcher.explain(problem))
     return results
+
+
+def build(backends: list[str] | None = None, archs: list[str] | None = None,
+          progress: bool = True) -> dict[str, list[str]]:
+    """Prebuild the JIT-compiled kernels of installed backends; see ``fp4core.tools.prebuild.build``
+    (imported here on use, so ``import fp4core`` never loads the tooling)."""
+    from fp4core.tools.prebuild import build as _build
+    return _build(backends, archs, progress)
+

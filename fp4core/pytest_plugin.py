@@ -34,7 +34,7 @@ def pytest_collection_modifyitems(config, items):
 
 @pytest.fixture(autouse=True)
 def _fp4core_isolated_tuning_cache(tmp_path, monkeypatch):
-    from fp4core import state
+    from fp4core.dispatch import state
 
     monkeypatch.setenv("FP4CORE_TUNING_CACHE", str(tmp_path / "tuning.json"))
     monkeypatch.delenv("FP4CORE_AUTOTUNE", raising=False)

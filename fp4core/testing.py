@@ -24,12 +24,12 @@ from typing import Any, Iterator
 
 import torch
 
-from . import state
-from .hookspec import Tactic
-from .problem import Operands, Problem
-from .reference import TOLERANCE, reference_mm, relative_error
-from .synthetic import random_operands
-from .tuner import prepared_sets, tactic_label
+from fp4core.dispatch import state
+from fp4core.dispatch.hooks import Tactic
+from fp4core.dispatch.problem import Operands, Problem
+from fp4core.formats.reference import TOLERANCE, reference_mm, relative_error
+from fp4core.dispatch.synthetic import random_operands
+from fp4core.dispatch.tuner import prepared_sets, tactic_label
 
 
 _guarded_maps: list = []  # the mappings behind guarded_copy's tensors live as long as the process

@@ -1,4 +1,4 @@
-"""fp4core.backend_kit: the buffers, device facts and toolchain checks every GPU plugin uses
+"""fp4core.kit: the buffers, device facts and toolchain checks every GPU plugin uses
 (issue 17 item 1), and that no plugin keeps its own copy of them."""
 
 import re
@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from fp4core import backend_kit
-from fp4core.backend_kit import CaptureGrowthError, DeviceBuffers
+from fp4core import kit
+from fp4core.kit import CaptureGrowthError, DeviceBuffers
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -53,14 +53,14 @@ def test_release_by_prefix_leaves_other_plugins_buffers():
 
 
 def test_device_facts_and_targets():
-    assert backend_kit.arch_for((9, 0)) == "sm_90a"
-    assert backend_kit.arch_for((10, 0)) == "sm_100a"
-    assert backend_kit.arch_for((12, 0)) == "sm_120a"
-    assert backend_kit.arch_for((8, 9)) == "sm_89"
-    assert backend_kit.sm_count(None) == backend_kit.DEFAULT_SM_COUNT
-    assert backend_kit.smem_per_sm(None) == backend_kit.DEFAULT_SMEM_PER_SM
-    from fp4core import jit
-    assert backend_kit.nvcc_missing() == ("" if jit.nvcc_path() else backend_kit.NVCC_MISSING)
+    assert kit.arch_for((9, 0)) == "sm_90a"
+    assert kit.arch_for((10, 0)) == "sm_100a"
+    assert kit.arch_for((12, 0)) == "sm_120a"
+    assert kit.arch_for((8, 9)) == "sm_89"
+    assert kit.sm_count(None) == kit.DEFAULT_SM_COUNT
+    assert kit.smem_per_sm(None) == kit.DEFAULT_SMEM_PER_SM
+    from fp4core.kit import jit
+    assert kit.nvcc_missing() == ("" if jit.nvcc_path() else kit.NVCC_MISSING)
 
 
 _OWN_HELPERS = {
@@ -77,4 +77,4 @@ def test_no_plugin_keeps_its_own_copy_of_the_kit():
     assert {p.parent.name for p in sources} >= {"fp4_cudnn", "fp4_cutlass", "fp4_trtllm", "fp4_triton"}
     found = [f"{p.relative_to(ROOT)}: {what}" for p in sources for what, pat in _OWN_HELPERS.items()
              if pat.search(p.read_text())]
-    assert not found, "use fp4core.backend_kit instead:\n" + "\n".join(found)
+    assert not found, "use fp4core.kit instead:\n" + "\n".join(found)

@@ -7,8 +7,8 @@ import sys
 import pytest
 
 import fp4core
-from fp4core import state
-from fp4core.cli import main
+from fp4core.dispatch import state
+from fp4core.tools.cli import main
 from fp4core.testing import registered
 
 
@@ -87,7 +87,7 @@ def test_tune_writes_the_cache(capsys):
 
 
 def test_console_script_runs():
-    out = subprocess.run([sys.executable, "-m", "fp4core.cli", "--version"], capture_output=True, text=True)
+    out = subprocess.run([sys.executable, "-m", "fp4core.tools.cli", "--version"], capture_output=True, text=True)
     assert out.returncode == 0 and "fp4core 0.1.0" in out.stdout
 
 
@@ -107,8 +107,8 @@ def test_plot_without_matplotlib_is_a_clear_error(tmp_path, capsys, monkeypatch)
 
 
 def test_shapes_from_preset_and_file(tmp_path):
-    from fp4core.bench import shapes_from_args
-    from fp4core.cli import build_parser
+    from fp4core.tools.bench import shapes_from_args
+    from fp4core.tools.cli import build_parser
 
     args = build_parser().parse_args(["bench", "--m", "1,8", "--preset", "gpt-oss-120b"])
     assert shapes_from_args(args) == [(1, 1280, 2880), (8, 1280, 2880), (1, 2880, 1024), (8, 2880, 1024)]

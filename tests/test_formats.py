@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from fp4core import formats
+from fp4core.formats import fp4 as formats
 from independent import e2m1_round, e2m1_value, e4m3_round, e4m3_value, e8m0_value
 
 

@@ -1,4 +1,4 @@
-"""fp4core.jit: compile with nvcc, load with ctypes, cache, errors. Needs nvcc, no GPU."""
+"""fp4core.kit.jit: compile with nvcc, load with ctypes, cache, errors. Needs nvcc, no GPU."""
 
 import ctypes
 import multiprocessing
@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from fp4core import jit
+from fp4core.kit import jit
 
 needs_nvcc = pytest.mark.skipif(jit.nvcc_path() is None, reason="nvcc not installed")
 

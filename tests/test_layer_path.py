@@ -10,8 +10,8 @@ import pytest
 import torch
 
 import fp4core
-from fp4core import state
-from fp4core.problem import DeviceInfo
+from fp4core.dispatch import state
+from fp4core.dispatch.problem import DeviceInfo
 from fp4core.testing import registered
 
 SM90 = DeviceInfo("cuda", 0, "fake H200", (9, 0), 132)
@@ -102,8 +102,8 @@ def test_the_validated_call_cache_never_hides_a_bad_argument():
 
 _EAGER_SCRIPT = r"""
 import torch, fp4core
-from fp4core.nn import Fp4Linear
-from fp4core.dispatch import dispatcher
+from fp4core.pytorch.nn import Fp4Linear
+from fp4core.dispatch.selector import dispatcher
 torch.manual_seed(0)
 for fmt, act in (("nvfp4", "dynamic"), ("nvfp4", "static"), ("mxfp4", "dynamic")):
     lin = torch.nn.Linear(64, 48, bias=True, dtype=torch.bfloat16)
@@ -181,7 +181,7 @@ def test_fp4linear_eager_plans_in_the_triton_interpreter():
 def test_fp4linear_eager_path_equals_the_op_path_and_graph_replay(fmt, act):
     torch.manual_seed(1)
     lin = torch.nn.Linear(2048, 1280, bias=False, device="cuda", dtype=torch.bfloat16)
-    layer = fp4core.nn.Fp4Linear.from_linear(lin, format=fmt)
+    layer = fp4core.pytorch.nn.Fp4Linear.from_linear(lin, format=fmt)
     if act == "static":
         layer.set_input_global_scale(fp4core.compute_global_scale(torch.randn(64, 2048, device="cuda")))
     for m in (1, 16, 300):
@@ -202,7 +202,7 @@ def test_compiled_fp4linear_runs_the_eager_plans_bit_exactly(fmt, act):
     torch._dynamo.reset()
     torch.manual_seed(2)
     lin = torch.nn.Linear(1024, 640, bias=True, device="cuda", dtype=torch.bfloat16)
-    layer = fp4core.nn.Fp4Linear.from_linear(lin, format=fmt)
+    layer = fp4core.pytorch.nn.Fp4Linear.from_linear(lin, format=fmt)
     if act == "static":
         layer.set_input_global_scale(fp4core.compute_global_scale(torch.randn(64, 1024, device="cuda")))
     compiled = torch.compile(layer, fullgraph=True, dynamic=False)
@@ -220,8 +220,8 @@ def test_compiled_fp4linear_runs_the_eager_plans_bit_exactly(fmt, act):
 def test_every_backends_bound_launcher_equals_its_run(m, n, k):
     """``Backend.bind`` (the plugin's bind hook, or the closure over run) writes what ``run``
     writes, for the first tactics of every backend that takes the shape."""
-    from fp4core.problem import Operands
-    from fp4core.tuner import make_sets, prepared_sets
+    from fp4core.dispatch.problem import Operands
+    from fp4core.dispatch.tuner import make_sets, prepared_sets
     problem = fp4core.make_problem(m, n, k, device="cuda", prepared=True)
     ops = make_sets(problem, n_sets=1)[0]
     for be in state.registry.backends():

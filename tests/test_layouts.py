@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from fp4core import layouts
+from fp4core.formats import layouts
 from independent import swizzle, unswizzle
 
 SHAPES = [(1, 1), (7, 3), (129, 1), (129, 3), (1, 256), (7, 256), (128, 4), (200, 9)]

@@ -97,7 +97,7 @@ def test_empty_m_returns_empty_output():
 
 @pytest.mark.gpu
 def test_torch_backend_large_shape_on_gpu():
-    from fp4core.reference import reference_mm, relative_error
+    from fp4core.formats.reference import reference_mm, relative_error
     from fp4core.testing import canonical_operands
 
     problem = fp4core.make_problem(256, 4096, 4096, device="cuda")
@@ -108,13 +108,13 @@ def test_torch_backend_large_shape_on_gpu():
 
 
 def test_device_info_describes_the_device():
-    cpu = fp4core.problem.device_info("cpu")
+    cpu = fp4core.dispatch.problem.device_info("cpu")
     assert cpu.capability is None and cpu.sm == 0 and cpu.sm_count is None
 
 
 @pytest.mark.gpu
 def test_device_info_counts_sms_on_cuda():
-    info = fp4core.problem.device_info("cuda")
+    info = fp4core.dispatch.problem.device_info("cuda")
     props = torch.cuda.get_device_properties(info.index)
     assert info.capability == (props.major, props.minor)
     assert info.sm_count == props.multi_processor_count > 0

@@ -1,4 +1,4 @@
-"""fp4core.nn: Fp4Linear against a float64 reference, leading dims, quantize_linears (swaps,
+"""fp4core.pytorch.nn: Fp4Linear against a float64 reference, leading dims, quantize_linears (swaps,
 skips with a log, filter), quantized state_dict round trip, torch.compile, errors."""
 
 import copy
@@ -10,8 +10,8 @@ import torch
 from torch import nn
 
 import fp4core
-from fp4core.nn import Fp4Linear, quantize_linears
-from fp4core.reference import TOLERANCE, relative_error
+from fp4core.pytorch.nn import Fp4Linear, quantize_linears
+from fp4core.formats.reference import TOLERANCE, relative_error
 from fp4core.testing import device_allocations
 
 
@@ -159,7 +159,7 @@ def test_calibrated_static_scale_matches_dynamic_on_the_calibration_input():
     q = quantize_linears(_model())
     x = torch.randn(6, 64)
     dynamic = q(x)
-    with fp4core.nn.calibrate(q) as layers:
+    with fp4core.pytorch.nn.calibrate(q) as layers:
         assert len(layers) == 3 and all(m.act_scale == "dynamic" for m in layers)
         q(x)
     assert all(m.act_scale == "static" for m in layers)
@@ -172,7 +172,7 @@ def test_calibration_over_batches_and_reference():
     lin = nn.Linear(64, 24)
     layer = Fp4Linear.from_linear(lin)
     xs = [torch.randn(5, 64), 3 * torch.randn(7, 64)]
-    with fp4core.nn.calibrate(layer):
+    with fp4core.pytorch.nn.calibrate(layer):
         for x in xs:
             layer(x)
     gs = fp4core.compute_global_scale(torch.cat(xs))
@@ -186,7 +186,7 @@ def test_calibration_over_batches_and_reference():
 
 def test_static_scale_survives_state_dict_and_compile():
     q = quantize_linears(_model())
-    with fp4core.nn.calibrate(q):
+    with fp4core.pytorch.nn.calibrate(q):
         q(torch.randn(8, 64))
     x = torch.randn(3, 64)
     want = q(x)
@@ -201,7 +201,7 @@ def test_static_scale_survives_state_dict_and_compile():
 def test_calibration_errors_and_aborted_calibration():
     layer = Fp4Linear.from_linear(nn.Linear(32, 8))
     with pytest.raises(RuntimeError, match="boom"):
-        with fp4core.nn.calibrate(layer):
+        with fp4core.pytorch.nn.calibrate(layer):
             layer(torch.randn(2, 32))
             raise RuntimeError("boom")
     assert layer.act_scale == "dynamic" and layer._calib_amax is None
@@ -273,7 +273,7 @@ def test_compiled_model_on_gpu_and_state_dict_across_devices():
 def test_static_scale_on_gpu_graph_replay():
     model = quantize_linears(_model().cuda().to(torch.bfloat16))
     x = torch.randn(16, 64, device="cuda", dtype=torch.bfloat16)
-    with fp4core.nn.calibrate(model):
+    with fp4core.pytorch.nn.calibrate(model):
         model(x)
     eager = model(x).clone()
     s = torch.cuda.Stream()

@@ -6,11 +6,12 @@ import pytest
 import torch
 
 import fp4core
-from fp4core import ops, state
-from fp4core.reference import relative_error
+from fp4core.pytorch import ops
+from fp4core.dispatch import state
+from fp4core.formats.reference import relative_error
 from fp4core.testing import device_allocations, registered
-from fp4core.torch_backend import TorchBackend
-from fp4core.tuning_cache import problem_key
+from fp4core.dispatch.torch_backend import TorchBackend
+from fp4core.dispatch.tuning_cache import problem_key
 
 _TORCH_RUN = TorchBackend.run
 
@@ -342,7 +343,7 @@ def test_compile_fullgraph_on_gpu():
 
 
 def test_cli_bench_quantize_runs_on_cpu(capsys):
-    from fp4core.cli import main
+    from fp4core.tools.cli import main
     assert main(["bench", "--quantize", "--m", "3", "--k", "64"]) == 0
     out = capsys.readouterr().out
     assert "nvfp4-auto" in out and "mxfp4" in out and "torch-ref" in out

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import fp4core
-from fp4core import state
+from fp4core.dispatch import state
 from fp4core.testing import check_backend, registered
 
 FIXTURE = Path(__file__).parent / "fixtures" / "fp4core-test-plugins"

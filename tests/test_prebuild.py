@@ -4,8 +4,8 @@ import pytest
 import torch
 
 import fp4core
-from fp4core.cli import main
-from fp4core.prebuild import arch_of
+from fp4core.tools.cli import main
+from fp4core.tools.prebuild import arch_of
 from fp4core.testing import registered
 
 
@@ -36,15 +36,15 @@ class Builder:
 @pytest.fixture(autouse=True)
 def builtins_only(monkeypatch):
     monkeypatch.setenv("FP4CORE_DISABLE_PLUGIN_AUTOLOAD", "1")
-    fp4core.state.registry.reset()
+    fp4core.dispatch.state.registry.reset()
     yield
-    fp4core.state.registry.reset()
+    fp4core.dispatch.state.registry.reset()
 
 
 def test_build_calls_only_backends_with_the_hook():
     plugin = Builder()
     with registered(plugin) as backend:
-        assert backend.can_build and not fp4core.state.registry.get("torch").can_build
+        assert backend.can_build and not fp4core.dispatch.state.registry.get("torch").can_build
         result = fp4core.build(archs=["90a", "sm_100a"], progress=False)
     # Archs are normalised to nvcc names; the torch backend has no build hook.
     assert result == {"builder": ["lib for sm_90a"]}

@@ -15,8 +15,8 @@ import pytest
 import torch
 
 import fp4core
-from fp4core.formats import Fp4Format
-from fp4core.layouts import SfLayout
+from fp4core.formats.fp4 import Fp4Format
+from fp4core.formats.layouts import SfLayout
 
 LAYOUTS = [SfLayout.layout_128x4, SfLayout.layout_8x4, SfLayout.layout_linear]
 
@@ -73,7 +73,7 @@ CASES = [(fmt, layout, gs) for fmt in Fp4Format for layout in LAYOUTS
 @pytest.mark.parametrize("fmt,layout,gs", CASES, ids=lambda v: getattr(v, "value", str(v)))
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
 def test_kernels_byte_equal_reference(fmt, layout, gs, dtype):
-    from fp4core.kernels import quantize_kernels, unavailable_reason
+    from fp4core.formats.kernels import quantize_kernels, unavailable_reason
     assert quantize_kernels() is not None, unavailable_reason()
     for i, (rows, k) in enumerate([(1, 64), (7, 128), (130, 320), (257, 1024)]):
         check_bytes(edge_inputs(rows, k, dtype, seed=i), "cuda", fmt, layout, gs)
@@ -114,7 +114,7 @@ def test_bound_activation_quantizer_equals_quantize_activation_on_every_call(mod
     """The plan's bound quantizer (integer pointers, reused buffers) gives the bytes of
     quantize_activation on fresh data every call, and steps aside (fresh outputs) on another
     stream, under capture, and for another shape."""
-    from fp4core.kernels import quantize_triton as qt
+    from fp4core.formats.kernels import quantize_triton as qt
     fmt = Fp4Format.MXFP4 if mode == "mxfp4" else Fp4Format.NVFP4
     layout = SfLayout.layout_128x4
     gs = torch.tensor([3.5e3], device="cuda") if mode == "static" else None
@@ -147,7 +147,7 @@ def test_bound_activation_quantizer_equals_quantize_activation_on_every_call(mod
 def test_bound_quantizer_on_an_odd_row_stride_reads_the_input_every_call():
     """A slice with an odd row stride is quantized from a contiguous copy; the bound
     quantizer must not keep that copy's (freed) address: fresh data each call, right bytes."""
-    from fp4core.kernels import quantize_triton as qt
+    from fp4core.formats.kernels import quantize_triton as qt
     fmt, layout = Fp4Format.NVFP4, SfLayout.layout_128x4
     wgs = torch.tensor([0.37], device="cuda")
     quant = qt.ActivationQuantizer(fmt, layout)
@@ -177,8 +177,8 @@ _INTERPRETER_SCRIPT = r"""
 import sys, torch, fp4core
 sys.path.insert(0, {tests!r})
 from test_quantize_gpu import CASES, edge_inputs
-from fp4core.formats import Fp4Format
-from fp4core.kernels import quantize_triton as qt
+from fp4core.formats.fp4 import Fp4Format
+from fp4core.formats.kernels import quantize_triton as qt
 from fp4core.testing import guarded_copy
 for fmt, layout, gs in CASES:
     for dtype in (torch.float32, torch.bfloat16, torch.float16):
@@ -201,8 +201,8 @@ print("interpreter: all equal")
 
 _E2M1_SCRIPT = r"""
 import torch, triton, triton.language as tl
-from fp4core.formats import e2m1_encode
-from fp4core.kernels.quantize_triton import _e2m1_magnitude
+from fp4core.formats.fp4 import e2m1_encode
+from fp4core.formats.kernels.quantize_triton import _e2m1_magnitude
 
 @triton.jit
 def codes(x_ptr, out_ptr, n, B: tl.constexpr):

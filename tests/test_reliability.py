@@ -16,10 +16,10 @@ import pytest
 import torch
 
 import fp4core
-from fp4core import state
-from fp4core.dispatch import dispatcher
+from fp4core.dispatch import state
+from fp4core.dispatch.selector import dispatcher
 from fp4core.env import env_flag
-from fp4core.tuning_cache import FORMAT_NAME, FORMAT_VERSION, problem_key
+from fp4core.dispatch.tuning_cache import FORMAT_NAME, FORMAT_VERSION, problem_key
 
 FAULTS = Path(__file__).parent / "fixtures" / "fp4core-fault-plugins"
 
@@ -155,7 +155,7 @@ def test_unwritable_cache_location_warns_from_autotune_and_tune(tmp_path, monkey
         with fp4core.autotune(verbose=False):
             got = fp4core.mm_fp4(*args)
     assert torch.equal(got, want)
-    res = subprocess.run([sys.executable, "-m", "fp4core.cli", "tune", "--m", "3", "--n", "32", "--k", "64"],
+    res = subprocess.run([sys.executable, "-m", "fp4core.tools.cli", "tune", "--m", "3", "--n", "32", "--k", "64"],
                          capture_output=True, text=True, timeout=300,
                          env={**__import__("os").environ, "FP4CORE_TUNING_CACHE": str(blocker / "t.json")})
     assert res.returncode == 0, res.stderr
@@ -168,7 +168,7 @@ def test_tune_leaves_out_a_candidate_that_kills_the_worker_and_records_why(fault
     cache = tmp_path / "tuning.json"
     env = {**os.environ, "FP4CORE_TUNING_CACHE": str(cache), "FP4CORE_BACKENDS": "torch,killsprocess",
            "PYTHONPATH": os.pathsep.join([str(fault_plugins), os.environ.get("PYTHONPATH", "")])}
-    res = subprocess.run([sys.executable, "-m", "fp4core.cli", "tune", "--m", "3,5", "--n", "32", "--k", "64"],
+    res = subprocess.run([sys.executable, "-m", "fp4core.tools.cli", "tune", "--m", "3,5", "--n", "32", "--k", "64"],
                          capture_output=True, text=True, timeout=600, env=env)
     assert res.returncode == 0, res.stdout + res.stderr
     assert "killsprocess[crash=1]: killed the tuning worker (exit code 134" in res.stderr
@@ -180,7 +180,7 @@ def test_tune_leaves_out_a_candidate_that_kills_the_worker_and_records_why(fault
         assert timed.get("killsprocess") == {"crash": 0}, timed  # its good tactic was still timed
     assert res.stdout.count("left out (killed the worker): killsprocess[crash=1]") == 2, res.stdout
     # in process, the same candidate takes the whole tuning run down with it
-    res = subprocess.run([sys.executable, "-m", "fp4core.cli", "tune", "--in-process", "--force",
+    res = subprocess.run([sys.executable, "-m", "fp4core.tools.cli", "tune", "--in-process", "--force",
                           "--m", "3", "--n", "32", "--k", "64"], capture_output=True, text=True, timeout=600, env=env)
     assert res.returncode == 134
 
@@ -189,7 +189,7 @@ def test_tune_reports_a_problem_it_cannot_tune_and_goes_on(fault_plugins, tmp_pa
     import os
     env = {**os.environ, "FP4CORE_TUNING_CACHE": str(tmp_path / "t.json"), "FP4CORE_BACKENDS": "runfails",
            "PYTHONPATH": os.pathsep.join([str(fault_plugins), os.environ.get("PYTHONPATH", "")])}
-    res = subprocess.run([sys.executable, "-m", "fp4core.cli", "tune", "--m", "3", "--n", "32", "--k", "64"],
+    res = subprocess.run([sys.executable, "-m", "fp4core.tools.cli", "tune", "--m", "3", "--n", "32", "--k", "64"],
                          capture_output=True, text=True, timeout=600, env=env)
     assert res.returncode == 1, res.stdout + res.stderr
     assert "3x32x64: NOT TUNED:" in res.stdout and "every candidate failed" in res.stdout
@@ -219,7 +219,7 @@ def test_autotune_false_means_off(monkeypatch):
 
 
 def test_disable_autoload_false_keeps_autoload_on(monkeypatch):
-    code = ("import fp4core; print(sorted(b.name for b in fp4core.state.registry.backends()))")
+    code = ("import fp4core; print(sorted(b.name for b in fp4core.dispatch.state.registry.backends()))")
     env = {**__import__("os").environ, "FP4CORE_DISABLE_PLUGIN_AUTOLOAD": "false"}
     on = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
     env["FP4CORE_DISABLE_PLUGIN_AUTOLOAD"] = "1"
@@ -243,7 +243,7 @@ def test_inf_in_the_activations_affects_only_its_own_block():
     lin = torch.nn.Linear(64, 24, bias=False)
     with torch.no_grad():
         lin.weight.copy_(w)
-    layer = fp4core.nn.Fp4Linear.from_linear(lin)
+    layer = fp4core.pytorch.nn.Fp4Linear.from_linear(lin)
     y_bad = layer(x_bad)
     y = layer(x)
     keep = [0, 1, 3, 4, 5]
@@ -270,7 +270,7 @@ def test_nvfp4_quantize_refuses_a_bad_global_scale(gs):
 @pytest.mark.parametrize("fmt", ["nvfp4", "mxfp4"])
 def test_fp4linear_empty_batch_matches_nn_linear(fmt):
     lin = torch.nn.Linear(64, 40)
-    layer = fp4core.nn.Fp4Linear.from_linear(lin, format=fmt)
+    layer = fp4core.pytorch.nn.Fp4Linear.from_linear(lin, format=fmt)
     for shape in [(0, 64), (3, 0, 64)]:
         x = torch.randn(*shape)
         assert layer(x).shape == lin(x).shape
@@ -278,7 +278,7 @@ def test_fp4linear_empty_batch_matches_nn_linear(fmt):
 
 def test_cli_reports_a_missing_shapes_file_and_an_unwritable_json_without_traceback(tmp_path):
     def cli(*argv):
-        return subprocess.run([sys.executable, "-m", "fp4core.cli", *argv], capture_output=True, text=True,
+        return subprocess.run([sys.executable, "-m", "fp4core.tools.cli", *argv], capture_output=True, text=True,
                               timeout=300)
     res = cli("bench", "--shapes-file", str(tmp_path / "missing.txt"))
     assert res.returncode == 2 and "Traceback" not in res.stderr

@@ -6,9 +6,9 @@ import time
 import pytest
 
 import fp4core
-from fp4core import state
-from fp4core.cli import main
-from fp4core.tactic_sweep import sweep_tactics
+from fp4core.dispatch import state
+from fp4core.tools.cli import main
+from fp4core.tools.tactic_sweep import sweep_tactics
 from fp4core.testing import registered
 
 

@@ -4,7 +4,7 @@ import time
 
 import pytest
 
-from fp4core.timing import HostTimer
+from fp4core.dispatch.timing import HostTimer
 
 
 def test_interleaved_batches_alternate_and_time_each_function():
@@ -29,7 +29,7 @@ def test_interleaved_batches_alternate_and_time_each_function():
 
 def test_copy_bandwidth_is_zero_without_cuda():
     import torch
-    from fp4core.timing import copy_bandwidth_gbps
+    from fp4core.dispatch.timing import copy_bandwidth_gbps
     if not torch.cuda.is_available():
         assert copy_bandwidth_gbps(1 << 20) == 0.0
 
@@ -37,7 +37,7 @@ def test_copy_bandwidth_is_zero_without_cuda():
 @pytest.mark.gpu
 def test_graph_replay_times_each_captured_call():
     import torch
-    from fp4core.timing import copy_bandwidth_gbps, graph_replay_us
+    from fp4core.dispatch.timing import copy_bandwidth_gbps, graph_replay_us
     xs = [torch.randn(1 << 22, device="cuda") for _ in range(2)]
     ys = [torch.empty_like(x) for x in xs]
     seen = []
@@ -61,7 +61,7 @@ def test_batches_start_behind_a_lead_so_host_submit_time_is_not_counted():
     back to back in batches of one or two, the start event would fire before the first launch
     and count most of that host time; behind the lead spin the device time alone remains."""
     import torch
-    from fp4core.timing import CudaEventTimer, device_spin, median
+    from fp4core.dispatch.timing import CudaEventTimer, device_spin, median
 
     def run(i):
         t0 = time.perf_counter()

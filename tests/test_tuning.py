@@ -10,12 +10,12 @@ import pytest
 import torch
 
 import fp4core
-from fp4core import state
-from fp4core.dispatch import dispatcher
-from fp4core.problem import DeviceInfo
+from fp4core.dispatch import state
+from fp4core.dispatch.selector import dispatcher
+from fp4core.dispatch.problem import DeviceInfo
 from fp4core.testing import registered
-from fp4core.torch_backend import TorchBackend
-from fp4core.tuning_cache import m_bucket, problem_key
+from fp4core.dispatch.torch_backend import TorchBackend
+from fp4core.dispatch.tuning_cache import m_bucket, problem_key
 
 RUNS = []  # (backend, tactic label) of every run, read by the fake timer
 _TORCH_MATH = TorchBackend.run  # unpatched, for fakes that compute the right answer

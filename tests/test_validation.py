@@ -77,7 +77,7 @@ def test_device_mismatch_is_named(args, monkeypatch):
 
 
 def test_backend_errors(args, monkeypatch):
-    from fp4core.registry import KNOWN_PACKAGES
+    from fp4core.dispatch.registry import KNOWN_PACKAGES
 
     monkeypatch.setitem(KNOWN_PACKAGES, "fancy", "fp4-fancy")
     with pytest.raises(fp4core.BackendNotInstalledError, match=r"backend 'fancy' is not installed: pip install fp4-fancy"):

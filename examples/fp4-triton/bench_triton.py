@@ -18,9 +18,9 @@ import time
 import torch
 
 import fp4core
-from fp4core.reference import reference_mm, relative_error
-from fp4core.timing import CudaEventTimer, median, rotation_sets
-from fp4core.tuner import make_sets, tactic_label
+from fp4core.formats.reference import reference_mm, relative_error
+from fp4core.dispatch.timing import CudaEventTimer, median, rotation_sets
+from fp4core.dispatch.tuner import make_sets, tactic_label
 from fp4_triton.plugin import TritonBackend
 from fp4_triton.tactics import _t, tactics_for
 

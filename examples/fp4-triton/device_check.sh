@@ -22,7 +22,7 @@ if [ "$MODE" = full ] && ls .whl/*.whl >/dev/null 2>&1; then
 fi
 $PY -m pip install -q --no-deps --no-build-isolation -e . -e examples/fp4-triton ${EXTRA:-} 2>&1 | tail -2
 { nvidia-smi --query-gpu=name,driver_version --format=csv,noheader; date -u; $PY -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)"; } | tee "$OUT/device.txt"
-$PY -m fp4core.cli backends 2>&1 | tee "$OUT/backends.txt"
+$PY -m fp4core.tools.cli backends 2>&1 | tee "$OUT/backends.txt"
 if [ "$MODE" = sweep ]; then
   timeout 175 $PY examples/fp4-triton/bench_triton.py --explore --json "$OUT/sweep-nvfp4.json" --md "$OUT/sweep-nvfp4.md" 2>&1 | tee "$OUT/sweep.log" | grep -E "^\||FAILED|Error" | tail -40
   timeout $(left) $PY -m pytest -q -p no:cacheprovider -x examples/fp4-triton/tests -k "not every_tactic" 2>&1 | tee "$OUT/tests.log" | tail -15
@@ -53,6 +53,6 @@ wait
 tail -n 3 "$OUT"/tests-*.log; grep -h FAILED "$OUT"/prewarm-*.log | head; echo "tests+prewarm done at $(( $(date +%s) - T0 )) s"
 for m in ${MS//,/ }; do
   [ "$(left)" -gt 15 ] || { echo "out of time before M=$m"; break; }
-  timeout $(left) $PY -m fp4core.cli bench --autotune --m $m --n 8192 --k 8192 --json "$OUT/bench-m$m.json" 2>&1 | tee -a "$OUT/bench.log" | grep -v "^\s*$" | tail -8
+  timeout $(left) $PY -m fp4core.tools.cli bench --autotune --m $m --n 8192 --k 8192 --json "$OUT/bench-m$m.json" 2>&1 | tee -a "$OUT/bench.log" | grep -v "^\s*$" | tail -8
 done
 echo "total $(( $(date +%s) - T0 )) s"

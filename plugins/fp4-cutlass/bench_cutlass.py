@@ -2,7 +2,7 @@
 
     python plugins/fp4-cutlass/bench_cutlass.py [--m 128,256,2048,4096] [--shapes 8192:8192,28672:8192] [--mx]
 
-A markdown front end to ``fp4core.tactic_sweep.sweep_tactics`` (also ``fp4core bench
+A markdown front end to ``fp4core.tools.tactic_sweep.sweep_tactics`` (also ``fp4core bench
 --tactics --backends cutlass``): every tactic is checked against the exact reference, then it
 and bf16 ``a @ w.T`` (cuBLAS) are timed as CUDA-graph replays of 10 calls (GPU time per call).
 One row per shape: the best tactic, its time, TFLOP/s, the ratio to bf16 (bf16 time / ours),
@@ -17,8 +17,8 @@ import sys
 
 import torch
 
-from fp4core.tactic_sweep import sweep_tactics
-from fp4core.timing import CudaEventTimer
+from fp4core.tools.tactic_sweep import sweep_tactics
+from fp4core.dispatch.timing import CudaEventTimer
 
 
 def main(argv=None) -> int:

@@ -29,7 +29,7 @@ fi
 if [[ " $STEPS " == *" memcheck "* ]]; then
   cat > /tmp/small_case.py <<'PY'
 import torch, fp4core
-from fp4core.synthetic import random_operands
+from fp4core.dispatch.synthetic import random_operands
 from fp4_cutlass.plugin import CutlassBackend
 be = CutlassBackend()
 for nv in (True, False):
@@ -50,7 +50,7 @@ fi
 if [[ " $STEPS " == *" ncu "* ]]; then
   cat > /tmp/ncu_case.py <<'PY'
 import torch, fp4core
-from fp4core.synthetic import random_operands
+from fp4core.dispatch.synthetic import random_operands
 from fp4_cutlass.plugin import CutlassBackend
 be = CutlassBackend()
 for m, tacs in ((128, [{"tm": 128, "bn": 64, "split_k": 1, "cluster": 1, "deep": 0},

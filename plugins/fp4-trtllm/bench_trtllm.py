@@ -2,7 +2,7 @@
 
     python plugins/fp4-trtllm/bench_trtllm.py [--m 1,8,16,32,64] [--mx] [--out table.md] [--verbose]
 
-A markdown front end to ``fp4core.tactic_sweep.sweep_tactics`` (also ``fp4core bench
+A markdown front end to ``fp4core.tools.tactic_sweep.sweep_tactics`` (also ``fp4core bench
 --tactics --backends trtllm``): every tactic is checked against the exact reference, then it
 and bf16 ``a @ w.T`` (cuBLAS) are timed in the same process. Two timings: "graph" replays a
 CUDA graph of 20 calls (GPU time per call) for every tactic, and "eager" calls from Python
@@ -19,8 +19,8 @@ import sys
 
 import torch
 
-from fp4core.tactic_sweep import sweep_tactics
-from fp4core.timing import CudaEventTimer, copy_bandwidth_gbps
+from fp4core.tools.tactic_sweep import sweep_tactics
+from fp4core.dispatch.timing import CudaEventTimer, copy_bandwidth_gbps
 
 SHAPES = [(8192, 8192), (28672, 8192), (8192, 28672), (1280, 2880), (2880, 1024), (7168, 2048)]
 

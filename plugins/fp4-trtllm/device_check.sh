@@ -18,7 +18,7 @@ $PY -m pip install -q --no-deps --no-build-isolation -e . -e plugins/fp4-trtllm 
 $PY - <<'PY' 2>&1 | tee "$OUT/build.txt"
 import fp4core
 from fp4_trtllm import launcher
-print("library", fp4core.jit.build(launcher.LIB_NAME, list(launcher.SOURCES), arch="sm_90a", flags=list(launcher.FLAGS)))
+print("library", fp4core.kit.jit.build(launcher.LIB_NAME, list(launcher.SOURCES), arch="sm_90a", flags=list(launcher.FLAGS)))
 PY
 SO=$(ls ${FP4CORE_JIT_CACHE:-$HOME/.cache/fp4core/jit}/fp4_trtllm_gemv-*/libfp4_trtllm_gemv.so | head -1)
 cuobjdump -sass "$SO" > /tmp/sass.txt 2>&1 && \
@@ -29,7 +29,7 @@ if [ "$MODE" != bench ]; then
   timeout ${TEST_TIMEOUT:-120} $PY -m pytest -q -p no:cacheprovider --maxfail=10 -m "${TEST_MARK:-gpu}" plugins/fp4-trtllm/tests 2>&1 | tee "$OUT/tests.log" | tail -15
   cat > /tmp/small_case.py <<'PY'
 import torch, fp4core
-from fp4core.synthetic import random_operands
+from fp4core.dispatch.synthetic import random_operands
 from fp4_trtllm.plugin import TrtllmBackend
 be = TrtllmBackend()
 for nv, m in ((True, 33), (False, 5)):
@@ -49,7 +49,7 @@ if [ "$MODE" != tests ] && [ -n "${NCU-1}" ]; then
   # One profiled launch per tactic of M=1 8192x8192 NVFP4: DRAM throughput, stall reasons.
   cat > /tmp/ncu_case.py <<'PY'
 import torch, fp4core
-from fp4core.synthetic import random_operands
+from fp4core.dispatch.synthetic import random_operands
 from fp4_trtllm.plugin import TrtllmBackend
 be = TrtllmBackend()
 p = fp4core.make_problem(1, 8192, 8192, prepared=True, device="cuda")

@@ -105,7 +105,7 @@ def _sf_row_offsets(rows, ctiles, LAYOUT_8X4: tl.constexpr):
 
 @triton.jit
 def _sf_col_offsets(cols, LAYOUT_8X4: tl.constexpr):
-    """Byte offset of scale column ``cols`` within its row's tiles (see fp4core.layouts)."""
+    """Byte offset of scale column ``cols`` within its row's tiles (see fp4core.formats.layouts)."""
     if LAYOUT_8X4:
         return (cols // 4) * 32 + cols % 4
     else:

@@ -13,7 +13,8 @@ import functools
 
 import torch
 
-from fp4core import Fp4Format, Operands, Problem, SfLayout, backend_kit
+from fp4core import Fp4Format, Operands, Problem, SfLayout
+from fp4core import kit
 
 from .tactics import normalize
 
@@ -34,7 +35,7 @@ def workspace(device: torch.device, numel: int, dtype: torch.dtype = torch.float
     CUDA graph captured with it stays valid. Elsewhere (Triton's interpreter) a fresh tensor."""
     if device.type != "cuda":
         return torch.empty(numel, dtype=dtype, device=device)
-    return backend_kit.device_buffers(device).get(f"triton.{dtype}", numel, dtype)[:numel]
+    return kit.device_buffers(device).get(f"triton.{dtype}", numel, dtype)[:numel]
 
 
 def launch(problem: Problem, ops: Operands, tactic: dict, out: torch.Tensor) -> None:

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 import fp4core
-from fp4core.reference import reference_mm, relative_error
+from fp4core.formats.reference import reference_mm, relative_error
 from fp4core.testing import canonical_operands, check_backend, device_allocations
 from fp4_triton.plugin import TritonBackend
 
@@ -61,7 +61,7 @@ def test_without_alpha_and_mm_fp4_path():
 def test_nan_scale_poisons_only_its_rows():
     p = cuda_problem(64, 256, 512)
     ops = canonical_operands(p, seed=3)
-    from fp4core.layouts import scale_offsets
+    from fp4core.formats.layouts import scale_offsets
     off = scale_offsets(64, 512 // 16, p.a_sf_layout, "cuda")
     ops.a_scale[off[5, 3]] = 0x7F  # E4M3 NaN in row 5
     out = torch.empty(64, 256, dtype=torch.bfloat16, device="cuda")

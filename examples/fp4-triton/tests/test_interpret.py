@@ -17,8 +17,8 @@ if importlib.util.find_spec("triton") is None or torch.cuda.is_available():
 os.environ["TRITON_INTERPRET"] = "1"  # before fp4_triton.kernels is imported
 
 import fp4core  # noqa: E402
-from fp4core.layouts import padded_scale_shape  # noqa: E402
-from fp4core.reference import reference_mm, relative_error  # noqa: E402
+from fp4core.formats.layouts import padded_scale_shape  # noqa: E402
+from fp4core.formats.reference import reference_mm, relative_error  # noqa: E402
 from fp4core.testing import canonical_operands, check_backend, guarded_copy, registered  # noqa: E402
 from fp4_triton.plugin import TritonBackend  # noqa: E402
 from fp4_triton.launch import launch  # noqa: E402

@@ -66,7 +66,7 @@ def _tile(q_ptr, sf_ptr, out_ptr, rows, kbytes, sf_col_tiles, tile, alpha_ptr,
         q = tl.load(q_ptr + r3 * kbytes + kbyte, mask=mask, other=0).to(tl.int32)
 
     # The scale byte of (row r, block c) of every vector, read in place from the swizzled
-    # layout (fp4core.layouts.scale_offsets is the same formula on the host). Vectors of one
+    # layout (fp4core.formats.layouts.scale_offsets is the same formula on the host). Vectors of one
     # block read the same byte (an L1 hit).
     r2 = r[None, :]
     c2 = ((v * VB) // BPB)[:, None]

@@ -24,8 +24,8 @@ import functools
 
 import torch
 
-from fp4core.formats import Fp4Format
-from fp4core.layouts import SfLayout, padded_scale_shape
+from fp4core.formats.fp4 import Fp4Format
+from fp4core.formats.layouts import SfLayout, padded_scale_shape
 
 #: Tile: BR rows x KBYTES packed bytes per program, VB packed bytes per thread vector (4, or a
 #: whole scale block: 8 for NVFP4, 16 for MXFP4). The tile shape was the fastest of six on the

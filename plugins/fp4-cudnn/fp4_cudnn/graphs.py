@@ -27,8 +27,8 @@ from typing import Any
 
 import torch
 
-from fp4core.formats import Fp4Format
-from fp4core.layouts import SfLayout, padded_scale_shape
+from fp4core.formats.fp4 import Fp4Format
+from fp4core.formats.layouts import SfLayout, padded_scale_shape
 
 from .env import cudnn_module
 

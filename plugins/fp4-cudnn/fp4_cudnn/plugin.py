@@ -23,10 +23,10 @@ import threading
 
 import torch
 
-from fp4core import backend_kit
+from fp4core import kit
 from fp4core.env import env_flag
-from fp4core.hookspec import BackendInfo, Support, hookimpl
-from fp4core.problem import Operands, Problem
+from fp4core.dispatch.hooks import BackendInfo, Support, hookimpl
+from fp4core.dispatch.problem import Operands, Problem
 
 from . import __version__, resources
 from .dequant import dequantize_pair
@@ -176,7 +176,7 @@ class CudnnBackend:
         pg = self.planned_graph(problem, variant)
         index = self._plan_index(problem, variant, pg, tactic)
         ws_bytes = pg.ensure_built(index)
-        h = resources.handle(dev, backend_kit.raw_stream(dev))
+        h = resources.handle(dev, kit.raw_stream(dev))
         m, n, k = problem.m, problem.n, problem.k
         if variant == NATIVE:
             ptrs = {"A": operands.a.data_ptr(), "B": operands.b.data_ptr(),

@@ -1,7 +1,7 @@
 """Per-device resources: cuDNN handles and cached device buffers.
 
 Buffers (the bf16 dequantization targets of A and B, the cuDNN workspace) are the core's
-grow-only device buffers (``fp4core.backend_kit``), named ``cudnn.*``: grown only when a
+grow-only device buffers (``fp4core.kit``), named ``cudnn.*``: grown only when a
 larger problem arrives (sizes rounded up to a power of two so a sweep over M grows them a few
 times, not every call) and never freed while the process runs, since a CUDA graph captured
 earlier keeps pointing at the buffer it saw.
@@ -18,7 +18,7 @@ import threading
 
 import torch
 
-from fp4core import backend_kit
+from fp4core import kit
 
 from .env import cudnn_module
 
@@ -38,9 +38,9 @@ def buffer(device: int, name: str, nbytes: int) -> torch.Tensor:
     Raises CaptureError if it must grow during CUDA-graph capture: call once eagerly first.
     """
     try:
-        return backend_kit.device_buffers(device).get(f"cudnn.{name}", max(nbytes, 256), torch.uint8,
+        return kit.device_buffers(device).get(f"cudnn.{name}", max(nbytes, 256), torch.uint8,
                                                       round_pow2=True, grow_in_capture=False)
-    except backend_kit.CaptureGrowthError as exc:
+    except kit.CaptureGrowthError as exc:
         raise CaptureError(f"fp4-cudnn: {exc}") from None
 
 
@@ -68,7 +68,7 @@ def graph_handle(device: int):
     """A handle to build graphs with (plans are not tied to the handle they were built on)."""
     h = _first_handle.get(device)
     if h is None:
-        h = handle(device, backend_kit.raw_stream(device))
+        h = handle(device, kit.raw_stream(device))
     return h
 
 
@@ -76,4 +76,4 @@ def release() -> None:
     """Free this backend's cached buffers on every device (handles stay). Captured graphs that
     used them become invalid."""
     for idx in range(torch.cuda.device_count()):
-        backend_kit.device_buffers(idx).release("cudnn.")
+        kit.device_buffers(idx).release("cudnn.")

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import torch
 
-from fp4core.formats import Fp4Format
-from fp4core.hookspec import Support
-from fp4core.layouts import SfLayout
-from fp4core.problem import Problem
+from fp4core.formats.fp4 import Fp4Format
+from fp4core.dispatch.hooks import Support
+from fp4core.formats.layouts import SfLayout
+from fp4core.dispatch.problem import Problem
 
 from . import env
 

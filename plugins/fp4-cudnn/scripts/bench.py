@@ -4,8 +4,8 @@ For every (M, N, K): the bf16 cuBLAS baseline ``torch.mm(a_bf16, w_bf16.t(), out
 ``a @ w.T`` kernel, without allocating the output), the backend's default plan (cuDNN's first
 heuristic plan that builds), every other plan (the best is reported), and the two halves of
 the backend: the fused dequantization alone and the bf16 matmul graph alone. Inputs rotate
-over enough sets to defeat L2 (fp4core.timing.rotation_sets); times are medians of CUDA-event
-samples (fp4core.timing.CudaEventTimer). Each shape is also checked against the exact
+over enough sets to defeat L2 (fp4core.dispatch.timing.rotation_sets); times are medians of CUDA-event
+samples (fp4core.dispatch.timing.CudaEventTimer). Each shape is also checked against the exact
 reference (float32 on the GPU) before timing.
 
     python plugins/fp4-cudnn/scripts/bench.py --json out.json [--mn 2048:8192 ...]
@@ -23,10 +23,10 @@ import time
 import torch
 
 import fp4core
-from fp4core import state
-from fp4core.reference import TOLERANCE, reference_mm, relative_error
-from fp4core.timing import CudaEventTimer, copy_bandwidth_gbps, median, rotation_sets
-from fp4core.tuner import make_sets
+from fp4core.dispatch import state
+from fp4core.formats.reference import TOLERANCE, reference_mm, relative_error
+from fp4core.dispatch.timing import CudaEventTimer, copy_bandwidth_gbps, median, rotation_sets
+from fp4core.dispatch.tuner import make_sets
 
 DEFAULT_SHAPES = [(m, n, 8192) for n in (8192, 28672) for m in (128, 2048, 4096, 8192)]
 
@@ -50,8 +50,8 @@ def baseline_us(m, n, k, timer) -> float:
 def dequant_sweep(timer, configs) -> list[dict]:
     """Dequantization rate of a 28672 x 8192 NVFP4 weight per tile configuration."""
     from fp4_cudnn.dequant import dequantize_pair
-    from fp4core.formats import Fp4Format
-    from fp4core.layouts import SfLayout
+    from fp4core.formats.fp4 import Fp4Format
+    from fp4core.formats.layouts import SfLayout
 
     n, k = 28672, 8192
     problem = fp4core.make_problem(1, n, k, device="cuda")
@@ -71,7 +71,7 @@ def native_probe() -> str:
     """How far cuDNN gets with the SM100 block-scaled graph on this device."""
     from fp4_cudnn import resources
     from fp4_cudnn.graphs import GraphRefused, PlannedGraph, native_fp4_graph
-    from fp4core.formats import Fp4Format
+    from fp4core.formats.fp4 import Fp4Format
 
     h = resources.graph_handle(torch.cuda.current_device())
     try:

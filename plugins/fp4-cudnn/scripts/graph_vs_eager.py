@@ -3,7 +3,7 @@ plan and of bf16 cuBLAS on one shape: does the call cost more than its GPU work?
 
     python plugins/fp4-cudnn/scripts/graph_vs_eager.py [--shape 4096:8192:8192] [--engine eng0]
 
-Each timing rotates over two input sets (fp4core.timing); the graph replays one call per set.
+Each timing rotates over two input sets (fp4core.dispatch.timing); the graph replays one call per set.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import argparse
 
 import torch
 
-from fp4core.timing import CudaEventTimer, graph_replay_us, median
+from fp4core.dispatch.timing import CudaEventTimer, graph_replay_us, median
 from plan_case import add_case_args, plan_case
 
 

@@ -13,7 +13,7 @@ import time
 import torch
 
 import fp4core
-from fp4core.synthetic import random_operands
+from fp4core.dispatch.synthetic import random_operands
 from fp4_cudnn import resources
 from fp4_cudnn.dequant import dequantize_pair
 from fp4_cudnn.plugin import CudnnBackend

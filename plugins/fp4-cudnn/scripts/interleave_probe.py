@@ -14,7 +14,7 @@ import argparse
 
 import torch
 
-from fp4core.timing import CudaEventTimer, median
+from fp4core.dispatch.timing import CudaEventTimer, median
 from plan_case import add_case_args, plan_case
 
 

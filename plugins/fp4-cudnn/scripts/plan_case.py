@@ -9,8 +9,8 @@ from dataclasses import dataclass
 import torch
 
 import fp4core
-from fp4core.problem import Operands, Problem
-from fp4core.synthetic import random_operands
+from fp4core.dispatch.problem import Operands, Problem
+from fp4core.dispatch.synthetic import random_operands
 from fp4_cudnn.plugin import CudnnBackend
 
 

@@ -15,7 +15,7 @@ import sys
 
 import torch
 
-from fp4core.timing import CudaEventTimer, median
+from fp4core.dispatch.timing import CudaEventTimer, median
 
 
 def variants(cudnn, m, n, k, h):

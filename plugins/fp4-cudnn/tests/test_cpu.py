@@ -7,8 +7,8 @@ import pytest
 import torch
 
 import fp4core
-from fp4core import state
-from fp4core.problem import DeviceInfo
+from fp4core.dispatch import state
+from fp4core.dispatch.problem import DeviceInfo
 
 from fp4_cudnn import env
 from fp4_cudnn.support import PATH_DEQUANT, PATH_NATIVE, path_for, problem_reason

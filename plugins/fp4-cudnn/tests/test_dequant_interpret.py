@@ -16,9 +16,9 @@ import torch
 
 _SCRIPT = r"""
 import torch
-from fp4core.formats import Fp4Format
-from fp4core.layouts import SfLayout, padded_scale_shape, scale_offsets
-from fp4core.quantize import dequantize
+from fp4core.formats.fp4 import Fp4Format
+from fp4core.formats.layouts import SfLayout, padded_scale_shape, scale_offsets
+from fp4core.formats.quantize import dequantize
 from fp4_cudnn.dequant import dequantize_pair
 
 g = torch.Generator().manual_seed(3)
@@ -99,8 +99,8 @@ def test_dequant_kernel_byte_exact_in_the_triton_interpreter():
 def test_dequant_rejects_a_vector_wider_than_a_scale_block():
     """VB must divide the format's scale block; a wider vector would share one scale between
     two blocks, so it is refused with the reason instead of computing wrong values."""
-    from fp4core.formats import Fp4Format
-    from fp4core.layouts import SfLayout
+    from fp4core.formats.fp4 import Fp4Format
+    from fp4core.formats.layouts import SfLayout
     from fp4_cudnn.dequant import dequantize_pair
 
     b = torch.zeros(8, 32, dtype=torch.uint8)

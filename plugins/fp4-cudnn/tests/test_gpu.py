@@ -10,13 +10,13 @@ import pytest
 import torch
 
 import fp4core
-from fp4core import state
-from fp4core.formats import Fp4Format
-from fp4core.layouts import SfLayout, padded_scale_shape, scale_offsets
-from fp4core.quantize import dequantize
-from fp4core.reference import TOLERANCE, reference_mm, relative_error
+from fp4core.dispatch import state
+from fp4core.formats.fp4 import Fp4Format
+from fp4core.formats.layouts import SfLayout, padded_scale_shape, scale_offsets
+from fp4core.formats.quantize import dequantize
+from fp4core.formats.reference import TOLERANCE, reference_mm, relative_error
 from fp4core.testing import device_allocations
-from fp4core.validation import build_problem
+from fp4core.dispatch.validation import build_problem
 
 pytestmark = pytest.mark.gpu
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from fp4core import jit
+from fp4core.kit import jit
 
 from .launcher import CSRC, include_dirs
 

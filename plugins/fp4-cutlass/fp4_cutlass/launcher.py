@@ -1,4 +1,4 @@
-"""Build (through ``fp4core.jit``), load and launch the Hopper kernel; its cached workspaces.
+"""Build (through ``fp4core.kit.jit``), load and launch the Hopper kernel; its cached workspaces.
 
 The SM90 library has one launch entry point, ``fp4c_sm90_gemm(const Params*, stream)``: the
 activation pre-pass, the GEMM and (for split-K) the reduction, all on the given stream with
@@ -13,7 +13,8 @@ from pathlib import Path
 
 import torch
 
-from fp4core import backend_kit, jit
+from fp4core import kit
+from fp4core.kit import jit
 
 CSRC = Path(__file__).parent / "csrc"
 SM90_SOURCE = CSRC / "fp4_sm90_gemm.cu"
@@ -82,7 +83,7 @@ def workspace_pointers(device: torch.device, act_elems: int, partial_elems: int)
     """Pointers to the device's bf16 K-permuted activations (at least ``act_elems``) and
     split-K fp32 partials (at least ``partial_elems``; 0 when none: no split), from the core's
     grow-only device buffers (valid across CUDA-graph capture)."""
-    bufs = backend_kit.device_buffers(device)
+    bufs = kit.device_buffers(device)
     act = bufs.get("cutlass.act", act_elems, torch.bfloat16, minimum=1 << 20)
     if not partial_elems:
         return act.data_ptr(), 0
@@ -120,10 +121,10 @@ def launch(*, a: torch.Tensor, a_sf: torch.Tensor, b: torch.Tensor, b_sf: torch.
                alpha.data_ptr() if alpha is not None else None, out.data_ptr(), act, part or None,
                m, n, k, int(a_sf_8x4), int(out.dtype == torch.float16), int(mx), splits, tm, bn, cluster, int(deep))
     if index == torch.cuda.current_device():
-        err = lib.fp4c_sm90_gemm(ctypes.byref(p), backend_kit.raw_stream(index))
+        err = lib.fp4c_sm90_gemm(ctypes.byref(p), kit.raw_stream(index))
     else:  # the runtime launches on the current device: make it out's device
         with torch.cuda.device(index):
-            err = lib.fp4c_sm90_gemm(ctypes.byref(p), backend_kit.raw_stream(index))
+            err = lib.fp4c_sm90_gemm(ctypes.byref(p), kit.raw_stream(index))
     if err != 0:
         raise RuntimeError(f"fp4-cutlass kernel launch failed: error {err} "
                            f"({lib.fp4c_error_string(err).decode()}) for m={m} n={n} k={k} "

@@ -6,11 +6,12 @@ import functools
 import math
 
 
-from fp4core import backend_kit, jit
-from fp4core.formats import Fp4Format
-from fp4core.hookspec import BackendInfo, Support, hookimpl
-from fp4core.layouts import SfLayout
-from fp4core.problem import Operands, Problem
+from fp4core import kit
+from fp4core.kit import jit
+from fp4core.formats.fp4 import Fp4Format
+from fp4core.dispatch.hooks import BackendInfo, Support, hookimpl
+from fp4core.formats.layouts import SfLayout
+from fp4core.dispatch.problem import Operands, Problem
 
 from . import __version__, blackwell, launcher
 
@@ -22,8 +23,8 @@ K_ALIGN = 64
 @functools.lru_cache(maxsize=1)
 def _toolchain_problem() -> str:
     """Why the kernels cannot be built here, or "" when nvcc and the headers are present."""
-    if backend_kit.nvcc_missing():
-        return backend_kit.nvcc_missing()
+    if kit.nvcc_missing():
+        return kit.nvcc_missing()
     if jit.cutlass_include_dir() is None:
         return "CUTLASS/CuTe headers not found: pip install nvidia-cutlass"
     return ""
@@ -34,7 +35,7 @@ def auto_splits(problem: Problem, tm: int, bn: int, cluster: int = 1) -> int:
     keep at least 8 stages (1024 values of K) per split."""
     m = problem.m or 1
     tiles = math.ceil(math.ceil(problem.n / bn) / cluster) * cluster * math.ceil(m / tm)
-    sms = backend_kit.sm_count(problem.device.index)
+    sms = kit.sm_count(problem.device.index)
     if tiles >= 0.75 * sms:
         return 1
     chunks = launcher.padded_k(problem.k) // launcher.BK
@@ -88,7 +89,7 @@ class CutlassBackend:
     @hookimpl
     def tactics(self, problem: Problem) -> list[dict]:
         m = problem.m or 1
-        sms = backend_kit.sm_count(problem.device.index)
+        sms = kit.sm_count(problem.device.index)
         tm_cap = _tm_for(m)
         # (tm, bn) from the most work per CTA to the least; measured on H100 (README): the
         # biggest tile that still gives ~a full wave of CTAs wins, else split K.

@@ -8,7 +8,7 @@ import concurrent.futures
 import pytest
 
 import fp4core
-from fp4core import jit
+from fp4core.kit import jit
 
 from fp4_cutlass import blackwell, launcher
 from fp4_cutlass.plugin import CutlassBackend

@@ -7,8 +7,8 @@ import pytest
 import torch
 
 import fp4core
-from fp4core.reference import TOLERANCE, reference_mm, relative_error
-from fp4core.synthetic import random_operands
+from fp4core.formats.reference import TOLERANCE, reference_mm, relative_error
+from fp4core.dispatch.synthetic import random_operands
 from fp4core.testing import check_backend
 
 from fp4_cutlass import launcher

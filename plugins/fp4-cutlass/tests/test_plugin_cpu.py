@@ -8,7 +8,7 @@ from importlib.metadata import entry_points
 import pytest
 
 import fp4core
-from fp4core.problem import DeviceInfo
+from fp4core.dispatch.problem import DeviceInfo
 
 from fp4_cutlass import launcher, plugin
 from fp4_cutlass.plugin import CutlassBackend
@@ -101,7 +101,7 @@ def test_k_permutation_matches_fragment_mapping():
 
 def test_decode_word_emulation():
     """The bit trick of decode_word: raw bf16 * 2^126 is the E2M1 value, for every code pair."""
-    from fp4core.formats import E2M1_VALUES
+    from fp4core.formats.fp4 import E2M1_VALUES
     import struct
 
     def bf16_bits_to_float(b):
@@ -124,7 +124,7 @@ def test_untuned_order_on_hopper_follows_the_measured_sweep():
     """Untuned, auto tries backends by priority: cutlass must outrank the other installed
     plain-weight backends in every regime on SM90, and trtllm (prepared weights) keep the
     decode lead (tuned H100 sweep of 2026-11-25 in docs/benchmarks.md)."""
-    infos = {b.name: b.info for b in fp4core.state.registry.backends()}
+    infos = {b.name: b.info for b in fp4core.dispatch.state.registry.backends()}
     h100 = DeviceInfo("cuda", 0, "hypothetical H100", (9, 0))
     for m in (1, 16, 64, 128, 1024, 4096):
         p = fp4core.make_problem(m, 8192, 8192, device=h100)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 import fp4core
-from fp4core.formats import Fp4Format, as_bytes
+from fp4core.formats.fp4 import Fp4Format, as_bytes
 
 from .layout import unshuffle_flashinfer
 

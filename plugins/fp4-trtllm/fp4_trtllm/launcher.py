@@ -1,4 +1,4 @@
-"""Build (through ``fp4core.jit``), load and launch the CUDA kernel; the split-K workspace.
+"""Build (through ``fp4core.kit.jit``), load and launch the CUDA kernel; the split-K workspace.
 
 The library's C entry points take raw device pointers and the current stream, so nothing here
 touches torch's C++ ABI: ``fp4_trtllm_gemv(const Fp4GemvParams*, mx, t, nt, grid, stream)``
@@ -21,7 +21,8 @@ from pathlib import Path
 
 import torch
 
-from fp4core import backend_kit, jit
+from fp4core import kit
+from fp4core.kit import jit
 
 SOURCE = Path(__file__).parent / "csrc" / "fp4_gemv.cu"
 #: Both kernels, linked into one library: stream-K (fp4_gemv.cu) and split-K (fp4_splitk.cu).
@@ -52,7 +53,7 @@ class _SplitKParams(ctypes.Structure):
 
 
 # the nvcc target of a device (kept here by name: tests and the build hook use it)
-arch_for = backend_kit.arch_for
+arch_for = kit.arch_for
 
 
 @functools.lru_cache(maxsize=None)
@@ -95,7 +96,7 @@ def workspace_pointers(device: torch.device, floats: int, counters: int) -> tupl
     """Pointers to the device's stream-K/split-K partials (at least ``floats`` float32) and
     arrival counters (at least ``counters`` int32, zero between launches: the kernels leave
     them so), from the core's grow-only device buffers (valid across CUDA-graph capture)."""
-    bufs = backend_kit.device_buffers(device)
+    bufs = kit.device_buffers(device)
     partials = bufs.get("trtllm.partials", floats, torch.float32, minimum=1 << 20)
     flags = bufs.get("trtllm.counters", counters, torch.int32, minimum=1 << 14, zeroed=True)
     return partials.data_ptr(), flags.data_ptr()
@@ -132,7 +133,7 @@ def _plan(index: int, m: int, n: int, k: int, mx: bool, t: int, warps: int, ctas
     per_sm = _occupancy(index, mx, t, nt, warps)
     if ctas > 0:
         per_sm = min(per_sm, ctas)
-    grid = max(1, min(units, backend_kit.sm_count(index) * per_sm))
+    grid = max(1, min(units, kit.sm_count(index) * per_sm))
     return nt, groups, mblocks, grid, grid * 2 * warps * t * nt * 32 * 4, mblocks * groups
 
 
@@ -160,7 +161,7 @@ def launch(*, a: torch.Tensor, a_sf: torch.Tensor, w: torch.Tensor, w_sf: torch.
                 alpha.data_ptr() if alpha is not None else None, out.data_ptr(), ws, cnt,
                 m, n, k, int(a_sf_8x4), a_sf_cols // 4, int(out.dtype == torch.float16),
                 warps, (n + 15) // 16, groups, mblocks)
-    err = lib.fp4_trtllm_gemv(ctypes.byref(p), int(mx), t, nt, grid, backend_kit.raw_stream(index))
+    err = lib.fp4_trtllm_gemv(ctypes.byref(p), int(mx), t, nt, grid, kit.raw_stream(index))
     if err != 0:
         raise RuntimeError(f"fp4-trtllm kernel launch failed: CUDA error {err} "
                            f"({lib.fp4_trtllm_error_string(err).decode()}) for m={m} n={n} k={k} "
@@ -196,7 +197,7 @@ def launch_splitk(*, a: torch.Tensor, a_sf: torch.Tensor, w: torch.Tensor, w_sf:
                       m, n, k, int(a_sf_8x4), a_sf_cols // 4, int(out.dtype == torch.float16),
                       splits, warps, m_tiles)
     ring = bool(ring) and a_sf.data_ptr() % 4 == 0
-    err = lib.fp4_trtllm_splitk(ctypes.byref(p), int(mx), t, nt, int(ring), backend_kit.raw_stream(index))
+    err = lib.fp4_trtllm_splitk(ctypes.byref(p), int(mx), t, nt, int(ring), kit.raw_stream(index))
     if err != 0:
         raise RuntimeError(f"fp4-trtllm split-K kernel launch failed: CUDA error {err} "
                            f"({lib.fp4_trtllm_error_string(err).decode()}) for m={m} n={n} k={k} "
@@ -212,7 +213,7 @@ def bind(*, w: torch.Tensor, w_sf: torch.Tensor, m: int, n: int, k: int, mx: boo
     stay valid: the workspace only grows and keeps the buffers it replaced."""
     index = device.index if device.index is not None else torch.cuda.current_device()
     lib = _device_lib(index)
-    raw_stream = backend_kit.raw_stream  # a local: the closures below run per call
+    raw_stream = kit.raw_stream  # a local: the closures below run per call
     if splitk:
         nt = nt_for(m)
         ws = cnt = None

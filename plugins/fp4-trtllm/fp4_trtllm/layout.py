@@ -27,8 +27,8 @@ from __future__ import annotations
 
 import torch
 
-from fp4core.formats import Fp4Format, as_bytes
-from fp4core.layouts import SfLayout, flat_scale_bytes, round_up, swizzle_scales, unswizzle_scales
+from fp4core.formats.fp4 import Fp4Format, as_bytes
+from fp4core.formats.layouts import SfLayout, flat_scale_bytes, round_up, swizzle_scales, unswizzle_scales
 
 from . import wordcode
 

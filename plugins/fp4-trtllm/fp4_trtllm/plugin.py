@@ -7,11 +7,12 @@ import re
 
 import torch
 
-from fp4core import backend_kit, jit
-from fp4core.formats import Fp4Format
-from fp4core.hookspec import BackendInfo, Support, hookimpl
-from fp4core.layouts import SfLayout
-from fp4core.problem import Operands, Problem
+from fp4core import kit
+from fp4core.kit import jit
+from fp4core.formats.fp4 import Fp4Format
+from fp4core.dispatch.hooks import BackendInfo, Support, hookimpl
+from fp4core.formats.layouts import SfLayout
+from fp4core.dispatch.problem import Operands, Problem
 
 from . import __version__, launcher
 from .layout import CHUNK_K, prepare_weight
@@ -45,7 +46,7 @@ def _auto_splits(problem: Problem, t: int, warps: int, ctas_per_sm: int = 3) -> 
     at least 4 chunks (256 values of K) per split."""
     gx, _, gz = launcher.splitk_grid(problem.m or 1, problem.n, t, warps, 1)
     chunks = problem.k // CHUNK_K
-    want = backend_kit.sm_count(problem.device.index) * ctas_per_sm
+    want = kit.sm_count(problem.device.index) * ctas_per_sm
     return max(1, min(max(1, chunks // 4), round(want / (gx * gz))))
 
 
@@ -56,7 +57,7 @@ def _resident_ctas(problem: Problem, t: int, warps: int) -> int:
     nt = launcher.nt_for(problem.m or 1)
     slot = t * 512 + t * (32 if problem.fmt is Fp4Format.MXFP4 else 64) + nt * 256 + nt * 128
     per_warp = (5 if t >= 4 else 6) * slot
-    by_smem = backend_kit.smem_per_sm(problem.device.index) // (warps * per_warp + 1024)
+    by_smem = kit.smem_per_sm(problem.device.index) // (warps * per_warp + 1024)
     return max(1, min(16 // warps, by_smem, 32))
 
 
@@ -70,7 +71,7 @@ def _balanced_splits(problem: Problem, t: int, warps: int, keep: int = 1) -> lis
     with one CTA, 92 with two) left the least-loaded SMs idle 37 % of the kernel (ncu
     sm__cycles_active min / max)."""
     gx, _, gz = launcher.splitk_grid(problem.m or 1, problem.n, t, warps, 1)
-    sms = backend_kit.sm_count(problem.device.index)
+    sms = kit.sm_count(problem.device.index)
     cap = _resident_ctas(problem, t, warps) * sms
     most = max(1, problem.k // CHUNK_K // 4)
     counts = [s for s in range(1, most + 1) if gx * gz * s <= cap] or [1]
@@ -110,8 +111,8 @@ class TrtllmBackend:
             return Support.no(f"A scales must be 128x4 or 8x4, got {problem.a_sf_layout.value}")
         if problem.n * problem.k // 2 >= 2**31 or (problem.m or 1) * problem.n >= 2**31:
             return Support.no("sizes past 2^31 elements are not supported (32-bit indices)")
-        if backend_kit.nvcc_missing():
-            return Support.no(backend_kit.nvcc_missing())
+        if kit.nvcc_missing():
+            return Support.no(kit.nvcc_missing())
         return Support.yes()
 
     @hookimpl

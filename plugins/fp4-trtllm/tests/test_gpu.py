@@ -8,8 +8,8 @@ import pytest
 import torch
 
 import fp4core
-from fp4core.reference import TOLERANCE, reference_mm, relative_error
-from fp4core.synthetic import random_operands
+from fp4core.formats.reference import TOLERANCE, reference_mm, relative_error
+from fp4core.dispatch.synthetic import random_operands
 
 from fp4_trtllm.layout import unshuffle_flashinfer  # noqa: F401  (FlashInfer path below)
 from fp4_trtllm import prepare_flashinfer_shuffled

@@ -13,10 +13,10 @@ import pytest
 import torch
 
 import fp4core
-from fp4core.formats import E2M1_VALUES, Fp4Format, e4m3_decode
-from fp4core.layouts import SfLayout, padded_scale_shape
-from fp4core.reference import reference_mm, relative_error
-from fp4core.synthetic import random_operands
+from fp4core.formats.fp4 import E2M1_VALUES, Fp4Format, e4m3_decode
+from fp4core.formats.layouts import SfLayout, padded_scale_shape
+from fp4core.formats.reference import reference_mm, relative_error
+from fp4core.dispatch.synthetic import random_operands
 
 from fp4_trtllm import wordcode
 from fp4_trtllm.layout import prepare_weight

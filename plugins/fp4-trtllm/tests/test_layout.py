@@ -4,9 +4,9 @@ and FlashInfer's trtllm row shuffle undone exactly."""
 import pytest
 import torch
 
-from fp4core.formats import Fp4Format
-from fp4core.layouts import SfLayout, round_up, scale_offsets, swizzle_scales, unswizzle_scales
-from fp4core.synthetic import random_weight
+from fp4core.formats.fp4 import Fp4Format
+from fp4core.formats.layouts import SfLayout, round_up, scale_offsets, swizzle_scales, unswizzle_scales
+from fp4core.dispatch.synthetic import random_weight
 
 from fp4_trtllm import wordcode
 from fp4_trtllm.layout import prepare_weight, unprepare_weight, unshuffle_flashinfer

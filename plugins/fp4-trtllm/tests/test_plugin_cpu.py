@@ -7,8 +7,8 @@ from importlib import metadata
 import pytest
 
 import fp4core
-from fp4core import jit
-from fp4core.problem import DeviceInfo
+from fp4core.kit import jit
+from fp4core.dispatch.problem import DeviceInfo
 
 from fp4_trtllm import launcher
 from fp4_trtllm.plugin import TrtllmBackend

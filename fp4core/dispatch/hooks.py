@@ -1,0 +1,162 @@
+"""The backend hook contract (pluggy project name ``fp4core``).
+
+A backend is one plugin object (a module, a class instance, or a class that fp4core
+instantiates with no arguments) whose methods carry ``@fp4core.hookimpl``:
+
+    backend_info()                          -> BackendInfo        required
+    supports(problem)                       -> Support            required
+    run(problem, operands, tactic, out)     -> None               required
+    tactics(problem)                        -> list[Tactic]       optional ([{}] if absent)
+    prepare(problem, operands)              -> Operands           optional (identity)
+    bind(problem, operands, tactic)         -> callable           optional (calls run)
+
+fp4core calls each hook for one named backend at a time; pluggy validates the signatures
+when the plugin is registered. Hooks are plain functions: a hook may take fewer arguments
+than the spec names (pluggy passes only the ones it asks for).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Mapping
+
+import pluggy
+
+from fp4core.dispatch.problem import Operands, Problem
+
+PROJECT = "fp4core"
+hookspec = pluggy.HookspecMarker(PROJECT)
+hookimpl = pluggy.HookimplMarker(PROJECT)
+
+#: A tactic is a JSON-serialisable dict naming one configuration of a backend (a tile
+#: shape, a cuDNN plan index...). ``{}`` is the default tactic.
+Tactic = dict
+
+#: M regimes that backends give heuristic priorities for.
+REGIMES = ("decode", "small", "medium", "large")
+
+
+def regime_of(m: int | None) -> str:
+    """decode: m <= 16; small: m <= 128; medium: m <= 1024; large: bigger."""
+    if m is None or m <= 16:
+        return "decode"
+    if m <= 128:
+        return "small"
+    if m <= 1024:
+        return "medium"
+    return "large"
+
+
+@dataclasses.dataclass(frozen=True)
+class Support:
+    """Answer of ``supports``: ``ok`` plus a human-readable reason when not."""
+
+    ok: bool
+    reason: str = ""
+
+    @classmethod
+    def yes(cls, note: str = "") -> "Support":
+        return cls(True, note)
+
+    @classmethod
+    def no(cls, reason: str) -> "Support":
+        return cls(False, reason)
+
+    def __bool__(self) -> bool:
+        return self.ok
+
+
+@dataclasses.dataclass(frozen=True)
+class BackendInfo:
+    """What a backend says about itself.
+
+    Attributes:
+        name: the backend's name in ``mm_fp4(backend=...)``.
+        version: the backend's version; a change invalidates its tuning-cache entries.
+        package: the pip distribution that ships it ("fp4core" for built-ins).
+        description: one line for ``fp4core backends``.
+        targets: architectures it has code for, e.g. ("sm90a", "sm100a").
+        verified: the subset of ``targets`` measured on real hardware; the CLI marks the
+            rest "not verified on hardware".
+        priority: heuristic order per M regime (see ``REGIMES``; higher goes first). A key
+            "sm90:decode" overrides "decode" on SM90 devices. Missing regimes count 0.
+        needs_prepare: the backend wants its own weight layout; with plain (unprepared)
+            weights ``auto`` skips it and an explicit call prepares the weight every call.
+    """
+
+    name: str
+    version: str
+    package: str = ""
+    description: str = ""
+    targets: tuple[str, ...] = ()
+    verified: tuple[str, ...] = ()
+    priority: Mapping[str, int] = dataclasses.field(default_factory=dict)
+    needs_prepare: bool = False
+
+    def priority_for(self, problem: Problem) -> int:
+        regime = regime_of(problem.m)
+        specific = f"sm{problem.device.sm}:{regime}"
+        if specific in self.priority:
+            return self.priority[specific]
+        return self.priority.get(regime, 0)
+
+
+class BackendSpec:
+    """Hook specifications. See the module docstring and docs/plugins.md."""
+
+    @hookspec
+    def backend_info(self) -> BackendInfo:
+        """Return this backend's metadata. Called once at registration."""
+
+    @hookspec
+    def supports(self, problem: Problem) -> Support:
+        """Can this backend run ``problem`` on ``problem.device``?
+
+        Cheap and side-effect free: check capability, library versions, dtypes, layouts,
+        shape and alignment limits; never launch GPU work. ``problem.m`` is None when
+        asked about preparing a weight for any M.
+        """
+
+    @hookspec
+    def prepare(self, problem: Problem, operands: Operands) -> Operands:
+        """Convert the weight side (``operands.b``, ``b_scale``) into this backend's
+        preferred layout, once. ``operands.a`` is None. Return new Operands (may share
+        tensors with the input; must not modify them)."""
+
+    @hookspec
+    def tactics(self, problem: Problem) -> list[Tactic]:
+        """Configurations worth timing for ``problem``, best guess first. Each tactic is
+        a JSON-serialisable dict."""
+
+    @hookspec
+    def run(self, problem: Problem, operands: Operands, tactic: Tactic, out: Any) -> None:
+        """Compute ``out[:] = alpha * A @ B^T`` with ``tactic``.
+
+        ``out`` is a contiguous (m, n) tensor of ``problem.out_dtype``. On CUDA launch on
+        the current stream: no host synchronisation, no allocation beyond a workspace
+        cached across calls, safe inside CUDA-graph capture.
+        """
+
+    @hookspec
+    def bind(self, problem: Problem, operands: Operands, tactic: Tactic) -> Any:
+        """Optional: a launcher with everything but the activation fixed, for callers that
+        run one (problem, weight, tactic) many times (``Fp4Linear``'s per-M plans).
+
+        ``operands`` holds the weight as ``run`` gets it (``a``, ``a_scale``, ``alpha`` are
+        None). Return ``launch(a, a_scale, alpha, out) -> None`` that does what ``run``
+        would with those tensors (same shapes, dtypes and alpha presence as ``problem``),
+        doing the per-shape work (grid, workspace, argument packing) once here. Keep what
+        it closes over valid across calls (e.g. a workspace that never shrinks).
+        """
+
+    @hookspec
+    def build(self, archs: list[str], progress: bool) -> list[str]:
+        """Optional: compile ahead of time (or find in the JIT cache) every kernel this
+        backend may run on GPUs of the architectures ``archs`` (nvcc names such as
+        ``"sm_90a"``), so the first ``mm_fp4`` call does not wait for nvcc.
+
+        Return one human-readable line per artifact (e.g. the library path). Skip
+        architectures the backend has no kernels for. Raise ``fp4core.kit.jit.JitError`` when a
+        build fails. ``progress`` asks for progress output on stderr. Called by
+        ``fp4core build`` and ``fp4core.build()``; needs no GPU.
+        """

@@ -1,0 +1,145 @@
+"""Prepared weights: each backend's preferred weight layout, made once.
+
+``fp4core.prepare(b, b_descale)`` runs the ``prepare`` hook of every enabled backend that
+has one and supports the weight, and keeps the results side by side. ``mm_fp4`` accepts the
+returned ``PreparedWeight`` in place of ``b`` (with ``b_descale=None``) and hands each backend
+its own layout, so backends that stream a shuffled weight compete in ``auto`` on equal terms.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+
+import torch
+
+from fp4core.dispatch import state
+from fp4core.formats.fp4 import Fp4Format
+from fp4core.formats.layouts import SfLayout
+from fp4core.dispatch.problem import Operands, Problem, device_info
+from fp4core.dispatch.registry import Backend
+from fp4core.dispatch.validation import check_format, check_out_dtype, weight
+
+log = logging.getLogger("fp4core")
+
+
+@dataclasses.dataclass
+class PreparedWeight:
+    """A weight in canonical form plus every interested backend's own layout.
+
+    Attributes:
+        n, k: weight shape in elements (N rows of K FP4 values).
+        fmt: NVFP4 or MXFP4.
+        canonical: Operands with ``b`` uint8 (N, K/2) and 128x4 ``b_scale`` bytes.
+        by_backend: backend name -> Operands its ``prepare`` hook returned.
+        skipped: backend name -> why it has no prepared copy.
+    """
+
+    n: int
+    k: int
+    fmt: Fp4Format
+    device: torch.device
+    canonical: Operands
+    by_backend: dict[str, Operands]
+    skipped: dict[str, str]
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return (self.n, self.k)
+
+    def operands_for(self, backend: str) -> Operands | None:
+        """The weight as ``backend`` wants it: its prepared copy, else canonical (None if the
+        backend needs its own layout and has none)."""
+        ops = self.by_backend.get(backend)
+        if ops is not None:
+            return ops
+        be = state.registry.get(backend)
+        if be is not None and be.info.needs_prepare:
+            return None
+        return self.canonical
+
+    def __repr__(self) -> str:
+        return (f"PreparedWeight(n={self.n}, k={self.k}, fmt={self.fmt.value}, device={self.device}, "
+                f"prepared_for={sorted(self.by_backend)})")
+
+
+def weight_problem(n: int, k: int, fmt: Fp4Format, out_dtype: torch.dtype, a_sf_layout: SfLayout,
+                   has_alpha: bool, device: torch.device) -> Problem:
+    """The problem a ``prepare`` hook sees: M unknown (None), weight prepared."""
+    return Problem(None, n, k, fmt, out_dtype, a_sf_layout, has_alpha, device_info(device), prepared=True)
+
+
+def prepare(b: torch.Tensor, b_descale: torch.Tensor, *, block_size: int | None = None,
+            use_nvfp4: bool = True, out_dtype: torch.dtype = torch.bfloat16,
+            use_8x4_sf_layout: bool = False, has_alpha: bool = True,
+            backends: list[str] | None = None) -> PreparedWeight:
+    """Prepare a weight once for every backend (or the named ``backends``).
+
+    Args:
+        b: (K/2, N) packed FP4 weight, column-major (``b_fp4.T``), uint8 or float4_e2m1fn_x2,
+            exactly as ``mm_fp4`` takes it.
+        b_descale: its scales, 128x4 layout, transposed like ``mm_fp4``'s ``b_descale``.
+        block_size: 16 (NVFP4) or 32 (MXFP4); defaults to the format's.
+        use_nvfp4: NVFP4 (True) or MXFP4 (False).
+        out_dtype: the output dtype the weight will be called with (torch.bfloat16 or
+            torch.float16), so backends can decline what they cannot run.
+        use_8x4_sf_layout: whether calls will pass A's scales in the 8x4 layout.
+        has_alpha: whether calls will pass an alpha tensor.
+        backends: restrict to these backend names (default: all enabled).
+    Returns:
+        PreparedWeight, accepted by ``mm_fp4`` as ``b`` (pass ``b_descale=None``).
+    """
+    fmt = Fp4Format.from_flags(use_nvfp4)
+    check_format(fmt.block_size if block_size is None else block_size, use_nvfp4)
+    check_out_dtype(out_dtype)
+    b8, bsf, n = weight(b, b_descale, fmt, None, None, check=True)
+    k = b8.shape[1] * 2
+    layout = SfLayout.layout_8x4 if use_8x4_sf_layout else SfLayout.layout_128x4
+    problem = weight_problem(n, k, fmt, out_dtype, layout, has_alpha, b.device)
+    canonical = Operands(None, None, b8, bsf)
+    by_backend: dict[str, Operands] = {}
+    skipped: dict[str, str] = {}
+    for be in state.registry.backends():
+        if backends is not None and be.name not in backends:
+            continue
+        if be._prepare is None:
+            continue
+        answer = be.supports(problem)
+        if not answer:
+            skipped[be.name] = answer.reason
+            continue
+        try:
+            by_backend[be.name] = be.prepare(problem, canonical)
+        except Exception as exc:  # one backend's failure leaves the others prepared
+            skipped[be.name] = f"prepare() raised {type(exc).__name__}: {exc}"
+            log.warning("backend %r: %s", be.name, skipped[be.name])
+    return PreparedWeight(n, k, fmt, b.device, canonical, by_backend, skipped)
+
+
+_warned_per_call_prepare: set[str] = set()
+
+
+def weight_for(be: Backend, problem: Problem, ops: Operands,
+               weight: PreparedWeight | None) -> tuple[Problem, Operands]:
+    """The problem and operands ``be.run`` gets: the one place that decides which weight layout
+    a backend receives.
+
+    ``ops`` holds the activation (and, for a plain call, the canonical weight); ``weight`` is
+    the caller's PreparedWeight or None. A backend with its own prepared copy gets it (problem
+    marked prepared); one without a prepare hook, or whose hook declined this weight, gets the
+    canonical weight and a plain problem; one that needs its own layout and has none gets it
+    prepared on this call (with a one-time warning: use ``fp4core.prepare``)."""
+    if weight is not None:
+        own = weight.by_backend.get(be.name)
+        if own is not None:
+            return problem, own.with_activation(ops.a, ops.a_scale, ops.alpha)
+        ops = weight.canonical.with_activation(ops.a, ops.a_scale, ops.alpha)
+    if not be.info.needs_prepare:
+        return problem.plain, ops
+    if be.name not in _warned_per_call_prepare:
+        _warned_per_call_prepare.add(be.name)
+        log.warning("backend %r wants its own weight layout and got a plain weight: preparing it on "
+                    "every call. Use fp4core.prepare(b, b_descale) once instead.", be.name)
+    prepared = problem.as_prepared
+    own = be.prepare(prepared.with_m(None), Operands(None, None, ops.b, ops.b_scale))
+    return prepared, own.with_activation(ops.a, ops.a_scale, ops.alpha)

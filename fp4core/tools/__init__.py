@@ -1,0 +1,1 @@
+"""Tooling outside the runtime import path: the CLI, benchmarks, tactic sweeps, plots and prebuilds."""
