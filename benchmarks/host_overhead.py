@@ -75,10 +75,10 @@ def main() -> None:
         fl(x)
     choice = fp4core.explain(a, pw, a_sf, None, alpha).choice
     be, tactic = choice.backend, choice.tactic
-    from fp4core.dispatch.prepared import weight_for
+    from fp4core.dispatch.selector import selector
     from fp4core.dispatch.problem import Operands
     problem = fp4core.explain(a, pw, a_sf, None, alpha).problem
-    rp, ops = weight_for(be, problem, Operands(a, a_sf.reshape(-1), None, None, alpha), pw)
+    rp, ops = selector.weight_for(be, problem, Operands(a, a_sf.reshape(-1), None, None, alpha), pw)
     out = torch.empty(m, n, device=dev, dtype=torch.bfloat16)
     w16 = lin.weight
     # torch.compile (default mode): the layer is one fp4core::linear_fp4 op running the plans

@@ -6,8 +6,8 @@ This script is the target process: it prints one ``CASE`` line before each (back
 shape, plain/prepared weight, tactic), runs it once into a NaN-poisoned output, synchronizes
 (so a sanitizer report lands right after the case that caused it) and prints ``OK`` or why
 not. Operands and the reference are made once per (format, shape). Without the sanitizer it
-is a quick correctness sweep of every tactic. ``benchmarks/sanitizer_sweep.sh`` runs it under
-memcheck, racecheck and initcheck and summarizes the reports.
+is a quick correctness sweep of every tactic. The ``sanitizer`` step of ``benchmarks/suite.sh``
+runs it under memcheck, racecheck and initcheck and summarizes the reports.
 
 Run it with ``PYTORCH_NO_CUDA_MEMORY_CACHING=1`` under memcheck: with torch's caching allocator
 an out-of-bounds access that stays inside a pooled segment is invisible to the sanitizer.
@@ -22,7 +22,7 @@ import time
 import torch
 
 from fp4core import api
-from fp4core.dispatch import state
+from fp4core.dispatch.selector import selector
 from fp4core.formats.reference import reference_mm
 from fp4core.dispatch.tuner import make_sets, prepared_sets, run_checked, tactic_label
 
@@ -53,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
         print("no CUDA device: nothing to sweep", file=sys.stderr)
         return 2
     names = [b for b in args.backends.split(",") if b]
-    backends = [b for b in state.registry.backends() if b.name != "torch" and (not names or b.name in names)]
+    backends = [b for b in selector.registry.backends() if b.name != "torch" and (not names or b.name in names)]
     t0 = time.perf_counter()
     counts = {"cases": 0, "ok": 0, "failed": 0, "skipped_budget": 0}
     for fmt in args.formats.split(","):
@@ -63,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
             ref = reference_mm(base, sets[0], torch.float32)
             for be in backends:
                 # the prepared weight only where the backend has its own layout for it
-                variants = [True] if be.info.needs_prepare else ([False, True] if be._prepare else [False])
+                variants = [True] if be.info.needs_prepare else ([False, True] if be.has_hook("prepare") else [False])
                 for prepared in variants:
                     problem = api.make_problem(m, n, k, use_nvfp4=(fmt == "nvfp4"), device="cuda",
                                                prepared=prepared)

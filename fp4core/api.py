@@ -10,12 +10,10 @@ from typing import Any, Iterator
 
 import torch
 
-from fp4core.dispatch import state
-from fp4core.dispatch.selector import Explanation, dispatcher
+from fp4core.dispatch.selector import Explanation, selector
 from fp4core.formats.fp4 import Fp4Format
 from fp4core.formats.layouts import SfLayout
-from fp4core.errors import BackendFailedError
-from fp4core.dispatch.prepared import PreparedWeight, weight_for
+from fp4core.dispatch.prepared import PreparedWeight
 from fp4core.dispatch.problem import DeviceInfo, Operands, Problem, device_info, problem_of
 from fp4core.dispatch.registry import Backend
 from fp4core.dispatch.validation import (activation, build_problem, check_alpha, check_format, check_out,
@@ -55,53 +53,28 @@ def mm_fp4(a: torch.Tensor, b: torch.Tensor | PreparedWeight, a_descale: torch.T
         subclasses when the backend is missing or refuses the problem.
     """
     check = not skip_check
-    weight = b if isinstance(b, PreparedWeight) else None
-    if weight is not None:
-        problem, ops = _prepared_call(a, weight, a_descale, b_descale, alpha, out_dtype, out, block_size,
-                                      use_8x4_sf_layout, use_nvfp4, check)
-    else:
-        problem, ops = build_problem(a, b, a_descale, b_descale, alpha, out_dtype, out, block_size,
-                                     use_8x4_sf_layout, use_nvfp4, check)
     if check and not isinstance(backend, str):
         raise TypeError(f"backend: expected 'auto' or a backend name, got {type(backend).__name__}")
+    problem, ops, weight = _validated(a, b, a_descale, b_descale, alpha, out_dtype, out, block_size,
+                                      use_8x4_sf_layout, use_nvfp4, check)
     if out is None:
         out = torch.empty((problem.m, problem.n), dtype=out_dtype, device=a.device)
     if problem.m == 0 or problem.n == 0:
         return out
-    return run(problem, ops, weight, backend, out)
+    return selector.run(problem, ops, weight, backend, out)
 
 
-def run(problem: Problem, ops: Operands, weight: PreparedWeight | None, backend: str,
-        out: torch.Tensor) -> torch.Tensor:
-    """Select and run: the validated core of ``mm_fp4`` (no argument checks here).
-
-    ``ops`` holds the activation (and the canonical weight of a plain call), ``weight`` the
-    PreparedWeight or None. With ``backend="auto"``, a backend whose ``run`` raises is left out
-    of ``auto`` for this problem (logged once) and the next choice runs instead; an explicit
-    backend's failure, a failure during CUDA-graph capture and a CUDA error (after which the
-    CUDA context is unusable) are raised as they are."""
-    while True:
-        choice = dispatcher.choose(problem, backend)
-        be = choice.backend
-        run_problem, run_ops = weight_for(be, problem, ops, weight)
-        try:
-            be.run(run_problem, run_ops, choice.tactic, out)
-            return out
-        except BackendFailedError as exc:
-            if not _may_fall_back(backend, problem, exc):
-                raise
-            log.warning("%s; auto leaves %r out for %s from now on", exc, be.name, problem.describe())
-            dispatcher.mark_failed(problem, be.name, str(exc.__cause__ or exc))
-
-
-def _may_fall_back(backend: str, problem: Problem, exc: BackendFailedError) -> bool:
-    if backend != "auto":
-        return False
-    cause = exc.__cause__
-    accel = getattr(torch, "AcceleratorError", None)
-    if accel is not None and isinstance(cause, accel) or "CUDA error" in str(cause):
-        return False  # the context is gone: no other backend can run either
-    return not (problem.device.is_cuda and torch.cuda.is_current_stream_capturing())
+def _validated(a, b, a_descale, b_descale, alpha, out_dtype, out, block_size, use_8x4_sf_layout,
+               use_nvfp4, check) -> tuple[Problem, Operands, PreparedWeight | None]:
+    """The call's Problem, its canonical Operands (activation; the weight too for a plain
+    ``b``) and the PreparedWeight or None. Argument errors name the argument."""
+    if isinstance(b, PreparedWeight):
+        problem, ops = _prepared_call(a, b, a_descale, b_descale, alpha, out_dtype, out, block_size,
+                                      use_8x4_sf_layout, use_nvfp4, check)
+        return problem, ops, b
+    problem, ops = build_problem(a, b, a_descale, b_descale, alpha, out_dtype, out, block_size,
+                                 use_8x4_sf_layout, use_nvfp4, check)
+    return problem, ops, None
 
 
 def _prepared_call(a, w: PreparedWeight, a_descale, b_descale, alpha, out_dtype, out, block_size,
@@ -160,12 +133,7 @@ def _problem_from(args: tuple, kwargs: dict) -> Problem:
     defaults = dict(alpha=None, out_dtype=torch.bfloat16, out=None, block_size=16,
                     use_8x4_sf_layout=False, use_nvfp4=True)
     p = {**defaults, **params}
-    if isinstance(p["b"], PreparedWeight):
-        problem, _ = _prepared_call(p["a"], p["b"], p["a_descale"], p["b_descale"], p["alpha"],
-                                    p["out_dtype"], p["out"], p["block_size"], p["use_8x4_sf_layout"],
-                                    p["use_nvfp4"], True)
-        return problem
-    problem, _ = build_problem(p["a"], p["b"], p["a_descale"], p["b_descale"], p["alpha"], p["out_dtype"],
+    problem, _, _ = _validated(p["a"], p["b"], p["a_descale"], p["b_descale"], p["alpha"], p["out_dtype"],
                                p["out"], p["block_size"], p["use_8x4_sf_layout"], p["use_nvfp4"], True)
     return problem
 
@@ -175,7 +143,7 @@ def supported_backends(*args: Any, **kwargs: Any) -> list[str]:
 
     Pass a ``Problem`` (see ``make_problem``) or the same arguments as ``mm_fp4``.
     """
-    ok, _ = dispatcher.candidates(_problem_from(args, kwargs))
+    ok, _ = selector.candidates(_problem_from(args, kwargs))
     return [b.name for b in ok]
 
 
@@ -197,15 +165,15 @@ def is_backend_supported(backend: str, capability: int | tuple[int, int] | None 
     """
     problem = make_problem(128, 4096, 4096, device=_capability_device(capability))
     if backend == "auto":
-        return bool(dispatcher.candidates(problem)[0])
-    be = state.registry.get(backend)
+        return bool(selector.candidates(problem)[0])
+    be = selector.registry.get(backend)
     return be is not None and bool(be.supports(problem))
 
 
 def explain(*args: Any, backend: str = "auto", **kwargs: Any) -> Explanation:
     """Which backend and tactic a call would use, where that came from, and why every other
     backend was excluded. Takes a ``Problem`` or ``mm_fp4``'s arguments; never tunes."""
-    return dispatcher.explain(_problem_from(args, kwargs), backend)
+    return selector.explain(_problem_from(args, kwargs), backend)
 
 
 # -- backends ---------------------------------------------------------------------------------
@@ -233,9 +201,9 @@ def backends() -> list[BackendStatus]:
     ones disabled by FP4CORE_BACKENDS."""
     rows = [BackendStatus(b.name, "loaded", b.info.package, b.version, b.origin, b.info.description,
                           tuple(b.info.targets), tuple(b.info.verified), b.last_error)
-            for b in state.registry.backends()]
-    rows += [BackendStatus(b.name, "broken", origin=b.origin, error=b.error) for b in state.registry.broken()]
-    rows += [BackendStatus(n, "disabled", error=why) for n, why in state.registry.disabled().items()]
+            for b in selector.registry.backends()]
+    rows += [BackendStatus(b.name, "broken", origin=b.origin, error=b.error) for b in selector.registry.broken()]
+    rows += [BackendStatus(n, "disabled", error=why) for n, why in selector.registry.disabled().items()]
     return rows
 
 
@@ -244,12 +212,12 @@ def register_backend(plugin: Any) -> Backend:
 
     Raises ValueError when the plugin is invalid (missing hooks, bad metadata, name taken).
     """
-    return state.registry.register(plugin)
+    return selector.registry.register(plugin)
 
 
 def unregister_backend(name: str) -> None:
     """Remove a registered backend by name."""
-    state.registry.unregister(name)
+    selector.registry.unregister(name)
 
 
 # -- tuning -----------------------------------------------------------------------------------
@@ -258,7 +226,8 @@ def autotune(tune_mode: bool = True, *, force: bool = False, save: bool = True,
              verbose: bool = True) -> Iterator[None]:
     """Inside this context, ``auto`` calls on untuned problem buckets time every candidate
     (backend, tactic) and remember the fastest; on exit new results are saved to the tuning
-    cache file.
+    cache file. The tuning state is context-local (a ``contextvars`` variable): other threads
+    and asyncio tasks keep their own mode.
 
     Args:
         tune_mode: False makes the context a no-op (FlashInfer's ``autotune(False)``).
@@ -269,16 +238,13 @@ def autotune(tune_mode: bool = True, *, force: bool = False, save: bool = True,
     if not tune_mode:
         yield
         return
-    prev = dispatcher.progress
-    if verbose and prev is None:
-        dispatcher.progress = lambda msg: print(msg, file=sys.stderr, flush=True)
+    progress = (lambda msg: print(msg, file=sys.stderr, flush=True)) if verbose else None
     try:
-        with dispatcher.tuning(force=force):
+        with selector.tuning(force=force, progress=progress):
             yield
     finally:
-        dispatcher.progress = prev
-        if save and state.tuning_cache.dirty:
-            state.tuning_cache.save_or_warn()
+        if save and selector.cache.dirty:
+            selector.cache.save_or_warn()
 
 
 def tune(problems: list[Problem], *, force: bool = False, verbose: bool = True,
@@ -287,8 +253,8 @@ def tune(problems: list[Problem], *, force: bool = False, verbose: bool = True,
     results = []
     with autotune(force=force, save=save, verbose=verbose):
         for problem in problems:
-            dispatcher.choose(problem, "auto")
-            results.append(dispatcher.explain(problem))
+            selector.choose(problem, "auto")
+            results.append(selector.explain(problem))
     return results
 
 

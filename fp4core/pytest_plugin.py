@@ -34,10 +34,10 @@ def pytest_collection_modifyitems(config, items):
 
 @pytest.fixture(autouse=True)
 def _fp4core_isolated_tuning_cache(tmp_path, monkeypatch):
-    from fp4core.dispatch import state
+    from fp4core.dispatch.selector import selector
 
     monkeypatch.setenv("FP4CORE_TUNING_CACHE", str(tmp_path / "tuning.json"))
     monkeypatch.delenv("FP4CORE_AUTOTUNE", raising=False)
-    state.tuning_cache.clear()
+    selector.cache.clear()
     yield
-    state.tuning_cache.clear()
+    selector.cache.clear()

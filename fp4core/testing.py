@@ -24,7 +24,7 @@ from typing import Any, Iterator
 
 import torch
 
-from fp4core.dispatch import state
+from fp4core.dispatch.selector import selector
 from fp4core.dispatch.hooks import Tactic
 from fp4core.dispatch.problem import Operands, Problem
 from fp4core.formats.reference import TOLERANCE, reference_mm, relative_error
@@ -59,11 +59,11 @@ def guarded_copy(t: torch.Tensor) -> torch.Tensor:
 @contextlib.contextmanager
 def registered(plugin: Any) -> Iterator[Any]:
     """Register ``plugin`` for the duration of the block; yields the loaded Backend."""
-    backend = state.registry.register(plugin, origin="registered by fp4core.testing")
+    backend = selector.registry.register(plugin, origin="registered by fp4core.testing")
     try:
         yield backend
     finally:
-        state.registry.unregister(backend.name)
+        selector.registry.unregister(backend.name)
 
 
 @dataclasses.dataclass
@@ -83,7 +83,7 @@ def check_backend(name: str, problem: Problem, *, seed: int = 0, tactics: list[T
     filled with NaN before each run so unwritten elements fail. Raises AssertionError with
     every failing tactic; returns the per-tactic errors.
     """
-    backend = state.registry.get(name)
+    backend = selector.registry.get(name)
     if backend is None:
         raise AssertionError(f"backend {name!r} is not registered")
     answer = backend.supports(problem)
@@ -115,6 +115,35 @@ def canonical_operands(problem: Problem, seed: int = 0) -> Operands:
     gen = torch.Generator(device=device)
     gen.manual_seed(seed)
     return random_operands(problem, device=device, generator=gen)
+
+
+def run_repeatedly(backend: Any, problem: Problem, operands: Operands, tactic: Tactic,
+                   times: int = 2) -> list[torch.Tensor]:
+    """Run one tactic ``times`` times on the same operands, each into a fresh NaN-filled output.
+
+    For determinism checks: a kernel without races gives bitwise the same output every time,
+    and the NaN fill shows elements it never wrote. Synchronises the device before returning.
+
+    Args:
+        backend: a backend object with ``run(problem, operands, tactic, out)``.
+        problem: the problem the operands were made for.
+        operands: canonical operands, or the backend's prepared ones.
+        tactic: one of the backend's tactics.
+        times: how many runs.
+
+    Returns:
+        ``times`` output tensors of shape (problem.m, problem.n) and dtype problem.out_dtype,
+        on the problem's device.
+    """
+    device = f"cuda:{problem.device.index}" if problem.device.is_cuda else "cpu"
+    outs = []
+    for _ in range(times):
+        out = torch.full((problem.m, problem.n), float("nan"), dtype=problem.out_dtype, device=device)
+        backend.run(problem, operands, tactic, out)
+        outs.append(out)
+    if problem.device.is_cuda:
+        torch.cuda.synchronize()
+    return outs
 
 
 @dataclasses.dataclass

@@ -7,7 +7,7 @@ import sys
 import pytest
 
 import fp4core
-from fp4core.dispatch import state
+from fp4core.dispatch.selector import selector
 from fp4core.tools.cli import main
 from fp4core.testing import registered
 
@@ -15,9 +15,9 @@ from fp4core.testing import registered
 @pytest.fixture(autouse=True)
 def builtins_only(monkeypatch):
     monkeypatch.setenv("FP4CORE_DISABLE_PLUGIN_AUTOLOAD", "1")
-    state.registry.reset()
+    selector.registry.reset()
     yield
-    state.registry.reset()
+    selector.registry.reset()
 
 
 class Broken:
@@ -82,7 +82,7 @@ def test_tune_writes_the_cache(capsys):
     assert main(["tune", "--m", "4", "--n", "32", "--k", "64"]) == 0
     cap = capsys.readouterr()
     assert "torch [default] (cache)" in cap.out
-    assert state.tuning_cache.path.exists()
+    assert selector.cache.path.exists()
     assert "tuning 4x32x64" in cap.err  # progress on stderr
 
 

@@ -1,6 +1,6 @@
 """Issue 15 on the CPU: prepared weights reach every backend, the validated-call cache never
 hides a bad argument, and Fp4Linear's eager plans (run here through Triton's interpreter)
-give the op path's bytes and are rebuilt whenever the weight or the dispatcher changes."""
+give the op path's bytes and are rebuilt whenever the weight or the selector changes."""
 
 import os
 import subprocess
@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import fp4core
-from fp4core.dispatch import state
+from fp4core.dispatch.selector import selector
 from fp4core.dispatch.problem import DeviceInfo
 from fp4core.testing import registered
 
@@ -25,8 +25,8 @@ def test_backends_without_prepare_answer_the_same_for_prepared_and_plain(device)
     """A backend that takes the canonical weight must not refuse a PreparedWeight: auto on a
     prepared weight then chooses among every backend."""
     checked = 0
-    for be in state.registry.backends():
-        if be._prepare is not None:
+    for be in selector.registry.backends():
+        if be.has_hook("prepare"):
             continue
         for m, n, k in SHAPES:
             for nv in (True, False):
@@ -59,7 +59,7 @@ class CanonicalOnly:
     @fp4core.hookimpl
     def run(self, problem, operands, tactic, out):
         self.seen.append((problem.prepared, operands.b.shape))
-        state.registry.get("torch").run(problem, operands, {}, out)
+        selector.registry.get("torch").run(problem, operands, {}, out)
 
 
 def _operands(m=5, n=40, k=64, seed=0):
@@ -103,7 +103,7 @@ def test_the_validated_call_cache_never_hides_a_bad_argument():
 _EAGER_SCRIPT = r"""
 import torch, fp4core
 from fp4core.pytorch.nn import Fp4Linear
-from fp4core.dispatch.selector import dispatcher
+from fp4core.dispatch.selector import selector
 torch.manual_seed(0)
 for fmt, act in (("nvfp4", "dynamic"), ("nvfp4", "static"), ("mxfp4", "dynamic")):
     lin = torch.nn.Linear(64, 48, bias=True, dtype=torch.bfloat16)
@@ -133,10 +133,10 @@ for fmt, act in (("nvfp4", "dynamic"), ("nvfp4", "static"), ("mxfp4", "dynamic")
     layer(x)
     assert layer._plans[(5, torch.bfloat16)] is not plan
     plan = layer._plans[(5, torch.bfloat16)]
-    gen = dispatcher.generation
+    gen = selector.generation
     with fp4core.autotune(verbose=False):
         pass
-    assert dispatcher.generation != gen
+    assert selector.generation != gen
     layer(x)
     assert layer._plans[(5, torch.bfloat16)] is not plan
     # a different backend asked for: a new plan, same bytes (torch is the reference backend)
@@ -224,10 +224,10 @@ def test_every_backends_bound_launcher_equals_its_run(m, n, k):
     from fp4core.dispatch.tuner import make_sets, prepared_sets
     problem = fp4core.make_problem(m, n, k, device="cuda", prepared=True)
     ops = make_sets(problem, n_sets=1)[0]
-    for be in state.registry.backends():
+    for be in selector.registry.backends():
         if be.name == "torch" or not be.supports(problem):
             continue
-        bops = prepared_sets(be, problem, [ops])[0] if be._prepare is not None else ops
+        bops = prepared_sets(be, problem, [ops])[0] if be.has_hook("prepare") else ops
         for tactic in be.tactics(problem)[:4]:
             want = torch.full((m, n), float("nan"), device="cuda", dtype=torch.bfloat16)
             be.run(problem, bops, tactic, want)

@@ -7,11 +7,11 @@ import torch
 
 import fp4core
 from fp4core.pytorch import ops
-from fp4core.dispatch import state
+from fp4core.dispatch.selector import selector
 from fp4core.formats.reference import relative_error
 from fp4core.testing import device_allocations, registered
 from fp4core.dispatch.torch_backend import TorchBackend
-from fp4core.dispatch.tuning_cache import problem_key
+from fp4core.dispatch.tuning_cache import CacheEntry, problem_key
 
 _TORCH_RUN = TorchBackend.run
 
@@ -142,7 +142,7 @@ def test_quantize_fp4_equals_the_reference_quantizers():
 
 def test_prepared_weight_goes_through_the_op_with_its_own_layout(monkeypatch):
     monkeypatch.setenv("FP4CORE_DISABLE_PLUGIN_AUTOLOAD", "1")
-    state.registry.reset()
+    selector.registry.reset()
     spy, log = spy_backend(needs_prepare=True)
     with registered(spy):
         x, w, a, asf, b, bsf, alpha = _operands(5, 32, 64)
@@ -157,12 +157,12 @@ def test_prepared_weight_goes_through_the_op_with_its_own_layout(monkeypatch):
         out2 = torch.ops.fp4core.mm_fp4(a, asf, b, bsf.reshape(-1), alpha, torch.bfloat16, True, False,
                                         "torch", 10 ** 9)
         assert torch.equal(out2, fp4core.mm_fp4(a, b.T, asf, bsf.T, alpha, backend="torch"))
-    state.registry.reset()
+    selector.registry.reset()
 
 
 def test_lazy_weight_entry_prepares_once_and_again_after_an_in_place_change(monkeypatch):
     monkeypatch.setenv("FP4CORE_DISABLE_PLUGIN_AUTOLOAD", "1")
-    state.registry.reset()
+    selector.registry.reset()
     spy, log = spy_backend(needs_prepare=True)
     with registered(spy):
         x, w, a, asf, b, bsf, alpha = _operands(5, 32, 64)
@@ -179,7 +179,7 @@ def test_lazy_weight_entry_prepares_once_and_again_after_an_in_place_change(monk
         assert not torch.equal(out1, out2)
         assert relative_error(out2, _ref64(a, asf, b, bsf, alpha)) <= 1e-2
         del entry
-    state.registry.reset()
+    selector.registry.reset()
 
 
 def test_errors_name_the_argument():
@@ -234,7 +234,7 @@ def test_compile_fullgraph_on_cpu_matches_eager(backend):
 def test_compiled_graph_uses_the_tuned_backend(monkeypatch):
     """A cache entry naming a backend that the heuristic ranks last must win inside the graph."""
     monkeypatch.setenv("FP4CORE_DISABLE_PLUGIN_AUTOLOAD", "1")
-    state.registry.reset()
+    selector.registry.reset()
     torch._dynamo.reset()
     spy, log = spy_backend(priority=-1000)  # below torch's -100: never the heuristic choice
     with registered(spy):
@@ -243,14 +243,14 @@ def test_compiled_graph_uses_the_tuned_backend(monkeypatch):
         b, bsf = fp4core.nvfp4_quantize(w, gw)
         problem = fp4core.make_problem(6, 48, 64, device="cpu")
         assert fp4core.explain(problem).choice.backend.name == "torch"
-        state.tuning_cache.store(problem_key(problem), {
+        selector.cache.store(problem_key(problem), CacheEntry.from_json({
             "backend": "spy", "version": "1", "tactic": {}, "us": 1.0,
-            "per_backend": {"spy": {"version": "1", "tactic": {}, "us": 1.0}}})
+            "per_backend": {"spy": {"version": "1", "tactic": {}, "us": 1.0}}}))
         assert fp4core.explain(problem).choice.backend.name == "spy"
         compiled = torch.compile(_w4a4(b, bsf.reshape(-1), gw), fullgraph=True, backend="aot_eager")
         compiled(x)
         assert ("run", False) in log
-    state.registry.reset()
+    selector.registry.reset()
 
 
 # -- GPU ---------------------------------------------------------------------------------------

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import fp4core
-from fp4core.dispatch import state
+from fp4core.dispatch.selector import selector
 from fp4core.testing import check_backend, registered
 
 FIXTURE = Path(__file__).parent / "fixtures" / "fp4core-test-plugins"
@@ -22,17 +22,17 @@ def installed_plugins(tmp_path_factory):
     subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation",
                     "--no-index", "--target", str(target), str(FIXTURE)], check=True)
     sys.path.insert(0, str(target))
-    state.registry.reset()
+    selector.registry.reset()
     yield target
     sys.path.remove(str(target))
-    state.registry.reset()
+    selector.registry.reset()
 
 
 @pytest.fixture
 def fresh_registry():
-    state.registry.reset()
-    yield state.registry
-    state.registry.reset()
+    selector.registry.reset()
+    yield selector.registry
+    selector.registry.reset()
 
 
 @pytest.fixture

@@ -36,15 +36,15 @@ class Builder:
 @pytest.fixture(autouse=True)
 def builtins_only(monkeypatch):
     monkeypatch.setenv("FP4CORE_DISABLE_PLUGIN_AUTOLOAD", "1")
-    fp4core.dispatch.state.registry.reset()
+    fp4core.dispatch.selector.selector.registry.reset()
     yield
-    fp4core.dispatch.state.registry.reset()
+    fp4core.dispatch.selector.selector.registry.reset()
 
 
 def test_build_calls_only_backends_with_the_hook():
     plugin = Builder()
     with registered(plugin) as backend:
-        assert backend.can_build and not fp4core.dispatch.state.registry.get("torch").can_build
+        assert backend.can_build and not fp4core.dispatch.selector.selector.registry.get("torch").can_build
         result = fp4core.build(archs=["90a", "sm_100a"], progress=False)
     # Archs are normalised to nvcc names; the torch backend has no build hook.
     assert result == {"builder": ["lib for sm_90a"]}

@@ -16,8 +16,8 @@ import pytest
 import torch
 
 import fp4core
-from fp4core.dispatch import state
-from fp4core.dispatch.selector import dispatcher
+from fp4core.dispatch.selector import selector
+from fp4core.dispatch.selector import selector
 from fp4core.env import env_flag
 from fp4core.dispatch.tuning_cache import FORMAT_NAME, FORMAT_VERSION, problem_key
 
@@ -39,11 +39,11 @@ def enable(fault_plugins, monkeypatch):
 
     def _enable(*names):
         monkeypatch.setenv("FP4CORE_BACKENDS", ",".join(("torch",) + names))
-        state.registry.reset()
-        dispatcher._failed.clear()
+        selector.registry.reset()
+        selector._failed.clear()
     yield _enable
-    dispatcher._failed.clear()
-    state.registry.reset()
+    selector._failed.clear()
+    selector.registry.reset()
 
 
 ALL_FAULTS = ("runfails", "tacticsfail", "wronganswer", "badpriority")
@@ -82,7 +82,7 @@ def test_untuned_auto_falls_back_past_raising_run_and_tactics_and_names_them(ena
     exp = fp4core.explain(*args)
     assert exp.choice.backend.name == "torch"
     assert "left out after a failed run" in exp.excluded["runfails"]
-    assert [b for (_, b) in dispatcher.failures()] == ["runfails"]
+    assert [b for (_, b) in selector.failures()] == ["runfails"]
     caplog.clear()
     with caplog.at_level("WARNING", logger="fp4core"):
         assert torch.equal(fp4core.mm_fp4(*args), want)
@@ -105,7 +105,7 @@ def test_tuned_auto_drops_the_wrong_answer_and_the_raising_backends(enable):
     assert torch.equal(out, want)
     exp = fp4core.explain(*args)
     assert exp.choice.backend.name == "torch" and exp.choice.source == "cache"
-    dropped = " ".join(f"{k} {v}" for k, v in exp.cache_entry["dropped"].items())
+    dropped = " ".join(f"{k} {v}" for k, v in exp.cache_entry.dropped.items())
     assert "wronganswer" in dropped and "wrong answer" in dropped
     assert "runfails" in dropped and "too many resources" in dropped
     assert torch.equal(fp4core.mm_fp4(*args), want)
@@ -208,18 +208,18 @@ def test_env_flag_words(monkeypatch, value, want):
 def test_env_flag_refuses_other_words_naming_the_variable(monkeypatch):
     monkeypatch.setenv("FP4CORE_AUTOTUNE", "banana")
     with pytest.raises(ValueError, match="FP4CORE_AUTOTUNE.*'banana'"):
-        dispatcher.tuning_enabled()
+        selector.tuning_enabled()
 
 
 def test_autotune_false_means_off(monkeypatch):
     monkeypatch.setenv("FP4CORE_AUTOTUNE", "false")
-    assert not dispatcher.tuning_enabled()
+    assert not selector.tuning_enabled()
     monkeypatch.setenv("FP4CORE_AUTOTUNE", "1")
-    assert dispatcher.tuning_enabled()
+    assert selector.tuning_enabled()
 
 
 def test_disable_autoload_false_keeps_autoload_on(monkeypatch):
-    code = ("import fp4core; print(sorted(b.name for b in fp4core.dispatch.state.registry.backends()))")
+    code = ("import fp4core; print(sorted(b.name for b in fp4core.dispatch.selector.selector.registry.backends()))")
     env = {**__import__("os").environ, "FP4CORE_DISABLE_PLUGIN_AUTOLOAD": "false"}
     on = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
     env["FP4CORE_DISABLE_PLUGIN_AUTOLOAD"] = "1"

@@ -1,15 +1,22 @@
 """fp4core bench --tactics / sweep_tactics: every tactic checked, then timed beside bf16."""
 
+import dataclasses
 import json
 import time
 
 import pytest
 
 import fp4core
-from fp4core.dispatch import state
+from fp4core.dispatch.selector import selector
 from fp4core.tools.cli import main
 from fp4core.tools.tactic_sweep import sweep_tactics
 from fp4core.testing import registered
+
+
+@dataclasses.dataclass(frozen=True)
+class V(fp4core.Tactic):
+    v: str = "slow"
+    x: int | None = None
 
 
 class Variants:
@@ -17,7 +24,7 @@ class Variants:
 
     @fp4core.hookimpl
     def backend_info(self):
-        return fp4core.BackendInfo(name="variants", version="1")
+        return fp4core.BackendInfo(name="variants", version="1", tactic_type=V)
 
     @fp4core.hookimpl
     def supports(self, problem):
@@ -25,32 +32,32 @@ class Variants:
 
     @fp4core.hookimpl
     def tactics(self, problem):
-        return [{"v": "slow"}, {"v": "fast"}, {"v": "wrong"}, {"v": "raise"}]
+        return [V("slow"), V("fast"), V("wrong"), V("raise")]
 
     @fp4core.hookimpl
     def run(self, problem, operands, tactic, out):
-        if tactic["v"] == "raise":
+        if tactic.v == "raise":
             raise RuntimeError("no kernel for this")
-        if tactic["v"] == "wrong":
+        if tactic.v == "wrong":
             out.fill_(1.0)
             return
-        state.registry.get("torch").run(problem, operands, {}, out)
-        if tactic["v"] == "slow":
+        selector.registry.get("torch").run(problem, operands, fp4core.Tactic(), out)
+        if tactic.v == "slow":
             time.sleep(0.003)
 
 
 @pytest.fixture(autouse=True)
 def builtins_only(monkeypatch):
     monkeypatch.setenv("FP4CORE_DISABLE_PLUGIN_AUTOLOAD", "1")
-    state.registry.reset()
+    selector.registry.reset()
     yield
-    state.registry.reset()
+    selector.registry.reset()
 
 
 def test_sweep_checks_then_times_every_tactic():
     lines = []
     with registered(Variants):
-        sw = sweep_tactics("variants", 3, 64, 128, extra_tactics=[{"v": "fast"}, {"v": "slow", "x": 1}],
+        sw = sweep_tactics("variants", 3, 64, 128, extra_tactics=[V("fast"), {"v": "slow", "x": 1}],
                            progress=lines.append)
     labels = [t.label for t in sw.timings]
     assert labels == ["v=slow", "v=fast", "v=wrong", "v=raise", "v=slow,x=1"]  # duplicate skipped

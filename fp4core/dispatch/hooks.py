@@ -6,13 +6,16 @@ instantiates with no arguments) whose methods carry ``@fp4core.hookimpl``:
     backend_info()                          -> BackendInfo        required
     supports(problem)                       -> Support            required
     run(problem, operands, tactic, out)     -> None               required
-    tactics(problem)                        -> list[Tactic]       optional ([{}] if absent)
+    tactics(problem)                        -> list[Tactic]       optional ([tactic_type()] if absent)
     prepare(problem, operands)              -> Operands           optional (identity)
     bind(problem, operands, tactic)         -> callable           optional (calls run)
 
-fp4core calls each hook for one named backend at a time; pluggy validates the signatures
-when the plugin is registered. Hooks are plain functions: a hook may take fewer arguments
-than the spec names (pluggy passes only the ones it asks for).
+Plugins are registered in pluggy under their backend names. fp4core calls each hook for one
+named backend at a time, through a pluggy hook caller restricted to that plugin (``run`` alone
+is called directly: see ``Backend``); pluggy validates the signatures when the plugin is
+registered. Hooks are plain functions: a hook may take fewer arguments than the spec names
+(pluggy passes only the ones it asks for). A tactic is an instance of the backend's own
+frozen dataclass (``BackendInfo.tactic_type``, a subclass of ``fp4core.Tactic``).
 """
 
 from __future__ import annotations
@@ -23,14 +26,12 @@ from typing import Any, Mapping
 import pluggy
 
 from fp4core.dispatch.problem import Operands, Problem
+from fp4core.dispatch.tactic import Tactic
 
 PROJECT = "fp4core"
 hookspec = pluggy.HookspecMarker(PROJECT)
 hookimpl = pluggy.HookimplMarker(PROJECT)
 
-#: A tactic is a JSON-serialisable dict naming one configuration of a backend (a tile
-#: shape, a cuDNN plan index...). ``{}`` is the default tactic.
-Tactic = dict
 
 #: M regimes that backends give heuristic priorities for.
 REGIMES = ("decode", "small", "medium", "large")
@@ -82,6 +83,9 @@ class BackendInfo:
             "sm90:decode" overrides "decode" on SM90 devices. Missing regimes count 0.
         needs_prepare: the backend wants its own weight layout; with plain (unprepared)
             weights ``auto`` skips it and an explicit call prepares the weight every call.
+        tactic_type: the backend's tactic class (a frozen dataclass subclassing
+            ``fp4core.Tactic``); ``tactics`` returns its instances, ``run`` receives one, the
+            tuning cache stores its JSON. The default, ``Tactic`` itself, has no fields.
     """
 
     name: str
@@ -92,6 +96,7 @@ class BackendInfo:
     verified: tuple[str, ...] = ()
     priority: Mapping[str, int] = dataclasses.field(default_factory=dict)
     needs_prepare: bool = False
+    tactic_type: type[Tactic] = Tactic
 
     def priority_for(self, problem: Problem) -> int:
         regime = regime_of(problem.m)
@@ -104,11 +109,11 @@ class BackendInfo:
 class BackendSpec:
     """Hook specifications. See the module docstring and docs/plugins.md."""
 
-    @hookspec
+    @hookspec(firstresult=True)
     def backend_info(self) -> BackendInfo:
         """Return this backend's metadata. Called once at registration."""
 
-    @hookspec
+    @hookspec(firstresult=True)
     def supports(self, problem: Problem) -> Support:
         """Can this backend run ``problem`` on ``problem.device``?
 
@@ -117,16 +122,16 @@ class BackendSpec:
         asked about preparing a weight for any M.
         """
 
-    @hookspec
+    @hookspec(firstresult=True)
     def prepare(self, problem: Problem, operands: Operands) -> Operands:
         """Convert the weight side (``operands.b``, ``b_scale``) into this backend's
         preferred layout, once. ``operands.a`` is None. Return new Operands (may share
         tensors with the input; must not modify them)."""
 
-    @hookspec
+    @hookspec(firstresult=True)
     def tactics(self, problem: Problem) -> list[Tactic]:
-        """Configurations worth timing for ``problem``, best guess first. Each tactic is
-        a JSON-serialisable dict."""
+        """Configurations worth timing for ``problem``, best guess first: instances of
+        ``backend_info().tactic_type``."""
 
     @hookspec
     def run(self, problem: Problem, operands: Operands, tactic: Tactic, out: Any) -> None:
@@ -137,7 +142,7 @@ class BackendSpec:
         cached across calls, safe inside CUDA-graph capture.
         """
 
-    @hookspec
+    @hookspec(firstresult=True)
     def bind(self, problem: Problem, operands: Operands, tactic: Tactic) -> Any:
         """Optional: a launcher with everything but the activation fixed, for callers that
         run one (problem, weight, tactic) many times (``Fp4Linear``'s per-M plans).
@@ -149,7 +154,7 @@ class BackendSpec:
         it closes over valid across calls (e.g. a workspace that never shrinks).
         """
 
-    @hookspec
+    @hookspec(firstresult=True)
     def build(self, archs: list[str], progress: bool) -> list[str]:
         """Optional: compile ahead of time (or find in the JIT cache) every kernel this
         backend may run on GPUs of the architectures ``archs`` (nvcc names such as

@@ -13,11 +13,10 @@ import logging
 
 import torch
 
-from fp4core.dispatch import state
+from fp4core.dispatch.selector import selector
 from fp4core.formats.fp4 import Fp4Format
 from fp4core.formats.layouts import SfLayout
 from fp4core.dispatch.problem import Operands, Problem, device_info
-from fp4core.dispatch.registry import Backend
 from fp4core.dispatch.validation import check_format, check_out_dtype, weight
 
 log = logging.getLogger("fp4core")
@@ -53,7 +52,7 @@ class PreparedWeight:
         ops = self.by_backend.get(backend)
         if ops is not None:
             return ops
-        be = state.registry.get(backend)
+        be = selector.registry.get(backend)
         if be is not None and be.info.needs_prepare:
             return None
         return self.canonical
@@ -99,10 +98,10 @@ def prepare(b: torch.Tensor, b_descale: torch.Tensor, *, block_size: int | None 
     canonical = Operands(None, None, b8, bsf)
     by_backend: dict[str, Operands] = {}
     skipped: dict[str, str] = {}
-    for be in state.registry.backends():
+    for be in selector.registry.backends():
         if backends is not None and be.name not in backends:
             continue
-        if be._prepare is None:
+        if not be.has_hook("prepare"):
             continue
         answer = be.supports(problem)
         if not answer:
@@ -114,32 +113,3 @@ def prepare(b: torch.Tensor, b_descale: torch.Tensor, *, block_size: int | None 
             skipped[be.name] = f"prepare() raised {type(exc).__name__}: {exc}"
             log.warning("backend %r: %s", be.name, skipped[be.name])
     return PreparedWeight(n, k, fmt, b.device, canonical, by_backend, skipped)
-
-
-_warned_per_call_prepare: set[str] = set()
-
-
-def weight_for(be: Backend, problem: Problem, ops: Operands,
-               weight: PreparedWeight | None) -> tuple[Problem, Operands]:
-    """The problem and operands ``be.run`` gets: the one place that decides which weight layout
-    a backend receives.
-
-    ``ops`` holds the activation (and, for a plain call, the canonical weight); ``weight`` is
-    the caller's PreparedWeight or None. A backend with its own prepared copy gets it (problem
-    marked prepared); one without a prepare hook, or whose hook declined this weight, gets the
-    canonical weight and a plain problem; one that needs its own layout and has none gets it
-    prepared on this call (with a one-time warning: use ``fp4core.prepare``)."""
-    if weight is not None:
-        own = weight.by_backend.get(be.name)
-        if own is not None:
-            return problem, own.with_activation(ops.a, ops.a_scale, ops.alpha)
-        ops = weight.canonical.with_activation(ops.a, ops.a_scale, ops.alpha)
-    if not be.info.needs_prepare:
-        return problem.plain, ops
-    if be.name not in _warned_per_call_prepare:
-        _warned_per_call_prepare.add(be.name)
-        log.warning("backend %r wants its own weight layout and got a plain weight: preparing it on "
-                    "every call. Use fp4core.prepare(b, b_descale) once instead.", be.name)
-    prepared = problem.as_prepared
-    own = be.prepare(prepared.with_m(None), Operands(None, None, ops.b, ops.b_scale))
-    return prepared, own.with_activation(ops.a, ops.a_scale, ops.alpha)

@@ -53,7 +53,7 @@ _INTERNED: dict[tuple, "Problem"] = {}
 
 def problem_of(m: int, n: int, k: int, fmt: Fp4Format, out_dtype: torch.dtype, a_sf_layout: SfLayout,
                has_alpha: bool, device: torch.device, prepared: bool) -> "Problem":
-    """The Problem of a call, one shared object per distinct description (so the dispatcher's
+    """The Problem of a call, one shared object per distinct description (so the selector's
     memo finds it by identity). ``device`` is the operands' torch device."""
     key = (m, n, k, fmt, out_dtype, a_sf_layout, has_alpha, device, prepared)
     p = _INTERNED.get(key)
@@ -111,7 +111,7 @@ class Problem:
         return dataclasses.replace(self, m=m)
 
     def __hash__(self) -> int:
-        # computed once: problems are dict keys on every call (the dispatcher's memo)
+        # computed once: problems are dict keys on every call (the selector's memo)
         h = self.__dict__.get("_hash")
         if h is None:
             h = hash((self.m, self.n, self.k, self.fmt, self.out_dtype, self.a_sf_layout,

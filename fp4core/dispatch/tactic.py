@@ -64,8 +64,9 @@ class Tactic:
             raise ValueError(f"{cls.__name__}: {exc}") from None
 
     def label(self) -> str:
-        """Short text for logs and tables: ``"split_k=4,tile_n=128"``, ``"default"`` when empty."""
-        items = sorted(self.to_json().items())
+        """Short text for logs and tables: ``"split_k=4,tile_n=128"`` (fields that are None are
+        left out), ``"default"`` when nothing is left."""
+        items = sorted((k, v) for k, v in self.to_json().items() if v is not None)
         return ",".join(f"{k}={v}" for k, v in items) if items else "default"
 
     def __str__(self) -> str:

@@ -150,7 +150,7 @@ def _worker(spec: dict) -> int:
                 [exp] = api.tune([problem], force=spec["force"], verbose=True)
             c = exp.choice
             result = {"key": exp.cache_key, "backend": c.backend.name, "tactic": tactic_label(c.tactic),
-                      "source": c.source, "dropped": dict((exp.cache_entry or {}).get("dropped", {}))}
+                      "source": c.source, "dropped": dict(exp.cache_entry.dropped) if exp.cache_entry else {}}
         except TuningAborted as exc:
             print(f"fp4core tune worker: {exc}", file=sys.stderr, flush=True)
             return 3  # the context is gone: the parent restarts without exc.candidate

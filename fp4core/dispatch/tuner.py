@@ -28,6 +28,7 @@ from fp4core.dispatch.problem import Operands, Problem
 from fp4core.formats.reference import TOLERANCE, reference_mm, relative_error
 from fp4core.dispatch.registry import Backend
 from fp4core.dispatch.synthetic import operand_bytes, random_operands
+from fp4core.dispatch.tuning_cache import BackendRecord, CacheEntry
 from fp4core.dispatch.timing import Timer, default_timer, median, rotation_sets
 
 log = logging.getLogger("fp4core")
@@ -78,10 +79,11 @@ def _cuda_context_alive(device: torch.device) -> bool:
         return False
 
 
-def tactic_label(tactic: Tactic) -> str:
-    if not tactic:
-        return "default"
-    return ",".join(f"{k}={v}" for k, v in sorted(tactic.items()))
+def tactic_label(tactic: Tactic | dict) -> str:
+    """``tactic.label()``; for a tactic's JSON (as the cache holds it) the same text."""
+    if isinstance(tactic, Tactic):
+        return tactic.label()
+    return ",".join(f"{k}={v}" for k, v in sorted(tactic.items())) or "default"
 
 
 def prepared_sets(backend: Backend, problem: Problem, sets: list[Operands]) -> list[Operands]:
@@ -162,8 +164,8 @@ def _runoff(problem: Problem, per_backend: dict[str, dict], finalists: dict[str,
 
 
 def tune(problem: Problem, candidates: list[Backend], timer: Timer | None = None,
-         progress: Progress | None = None) -> dict:
-    """Tune ``problem`` over ``candidates``; return the tuning-cache entry (see tuning_cache)."""
+         progress: Progress | None = None) -> CacheEntry:
+    """Tune ``problem`` over ``candidates``; return the tuning-cache entry."""
     say = progress or (lambda msg: log.info("%s", msg))
     timer = timer or default_timer(problem.device.is_cuda)
     t_start = time.perf_counter()
@@ -218,5 +220,6 @@ def tune(problem: Problem, candidates: list[Backend], timer: Timer | None = None
     name, rec = min(per_backend.items(), key=lambda kv: kv[1]["us"])
     say(f"  -> {name}[{tactic_label(rec['tactic'])}] {rec['us']:.1f} us "
         f"(tuned in {time.perf_counter() - t_start:.1f} s)")
-    return {"backend": name, "version": rec["version"], "tactic": rec["tactic"], "us": rec["us"],
-            "per_backend": per_backend, "dropped": dropped, "m": problem.m}
+    records = {n: BackendRecord(r["version"], r["tactic"].to_json(), r["us"], r.get("sweep_us"))
+               for n, r in per_backend.items()}
+    return CacheEntry(name, rec["version"], rec["tactic"].to_json(), rec["us"], records, dropped, problem.m)

@@ -12,11 +12,16 @@ Location: ``$FP4CORE_TUNING_CACHE`` if set, else ``$XDG_CACHE_HOME/fp4core/tunin
 with what other processes wrote meanwhile. A corrupt or foreign file gives a warning and
 is ignored (and replaced at the next save). An entry whose backend is missing or has
 another version than the installed one is ignored.
+
+In memory an entry is a ``CacheEntry`` (typed, validated when read); tactics stay the JSON
+objects their backend's ``Tactic.to_json`` wrote, and the selector turns them back into the
+backend's tactic type.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import logging
 import os
@@ -24,7 +29,7 @@ import tempfile
 import threading
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 from fp4core.dispatch.problem import Problem
 
@@ -34,6 +39,68 @@ ENV_CACHE_PATH = "FP4CORE_TUNING_CACHE"
 FORMAT_NAME = "fp4core-tuning-cache"
 FORMAT_VERSION = 1
 MAX_M_BUCKET = 16384
+
+
+@dataclasses.dataclass(frozen=True)
+class BackendRecord:
+    """One backend's best tactic for a bucket: its version, the tactic's JSON, its median
+    time (``us``) and, when a runoff re-timed it, the sweep's time (``sweep_us``)."""
+
+    version: str
+    tactic: Mapping[str, Any]
+    us: float
+    sweep_us: float | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        out = {"version": self.version, "tactic": dict(self.tactic), "us": self.us}
+        if self.sweep_us is not None:
+            out["sweep_us"] = self.sweep_us
+        return out
+
+    @classmethod
+    def from_json(cls, rec: Any, what: str) -> "BackendRecord":
+        why = _record_problem(rec, what)
+        if why:
+            raise ValueError(why)
+        sweep = rec.get("sweep_us")
+        return cls(rec["version"], dict(rec["tactic"]), float(rec["us"]),
+                   float(sweep) if _is_number(sweep) else None)
+
+
+@dataclasses.dataclass(frozen=True)
+class CacheEntry:
+    """The tuning result of one problem bucket.
+
+    Attributes:
+        backend, version, tactic, us: the winner, its version, its tactic's JSON and time.
+        per_backend: every timed backend's best (name -> BackendRecord).
+        dropped: candidate label ("backend[tactic]" or a backend name) -> why it was left out.
+        m: the M the bucket was tuned at.
+    """
+
+    backend: str
+    version: str
+    tactic: Mapping[str, Any]
+    us: float
+    per_backend: Mapping[str, BackendRecord] = dataclasses.field(default_factory=dict)
+    dropped: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    m: int | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {"backend": self.backend, "version": self.version, "tactic": dict(self.tactic),
+                "us": self.us, "per_backend": {n: r.to_json() for n, r in self.per_backend.items()},
+                "dropped": dict(self.dropped), "m": self.m}
+
+    @classmethod
+    def from_json(cls, entry: Any) -> "CacheEntry":
+        """Parse one entry of the file; ValueError says what is malformed."""
+        why = entry_problem(entry)
+        if why:
+            raise ValueError(why)
+        per = {name: BackendRecord.from_json(rec, name) for name, rec in entry.get("per_backend", {}).items()}
+        m = entry.get("m")
+        return cls(entry["backend"], entry["version"], dict(entry["tactic"]), float(entry["us"]), per,
+                   dict(entry.get("dropped", {})), m if isinstance(m, int) else None)
 
 
 def default_path() -> Path:
@@ -65,7 +132,7 @@ class TuningCache:
 
     def __init__(self, path: str | os.PathLike | None = None):
         self._explicit_path = Path(path) if path is not None else None
-        self._entries: dict[str, dict[str, Any]] = {}
+        self._entries: dict[str, CacheEntry] = {}
         self._dirty: set[str] = set()
         self._loaded_from: Path | None = None
         self._lock = threading.RLock()
@@ -92,7 +159,7 @@ class TuningCache:
             self._loaded_from = path
             self.generation += 1
 
-    def lookup(self, key: str, versions: dict[str, str]) -> dict[str, Any] | None:
+    def lookup(self, key: str, versions: dict[str, str]) -> CacheEntry | None:
         """The entry for ``key`` if its winning backend is installed at the same version.
 
         ``versions`` maps installed backend names to versions. The returned entry's
@@ -102,29 +169,29 @@ class TuningCache:
         entry = self._entries.get(key)
         if entry is None:
             return None
-        if versions.get(entry.get("backend")) != entry.get("version"):
+        if versions.get(entry.backend) != entry.version:
             return None
-        per = {name: rec for name, rec in entry.get("per_backend", {}).items()
-               if versions.get(name) == rec.get("version")}
-        return {**entry, "per_backend": per}
+        per = {name: rec for name, rec in entry.per_backend.items() if versions.get(name) == rec.version}
+        return dataclasses.replace(entry, per_backend=per)
 
-    def tactic_for(self, key: str, backend: str, version: str):
-        """The best tactic tuned for ``backend`` at ``version`` under ``key``, or None."""
+    def tactic_for(self, key: str, backend: str, version: str) -> dict[str, Any] | None:
+        """The JSON of the best tactic tuned for ``backend`` at ``version`` under ``key``, or None."""
         self._ensure_loaded()
-        rec = self._entries.get(key, {}).get("per_backend", {}).get(backend)
-        if rec is None or rec.get("version") != version:
+        entry = self._entries.get(key)
+        rec = entry.per_backend.get(backend) if entry is not None else None
+        if rec is None or rec.version != version:
             return None
-        return rec.get("tactic")
+        return dict(rec.tactic)
 
-    def entries(self) -> dict[str, dict[str, Any]]:
+    def entries(self) -> dict[str, CacheEntry]:
         self._ensure_loaded()
         return dict(self._entries)
 
     # -- writing ---------------------------------------------------------------------------
-    def store(self, key: str, entry: dict[str, Any]) -> None:
-        why = entry_problem(entry)
-        if why:
-            raise ValueError(f"tuning cache entry for {key!r}: {why}")
+    def store(self, key: str, entry: CacheEntry) -> None:
+        """Keep ``entry`` for ``key`` (saved to the file by ``save``)."""
+        if not isinstance(entry, CacheEntry):
+            raise TypeError(f"tuning cache entry for {key!r}: expected a CacheEntry, got {type(entry).__name__}")
         self._ensure_loaded()
         with self._lock:
             self._entries[key] = entry
@@ -145,7 +212,8 @@ class TuningCache:
         with self._lock, _file_lock(path):
             merged = _read_entries(path, quiet=True)
             merged.update({k: self._entries[k] for k in self._dirty if k in self._entries})
-            doc = {"format": FORMAT_NAME, "version": FORMAT_VERSION, "entries": merged}
+            doc = {"format": FORMAT_NAME, "version": FORMAT_VERSION,
+                   "entries": {k: e.to_json() for k, e in merged.items()}}
             path.parent.mkdir(parents=True, exist_ok=True)
             fd, tmp = tempfile.mkstemp(prefix=".tuning-", suffix=".json", dir=path.parent)
             try:
@@ -174,7 +242,7 @@ class TuningCache:
             return None
 
 
-def _read_entries(path: Path, quiet: bool = False) -> dict[str, dict[str, Any]]:
+def _read_entries(path: Path, quiet: bool = False) -> dict[str, CacheEntry]:
     """Entries of the cache file at ``path``; {} (with a warning) if missing or unusable."""
     try:
         text = path.read_text(encoding="utf-8")
@@ -201,11 +269,12 @@ def _read_entries(path: Path, quiet: bool = False) -> dict[str, dict[str, Any]]:
         return {}
     good, bad = {}, []
     for key, entry in entries.items():
-        why = entry_problem(entry) if isinstance(key, str) else "its key is not a string"
-        if why:
+        try:
+            if not isinstance(key, str):
+                raise ValueError("its key is not a string")
+            good[key] = CacheEntry.from_json(entry)
+        except ValueError as why:
             bad.append(f"{key!r}: {why}")
-        else:
-            good[key] = entry
     if bad:
         _warn(f"tuning cache {path}: ignoring {len(bad)} malformed entr{'y' if len(bad) == 1 else 'ies'} "
               f"({'; '.join(bad[:3])}{'; ...' if len(bad) > 3 else ''})", quiet)
@@ -225,6 +294,8 @@ def _record_problem(rec: Any, what: str) -> str:
         return f"{what} has no tactic object"
     if not _is_number(rec.get("us")):
         return f"{what} has no time (us)"
+    if rec.get("sweep_us") is not None and not _is_number(rec.get("sweep_us")):
+        return f"{what} has a sweep_us that is not a number"
     return ""
 
 

@@ -8,7 +8,7 @@ the plan reuses), allocate the output, launch. No
 argument validation (the module owns the weight; the input was checked by shape), no
 ``torch.library`` dispatch, no PreparedWeight lookup.
 
-A plan is valid while its ``signature`` matches: the dispatcher's generation (backends,
+A plan is valid while its ``signature`` matches: the selector's generation (backends,
 tuning cache, tuning mode, failures), the weight's identity and version counters, the
 requested backend and the activation-scale mode. ``LayerPlans`` keeps one layer's plans; the
 module calls it directly when eager, and ``torch.ops.fp4core.linear_fp4`` (what
@@ -24,14 +24,13 @@ from typing import Callable
 
 import torch
 
-from fp4core import api
-from fp4core.dispatch.selector import dispatcher
+from fp4core.dispatch.selector import selector
 from fp4core.errors import BackendFailedError
 from fp4core.formats.fp4 import Fp4Format
 from fp4core.dispatch.hooks import Tactic
 from fp4core.formats.layouts import SfLayout
 from fp4core.pytorch.ops import version_counter
-from fp4core.dispatch.prepared import PreparedWeight, weight_for
+from fp4core.dispatch.prepared import PreparedWeight
 from fp4core.dispatch.problem import Operands, Problem, problem_of
 from fp4core.dispatch.registry import Backend
 
@@ -46,11 +45,11 @@ class LinearPlan:
     """Everything one eager ``Fp4Linear`` call at a given M needs, decided once.
 
     Attributes:
-        signature: (weight signature, dispatcher generation) the plan was made under.
+        signature: (weight signature, selector generation) the plan was made under.
         requested: the backend the module asked for ("auto" or a name).
         backend, tactic: what ``auto`` (or the module's named backend) chose.
         problem: the problem as ``backend.run`` is given it (prepared or plain).
-        selected: the problem the dispatcher chose for (for marking a failure).
+        selected: the problem the selector chose for (for marking a failure).
         weight: the weight operands in ``backend``'s layout (``a``/``a_scale``/``alpha`` unset).
         prepared: the PreparedWeight the choice was made with.
         launch: ``launch(a, a_scale, alpha, out)``, the backend's bound GEMM.
@@ -74,18 +73,14 @@ class LinearPlan:
             out: torch.Tensor) -> None:
         """The GEMM: ``out (M, N) = alpha * dequant(a) @ dequant(W).T``; a uint8 (M, K/2),
         a_scale flat uint8 scale bytes. On a backend failure under ``auto`` the backend is
-        left out (as ``mm_fp4`` does) and the call is redone by ``fp4core.api.run``."""
+        left out (as ``mm_fp4`` does) and the call is redone by ``selector.run``."""
         try:
             self.launch(a, a_scale, alpha, out)
         except BackendFailedError as exc:
+            selector.after_failure(self.requested, self.selected, self.backend, exc)
             w = self.weight
-            if not api._may_fall_back(self.requested, self.selected, exc):
-                raise
-            log.warning("%s; auto leaves %r out for %s from now on", exc, self.backend.name,
-                        self.selected.describe())
-            dispatcher.mark_failed(self.selected, self.backend.name, str(exc.__cause__ or exc))
-            api.run(self.selected, Operands(a, a_scale, w.b, w.b_scale, alpha), self.prepared,
-                    "auto", out)
+            selector.run(self.selected, Operands(a, a_scale, w.b, w.b_scale, alpha), self.prepared,
+                         "auto", out)
 
 
 def make_plan(weight_signature: tuple, prepared: PreparedWeight, m: int, fmt: Fp4Format,
@@ -94,12 +89,12 @@ def make_plan(weight_signature: tuple, prepared: PreparedWeight, m: int, fmt: Fp
     """Choose (backend, tactic) for an (m, N, K) call on ``prepared`` and freeze it, with
     ``quantize`` as the plan's activation quantizer."""
     selected = problem_of(m, prepared.n, prepared.k, fmt, out_dtype, layout, has_alpha, device, True)
-    choice = dispatcher.choose(selected, backend)
-    run_problem, ops = weight_for(choice.backend, selected, Operands(None, None, None, None), prepared)
+    choice = selector.choose(selected, backend)
+    run_problem, ops = selector.weight_for(choice.backend, selected, Operands(None, None, None, None), prepared)
     weight = Operands(None, None, ops.b, ops.b_scale, None, ops.extra)
     # read after choose (tuning may have changed it): the plan is rebuilt when the
-    # dispatcher's answer may change (backends, tuning cache or mode, failures)
-    sig = (weight_signature, dispatcher.generation)
+    # selector's answer may change (backends, tuning cache or mode, failures)
+    sig = (weight_signature, selector.generation)
     launch = choice.backend.bind(run_problem, weight, choice.tactic)
     return LinearPlan(sig, backend, choice.backend, choice.tactic, run_problem, selected, weight, prepared,
                       launch, quantize)
@@ -143,7 +138,7 @@ class LayerPlans:
         wsig = (weight_fp4.data_ptr(), weight_scale.data_ptr(), version_counter(weight_fp4), version_counter(weight_scale),
                 self.entry.epoch, backend, static)
         plan = self.plans.get((m, out_dtype))
-        if plan is None or plan.signature != (wsig, dispatcher.generation):
+        if plan is None or plan.signature != (wsig, selector.generation):
             plan = self._new_plan(kernels, m, out_dtype, wsig, weight_fp4, weight_scale, backend)
         if static:
             a, a_sf, _ = plan.quantize(x2, input_global_scale, None)

@@ -206,7 +206,7 @@ class Fp4Linear(nn.Module):
         return y.reshape(*lead, self.out_features)
 
     def _op_gemm(self, x2: torch.Tensor, out_dtype: torch.dtype) -> torch.Tensor:
-        """The layer as two ops (quantize, mm through the dispatcher), no plans: the
+        """The layer as two ops (quantize, mm through the selector), no plans: the
         reference the planned path is tested against. x2 (M, K) -> (M, N) out_dtype, no bias."""
         return ops.linear_by_ops(x2, self.weight_fp4, self.weight_scale, self.weight_global_scale,
                                  self.input_global_scale, self._static_alpha, self.format, self.act_sf_layout,

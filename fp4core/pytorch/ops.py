@@ -23,7 +23,7 @@ through them without graph breaks:
   ops above.
 
 The real implementation of ``mm_fp4`` is ``fp4core.mm_fp4``: the backend comes from the
-dispatcher (tuned/cached choice, else the heuristic). The dispatcher never tunes while the
+selector (tuned/cached choice, else the heuristic). The selector never tunes while the
 current stream is capturing a CUDA graph, and a prepared weight whose tensors changed is not
 re-prepared during capture either (the canonical weight is used instead).
 
@@ -327,7 +327,7 @@ def linear_by_ops(x: torch.Tensor, weight_fp4: torch.Tensor, weight_scale: torch
                   weight_global_scale: torch.Tensor, input_global_scale: torch.Tensor,
                   static_alpha: torch.Tensor, fmt: str, sf_layout: str, static_scale: bool,
                   out_dtype: torch.dtype, backend: str, weight_key: int) -> torch.Tensor:
-    """An Fp4Linear GEMM as the two ops (quantize, then mm through the dispatcher): the route
+    """An Fp4Linear GEMM as the two ops (quantize, then mm through the selector): the route
     without Triton, and the reference the planned route is tested against. Arguments as
     ``linear_fp4``'s, with ``weight_key`` the layer's prepared-weight key. Returns (M, N)."""
     nv = fmt == "nvfp4"

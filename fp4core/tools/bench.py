@@ -16,7 +16,7 @@ from typing import Callable
 import torch
 
 from fp4core import api
-from fp4core.dispatch import state
+from fp4core.dispatch.selector import selector
 from fp4core.formats.reference import TOLERANCE, reference_mm, relative_error
 from fp4core.dispatch.timing import default_timer, median, rotation_sets
 from fp4core.dispatch.tuner import make_sets, prepared_sets
@@ -97,7 +97,7 @@ def run_bench(shapes, backends: list[str] | None = None, use_nvfp4: bool = True,
     rows: list[BenchRow] = []
     cuda = torch.cuda.is_available()
     device = "cuda" if cuda else "cpu"
-    names = backends or [b.name for b in state.registry.backends()]
+    names = backends or [b.name for b in selector.registry.backends()]
     timer = default_timer(cuda)
     for m, n, k in shapes:
         problem = api.make_problem(m, n, k, use_nvfp4=use_nvfp4, out_dtype=out_dtype, device=device)
@@ -120,7 +120,7 @@ def run_bench(shapes, backends: list[str] | None = None, use_nvfp4: bool = True,
             api.tune([problem], verbose=False)
         for name in names + ["auto"]:
             row = BenchRow(m, n, k, name)
-            backend = state.registry.get(name) if name != "auto" else None
+            backend = selector.registry.get(name) if name != "auto" else None
             answer = backend.supports(problem) if backend is not None else None
             if answer is not None and not answer:
                 row.skipped = answer.reason
@@ -132,7 +132,7 @@ def run_bench(shapes, backends: list[str] | None = None, use_nvfp4: bool = True,
                 if name == "auto":
                     be_name = api.explain(problem).choice.backend.name
                     row.backend = f"auto:{be_name}"
-                choice = api.dispatcher.choose(problem, name)
+                choice = api.selector.choose(problem, name)
                 be = choice.backend
                 rp = dataclasses.replace(problem, prepared=True) if be.info.needs_prepare else problem
                 bsets = prepared_sets(be, rp, sets)

@@ -45,8 +45,8 @@ def cmd_backends(args) -> int:
         if st.error:
             print(f"           error: {st.error}")
         if st.status == "loaded":
-            from fp4core.dispatch import state
-            ans = state.registry.get(st.name).supports(probe)
+            from fp4core.dispatch.selector import selector
+            ans = selector.registry.get(st.name).supports(probe)
             print(f"           {probe.describe()}: " + ("supported" if ans else f"not supported: {ans.reason}"))
     return 0
 
@@ -66,7 +66,7 @@ def cmd_explain(args) -> int:
 def cmd_tune(args) -> int:
     shapes = shapes_from_args(args)
     kwargs = _problem_kwargs(args)
-    from fp4core.dispatch import state
+    from fp4core.dispatch.selector import selector
     if args.in_process:
         problems = [api.make_problem(m, n, k, **kwargs) for m, n, k in shapes]
         results = api.tune(problems, force=args.force)
@@ -74,7 +74,7 @@ def cmd_tune(args) -> int:
         for exp in results:
             c = exp.choice
             print(f"{exp.cache_key}: {c.backend.name} [{tactic_label(c.tactic)}] ({c.source})")
-        print(f"tuning cache: {state.tuning_cache.path}")
+        print(f"tuning cache: {selector.cache.path}")
         return 0
     from fp4core.dispatch.tune_worker import problem_spec, tune_isolated
     for m, n, k in shapes:  # bad sizes fail here, before any worker starts
@@ -89,7 +89,7 @@ def cmd_tune(args) -> int:
         crashed = [label for label, why in res["dropped"].items() if "killed the tuning worker" in why]
         note = f"; left out (killed the worker): {', '.join(crashed)}" if crashed else ""
         print(f"{res['key']}: {res['backend']} [{res['tactic']}] ({res['source']}){note}")
-    print(f"tuning cache: {state.tuning_cache.path}")
+    print(f"tuning cache: {selector.cache.path}")
     return 1 if failed else 0
 
 

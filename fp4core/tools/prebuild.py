@@ -7,7 +7,7 @@ import sys
 
 import torch
 
-from fp4core.dispatch import state
+from fp4core.dispatch.selector import selector
 from fp4core.kit.jit import normalize_arch
 
 # Architectures whose "a" variant unlocks the instructions the backends use (wgmma/TMA on
@@ -48,7 +48,7 @@ def build(backends: list[str] | None = None, archs: list[str] | None = None,
         fp4core.kit.jit.JitError: a build failed (nvcc missing, compile error).
     """
     archs = [f"sm_{normalize_arch(a)}" for a in (archs or default_archs())]
-    loaded = {b.name: b for b in state.registry.backends()}
+    loaded = {b.name: b for b in selector.registry.backends()}
     if backends is None:
         chosen = [b for b in loaded.values() if b.can_build]
     else:

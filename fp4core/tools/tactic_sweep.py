@@ -16,7 +16,7 @@ from typing import Callable, Iterable
 import torch
 
 from fp4core import api
-from fp4core.dispatch import state
+from fp4core.dispatch.selector import selector
 from fp4core.dispatch.hooks import Tactic
 from fp4core.formats.reference import reference_mm
 from fp4core.dispatch.timing import Timer, default_timer, graph_replay_us, median, rotation_sets
@@ -87,7 +87,8 @@ def sweep_tactics(backend: str, m: int, n: int, k: int, *, use_nvfp4: bool = Tru
         out_dtype: torch.bfloat16 or torch.float16.
         tactics: the tactics to try (default: ``backend.tactics(problem)``).
         extra_tactics: tactics to try after those (e.g. variants the backend does not
-            propose by default); duplicates are skipped.
+            propose by default), as the backend's tactic objects or their JSON dicts;
+            duplicates are skipped.
         graph: time CUDA-graph replays (default: on CUDA) or eager calls.
         reps: calls per captured graph.
         timer: default ``fp4core.dispatch.timing.default_timer``.
@@ -99,10 +100,10 @@ def sweep_tactics(backend: str, m: int, n: int, k: int, *, use_nvfp4: bool = Tru
     Raises:
         ValueError: ``backend`` is not loaded or does not support the problem.
     """
-    be = state.registry.get(backend)
+    be = selector.registry.get(backend)
     if be is None:
         raise ValueError(f"backend: {backend!r} is not loaded (loaded: "
-                         f"{', '.join(b.name for b in state.registry.backends()) or 'none'})")
+                         f"{', '.join(b.name for b in selector.registry.backends()) or 'none'})")
     cuda = torch.cuda.is_available()
     device = "cuda" if cuda else "cpu"
     graph = cuda if graph is None else (graph and cuda)
@@ -130,7 +131,8 @@ def sweep_tactics(backend: str, m: int, n: int, k: int, *, use_nvfp4: bool = Tru
     progress(f"{m}x{n}x{k}: bf16 {baseline:.1f} us")
 
     tactics = list(be.tactics(problem) if tactics is None else tactics)
-    tactics += [t for t in extra_tactics if t not in tactics]
+    extra = [t if isinstance(t, Tactic) else be.tactic_from_json(t) for t in extra_tactics]
+    tactics += [t for t in extra if t not in tactics]
     out = torch.empty(m, n, dtype=out_dtype, device=device)
     timings = []
     for tactic in tactics:
