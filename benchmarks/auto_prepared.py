@@ -67,7 +67,7 @@ def main() -> int:
             choice = fp4core.explain(a0, pws[0], a0_sf, None, alphas[0], block_size=bs, use_nvfp4=nv).choice
             auto_be = choice.backend.name
             timed = {}
-            for be in fp4core.dispatch.state.registry.backends():
+            for be in fp4core.dispatch.selector.selector.registry.backends():
                 for prepared in (True, False):
                     if not prepared and be.info.needs_prepare:
                         continue

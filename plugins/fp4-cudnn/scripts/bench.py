@@ -23,7 +23,7 @@ import time
 import torch
 
 import fp4core
-from fp4core.dispatch import state
+from fp4core.dispatch.selector import selector
 from fp4core.formats.reference import TOLERANCE, reference_mm, relative_error
 from fp4core.dispatch.timing import CudaEventTimer, copy_bandwidth_gbps, median, rotation_sets
 from fp4core.dispatch.tuner import make_sets
@@ -172,7 +172,7 @@ def main(argv=None) -> int:
     ap.add_argument("--dequant-sweep", action="store_true", help="also sweep dequantization tile configs")
     args = ap.parse_args(argv)
     shapes = [tuple(int(x) for x in s.split(":")) for s in args.shape] if args.shape else DEFAULT_SHAPES
-    be = state.registry.get("cudnn")
+    be = selector.registry.get("cudnn")
     timer = CudaEventTimer(warmup_ms=15, sample_ms=2.0, samples=10)
     from fp4_cudnn import env
     meta = {"command": " ".join([sys.executable.split("/")[-1]] + sys.argv),

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import fp4core
-from fp4core.dispatch import state
+from fp4core.dispatch.selector import selector
 from fp4core.dispatch.problem import DeviceInfo
 
 from fp4_cudnn import env
@@ -35,7 +35,7 @@ def test_registers_and_is_listed():
 
 
 def test_supports_says_needs_cuda_on_cpu():
-    be = state.registry.get("cudnn")
+    be = selector.registry.get("cudnn")
     answer = be.supports(fp4core.make_problem(128, 4096, 4096, device="cpu"))
     assert not answer.ok
     assert "needs a CUDA device" in answer.reason
@@ -43,7 +43,7 @@ def test_supports_says_needs_cuda_on_cpu():
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-CUDA answer")
 def test_supports_hypothetical_gpu_without_cuda_is_refused_cleanly():
-    be = state.registry.get("cudnn")
+    be = selector.registry.get("cudnn")
     answer = be.supports(_problem(sm=90))
     assert not answer.ok and "needs a CUDA device" in answer.reason
     assert not fp4core.is_backend_supported("cudnn", 100)

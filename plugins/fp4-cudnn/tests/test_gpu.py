@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import fp4core
-from fp4core.dispatch import state
+from fp4core.dispatch.selector import selector
 from fp4core.formats.fp4 import Fp4Format
 from fp4core.formats.layouts import SfLayout, padded_scale_shape, scale_offsets
 from fp4core.formats.quantize import dequantize
@@ -26,7 +26,7 @@ ODD_M = (1, 7, 129)
 
 @pytest.fixture(scope="module")
 def backend():
-    be = state.registry.get("cudnn")
+    be = selector.registry.get("cudnn")
     assert be is not None, [b for b in fp4core.backends()]
     answer = be.supports(fp4core.make_problem(128, N, K, device="cuda"))
     assert answer.ok, answer.reason

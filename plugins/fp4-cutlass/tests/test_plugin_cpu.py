@@ -124,7 +124,7 @@ def test_untuned_order_on_hopper_follows_the_measured_sweep():
     """Untuned, auto tries backends by priority: cutlass must outrank the other installed
     plain-weight backends in every regime on SM90, and trtllm (prepared weights) keep the
     decode lead (tuned H100 sweep of 2026-11-25 in docs/benchmarks.md)."""
-    infos = {b.name: b.info for b in fp4core.dispatch.state.registry.backends()}
+    infos = {b.name: b.info for b in fp4core.dispatch.selector.selector.registry.backends()}
     h100 = DeviceInfo("cuda", 0, "hypothetical H100", (9, 0))
     for m in (1, 16, 64, 128, 1024, 4096):
         p = fp4core.make_problem(m, 8192, 8192, device=h100)
