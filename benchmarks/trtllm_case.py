@@ -2,7 +2,7 @@
 the third launch): python benchmarks/trtllm_case.py M N K [TACTIC_JSON]
 
 The weight is prepared once; without TACTIC_JSON the backend's first tactic runs. NVFP4, bf16
-out, 128x4 activation scales. Used by benchmarks/profile_ring.sh and wordcode_check.sh."""
+out, 128x4 activation scales. Run by the ``ncu`` step of benchmarks/suite.sh."""
 
 import json
 import sys

@@ -21,6 +21,7 @@ import fp4core
 from fp4core.formats.reference import reference_mm, relative_error
 from fp4core.dispatch.timing import CudaEventTimer, median, rotation_sets
 from fp4core.dispatch.tuner import make_sets, tactic_label
+from fp4core.tools.bench_table import MarkdownTable, parse_ms
 from fp4_triton.plugin import TritonBackend
 from fp4_triton.tactics import _t, tactics_for
 
@@ -62,9 +63,10 @@ def main(argv=None) -> int:
     props = torch.cuda.get_device_properties(0)
     print(f"# {props.name}, torch {torch.__version__}, triton "
           f"{__import__('triton').__version__}, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}")
-    rows, lines = [], ["| M | N | K | fmt | bf16 us | triton best us | vs bf16 | best tactic | first tactic us | TFLOP/s | rel err |",
-                       "|---|---|---|---|---|---|---|---|---|---|---|"]
-    for m in [int(x) for x in args.m.split(",")]:
+    rows = []
+    table = MarkdownTable(["M", "N", "K", "fmt", "bf16 us", "triton best us", "vs bf16", "best tactic",
+                           "first tactic us", "TFLOP/s", "rel err"])
+    for m in parse_ms(args.m):
         n, k = args.n, args.k
         p = fp4core.make_problem(m, n, k, use_nvfp4=args.format == "nvfp4", device="cuda")
         sets = make_sets(p)
@@ -94,18 +96,16 @@ def main(argv=None) -> int:
         first = next(iter(times.values()))
         if ok:
             best_label, best = min(ok.items(), key=lambda kv: kv[1]["us"])
-            lines.append(f"| {m} | {n} | {k} | {args.format} | {bf16:.1f} | {best['us']:.1f} | "
-                         f"{bf16 / best['us']:.2f}x | {best_label} | {first.get('us', float('nan')):.1f} | "
-                         f"{2 * m * n * k / best['us'] / 1e6:.0f} | {best['err']:.1e} |")
+            table.add(f"| {m} | {n} | {k} | {args.format} | {bf16:.1f} | {best['us']:.1f} | "
+                      f"{bf16 / best['us']:.2f}x | {best_label} | {first.get('us', float('nan')):.1f} | "
+                      f"{2 * m * n * k / best['us'] / 1e6:.0f} | {best['err']:.1e} |")
         rows.append({"m": m, "n": n, "k": k, "fmt": args.format, "bf16_us": bf16, "tactics": times})
-        print(lines[-1], flush=True)
-    print("\n".join(lines))
+    print(table.text())
     if args.json:
         with open(args.json, "w") as f:
             json.dump(rows, f, indent=1)
     if args.md:
-        with open(args.md, "w") as f:
-            f.write("\n".join(lines) + "\n")
+        table.save(args.md, mode="w")
     return 0
 
 

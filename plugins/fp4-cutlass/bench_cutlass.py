@@ -12,13 +12,25 @@ the default tactic's time and the largest error of any tactic.
 from __future__ import annotations
 
 import argparse
-import datetime
 import sys
 
-import torch
-
-from fp4core.tools.tactic_sweep import sweep_tactics
 from fp4core.dispatch.timing import CudaEventTimer
+from fp4core.tools.bench_table import MarkdownTable, parse_ms, parse_shapes, run_header, sweep_table
+from fp4core.tools.tactic_sweep import ShapeSweep
+
+COLUMNS = ["M", "N", "K", "bf16 us", "bf16 TFLOP/s", "cutlass us", "cutlass TFLOP/s", "vs bf16", "best tactic",
+           "first tactic us", "max rel err"]
+
+
+def _row(sw: ShapeSweep) -> str:
+    """One table row: the best tactic against bf16, TFLOP/s from 2*M*N*K."""
+    m, n, k, best = sw.m, sw.n, sw.k, sw.best
+    if best is None:
+        return f"| {m} | {n} | {k} | {sw.baseline_us:.1f} | - | - | - | - | no correct tactic | - | - |"
+    flop, t = 2.0 * m * n * k, best.tactic
+    return (f"| {m} | {n} | {k} | {sw.baseline_us:.1f} | {flop / sw.baseline_us / 1e6:.0f} | {best.us:.1f} | "
+            f"{flop / best.us / 1e6:.0f} | {sw.speedup(best):.2f}x | tm={t.get('tm')},bn={t.get('bn')},"
+            f"s={t.get('split_k')} | {sw.first.us:.1f} | {sw.max_rel_err:.1e} |")
 
 
 def main(argv=None) -> int:
@@ -29,37 +41,17 @@ def main(argv=None) -> int:
     ap.add_argument("--all-tactics", action="store_true", help="every compiled variant, not just tactics()")
     ap.add_argument("--out", default="")
     args = ap.parse_args(argv)
-    ms = [int(x) for x in args.m.split(",")]
-    shapes = [tuple(int(v) for v in s.split(":")) for s in args.shapes.split(",")]
     timer = CudaEventTimer(warmup_ms=10, sample_ms=2.0, samples=9)
     from fp4_cutlass import launcher
     extra = ([{"tm": tm, "bn": bn, "split_k": 1} for tm in launcher.TM_CHOICES[2:] for bn in launcher.BN_CHOICES]
              if args.all_tactics else [])
-    lines = [f"device: {torch.cuda.get_device_name()}; date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC; "
-             f"torch {torch.__version__}; format: {'MXFP4' if args.mx else 'NVFP4'}; bf16 out",
-             "", "| M | N | K | bf16 us | bf16 TFLOP/s | cutlass us | cutlass TFLOP/s | vs bf16 | best tactic | "
-             "first tactic us | max rel err |", "|---|---|---|---|---|---|---|---|---|---|---|"]
-    print(lines[0], flush=True)
-    for n, k in shapes:
-        for m in ms:
-            flop = 2.0 * m * n * k
-            sw = sweep_tactics("cutlass", m, n, k, use_nvfp4=not args.mx, extra_tactics=extra, timer=timer,
-                               progress=lambda s: print("  " + s, flush=True))
-            best, first = sw.best, sw.first
-            if best is None:
-                row = f"| {m} | {n} | {k} | {sw.baseline_us:.1f} | - | - | - | - | no correct tactic | - | - |"
-            else:
-                t = best.tactic
-                row = (f"| {m} | {n} | {k} | {sw.baseline_us:.1f} | {flop / sw.baseline_us / 1e6:.0f} | {best.us:.1f} | "
-                       f"{flop / best.us / 1e6:.0f} | {sw.speedup(best):.2f}x | tm={t.get('tm')},bn={t.get('bn')},"
-                       f"s={t.get('split_k')} | {first.us:.1f} | {sw.max_rel_err:.1e} |")
-            print(row, flush=True)
-            lines.append(row)
-            torch.cuda.empty_cache()
-    print("\n".join(lines))
+    table = MarkdownTable(COLUMNS, title=run_header(not args.mx, "bf16 out"))
+    print(table.lines[0], flush=True)
+    sweep_table("cutlass", parse_ms(args.m), parse_shapes(args.shapes), table, _row, use_nvfp4=not args.mx,
+                extra_tactics=extra, timer=timer, progress=lambda s: print("  " + s, flush=True))
+    print(table.text())
     if args.out:
-        with open(args.out, "a") as f:
-            f.write("\n".join(lines) + "\n\n")
+        table.save(args.out)
     return 0
 
 

@@ -14,15 +14,16 @@ device-to-device copy rate measured in the same run.
 from __future__ import annotations
 
 import argparse
-import datetime
 import sys
 
-import torch
-
-from fp4core.tools.tactic_sweep import sweep_tactics
 from fp4core.dispatch.timing import CudaEventTimer, copy_bandwidth_gbps
+from fp4core.tools.bench_table import MarkdownTable, parse_ms, parse_shapes, run_header, sweep_table
+from fp4core.tools.tactic_sweep import ShapeSweep, sweep_tactics
 
 SHAPES = [(8192, 8192), (28672, 8192), (8192, 28672), (1280, 2880), (2880, 1024), (7168, 2048)]
+COLUMNS = ["M", "N", "K", "bf16 graph us", "trtllm graph us", "speedup graph", "bf16 eager us", "trtllm eager us",
+           "speedup eager", "best tactic (graph)", "first tactic graph us", "weight TB/s (graph)", "% of copy bw",
+           "max rel err"]
 
 
 def _label(tac: dict) -> str:
@@ -40,38 +41,30 @@ def main(argv=None) -> int:
     ap.add_argument("--out", default="")
     ap.add_argument("--verbose", action="store_true", help="print every tactic's graph time")
     args = ap.parse_args(argv)
-    ms = [int(x) for x in args.m.split(",")]
-    shapes = [tuple(int(v) for v in s.split(":")) for s in args.shapes.split(",")] if args.shapes else SHAPES
+    shapes = parse_shapes(args.shapes) if args.shapes else SHAPES
     timer = CudaEventTimer(warmup_ms=10, sample_ms=1.0, samples=11)
     bw = copy_bandwidth_gbps(timer=timer) / 1e3
     say = (lambda s: print("  " + s, flush=True)) if args.verbose else (lambda s: None)
-    lines = [f"device: {torch.cuda.get_device_name()}; date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC; "
-             f"torch {torch.__version__}; format: {'MXFP4' if args.mx else 'NVFP4'}; copy bandwidth {bw:.2f} TB/s (read+write)",
-             "", "| M | N | K | bf16 graph us | trtllm graph us | speedup graph | bf16 eager us | trtllm eager us "
-             "| speedup eager | best tactic (graph) | first tactic graph us | weight TB/s (graph) | % of copy bw "
-             "| max rel err |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
-    print(lines[0], flush=True)
-    for n, k in shapes:
-        for m in ms:
-            sw = sweep_tactics("trtllm", m, n, k, use_nvfp4=not args.mx, reps=20, timer=timer, progress=say)
-            best = sw.best
-            if best is None:
-                row = f"| {m} | {n} | {k} | {sw.baseline_us:.1f} | no correct tactic |" + " - |" * 9
-            else:
-                eager = sweep_tactics("trtllm", m, n, k, use_nvfp4=not args.mx, tactics=[best.tactic],
-                                      graph=False, timer=timer)
-                e_us = eager.timings[0].us
-                block = 32 if args.mx else 16
-                tbs = n * k * (0.5 + 1.0 / block) / best.us / 1e6
-                row = (f"| {m} | {n} | {k} | {sw.baseline_us:.1f} | {best.us:.1f} | {sw.speedup(best):.2f}x | "
-                       f"{eager.baseline_us:.1f} | {e_us:.1f} | {eager.baseline_us / e_us:.2f}x | {_label(best.tactic)} | "
-                       f"{sw.first.us:.1f} | {tbs:.2f} | {100 * tbs / bw:.0f}% | {sw.max_rel_err:.1e} |")
-            print(row, flush=True)
-            lines.append(row)
-            torch.cuda.empty_cache()
+
+    def row(sw: ShapeSweep) -> str:
+        # the best graph tactic again as eager Python calls: the host path small shapes pay
+        m, n, k, best = sw.m, sw.n, sw.k, sw.best
+        if best is None:
+            return f"| {m} | {n} | {k} | {sw.baseline_us:.1f} | no correct tactic |" + " - |" * 9
+        eager = sweep_tactics("trtllm", m, n, k, use_nvfp4=not args.mx, tactics=[best.tactic], graph=False, timer=timer)
+        e_us = eager.timings[0].us
+        block = 32 if args.mx else 16
+        tbs = n * k * (0.5 + 1.0 / block) / best.us / 1e6  # FP4 codes + one scale byte per block
+        return (f"| {m} | {n} | {k} | {sw.baseline_us:.1f} | {best.us:.1f} | {sw.speedup(best):.2f}x | "
+                f"{eager.baseline_us:.1f} | {e_us:.1f} | {eager.baseline_us / e_us:.2f}x | {_label(best.tactic)} | "
+                f"{sw.first.us:.1f} | {tbs:.2f} | {100 * tbs / bw:.0f}% | {sw.max_rel_err:.1e} |")
+
+    table = MarkdownTable(COLUMNS, title=run_header(not args.mx, f"copy bandwidth {bw:.2f} TB/s (read+write)"))
+    print(table.lines[0], flush=True)
+    sweep_table("trtllm", parse_ms(args.m), shapes, table, row, use_nvfp4=not args.mx, reps=20, timer=timer,
+                progress=say)
     if args.out:
-        with open(args.out, "a") as f:
-            f.write("\n".join(lines) + "\n\n")
+        table.save(args.out)
     return 0
 
 

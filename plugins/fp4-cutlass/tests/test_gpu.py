@@ -9,7 +9,7 @@ import torch
 import fp4core
 from fp4core.formats.reference import TOLERANCE, reference_mm, relative_error
 from fp4core.dispatch.synthetic import random_operands
-from fp4core.testing import check_backend
+from fp4core.testing import check_backend, run_repeatedly
 
 from fp4_cutlass import launcher
 from fp4_cutlass.plugin import CutlassBackend
@@ -61,12 +61,7 @@ def test_repeatable_and_poison_free():
     be = CutlassBackend()
     for tac in ({"tm": 128, "bn": 64, "split_k": 1, "cluster": 2, "deep": 1},
                 {"tm": 256, "bn": 128, "split_k": 4, "cluster": 1}):
-        outs = []
-        for _ in range(2):
-            out = torch.full((129, 640), float("nan"), dtype=torch.bfloat16, device="cuda")
-            be.run(problem, ops, tac, out)
-            outs.append(out)
-        torch.cuda.synchronize()
+        outs = run_repeatedly(be, problem, ops, tac, times=2)
         assert not outs[0].isnan().any()
         assert torch.equal(outs[0], outs[1]), tac
 

@@ -10,6 +10,7 @@ import torch
 import fp4core
 from fp4core.formats.reference import TOLERANCE, reference_mm, relative_error
 from fp4core.dispatch.synthetic import random_operands
+from fp4core.testing import run_repeatedly
 
 from fp4_trtllm.layout import unshuffle_flashinfer  # noqa: F401  (FlashInfer path below)
 from fp4_trtllm import prepare_flashinfer_shuffled
@@ -151,12 +152,7 @@ def test_deterministic(nv):
     problem = _problem(16, 7168, 8192, nv)
     ops = _prepared(be, problem, random_operands(problem, device="cuda"))
     for tactic in be.tactics(problem):
-        outs = []
-        for _ in range(3):
-            out = torch.full((16, 7168), float("nan"), dtype=torch.bfloat16, device="cuda")
-            be.run(problem, ops, tactic, out)
-            outs.append(out)
-        torch.cuda.synchronize()
+        outs = run_repeatedly(be, problem, ops, tactic, times=3)
         assert all(torch.equal(outs[0].view(torch.int16), o.view(torch.int16)) for o in outs[1:]), tactic
 
 
