@@ -10,7 +10,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = {  # folder -> (entry-point line, files the JIT build or the kernels need at run time)
-    ".": (None, ["fp4core/kernels/quantize_triton.py", "fp4core/pytest_plugin.py"]),
+    ".": (None, ["fp4core/formats/kernels/quantize_triton.py", "fp4core/pytest_plugin.py"]),
     "plugins/fp4-cutlass": ("cutlass = ", ["fp4_cutlass/csrc/fp4_sm90_gemm.cu", "fp4_cutlass/csrc/blockscaled_gemm.cuh",
                                            "fp4_cutlass/csrc/blockscaled_sm100.cu", "fp4_cutlass/csrc/blockscaled_sm120.cu"]),
     "plugins/fp4-trtllm": ("trtllm = ", ["fp4_trtllm/csrc/fp4_gemv.cu", "fp4_trtllm/csrc/fp4_splitk.cu",
@@ -35,3 +35,13 @@ def test_wheel_carries_sources_and_entry_point(folder, tmp_path):
         ep = next(n for n in names if n.endswith(".dist-info/entry_points.txt"))
         text = zipfile.ZipFile(wheel).read(ep).decode()
         assert "[fp4core.backends]" in text and entry in text, text
+
+
+def test_import_fp4core_leaves_the_tooling_and_triton_unloaded():
+    """The runtime import path (api, dispatch, formats, pytorch) does not pull in the CLI, the
+    benchmark tooling or the Triton kernels: a server pays only for what it runs."""
+    code = ("import sys, fp4core; "
+            "print(sorted(m for m in sys.modules if m.startswith(('fp4core.tools', 'fp4core.formats.kernels'))))")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         env={"FP4CORE_DISABLE_PLUGIN_AUTOLOAD": "1", "PATH": "/usr/bin:/bin"})
+    assert res.stdout.strip() == "[]", res.stdout
