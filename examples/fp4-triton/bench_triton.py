@@ -23,10 +23,10 @@ from fp4core.dispatch.timing import CudaEventTimer, median, rotation_sets
 from fp4core.dispatch.tuner import make_sets, tactic_label
 from fp4core.tools.bench_table import MarkdownTable, parse_ms
 from fp4_triton.plugin import TritonBackend
-from fp4_triton.tactics import _t, tactics_for
+from fp4_triton.tactics import TritonTactic, _t, tactics_for
 
 
-def explore(p) -> list[dict]:
+def explore(p) -> list[TritonTactic]:
     """The backend's tactics plus neighbours worth a look (used to choose the defaults)."""
     m = p.m
     extra = []
@@ -87,10 +87,10 @@ def main(argv=None) -> int:
                 torch.cuda.synchronize()
                 err = relative_error(out, ref)
                 us = median(timer.measure(lambda i: be.run(p, sets[i], tac, out), len(sets)))
-                times[label] = {"tactic": tac, "us": us, "err": err}
+                times[label] = {"tactic": tac.to_json(), "us": us, "err": err}
                 print(f"{m}x{n}x{k} {label}: {us:.1f} us err {err:.1e} ({time.perf_counter() - t0:.1f} s)", flush=True)
             except Exception as exc:  # report and go on
-                times[label] = {"tactic": tac, "error": f"{type(exc).__name__}: {str(exc)[:200]}"}
+                times[label] = {"tactic": tac.to_json(), "error": f"{type(exc).__name__}: {str(exc)[:200]}"}
                 print(f"{m}x{n}x{k} {label}: FAILED {times[label]['error']}", flush=True)
         ok = {kk: v for kk, v in times.items() if "us" in v and v["err"] <= 1e-2}
         first = next(iter(times.values()))

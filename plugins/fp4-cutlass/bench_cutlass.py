@@ -29,8 +29,8 @@ def _row(sw: ShapeSweep) -> str:
         return f"| {m} | {n} | {k} | {sw.baseline_us:.1f} | - | - | - | - | no correct tactic | - | - |"
     flop, t = 2.0 * m * n * k, best.tactic
     return (f"| {m} | {n} | {k} | {sw.baseline_us:.1f} | {flop / sw.baseline_us / 1e6:.0f} | {best.us:.1f} | "
-            f"{flop / best.us / 1e6:.0f} | {sw.speedup(best):.2f}x | tm={t.get('tm')},bn={t.get('bn')},"
-            f"s={t.get('split_k')} | {sw.first.us:.1f} | {sw.max_rel_err:.1e} |")
+            f"{flop / best.us / 1e6:.0f} | {sw.speedup(best):.2f}x | tm={t.tm},bn={t.bn},"
+            f"s={t.split_k} | {sw.first.us:.1f} | {sw.max_rel_err:.1e} |")
 
 
 def main(argv=None) -> int:
@@ -43,7 +43,8 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     timer = CudaEventTimer(warmup_ms=10, sample_ms=2.0, samples=9)
     from fp4_cutlass import launcher
-    extra = ([{"tm": tm, "bn": bn, "split_k": 1} for tm in launcher.TM_CHOICES[2:] for bn in launcher.BN_CHOICES]
+    from fp4_cutlass.plugin import CutlassTactic
+    extra = ([CutlassTactic(tm=tm, bn=bn, split_k=1) for tm in launcher.TM_CHOICES[2:] for bn in launcher.BN_CHOICES]
              if args.all_tactics else [])
     table = MarkdownTable(COLUMNS, title=run_header(not args.mx, "bf16 out"))
     print(table.lines[0], flush=True)

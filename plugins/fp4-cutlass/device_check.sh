@@ -30,15 +30,15 @@ if [[ " $STEPS " == *" memcheck "* ]]; then
   cat > /tmp/small_case.py <<'PY'
 import torch, fp4core
 from fp4core.dispatch.synthetic import random_operands
-from fp4_cutlass.plugin import CutlassBackend
+from fp4_cutlass.plugin import CutlassBackend, CutlassTactic
 be = CutlassBackend()
 for nv in (True, False):
     p = fp4core.make_problem(33, 320, 1088, use_nvfp4=nv, use_8x4_sf_layout=not nv, device="cuda")
     ops = random_operands(p, device="cuda")
     out = torch.empty(33, 320, dtype=torch.bfloat16, device="cuda")
-    for tac in ({"tm": 64, "bn": 128, "split_k": 1, "cluster": 2}, {"tm": 32, "bn": 64, "split_k": 3, "cluster": 1, "deep": 1},
-                {"tm": 256, "bn": 64, "split_k": 1, "cluster": 2}, {"tm": 16, "bn": 128, "split_k": 2, "cluster": 2, "deep": 1},
-                {"tm": 128, "bn": 64, "split_k": 1, "cluster": 1, "deep": 1}):
+    for tac in (CutlassTactic(tm=64, bn=128, split_k=1, cluster=2), CutlassTactic(tm=32, bn=64, split_k=3, cluster=1, deep=1),
+                CutlassTactic(tm=256, bn=64, split_k=1, cluster=2), CutlassTactic(tm=16, bn=128, split_k=2, cluster=2, deep=1),
+                CutlassTactic(tm=128, bn=64, split_k=1, cluster=1, deep=1)):
         be.run(p, ops, tac, out)
 torch.cuda.synchronize(); print("small case done")
 PY
@@ -51,11 +51,11 @@ if [[ " $STEPS " == *" ncu "* ]]; then
   cat > /tmp/ncu_case.py <<'PY'
 import torch, fp4core
 from fp4core.dispatch.synthetic import random_operands
-from fp4_cutlass.plugin import CutlassBackend
+from fp4_cutlass.plugin import CutlassBackend, CutlassTactic
 be = CutlassBackend()
-for m, tacs in ((128, [{"tm": 128, "bn": 64, "split_k": 1, "cluster": 1, "deep": 0},
-                       {"tm": 128, "bn": 64, "split_k": 1, "cluster": 1, "deep": 1}]),
-                (4096, [{"tm": 256, "bn": 128, "split_k": 1, "cluster": 1, "deep": 0}])):
+for m, tacs in ((128, [CutlassTactic(tm=128, bn=64, split_k=1, cluster=1, deep=0),
+                       CutlassTactic(tm=128, bn=64, split_k=1, cluster=1, deep=1)]),
+                (4096, [CutlassTactic(tm=256, bn=128, split_k=1, cluster=1, deep=0)])):
     p = fp4core.make_problem(m, 8192, 8192, device="cuda")
     ops = random_operands(p, device="cuda")
     out = torch.empty(m, 8192, dtype=torch.bfloat16, device="cuda")

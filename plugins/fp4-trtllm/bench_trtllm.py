@@ -26,11 +26,11 @@ COLUMNS = ["M", "N", "K", "bf16 graph us", "trtllm graph us", "speedup graph", "
            "max rel err"]
 
 
-def _label(tac: dict) -> str:
-    """Short name of a tactic: kernel, tiles per warp, warps, then splits or CTAs per SM."""
-    if tac.get("kernel") == "splitk":
-        return f"splitk t={tac['t']},w={tac['warps']},s={tac['split_k']},ring={tac.get('ring', 0)}"
-    return f"streamk t={tac.get('t')},w={tac.get('warps')},c={tac.get('ctas')}"
+def _label(tac) -> str:
+    """Short name of a TrtllmTactic: kernel, tiles per warp, warps, then splits or CTAs per SM."""
+    if tac.kernel == "splitk":
+        return f"splitk t={tac.t},w={tac.warps},s={tac.split_k},ring={tac.ring}"
+    return f"streamk t={tac.t},w={tac.warps},c={tac.ctas}"
 
 
 def main(argv=None) -> int:

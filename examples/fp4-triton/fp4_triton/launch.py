@@ -16,7 +16,7 @@ import torch
 from fp4core import Fp4Format, Operands, Problem, SfLayout
 from fp4core import kit
 
-from .tactics import normalize
+from .tactics import TritonTactic
 
 _REDUCE_BLOCK = 1024
 _DQ_ROWS, _DQ_K = 32, 256  # tile of the A pre-pass (rows, K values)
@@ -38,14 +38,13 @@ def workspace(device: torch.device, numel: int, dtype: torch.dtype = torch.float
     return kit.device_buffers(device).get(f"triton.{dtype}", numel, dtype)[:numel]
 
 
-def launch(problem: Problem, ops: Operands, tactic: dict, out: torch.Tensor) -> None:
+def launch(problem: Problem, ops: Operands, tactic: TritonTactic, out: torch.Tensor) -> None:
     """out (M, N) = alpha * dequant(ops.a) @ dequant(ops.b)^T with ``tactic`` (see tactics.py)."""
     m, n, k = problem.m, problem.n, problem.k
     if m == 0:
         return
-    t = normalize(tactic)
     k_mod = kernels()
-    bm, bn, bk, split = t["bm"], t["bn"], t["bk"], t["split_k"]
+    bm, bn, bk, split = tactic.bm, tactic.bn, tactic.bk, tactic.split_k
     block = problem.fmt.block_size
     ctiles = -(-(k // block) // 4)
     steps = -(-k // bk)
@@ -57,9 +56,9 @@ def launch(problem: Problem, ops: Operands, tactic: dict, out: torch.Tensor) -> 
     alpha = ops.alpha if has_alpha else out  # never read when HAS_ALPHA is False
     nvfp4 = problem.fmt is Fp4Format.NVFP4
     a_8x4 = problem.a_sf_layout is SfLayout.layout_8x4
-    asm = bool(t["asm"])
+    asm = bool(tactic.asm)
     a = ops.a
-    if t["a16"]:
+    if tactic.a16:
         a = workspace(out.device, m * k, torch.float16 if nvfp4 else torch.bfloat16)
         k_mod.dequant_rows_kernel[(-(-m // _DQ_ROWS), -(-k // _DQ_K))](
             ops.a, ops.a_scale, a, m, k, ctiles, BLOCK_R=_DQ_ROWS, BLOCK_K=_DQ_K,
@@ -69,10 +68,10 @@ def launch(problem: Problem, ops: Operands, tactic: dict, out: torch.Tensor) -> 
     k_mod.fp4_gemm_kernel[grid](
         a, ops.a_scale, ops.b, ops.b_scale, alpha, target,
         m, n, k, ctiles, ctiles,
-        BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, GROUP_M=t["group_m"], SPLIT_K=split,
-        NVFP4=nvfp4, A_SF_8X4=a_8x4, HAS_ALPHA=has_alpha, SWAP_AB=bool(t["swap"]),
-        EVEN_K=even_k, ASM=asm, A_DENSE=bool(t["a16"]),
-        num_warps=t["warps"], num_stages=t["stages"])
+        BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, GROUP_M=tactic.group_m, SPLIT_K=split,
+        NVFP4=nvfp4, A_SF_8X4=a_8x4, HAS_ALPHA=has_alpha, SWAP_AB=bool(tactic.swap),
+        EVEN_K=even_k, ASM=asm, A_DENSE=bool(tactic.a16),
+        num_warps=tactic.warps, num_stages=tactic.stages)
     if split > 1:
         mn = m * n
         k_mod.splitk_reduce_kernel[(-(-mn // _REDUCE_BLOCK),)](

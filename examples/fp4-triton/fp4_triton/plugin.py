@@ -10,7 +10,7 @@ import fp4core
 from fp4core import BackendInfo, Operands, Problem, SfLayout, Support
 
 from . import __version__
-from .tactics import tactics_for
+from .tactics import TritonTactic, tactics_for
 
 #: Oldest Triton measured to compile these kernels (tl.join, FP8 E4M3 bitcasts).
 MIN_TRITON = (3, 2)
@@ -40,7 +40,8 @@ class TritonBackend:
             name="triton", version=__version__, package="fp4-triton",
             description="Triton kernel: in-kernel FP4 dequantization + fp16/bf16 tl.dot, split-K for small M",
             targets=("sm89", "sm90a", "sm100a", "sm120a"), verified=("sm90a",),
-            priority={"decode": 10, "small": 35, "medium": 40, "large": 25})
+            priority={"decode": 10, "small": 35, "medium": 40, "large": 25},
+            tactic_type=TritonTactic)
 
     @fp4core.hookimpl
     def supports(self, problem: Problem) -> Support:
@@ -65,10 +66,10 @@ class TritonBackend:
         return Support.yes()
 
     @fp4core.hookimpl
-    def tactics(self, problem: Problem) -> list[dict]:
+    def tactics(self, problem: Problem) -> list[TritonTactic]:
         return tactics_for(problem)
 
     @fp4core.hookimpl
-    def run(self, problem: Problem, operands: Operands, tactic: dict, out) -> None:
+    def run(self, problem: Problem, operands: Operands, tactic: TritonTactic, out) -> None:
         from .launch import launch
         launch(problem, operands, tactic, out)

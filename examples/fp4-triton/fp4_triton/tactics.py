@@ -1,41 +1,60 @@
-"""The tactics (kernel configurations) the tuner times, best guess first.
-
-A tactic is a JSON dict: ``bm, bn, bk`` (tile sizes in values), ``warps``, ``stages``
-(software-pipelining depth), ``split_k`` (K ranges reduced by a second kernel), ``group_m``
-(row tiles sharing a weight tile in L2), ``swap`` (compute B @ A^T so the weight rows
-fill the MMA's M side: for small M), ``a16`` (dequantize A once into a cached fp16/bf16
-workspace by a pre-pass kernel, so the GEMM decodes only the weight: for large M) and
-``asm`` (decode with inline PTX, 4 bytes at a time; 0 = plain Triton, per byte). Pure Python: importable without Triton or a GPU.
+"""The tactics (kernel configurations) the tuner times, best guess first: ``TritonTactic``.
+Pure Python: importable without Triton or a GPU.
 """
 
 from __future__ import annotations
 
-from fp4core import Problem
+import dataclasses
 
-KEYS = ("bm", "bn", "bk", "warps", "stages", "split_k", "group_m", "swap", "a16", "asm")
-DEFAULT = {"bm": 128, "bn": 128, "bk": 128, "warps": 8, "stages": 3, "split_k": 1,
-           "group_m": 8, "swap": 0, "a16": 0, "asm": 1}
+from fp4core import Problem, Tactic
+
+
+@dataclasses.dataclass(frozen=True)
+class TritonTactic(Tactic):
+    """One configuration of the Triton GEMM kernel; checked when made (ValueError naming the
+    field).
+
+    Fields:
+        bm, bn, bk: tile sizes in values (rows of A, rows of B, K per step); powers of two
+            >= 16, ``bk`` >= 32 (one MXFP4 block).
+        warps: warps per program (1, 2, 4, 8 or 16).
+        stages: software-pipelining depth (>= 1).
+        split_k: K ranges reduced by a second kernel (>= 1; the launcher lowers it to a
+            divisor of the K steps).
+        group_m: row tiles sharing a weight tile in L2 (>= 1).
+        swap: 1 = compute B @ A^T so the weight rows fill the MMA's M side (small M).
+        a16: 1 = dequantize A once into a cached fp16/bf16 workspace by a pre-pass kernel,
+            so the GEMM decodes only the weight (large M).
+        asm: 1 = decode with inline PTX, 4 bytes at a time; 0 = plain Triton, per byte.
+
+    Labels read as the JSON dicts of earlier versions did (sorted ``field=value``, flags as
+    0/1), e.g. ``a16=0,asm=1,bk=256,bm=16,bn=64,group_m=8,split_k=2,stages=4,swap=1,warps=4``.
+    """
+
+    bm: int = 128
+    bn: int = 128
+    bk: int = 128
+    warps: int = 8
+    stages: int = 3
+    split_k: int = 1
+    group_m: int = 8
+    swap: int = 0
+    a16: int = 0
+    asm: int = 1
+
+    def __post_init__(self):
+        for key in ("bm", "bn", "bk"):
+            v = getattr(self, key)
+            if v < 16 or v & (v - 1):
+                raise ValueError(f"fp4-triton tactic: {key} must be a power of two >= 16, got {v}")
+        if self.bk < 32:
+            raise ValueError(f"fp4-triton tactic: bk must be >= 32 (one MXFP4 block), got {self.bk}")
+        if self.split_k < 1 or self.group_m < 1 or self.warps not in (1, 2, 4, 8, 16) or self.stages < 1:
+            raise ValueError(f"fp4-triton tactic: bad split_k/group_m/warps/stages in {self!r}")
 
 
 #: SM count assumed where the device does not say (an H100 SXM has 132).
 DEFAULT_SMS = 132
-
-
-def normalize(tactic: dict) -> dict:
-    """Fill missing keys from DEFAULT and check the values; raise ValueError naming the key."""
-    t = {**DEFAULT, **tactic}
-    unknown = set(t) - set(KEYS)
-    if unknown:
-        raise ValueError(f"fp4-triton tactic: unknown keys {sorted(unknown)}; known: {list(KEYS)}")
-    for key in ("bm", "bn", "bk"):
-        v = t[key]
-        if v < 16 or v & (v - 1):
-            raise ValueError(f"fp4-triton tactic: {key} must be a power of two >= 16, got {v}")
-    if t["bk"] < 32:
-        raise ValueError(f"fp4-triton tactic: bk must be >= 32 (one MXFP4 block), got {t['bk']}")
-    if t["split_k"] < 1 or t["group_m"] < 1 or t["warps"] not in (1, 2, 4, 8, 16) or t["stages"] < 1:
-        raise ValueError(f"fp4-triton tactic: bad split_k/group_m/warps/stages in {tactic}")
-    return t
 
 
 def auto_split(problem: Problem, bm: int, bn: int, bk: int, ctas_per_sm: int | None = None) -> int:
@@ -55,14 +74,14 @@ def auto_split(problem: Problem, bm: int, bn: int, bk: int, ctas_per_sm: int | N
 
 
 def _t(problem: Problem, bm, bn, bk, warps, stages, swap=0, split=None, group_m=8, a16=0,
-       asm=1) -> dict:
+       asm=1) -> TritonTactic:
     if split is None:
         split = auto_split(problem, bm, bn, bk) if (problem.m or 1) <= 256 and not a16 else 1
-    return {"bm": bm, "bn": bn, "bk": bk, "warps": warps, "stages": stages,
-            "split_k": split, "group_m": group_m, "swap": swap, "a16": a16, "asm": asm}
+    return TritonTactic(bm=bm, bn=bn, bk=bk, warps=warps, stages=stages, split_k=split,
+                        group_m=group_m, swap=swap, a16=a16, asm=asm)
 
 
-def tactics_for(problem: Problem) -> list[dict]:
+def tactics_for(problem: Problem) -> list[TritonTactic]:
     """Tactics worth timing for ``problem``, best guess first.
 
     Chosen from the kernels' SASS on sm_90a (no spills; instruction mix per K step) and

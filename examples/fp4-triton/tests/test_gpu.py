@@ -1,6 +1,8 @@
 """GPU tests: every tactic against the exact reference, odd shapes, both formats, both scale
 layouts of A, the public mm_fp4 path, CUDA-graph replay and no allocation per call."""
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -8,6 +10,7 @@ import fp4core
 from fp4core.formats.reference import reference_mm, relative_error
 from fp4core.testing import canonical_operands, check_backend, device_allocations
 from fp4_triton.plugin import TritonBackend
+from fp4_triton.tactics import TritonTactic
 
 pytestmark = pytest.mark.gpu
 
@@ -34,7 +37,7 @@ def test_every_tactic_matches_the_reference(m, nvfp4):
 def test_odd_shapes(m, n, k, nvfp4, a8x4, out_dtype):
     p = cuda_problem(m, n, k, use_nvfp4=nvfp4, use_8x4_sf_layout=a8x4, out_dtype=out_dtype)
     tactics = TritonBackend().tactics(p)[:2] + [
-        {"bm": 16, "bn": 32, "bk": 64, "warps": 4, "stages": 2, "split_k": 3, "swap": 1}]
+        TritonTactic(bm=16, bn=32, bk=64, warps=4, stages=2, split_k=3, swap=1)]
     check_backend("triton", p, seed=k, tactics=tactics)
 
 
@@ -74,7 +77,7 @@ def test_nan_scale_poisons_only_its_rows():
 def test_cuda_graph_replay_equals_eager_and_no_allocation(split):
     p = cuda_problem(16, 1024, 2048)
     be = TritonBackend()
-    tactic = {**be.tactics(p)[0], "split_k": split}
+    tactic = dataclasses.replace(be.tactics(p)[0], split_k=split)
     sets = [canonical_operands(p, seed=s) for s in (1, 2)]
     eager = torch.empty(16, 1024, dtype=torch.bfloat16, device="cuda")
     be.run(p, sets[0], tactic, eager)      # compiles, allocates the split-K workspace

@@ -22,10 +22,10 @@ from fp4core.formats.reference import reference_mm, relative_error  # noqa: E402
 from fp4core.testing import canonical_operands, check_backend, guarded_copy, registered  # noqa: E402
 from fp4_triton.plugin import TritonBackend  # noqa: E402
 from fp4_triton.launch import launch  # noqa: E402
+from fp4_triton.tactics import TritonTactic  # noqa: E402
 
 # asm=0: the interpreter cannot run inline PTX (the GPU tests cover asm=1).
-BASE = {"bm": 16, "bn": 16, "bk": 64, "warps": 4, "stages": 2, "split_k": 1, "group_m": 2, "swap": 0,
-        "a16": 0, "asm": 0}
+BASE = TritonTactic(bm=16, bn=16, bk=64, warps=4, stages=2, split_k=1, group_m=2, swap=0, a16=0, asm=0)
 
 
 @pytest.mark.parametrize("m, n, k, a8x4, tactic", [
@@ -47,7 +47,7 @@ def test_interpreted_kernel_matches_reference(m, n, k, a8x4, tactic):
     ops = dataclasses.replace(ops, **{f.name: guarded_copy(getattr(ops, f.name)) for f in dataclasses.fields(ops)
                                       if isinstance(getattr(ops, f.name), torch.Tensor)})
     out = guarded_copy(torch.full((m, n), float("nan"), dtype=torch.bfloat16))
-    launch(p, ops, {**BASE, **tactic}, out)
+    launch(p, ops, dataclasses.replace(BASE, **tactic), out)
     err = relative_error(out, ref)
     assert err <= 1e-2, f"relative error {err:.3g} for {p.describe()} {tactic}"
 
@@ -67,8 +67,8 @@ class InterpretedTriton(TritonBackend):
 
     @fp4core.hookimpl
     def tactics(self, problem):
-        return [{**BASE, "bm": 32, "bn": 32}, {**BASE, "swap": 1, "split_k": 2},
-                {**BASE, "a16": 1, "bk": 128}]
+        return [dataclasses.replace(BASE, bm=32, bn=32), dataclasses.replace(BASE, swap=1, split_k=2),
+                dataclasses.replace(BASE, a16=1, bk=128)]
 
 
 def test_check_backend_through_the_public_helpers():

@@ -23,7 +23,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import threading
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -31,6 +31,9 @@ from fp4core.formats.fp4 import Fp4Format
 from fp4core.formats.layouts import SfLayout, padded_scale_shape
 
 from .env import cudnn_module
+
+if TYPE_CHECKING:
+    from .plugin import CudnnTactic
 
 log = logging.getLogger("fp4core.cudnn")
 
@@ -209,10 +212,10 @@ class PlannedGraph:
                 errors.append(exc.message)
         raise GraphRefused("build_plan", "no plan could be built: " + "; ".join(errors))
 
-    def index_of(self, tactic: dict) -> int:
+    def index_of(self, tactic: CudnnTactic) -> int:
         """The plan a tactic names. A tactic tuned on another M of the same bucket names a
         plan of another graph: match it by engine name first, then by index, else default."""
-        name, index = tactic.get("engine"), tactic.get("plan")
+        name, index = tactic.engine, tactic.plan
         if name is not None:
             names = self.names
             if isinstance(index, int) and 0 <= index < self.count and names[index] == name:

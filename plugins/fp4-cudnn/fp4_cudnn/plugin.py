@@ -4,7 +4,7 @@ SM100+: the native block-scaled FP4 cuDNN graph. SM80-SM90: one fused Triton lau
 dequantizes A and B to bf16 into cached buffers, then a cuDNN bf16 matmul graph.
 
 Tactics are cuDNN execution plans of one of the problem's graph variants,
-``{"graph": variant, "plan": index, "engine": cuDNN's plan name}``:
+``CudnnTactic(graph=variant, plan=index, engine=cuDNN's plan name)``:
 
 * "plain" (SM80-SM90): the bare bf16 matmul; alpha, when given, is folded into A's
   dequantization (one extra rounding of alpha * a to bf16, relative 2^-9 per element). This is
@@ -19,13 +19,14 @@ dtype, alpha, variant[, format]).
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 
 import torch
 
 from fp4core import kit
 from fp4core.env import env_flag
-from fp4core.dispatch.hooks import BackendInfo, Support, hookimpl
+from fp4core.dispatch.hooks import BackendInfo, Support, Tactic, hookimpl
 from fp4core.dispatch.problem import Operands, Problem
 
 from . import __version__, resources
@@ -35,6 +36,27 @@ from .support import PATH_NATIVE, path_for, supports
 
 ENV_EXACT_ALPHA = "FP4_CUDNN_EXACT_ALPHA"
 PLAIN, EPILOGUE, NATIVE = "plain", "epilogue", "native"
+
+
+@dataclasses.dataclass(frozen=True)
+class CudnnTactic(Tactic):
+    """One cuDNN execution plan of one graph variant; every field None (label "default") is
+    the default variant's first plan that builds.
+
+    Fields:
+        graph: the graph variant, "plain", "epilogue" or "native" (see the module docstring);
+            None = the problem's default variant. A variant the problem does not allow (e.g.
+            a cached "plain" tactic after FP4_CUDNN_EXACT_ALPHA=1) runs as the default tactic.
+        plan: index of the plan in cuDNN's heuristic list (modes A then FALLBACK) of that
+            graph; None = the first plan that builds.
+        engine: cuDNN's name of the plan (engine and knobs). It wins over ``plan`` when the
+            graph (e.g. another M of the same tuning bucket) lists it at another index; see
+            ``PlannedGraph.index_of``.
+    """
+
+    graph: str | None = None
+    plan: int | None = None
+    engine: str | None = None
 
 
 def _device_index(problem: Problem) -> int:
@@ -79,7 +101,8 @@ class CudnnBackend:
                          "+ cuDNN bf16 matmul plans on SM80-SM90; tactics = execution plans"),
             targets=("sm80", "sm90", "sm100", "sm120"), verified=("sm90",),
             priority={"decode": 0, "small": 5, "medium": 20, "large": 30,
-                      "sm100:decode": 30, "sm100:small": 30, "sm100:medium": 40, "sm100:large": 40})
+                      "sm100:decode": 30, "sm100:small": 30, "sm100:medium": 40, "sm100:large": 40},
+            tactic_type=CudnnTactic)
 
     @hookimpl
     def supports(self, problem: Problem) -> Support:
@@ -124,28 +147,28 @@ class CudnnBackend:
         except Exception as exc:  # a frontend error while declaring the graph
             return GraphRefused("construct", f"{type(exc).__name__}: {exc}")
 
-    def _plan_index(self, problem: Problem, variant: str, pg: PlannedGraph, tactic: dict) -> int:
-        key = (graph_key(problem, variant), tactic.get("plan"), tactic.get("engine"))
+    def _plan_index(self, problem: Problem, variant: str, pg: PlannedGraph, tactic: CudnnTactic) -> int:
+        key = (graph_key(problem, variant), tactic.plan, tactic.engine)
         index = self._plan_of.get(key)
         if index is None:
             if torch.cuda.is_current_stream_capturing():
                 raise resources.CaptureError(
                     f"fp4-cudnn: plan {tactic} of {problem.describe()} is not built yet; run it once "
                     f"before capturing a CUDA graph")
-            index = pg.index_of(tactic) if "plan" in tactic else pg.first_buildable()
+            index = pg.index_of(tactic) if tactic.plan is not None else pg.first_buildable()
             pg.ensure_built(index)
             self._plan_of[key] = index
         return index
 
     # -- hooks ------------------------------------------------------------------------------
     @hookimpl
-    def tactics(self, problem: Problem) -> list[dict]:
+    def tactics(self, problem: Problem) -> list[CudnnTactic]:
         """Every execution plan of every graph variant, the default variant first and its
         first plan that builds first; then cuDNN's heuristic order. Plans are built when a
         tactic first runs."""
         if problem.m is None:
-            return [{}]
-        out: list[dict] = []
+            return [CudnnTactic()]
+        out: list[CudnnTactic] = []
         refusals = []
         for variant in variants(problem):
             try:
@@ -157,21 +180,20 @@ class CudnnBackend:
             except GraphRefused as exc:
                 refusals.append(f"{variant}: {exc}")
                 continue
-            out += [{"graph": variant, "plan": i, "engine": pg.names[i]} for i in order]
+            out += [CudnnTactic(graph=variant, plan=i, engine=pg.names[i]) for i in order]
         if not out:
             raise GraphRefused("build_plan", "; ".join(refusals))
         return out
 
     @hookimpl
-    def run(self, problem: Problem, operands: Operands, tactic: dict, out: torch.Tensor) -> None:
+    def run(self, problem: Problem, operands: Operands, tactic: CudnnTactic, out: torch.Tensor) -> None:
         """``out (M, N) = alpha * dequant(A) @ dequant(B)^T`` on the current stream."""
         if out.data_ptr() % 16:
             raise ValueError("fp4-cudnn: out must be 16-byte aligned")
-        tactic = tactic or {}
         allowed = variants(problem)
-        variant = tactic.get("graph") or allowed[0]
+        variant = tactic.graph or allowed[0]
         if variant not in allowed:  # e.g. a cached "plain" tactic after FP4_CUDNN_EXACT_ALPHA=1
-            variant, tactic = allowed[0], {}
+            variant, tactic = allowed[0], CudnnTactic()
         dev = out.device.index
         pg = self.planned_graph(problem, variant)
         index = self._plan_index(problem, variant, pg, tactic)

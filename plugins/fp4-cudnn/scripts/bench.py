@@ -103,21 +103,21 @@ def bench_shape(be, m, n, k, timer, all_plans=True) -> dict:
 
     row["baseline_us"] = baseline_us(m, n, k, timer)
     row["default_us"] = timed(lambda i: be.run(problem, sets[i], tactics[0], out), len(sets), timer)
-    row["default_plan"] = f"{tactics[0]['graph']}:{tactics[0]['engine']}"
+    row["default_plan"] = f"{tactics[0].graph}:{tactics[0].engine}"
     per_plan = {0: row["default_us"]}
     for j, t in enumerate(tactics[1:] if all_plans else [], start=1):
         try:
             per_plan[j] = timed(lambda i: be.run(problem, sets[i], t, out), len(sets), timer)
         except Exception as exc:  # a plan that does not build
             per_plan[j] = None
-            row.setdefault("refused", []).append(f"{t['graph']}:{t['plan']}: {str(exc)[:120]}")
+            row.setdefault("refused", []).append(f"{t.graph}:{t.plan}: {str(exc)[:120]}")
     ok = {j: us for j, us in per_plan.items() if us is not None}
     best = min(ok, key=ok.get)
     bt = tactics[best]
-    row.update(best_us=ok[best], best_plan=f"{bt['graph']}:{bt['engine']}", n_plans=len(tactics),
-               plans_us={f"{tactics[j]['graph']}:{tactics[j]['engine']}": us for j, us in per_plan.items()})
-    for variant in {t["graph"] for t in tactics}:
-        vus = [us for j, us in ok.items() if tactics[j]["graph"] == variant]
+    row.update(best_us=ok[best], best_plan=f"{bt.graph}:{bt.engine}", n_plans=len(tactics),
+               plans_us={f"{tactics[j].graph}:{tactics[j].engine}": us for j, us in per_plan.items()})
+    for variant in {t.graph for t in tactics}:
+        vus = [us for j, us in ok.items() if tactics[j].graph == variant]
         if vus:
             row[f"best_{variant}_us"] = min(vus)
 
@@ -128,7 +128,7 @@ def bench_shape(be, m, n, k, timer, all_plans=True) -> dict:
     row["dequant_us"] = timed(lambda i: dequantize_pair(sets[i].a, sets[i].a_scale, a_buf, problem.a_sf_layout,
                                                         sets[i].b, sets[i].b_scale, b_buf, problem.fmt),
                               len(sets), timer)
-    pg = be.plugin.planned_graph(problem, bt["graph"])
+    pg = be.plugin.planned_graph(problem, bt.graph)
     index = pg.index_of(bt)
     ws = pg.ensure_built(index)
     wsb = resources.buffer(dev, "cudnn_workspace", ws) if ws else None

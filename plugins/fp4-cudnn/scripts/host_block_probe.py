@@ -36,7 +36,7 @@ def main() -> None:
     be = CudnnBackend()
     p = fp4core.make_problem(m, n, k, device="cuda")
     ops = random_operands(p)
-    tac = next(t for t in be.tactics(p) if t.get("graph") == "plain" and t.get("engine") == "eng0")
+    tac = next(t for t in be.tactics(p) if t.graph == "plain" and t.engine == "eng0")
     out = torch.empty(m, n, dtype=torch.bfloat16, device="cuda")
     be.run(p, ops, tac, out)
     a_buf = resources.buffer(0, "a_bf16", m * k * 2)[: m * k * 2].view(torch.bfloat16).view(m, k)

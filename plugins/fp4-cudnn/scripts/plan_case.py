@@ -11,7 +11,7 @@ import torch
 import fp4core
 from fp4core.dispatch.problem import Operands, Problem
 from fp4core.dispatch.synthetic import random_operands
-from fp4_cudnn.plugin import CudnnBackend
+from fp4_cudnn.plugin import CudnnBackend, CudnnTactic
 
 
 @dataclass
@@ -19,7 +19,7 @@ class PlanCase:
     backend: CudnnBackend
     problem: Problem
     sets: list[Operands]
-    tactic: dict
+    tactic: CudnnTactic
     out: torch.Tensor  # (M, N) bf16 output buffer
 
 
@@ -34,5 +34,5 @@ def plan_case(args: argparse.Namespace) -> PlanCase:
     be = CudnnBackend()
     p = fp4core.make_problem(m, n, k, device="cuda")
     sets = [random_operands(p) for _ in range(2)]
-    tac = next(t for t in be.tactics(p) if t.get("graph") == "plain" and t.get("engine") == args.engine)
+    tac = next(t for t in be.tactics(p) if t.graph == "plain" and t.engine == args.engine)
     return PlanCase(be, p, sets, tac, torch.empty(m, n, dtype=torch.bfloat16, device="cuda"))

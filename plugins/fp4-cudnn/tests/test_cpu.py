@@ -104,9 +104,24 @@ def test_tactic_matching_by_engine_name_then_index():
     pg = PlannedGraph.__new__(PlannedGraph)
     pg.count, pg._names, pg._failed, pg._built = 3, ["eng0", "eng7_k3", "eng9"], {}, {0: 0}
     pg._lock = None
-    assert pg.index_of({"plan": 0, "engine": "eng9"}) == 2   # the name wins (another M's graph)
-    assert pg.index_of({"plan": 1, "engine": "gone"}) == 1   # else the index
-    assert pg.index_of({"plan": 5, "engine": "gone"}) == 0   # else the default (first built)
+    from fp4_cudnn.plugin import CudnnTactic
+
+    assert pg.index_of(CudnnTactic(plan=0, engine="eng9")) == 2   # the name wins (another M's graph)
+    assert pg.index_of(CudnnTactic(plan=1, engine="gone")) == 1   # else the index
+    assert pg.index_of(CudnnTactic(plan=5, engine="gone")) == 0   # else the default (first built)
+
+
+def test_tactic_type_labels_and_old_cache_json():
+    from fp4_cudnn.plugin import CudnnBackend, CudnnTactic
+
+    assert CudnnBackend().backend_info().tactic_type is CudnnTactic
+    old = {"graph": "plain", "plan": 3, "engine": "eng0"}  # a tuning cache of earlier versions
+    t = CudnnTactic.from_json(old)
+    assert t == CudnnTactic(graph="plain", plan=3, engine="eng0")
+    assert t.label() == "engine=eng0,graph=plain,plan=3"
+    assert CudnnTactic.from_json(t.to_json()) == t
+    assert CudnnTactic.from_json({}) == CudnnTactic() and CudnnTactic().label() == "default"
+    assert CudnnBackend().tactics(_problem(m=None)) == [CudnnTactic()]
 
 
 def test_import_needs_no_triton_or_gpu():

@@ -18,6 +18,8 @@ from fp4core.formats.reference import TOLERANCE, reference_mm, relative_error
 from fp4core.testing import device_allocations
 from fp4core.dispatch.validation import build_problem
 
+from fp4_cudnn.plugin import CudnnTactic
+
 pytestmark = pytest.mark.gpu
 
 N, K = 272, 512          # N not a multiple of 128: exercises padded scale rows of B
@@ -167,7 +169,7 @@ def test_every_tactic_correct(backend, nv, out_dtype, m, gen):
     problem, ops = problem_and_ops(args, out_dtype)
     ref = reference_mm(problem, ops)
     tactics = backend.tactics(problem)
-    assert len(tactics) >= 1 and all("plan" in t and "engine" in t for t in tactics)
+    assert len(tactics) >= 1 and all(t.plan is not None and t.engine is not None for t in tactics)
     ran, refused = 0, []
     for tactic in tactics:
         out = poisoned(m, N, out_dtype)
@@ -176,27 +178,27 @@ def test_every_tactic_correct(backend, nv, out_dtype, m, gen):
         except Exception as exc:  # a plan cuDNN enumerates but cannot build: the tuner drops it
             from fp4_cudnn.graphs import GraphRefused
             assert isinstance(exc, GraphRefused) and exc.stage == "build_plan", exc
-            refused.append((tactic["graph"], tactic["plan"]))
+            refused.append((tactic.graph, tactic.plan))
             continue
         torch.cuda.synchronize()
         err = relative_error(out, ref)
         assert err <= TOLERANCE, f"{tactic}: relative error {err:.3g}"
         ran += 1
     assert ran >= 1
-    assert (tactics[0]["graph"], tactics[0]["plan"]) not in refused  # the default builds
+    assert (tactics[0].graph, tactics[0].plan) not in refused  # the default builds
     print(f"m={m} {len(tactics)} plans, {ran} ran, refused to build: {refused}")
 
 
 def test_both_graph_variants_offered_and_exact_alpha_switch(backend, gen, monkeypatch):
     args = quantized(129, N, K, True, gen)
     problem, ops = problem_and_ops(args, torch.bfloat16)
-    graphs = [t["graph"] for t in backend.tactics(problem)]
+    graphs = [t.graph for t in backend.tactics(problem)]
     assert graphs[0] == "plain" and "epilogue" in graphs
     monkeypatch.setenv("FP4_CUDNN_EXACT_ALPHA", "1")
     tactics = backend.tactics(problem)
-    assert {t["graph"] for t in tactics} == {"epilogue"}
+    assert {t.graph for t in tactics} == {"epilogue"}
     out = poisoned(129, N, torch.bfloat16)
-    backend.run(problem, ops, {"graph": "plain", "plan": 0}, out)  # overridden by the switch
+    backend.run(problem, ops, CudnnTactic(graph="plain", plan=0), out)  # overridden by the switch
     check(out, problem, ops, "exact alpha")
 
 

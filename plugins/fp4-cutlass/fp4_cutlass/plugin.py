@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 
@@ -9,7 +10,7 @@ import math
 from fp4core import kit
 from fp4core.kit import jit
 from fp4core.formats.fp4 import Fp4Format
-from fp4core.dispatch.hooks import BackendInfo, Support, hookimpl
+from fp4core.dispatch.hooks import BackendInfo, Support, Tactic, hookimpl
 from fp4core.formats.layouts import SfLayout
 from fp4core.dispatch.problem import Operands, Problem
 
@@ -18,6 +19,32 @@ from . import __version__, blackwell, launcher
 #: K must be a multiple of this: TMA needs 16-byte weight rows (K/2 bytes) and the kernel's
 #: scale handling works on whole 64-value halves of its 128-wide stages.
 K_ALIGN = 64
+
+
+@dataclasses.dataclass(frozen=True)
+class CutlassTactic(Tactic):
+    """One compiled variant of the SM90 kernel and its split-K.
+
+    Fields:
+        tm: activation rows per CTA (wgmma N), one of ``launcher.TM_CHOICES``; None = the
+            smallest choice >= M.
+        bn: weight rows per CTA, one of ``launcher.BN_CHOICES``.
+        split_k: CTAs splitting K (grid z) plus a reduce kernel; 0 = automatic
+            (``auto_splits``); clamped to the K stages.
+        cluster: CTAs per thread-block cluster along N sharing the activation tile by TMA
+            multicast, one of ``launcher.CLUSTER_CHOICES``.
+        deep: 1 = two wgmma batches in flight per warpgroup (tm <= ``launcher.DEEP_MAX_TM``
+            only), 0 = one.
+
+    ``tactics`` sets every field, so labels read as the JSON dicts of earlier versions did,
+    e.g. ``bn=128,cluster=1,deep=0,split_k=1,tm=256``.
+    """
+
+    tm: int | None = None
+    bn: int = 128
+    split_k: int = 0
+    cluster: int = 1
+    deep: int = 0
 
 
 @functools.lru_cache(maxsize=1)
@@ -62,7 +89,8 @@ class CutlassBackend:
             # Untuned order, from the tuned H100 sweep of 2026-11-25 (docs/benchmarks.md): as
             # fast as trtllm at M <= 16 (which still leads there on a prepared weight), the
             # fastest backend at M = 17..128 and from M = 2048 up.
-            priority={"decode": 45, "small": 45, "medium": 60, "large": 60})
+            priority={"decode": 45, "small": 45, "medium": 60, "large": 60},
+            tactic_type=CutlassTactic)
 
     @hookimpl
     def supports(self, problem: Problem) -> Support:
@@ -87,7 +115,7 @@ class CutlassBackend:
         return Support.yes()
 
     @hookimpl
-    def tactics(self, problem: Problem) -> list[dict]:
+    def tactics(self, problem: Problem) -> list[CutlassTactic]:
         m = problem.m or 1
         sms = kit.sm_count(problem.device.index)
         tm_cap = _tm_for(m)
@@ -102,30 +130,29 @@ class CutlassBackend:
         ranked = full[:2] + [sh for sh in shapes if sh not in full[:2]]
         if not full:  # too few tiles at any shape: the most CTAs first, with split-K
             ranked = sorted(shapes, key=lambda sh: -tiles(*sh))
-        out: list[dict] = []
+        out: list[CutlassTactic] = []
         for rank, (tm, bn) in enumerate(ranked[:3]):
             s = auto_splits(problem, tm, bn)
             deeps = (0, 1) if tm <= launcher.DEEP_MAX_TM else (0,)  # deep measured slower (README)
             for splits in dict.fromkeys([1, s] if full else [s, 1]):
                 for deep in deeps:
                     for cl in ((1, 2) if rank == 0 else (1,)):
-                        tac = {"tm": tm, "bn": bn, "split_k": splits, "cluster": cl, "deep": deep}
+                        tac = CutlassTactic(tm=tm, bn=bn, split_k=splits, cluster=cl, deep=deep)
                         if tac not in out:
                             out.append(tac)
         return out
 
     @hookimpl
-    def run(self, problem: Problem, operands: Operands, tactic: dict, out) -> None:
-        tm = int(tactic.get("tm", _tm_for(problem.m)))
-        bn = int(tactic.get("bn", 128))
-        cl = int(tactic.get("cluster", 1))
+    def run(self, problem: Problem, operands: Operands, tactic: CutlassTactic, out) -> None:
+        tm = _tm_for(problem.m) if tactic.tm is None else tactic.tm
+        bn, cl = tactic.bn, tactic.cluster
         if tm not in launcher.TM_CHOICES or bn not in launcher.BN_CHOICES or cl not in launcher.CLUSTER_CHOICES:
             raise ValueError(f"cutlass: tactic {tactic}: tm must be one of {launcher.TM_CHOICES}, "
                              f"bn one of {launcher.BN_CHOICES}, cluster one of {launcher.CLUSTER_CHOICES}")
-        deep = bool(tactic.get("deep", 0))
+        deep = bool(tactic.deep)
         if deep and tm > launcher.DEEP_MAX_TM:
             raise ValueError(f"cutlass: tactic {tactic}: deep=1 needs tm <= {launcher.DEEP_MAX_TM}")
-        splits = int(tactic.get("split_k", 0)) or auto_splits(problem, tm, bn, cl)
+        splits = tactic.split_k or auto_splits(problem, tm, bn, cl)
         splits = max(1, min(splits, launcher.padded_k(problem.k) // launcher.BK))
         launcher.launch(
             a=operands.a, a_sf=operands.a_scale, b=operands.b, b_sf=operands.b_scale,

@@ -12,11 +12,11 @@ from fp4core.dispatch.synthetic import random_operands
 from fp4core.testing import check_backend, run_repeatedly
 
 from fp4_cutlass import launcher
-from fp4_cutlass.plugin import CutlassBackend
+from fp4_cutlass.plugin import CutlassBackend, CutlassTactic
 
 pytestmark = pytest.mark.gpu
 
-ALL_TACTICS = [{"tm": tm, "bn": bn, "split_k": s, "cluster": cl, "deep": d}
+ALL_TACTICS = [CutlassTactic(tm=tm, bn=bn, split_k=s, cluster=cl, deep=d)
                for tm in launcher.TM_CHOICES for bn in launcher.BN_CHOICES for s in (1, 3)
                for cl in launcher.CLUSTER_CHOICES for d in (0, 1) if not (d and tm > launcher.DEEP_MAX_TM)]
 
@@ -59,8 +59,8 @@ def test_repeatable_and_poison_free():
     problem = _problem(129, 640, 2048)
     ops = random_operands(problem, device="cuda", generator=torch.Generator(device="cuda").manual_seed(1))
     be = CutlassBackend()
-    for tac in ({"tm": 128, "bn": 64, "split_k": 1, "cluster": 2, "deep": 1},
-                {"tm": 256, "bn": 128, "split_k": 4, "cluster": 1}):
+    for tac in (CutlassTactic(tm=128, bn=64, split_k=1, cluster=2, deep=1),
+                CutlassTactic(tm=256, bn=128, split_k=4, cluster=1)):
         outs = run_repeatedly(be, problem, ops, tac, times=2)
         assert not outs[0].isnan().any()
         assert torch.equal(outs[0], outs[1]), tac
@@ -70,7 +70,7 @@ def test_cuda_graph_capture():
     m, n, k = 64, 768, 1536
     problem = _problem(m, n, k)
     be = CutlassBackend()
-    tac = {"tm": 64, "bn": 64, "split_k": 2, "cluster": 2, "deep": 1}
+    tac = CutlassTactic(tm=64, bn=64, split_k=2, cluster=2, deep=1)
     ops = random_operands(problem, device="cuda", generator=torch.Generator(device="cuda").manual_seed(2))
     out = torch.full((m, n), float("nan"), dtype=torch.bfloat16, device="cuda")
     be.run(problem, ops, tac, out)  # warm-up: builds/loads the library, sizes the workspace

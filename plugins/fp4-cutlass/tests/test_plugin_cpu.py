@@ -11,7 +11,7 @@ import fp4core
 from fp4core.dispatch.problem import DeviceInfo
 
 from fp4_cutlass import launcher, plugin
-from fp4_cutlass.plugin import CutlassBackend
+from fp4_cutlass.plugin import CutlassBackend, CutlassTactic
 
 H100 = DeviceInfo("cuda", 0, "NVIDIA H100 80GB HBM3", (9, 0))
 B200 = DeviceInfo("cuda", 0, "NVIDIA B200", (10, 0))
@@ -59,12 +59,22 @@ def test_supports_without_toolchain(monkeypatch):
 def test_tactics_valid(m):
     be = CutlassBackend()
     tacs = be.tactics(_p(m, 8192, 8192))
-    assert tacs and json.loads(json.dumps(tacs)) == tacs
+    assert tacs and all(type(t) is CutlassTactic for t in tacs)
+    assert [CutlassTactic.from_json(json.loads(json.dumps(t.to_json()))) for t in tacs] == tacs
     for t in tacs:
-        assert t["tm"] in launcher.TM_CHOICES and t["bn"] in launcher.BN_CHOICES and t["split_k"] >= 1
-        assert t["cluster"] in launcher.CLUSTER_CHOICES
-        assert t["deep"] in (0, 1) and not (t["deep"] and t["tm"] > launcher.DEEP_MAX_TM)
-    assert len({json.dumps(t, sort_keys=True) for t in tacs}) == len(tacs)
+        assert t.tm in launcher.TM_CHOICES and t.bn in launcher.BN_CHOICES and t.split_k >= 1
+        assert t.cluster in launcher.CLUSTER_CHOICES
+        assert t.deep in (0, 1) and not (t.deep and t.tm > launcher.DEEP_MAX_TM)
+        assert t.label() == f"bn={t.bn},cluster={t.cluster},deep={t.deep},split_k={t.split_k},tm={t.tm}"
+    assert len(set(tacs)) == len(tacs)
+
+
+def test_tactic_defaults_and_old_cache_json():
+    # a JSON dict of earlier versions (as tuning caches hold it) reads back as before
+    old = {"tm": 128, "bn": 64, "split_k": 2, "cluster": 2, "deep": 1}
+    assert CutlassTactic.from_json(old) == CutlassTactic(tm=128, bn=64, split_k=2, cluster=2, deep=1)
+    assert CutlassTactic.from_json({}) == CutlassTactic(tm=None, bn=128, split_k=0, cluster=1, deep=0)
+    assert CutlassTactic().label() == "bn=128,cluster=1,deep=0,split_k=0"
 
 
 def test_split_k_fills_the_gpu():
@@ -75,9 +85,9 @@ def test_split_k_fills_the_gpu():
 
 def test_bad_tactic_names_the_field():
     with pytest.raises(ValueError, match="tm must be one of"):
-        CutlassBackend().run(_p(8, 256, 256), None, {"tm": 48, "bn": 128}, None)
+        CutlassBackend().run(_p(8, 256, 256), None, CutlassTactic(tm=48, bn=128), None)
     with pytest.raises(ValueError, match="deep=1 needs tm <= 128"):
-        CutlassBackend().run(_p(8, 256, 256), None, {"tm": 256, "bn": 128, "deep": 1}, None)
+        CutlassBackend().run(_p(8, 256, 256), None, CutlassTactic(tm=256, bn=128, deep=1), None)
 
 
 def _phys(l):

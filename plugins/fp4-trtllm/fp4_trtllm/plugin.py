@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import re
 
@@ -10,7 +11,7 @@ import torch
 from fp4core import kit
 from fp4core.kit import jit
 from fp4core.formats.fp4 import Fp4Format
-from fp4core.dispatch.hooks import BackendInfo, Support, hookimpl
+from fp4core.dispatch.hooks import BackendInfo, Support, Tactic, hookimpl
 from fp4core.formats.layouts import SfLayout
 from fp4core.dispatch.problem import Operands, Problem
 
@@ -22,6 +23,47 @@ from .layout import CHUNK_K, prepare_weight
 MAX_M = 256
 #: Marker the prepare hook leaves in Operands.extra; run checks it.
 EXTRA_KEY = "fp4_trtllm"
+
+
+STREAMK, SPLITK = "streamk", "splitk"
+
+
+@dataclasses.dataclass(frozen=True)
+class TrtllmTactic(Tactic):
+    """One launch configuration of the trtllm backend.
+
+    Fields:
+        kernel: "streamk" (persistent stream-K kernel, csrc/fp4_gemv.cu) or "splitk" (split-K
+            kernel, csrc/fp4_splitk.cu).
+        t: tiles of 16 weight rows per warp (clamped to 2 for 64-row activation passes,
+            M > 32, where neither kernel has a t = 4 variant).
+        warps: warps per CTA.
+        ctas: stream-K only: CTAs per SM of the persistent grid, 0 = as many as fit.
+        split_k: split-K only: CTAs sharing each tile of rows along K, 0 = automatic
+            (``_auto_splits``); clamped to the K chunks.
+        ring: split-K only: 1 = stream the chunks through a per-warp shared-memory cp.async
+            ring, 0 = the register pipeline.
+
+    The fields of the other kernel are None (and left out of the label); left None for the
+    tactic's own kernel they take its default (ctas 0; split_k 0, ring 0), so the labels read
+    as the JSON dicts of earlier versions did, e.g. ``ctas=0,kernel=streamk,t=4,warps=4`` and
+    ``kernel=splitk,ring=1,split_k=12,t=4,warps=4``.
+    """
+
+    kernel: str = STREAMK
+    t: int = 4
+    warps: int = 4
+    ctas: int | None = None
+    split_k: int | None = None
+    ring: int | None = None
+
+    def __post_init__(self):
+        if self.kernel not in (STREAMK, SPLITK):
+            raise ValueError(f"TrtllmTactic.kernel: expected {STREAMK!r} or {SPLITK!r}, got {self.kernel!r}")
+        defaults = {"ctas": 0} if self.kernel == STREAMK else {"split_k": 0, "ring": 0}
+        for name, value in defaults.items():
+            if getattr(self, name) is None:
+                object.__setattr__(self, name, value)
 
 
 #: Stream-K kernel: (tiles of 16 rows per warp, warps per CTA) worth timing per activation
@@ -94,7 +136,7 @@ class TrtllmBackend:
             description="swap-AB mma.sync kernels (stream-K, split-K) for small M (decode), prepared weight",
             targets=("sm80", "sm90a", "sm100a", "sm120a"), verified=("sm90a",),
             priority={"decode": 50, "small": 30, "medium": -10},
-            needs_prepare=True)
+            needs_prepare=True, tactic_type=TrtllmTactic)
 
     @hookimpl
     def supports(self, problem: Problem) -> Support:
@@ -122,26 +164,24 @@ class TrtllmBackend:
         return Operands(None, None, w, s, None, extra)
 
     @hookimpl
-    def tactics(self, problem: Problem) -> list[dict]:
-        """Best guess first. Stream-K: ``{"kernel": "streamk", "t": tiles of 16 rows per warp,
-        "warps": per CTA, "ctas": CTAs per SM of the persistent grid (0 = as many as fit)}``;
-        split-K: ``{"kernel": "splitk", "t", "warps", "split_k": CTAs per tile of rows,
-        "ring": 0 = register pipeline, 1 = shared-memory cp.async ring}``.
+    def tactics(self, problem: Problem) -> list[TrtllmTactic]:
+        """Best guess first (fields: see ``TrtllmTactic``). Stream-K tactics set ``t``,
+        ``warps`` and ``ctas``; split-K ones ``t``, ``warps``, ``split_k`` and ``ring``.
         Split-K with the shared-memory ring leads at every M: on the H200 it was the fastest
         tactic at M = 1...64 on the Llama-70B layers (stream-K had led above M = 16 on H100,
         before the ring existed)."""
         nt = launcher.nt_for(problem.m or 1)
-        sk = [{"kernel": "streamk", "t": t, "warps": w, "ctas": 0} for t, w in _STREAMK[nt]]
-        sk.append({**sk[0], "ctas": 1})  # one CTA per SM: fewer, longer K streams
+        sk = [TrtllmTactic(STREAMK, t=t, warps=w, ctas=0) for t, w in _STREAMK[nt]]
+        sk.append(dataclasses.replace(sk[0], ctas=1))  # one CTA per SM: fewer, longer K streams
         sp = []
         for t, w in _SPLITK[nt]:
             s = _auto_splits(problem, t, w)
             for splits in sorted({s, max(1, s // 2), *_balanced_splits(problem, t, w)}, reverse=True):
                 for ring in (1, 0):  # the ring was the faster on every H200 decode shape
-                    sp.append({"kernel": "splitk", "t": t, "warps": w, "split_k": splits, "ring": ring})
+                    sp.append(TrtllmTactic(SPLITK, t=t, warps=w, split_k=splits, ring=ring))
         for t, w in _BALANCED.get(nt, []):
             for splits in _balanced_splits(problem, t, w, keep=3):
-                tac = {"kernel": "splitk", "t": t, "warps": w, "split_k": splits, "ring": 1}
+                tac = TrtllmTactic(SPLITK, t=t, warps=w, split_k=splits, ring=1)
                 if tac not in sp:
                     sp.append(tac)
         return sp + sk
@@ -160,19 +200,19 @@ class TrtllmBackend:
         return lines
 
     @hookimpl
-    def run(self, problem: Problem, operands: Operands, tactic: dict, out) -> None:
+    def run(self, problem: Problem, operands: Operands, tactic: TrtllmTactic, out) -> None:
         launch, args = self._launch_args(problem, operands, tactic)
         launch(**args, a=operands.a, a_sf=operands.a_scale, alpha=operands.alpha, out=out)
 
     @hookimpl
-    def bind(self, problem: Problem, operands: Operands, tactic: dict):
+    def bind(self, problem: Problem, operands: Operands, tactic: TrtllmTactic):
         """The launcher of one (shape, weight, tactic) with its parameter block made once."""
         _, args = self._launch_args(problem, operands, tactic)
         splitk = "splits" in args
         return launcher.bind(**args, out_fp16=problem.out_dtype == torch.float16, device=operands.b.device,
                              splitk=splitk)
 
-    def _launch_args(self, problem: Problem, operands: Operands, tactic: dict):
+    def _launch_args(self, problem: Problem, operands: Operands, tactic: TrtllmTactic):
         """(launcher function, its arguments but the activation, alpha and out)."""
         meta = operands.extra.get(EXTRA_KEY)
         if meta is None:
@@ -180,8 +220,7 @@ class TrtllmBackend:
                              "fp4core.prepare(b, b_descale) (mm_fp4 does this for backend='trtllm')")
         if (meta["n"], meta["k"], meta["fmt"]) != (problem.n, problem.k, problem.fmt.value):
             raise ValueError(f"trtllm: prepared weight is {meta}, problem is {problem.describe()}")
-        t = tactic.get("t", 4)
-        warps = tactic.get("warps", 4)
+        t, warps = tactic.t, tactic.warps
         if t > 2 and problem.m > 32:
             t = 2  # neither kernel has a t=4 variant for 64-row activation passes
         cols = problem.k // problem.block_size
@@ -189,9 +228,9 @@ class TrtllmBackend:
                     mx=problem.fmt is Fp4Format.MXFP4,
                     a_sf_8x4=problem.a_sf_layout is SfLayout.layout_8x4,
                     a_sf_cols=(cols + 3) // 4 * 4, t=t, warps=warps)
-        if tactic.get("kernel", "streamk") == "splitk":
-            splits = tactic.get("split_k", 0) or _auto_splits(problem, t, warps)
-            args.update(splits=max(1, min(splits, problem.k // CHUNK_K)), ring=bool(tactic.get("ring", 0)))
+        if tactic.kernel == SPLITK:
+            splits = tactic.split_k or _auto_splits(problem, t, warps)
+            args.update(splits=max(1, min(splits, problem.k // CHUNK_K)), ring=bool(tactic.ring))
             return launcher.launch_splitk, args
-        args.update(ctas=tactic.get("ctas", 0))
+        args.update(ctas=tactic.ctas)
         return launcher.launch, args

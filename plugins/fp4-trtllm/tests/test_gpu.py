@@ -14,7 +14,7 @@ from fp4core.testing import run_repeatedly
 
 from fp4_trtllm.layout import unshuffle_flashinfer  # noqa: F401  (FlashInfer path below)
 from fp4_trtllm import prepare_flashinfer_shuffled
-from fp4_trtllm.plugin import TrtllmBackend
+from fp4_trtllm.plugin import TrtllmBackend, TrtllmTactic
 
 pytestmark = pytest.mark.gpu
 
@@ -53,7 +53,7 @@ def test_every_tactic_exact(m, n, k, nv, e8):
     problem = _problem(m, n, k, nv, e8)
     gen = torch.Generator(device="cuda").manual_seed(m * 7919 + n + k + nv + 2 * e8)
     ops = random_operands(problem, device="cuda", generator=gen)
-    for tactic in be.tactics(problem) + [{"kernel": "streamk", "t": 1, "warps": 8, "ctas": 1}]:
+    for tactic in be.tactics(problem) + [TrtllmTactic("streamk", t=1, warps=8, ctas=1)]:
         _check(be, problem, ops, tactic)
 
 
@@ -70,7 +70,7 @@ def test_nvfp4_weight_scale_extremes(m, lo, hi):
     ops = random_operands(problem, device="cuda", generator=gen)
     sf = torch.randint(lo, hi, ops.b_scale.shape, generator=gen, device="cuda", dtype=torch.int32)
     ops = dataclasses.replace(ops, b_scale=sf.to(torch.uint8))
-    for tactic in be.tactics(problem)[:3] + [{"kernel": "streamk", "t": 2, "warps": 4, "ctas": 0}]:
+    for tactic in be.tactics(problem)[:3] + [TrtllmTactic("streamk", t=2, warps=4, ctas=0)]:
         assert _check(be, problem, ops, tactic) < 4e-3
 
 

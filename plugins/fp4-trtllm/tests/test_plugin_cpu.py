@@ -11,7 +11,7 @@ from fp4core.kit import jit
 from fp4core.dispatch.problem import DeviceInfo
 
 from fp4_trtllm import launcher
-from fp4_trtllm.plugin import TrtllmBackend
+from fp4_trtllm.plugin import TrtllmBackend, TrtllmTactic
 
 needs_nvcc = pytest.mark.skipif(jit.nvcc_path() is None, reason="nvcc not installed")
 H100 = DeviceInfo("cuda", 0, "hypothetical H100", (9, 0))
@@ -53,22 +53,36 @@ def test_info_and_auto_exclusion_without_prepare():
 def test_tactics_are_json_and_valid(m):
     p = fp4core.make_problem(m, 8192, 8192, device=H100)
     tacs = TrtllmBackend().tactics(p)
-    assert tacs and json.loads(json.dumps(tacs)) == tacs
-    kinds = {t["kernel"] for t in tacs}
+    assert tacs and all(type(t) is TrtllmTactic for t in tacs)
+    assert [TrtllmTactic.from_json(json.loads(json.dumps(t.to_json()))) for t in tacs] == tacs
+    kinds = {t.kernel for t in tacs}
     assert kinds == {"streamk", "splitk"}, tacs
     for t in tacs:
-        if t["kernel"] == "streamk":
-            assert set(t) == {"kernel", "t", "warps", "ctas"}, t
-            assert t["t"] in (1, 2, 4, 8) and t["warps"] in (1, 2, 4, 8) and t["ctas"] >= 0
+        if t.kernel == "streamk":
+            assert t.split_k is None and t.ring is None, t
+            assert t.t in (1, 2, 4, 8) and t.warps in (1, 2, 4, 8) and t.ctas >= 0
+            assert t.label() == f"ctas={t.ctas},kernel=streamk,t={t.t},warps={t.warps}"
         else:
-            assert set(t) == {"kernel", "t", "warps", "split_k", "ring"}, t
-            assert t["t"] in (1, 2, 4) and 1 <= t["warps"] <= 8 and t["split_k"] >= 1
-            assert t["ring"] in (0, 1)
+            assert t.ctas is None, t
+            assert t.t in (1, 2, 4) and 1 <= t.warps <= 8 and t.split_k >= 1
+            assert t.ring in (0, 1)
+            assert t.label() == f"kernel=splitk,ring={t.ring},split_k={t.split_k},t={t.t},warps={t.warps}"
         if launcher.nt_for(m) == 8:
-            assert t["t"] <= 2
+            assert t.t <= 2
     # split-K with the ring (the fastest on the H200 at every M measured) leads
-    assert tacs[0]["kernel"] == "splitk" and tacs[0]["ring"] == 1
-    assert len({json.dumps(t, sort_keys=True) for t in tacs}) == len(tacs)  # no duplicates
+    assert tacs[0].kernel == "splitk" and tacs[0].ring == 1
+    assert len(set(tacs)) == len(tacs)  # no duplicates
+
+
+def test_tactic_defaults_and_old_cache_json():
+    # the JSON dicts of earlier versions (as tuning caches hold them) read back as before
+    old = {"kernel": "splitk", "t": 2, "warps": 4, "split_k": 6, "ring": 1}
+    assert TrtllmTactic.from_json(old) == TrtllmTactic("splitk", t=2, warps=4, split_k=6, ring=1)
+    assert TrtllmTactic.from_json({}) == TrtllmTactic("streamk", t=4, warps=4, ctas=0)
+    assert TrtllmTactic("splitk").to_json() == {"kernel": "splitk", "t": 4, "warps": 4, "ctas": None,
+                                                "split_k": 0, "ring": 0}
+    with pytest.raises(ValueError, match="kernel"):
+        TrtllmTactic.from_json({"kernel": "gemv"})
 
 
 def test_arch_for():
