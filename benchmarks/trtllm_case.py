@@ -22,7 +22,7 @@ def main(argv: list[str]) -> None:
     w = be.prepare(p.with_m(None), fp4core.Operands(None, None, ops.b, ops.b_scale))
     w = w.with_activation(ops.a, ops.a_scale, ops.alpha)
     out = torch.empty(m, n, dtype=torch.bfloat16, device="cuda")
-    tactic = json.loads(argv[3]) if len(argv) > 3 else be.tactics(p)[0]
+    tactic = be.tactic_from_json(json.loads(argv[3])) if len(argv) > 3 else be.tactics(p)[0]
     print("tactic", tactic)
     for _ in range(3):
         be.run(p, w, tactic, out)
