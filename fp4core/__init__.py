@@ -8,7 +8,7 @@ through the ``fp4core.backends`` entry-point group; ``torch`` is built in.
 
 __version__ = "0.1.0"
 
-from fp4core.api import (BackendStatus, autotune, backends, build, explain, is_backend_supported, make_problem,
+from fp4core.api import (BackendStatus, autotune, backends, build, mm_bf16_fp4, prepare_bf16_fp4_weights, explain, is_backend_supported, make_problem,
                   mm_fp4, register_backend, supported_backends, tune, unregister_backend)
 from fp4core.dispatch.selector import Choice, Explanation
 from fp4core.errors import (BackendError, BackendFailedError, BackendNotInstalledError, BackendUnsupportedError,
@@ -23,7 +23,7 @@ from fp4core.pytorch import ops, nn  # noqa: E402  registers torch.ops.fp4core.{
 from fp4core.pytorch.ops import quantize_fp4
 
 __all__ = [
-    "__version__", "mm_fp4", "prepare", "build", "PreparedWeight", "autotune", "tune", "explain",
+    "__version__", "mm_fp4", "mm_bf16_fp4", "prepare_bf16_fp4_weights", "prepare", "build", "PreparedWeight", "autotune", "tune", "explain",
     "backends", "BackendStatus", "is_backend_supported", "supported_backends", "make_problem",
     "register_backend", "unregister_backend", "nvfp4_quantize", "mxfp4_quantize", "dequantize",
     "compute_global_scale", "quantize_fp4", "ops", "nn", "swizzle_scales", "unswizzle_scales",

@@ -11,13 +11,13 @@ from typing import Any, Iterator
 import torch
 
 from fp4core.dispatch.selector import Explanation, selector
-from fp4core.formats.fp4 import Fp4Format
-from fp4core.formats.layouts import SfLayout
+from fp4core.formats.fp4 import Fp4Format, as_bytes
+from fp4core.formats.layouts import SfLayout, flat_scale_bytes
 from fp4core.dispatch.prepared import PreparedWeight
 from fp4core.dispatch.problem import DeviceInfo, Operands, Problem, device_info, problem_of
 from fp4core.dispatch.registry import Backend
 from fp4core.dispatch.validation import (activation, build_problem, check_alpha, check_format, check_out,
-                         check_out_dtype)
+                         check_out_dtype, plain_activation, weight_rows)
 
 log = logging.getLogger("fp4core")
 
@@ -62,6 +62,115 @@ def mm_fp4(a: torch.Tensor, b: torch.Tensor | PreparedWeight, a_descale: torch.T
     if problem.m == 0 or problem.n == 0:
         return out
     return selector.run(problem, ops, weight, backend, out)
+
+
+def mm_bf16_fp4(a: torch.Tensor, b: torch.Tensor | PreparedWeight, b_descale: torch.Tensor | None,
+                alpha: torch.Tensor | None = None, *, backend: str = "auto", out_dtype: torch.dtype | None = None,
+                out: torch.Tensor | None = None, block_size: int = 16, enable_pdl: bool = True,
+                skip_check: bool = False) -> torch.Tensor:
+    """Weight-only FP4 GEMM (W4A16): ``out = (a @ dequant(b).T) * alpha``; FlashInfer's signature.
+
+    Args:
+        a: (M, K) bfloat16 or float16 activations, row-major.
+        b: (N, K/2) packed E2M1 weight, row-major (uint8 or float4_e2m1fn_x2), or what
+            ``prepare_bf16_fp4_weights`` returned as its ``b`` (then ``b_descale`` is None).
+        b_descale: the weight's block scales over (N, K/block) in the 128x4 layout (E4M3 for
+            NVFP4, E8M0 for MXFP4; uint8 or the format's dtype, any shape with that many bytes).
+        alpha: float32 tensor with one element (NVFP4: the weight's dequantization global
+            scale, ``1 / gs_w``), or None.
+        backend: "auto" or an installed backend that takes bf16/fp16 activations.
+        out_dtype: torch.bfloat16 or torch.float16; None means ``a.dtype``.
+        out: optional preallocated contiguous (M, N) tensor of ``out_dtype``.
+        block_size: 16 (NVFP4) or 32 (MXFP4).
+        enable_pdl: accepted for FlashInfer compatibility; programmatic dependent launch is a
+            Blackwell feature of FlashInfer's kernels and has no effect here.
+        skip_check: skip argument validation (saves a few microseconds per call).
+    Returns:
+        ``out``, (M, N) of ``out_dtype``.
+    Raises:
+        ValueError / TypeError for bad arguments (naming the argument); BackendError
+        subclasses when the backend is missing or refuses the problem.
+    """
+    check = not skip_check
+    if check and not isinstance(backend, str):
+        raise TypeError(f"backend: expected 'auto' or a backend name, got {type(backend).__name__}")
+    problem, ops, weight = _validated_bf16(a, b, b_descale, alpha, out_dtype, out, block_size, check)
+    if out is None:
+        out = torch.empty((problem.m, problem.n), dtype=problem.out_dtype, device=a.device)
+    if problem.m == 0 or problem.n == 0:
+        return out
+    return selector.run(problem, ops, weight, backend, out)
+
+
+def prepare_bf16_fp4_weights(b: torch.Tensor, b_descale: torch.Tensor, alpha: torch.Tensor | None = None, *,
+                             backend: str = "auto", block_size: int = 16
+                             ) -> tuple[PreparedWeight, None, torch.Tensor | None]:
+    """Prepare a weight once for ``mm_bf16_fp4``: every backend that takes bf16 activations
+    (or the one named) gets its own layout. FlashInfer's signature.
+
+    Args:
+        b: (N, K/2) packed E2M1 weight, row-major; b_descale: its 128x4 scales (see
+            ``mm_bf16_fp4``); alpha: float32 (1,) or None, passed back unchanged.
+        backend: "auto" (prepare for every backend) or one backend's name.
+        block_size: 16 (NVFP4) or 32 (MXFP4).
+    Returns:
+        ``(b, b_descale, alpha)`` to pass to ``mm_bf16_fp4`` unchanged: ``b`` is a
+        PreparedWeight, ``b_descale`` is None.
+    """
+    fmt = check_format(block_size, block_size == 16)
+    if not isinstance(backend, str):
+        raise TypeError(f"backend: expected 'auto' or a backend name, got {type(backend).__name__}")
+    b8, _, _ = weight_rows(b, b_descale, fmt, None, None)
+    if alpha is not None:
+        check_alpha(alpha, b.device)
+    from fp4core.dispatch.prepared import prepare
+    pw = prepare(b8.t(), b_descale, block_size=block_size, use_nvfp4=fmt.block_size == 16,
+                 has_alpha=alpha is not None, backends=None if backend == "auto" else [backend],
+                 activations="bf16")
+    return pw, None, alpha
+
+
+def _validated_bf16(a, b, b_descale, alpha, out_dtype, out, block_size, check
+                    ) -> tuple[Problem, Operands, PreparedWeight | None]:
+    """A weight-only call's Problem (``act_dtype`` = a's dtype), Operands and PreparedWeight."""
+    prepared = isinstance(b, PreparedWeight)
+    fmt = Fp4Format.from_flags(block_size == 16)
+    if not check:
+        m, k = a.shape
+        out_dtype = a.dtype if out_dtype is None else out_dtype
+        if prepared:
+            n, b8, bsf = b.n, b.canonical.b, b.canonical.b_scale
+        else:
+            b8, bsf, n = as_bytes(b), flat_scale_bytes(b_descale), b.shape[0]
+    else:
+        if block_size not in (16, 32):
+            raise ValueError(f"block_size: expected 16 (NVFP4) or 32 (MXFP4), got {block_size}")
+        m, k = plain_activation(a)
+        out_dtype = a.dtype if out_dtype is None else out_dtype
+        check_out_dtype(out_dtype)
+        if prepared:
+            if b_descale is not None:
+                raise ValueError("b_descale: must be None when b is a prepared weight (its scales are inside it)")
+            if b.activation != "bf16":
+                raise ValueError("b: this PreparedWeight was prepared for mm_fp4 (FP4 activations); prepare it "
+                                 "with fp4core.prepare_bf16_fp4_weights for mm_bf16_fp4")
+            if b.fmt is not fmt:
+                raise ValueError(f"b: the prepared weight holds {b.fmt.value} but block_size={block_size} "
+                                 f"asks for {fmt.value}")
+            if b.k != k:
+                raise ValueError(f"a: K mismatch: a has K = {k}, the prepared weight has K = {b.k}")
+            if a.device != b.device:
+                raise ValueError(f"a: expected a tensor on {b.device} (where the weight is), got {a.device}")
+            n, b8, bsf = b.n, b.canonical.b, b.canonical.b_scale
+        else:
+            b8, bsf, n = weight_rows(b, b_descale, fmt, k, a.device)
+        check_alpha(alpha, a.device)
+        check_out(out, m, n, out_dtype, a.device)
+    if check and k % fmt.block_size:
+        raise ValueError(f"a: K = {k} must be a multiple of the {fmt.value} block size {fmt.block_size}")
+    problem = problem_of(m, n, k, fmt, out_dtype, SfLayout.layout_128x4, alpha is not None, a.device,
+                         prepared, a.dtype)
+    return problem, Operands(a, None, b8, bsf, alpha), (b if prepared else None)
 
 
 def _validated(a, b, a_descale, b_descale, alpha, out_dtype, out, block_size, use_8x4_sf_layout,

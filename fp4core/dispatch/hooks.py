@@ -86,6 +86,9 @@ class BackendInfo:
         tactic_type: the backend's tactic class (a frozen dataclass subclassing
             ``fp4core.Tactic``); ``tactics`` returns its instances, ``run`` receives one, the
             tuning cache stores its JSON. The default, ``Tactic`` itself, has no fields.
+        activations: what A may be: "fp4" (``mm_fp4``), "bf16" and/or "fp16" (weight-only,
+            ``mm_bf16_fp4``). A backend is asked about (and given) only problems whose
+            ``problem.activation`` is listed, so weight-only support is an explicit opt-in.
     """
 
     name: str
@@ -97,6 +100,7 @@ class BackendInfo:
     priority: Mapping[str, int] = dataclasses.field(default_factory=dict)
     needs_prepare: bool = False
     tactic_type: type[Tactic] = Tactic
+    activations: tuple[str, ...] = ("fp4",)
 
     def priority_for(self, problem: Problem) -> int:
         regime = regime_of(problem.m)

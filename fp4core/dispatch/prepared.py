@@ -32,6 +32,8 @@ class PreparedWeight:
         canonical: Operands with ``b`` uint8 (N, K/2) and 128x4 ``b_scale`` bytes.
         by_backend: backend name -> Operands its ``prepare`` hook returned.
         skipped: backend name -> why it has no prepared copy.
+        activation: what the calls' A will be: "fp4" (``mm_fp4``) or "bf16" (weight-only
+            ``mm_bf16_fp4``, fp16 activations too); backends prepared only for that kind.
     """
 
     n: int
@@ -41,6 +43,7 @@ class PreparedWeight:
     canonical: Operands
     by_backend: dict[str, Operands]
     skipped: dict[str, str]
+    activation: str = "fp4"
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -63,15 +66,16 @@ class PreparedWeight:
 
 
 def weight_problem(n: int, k: int, fmt: Fp4Format, out_dtype: torch.dtype, a_sf_layout: SfLayout,
-                   has_alpha: bool, device: torch.device) -> Problem:
+                   has_alpha: bool, device: torch.device, act_dtype: torch.dtype | None = None) -> Problem:
     """The problem a ``prepare`` hook sees: M unknown (None), weight prepared."""
-    return Problem(None, n, k, fmt, out_dtype, a_sf_layout, has_alpha, device_info(device), prepared=True)
+    return Problem(None, n, k, fmt, out_dtype, a_sf_layout, has_alpha, device_info(device), prepared=True,
+                   act_dtype=act_dtype)
 
 
 def prepare(b: torch.Tensor, b_descale: torch.Tensor, *, block_size: int | None = None,
             use_nvfp4: bool = True, out_dtype: torch.dtype = torch.bfloat16,
             use_8x4_sf_layout: bool = False, has_alpha: bool = True,
-            backends: list[str] | None = None) -> PreparedWeight:
+            backends: list[str] | None = None, activations: str = "fp4") -> PreparedWeight:
     """Prepare a weight once for every backend (or the named ``backends``).
 
     Args:
@@ -85,6 +89,8 @@ def prepare(b: torch.Tensor, b_descale: torch.Tensor, *, block_size: int | None 
         use_8x4_sf_layout: whether calls will pass A's scales in the 8x4 layout.
         has_alpha: whether calls will pass an alpha tensor.
         backends: restrict to these backend names (default: all enabled).
+        activations: "fp4" for ``mm_fp4`` calls, "bf16" for weight-only ``mm_bf16_fp4`` calls
+            (see ``fp4core.prepare_bf16_fp4_weights``).
     Returns:
         PreparedWeight, accepted by ``mm_fp4`` as ``b`` (pass ``b_descale=None``).
     """
@@ -94,7 +100,10 @@ def prepare(b: torch.Tensor, b_descale: torch.Tensor, *, block_size: int | None 
     b8, bsf, n = weight(b, b_descale, fmt, None, None, check=True)
     k = b8.shape[1] * 2
     layout = SfLayout.layout_8x4 if use_8x4_sf_layout else SfLayout.layout_128x4
-    problem = weight_problem(n, k, fmt, out_dtype, layout, has_alpha, b.device)
+    if activations not in ("fp4", "bf16"):
+        raise ValueError(f"activations: expected 'fp4' or 'bf16', got {activations!r}")
+    act_dtype = None if activations == "fp4" else torch.bfloat16
+    problem = weight_problem(n, k, fmt, out_dtype, layout, has_alpha, b.device, act_dtype)
     canonical = Operands(None, None, b8, bsf)
     by_backend: dict[str, Operands] = {}
     skipped: dict[str, str] = {}
@@ -112,4 +121,4 @@ def prepare(b: torch.Tensor, b_descale: torch.Tensor, *, block_size: int | None 
         except Exception as exc:  # one backend's failure leaves the others prepared
             skipped[be.name] = f"prepare() raised {type(exc).__name__}: {exc}"
             log.warning("backend %r: %s", be.name, skipped[be.name])
-    return PreparedWeight(n, k, fmt, b.device, canonical, by_backend, skipped)
+    return PreparedWeight(n, k, fmt, b.device, canonical, by_backend, skipped, activations)

@@ -52,16 +52,18 @@ _INTERNED: dict[tuple, "Problem"] = {}
 
 
 def problem_of(m: int, n: int, k: int, fmt: Fp4Format, out_dtype: torch.dtype, a_sf_layout: SfLayout,
-               has_alpha: bool, device: torch.device, prepared: bool) -> "Problem":
+               has_alpha: bool, device: torch.device, prepared: bool,
+               act_dtype: torch.dtype | None = None) -> "Problem":
     """The Problem of a call, one shared object per distinct description (so the selector's
-    memo finds it by identity). ``device`` is the operands' torch device."""
-    key = (m, n, k, fmt, out_dtype, a_sf_layout, has_alpha, device, prepared)
+    memo finds it by identity). ``device`` is the operands' torch device; ``act_dtype`` None
+    for FP4 activations, bf16/fp16 for weight-only calls."""
+    key = (m, n, k, fmt, out_dtype, a_sf_layout, has_alpha, device, prepared, act_dtype)
     p = _INTERNED.get(key)
     if p is None:
         if len(_INTERNED) > 8192:  # many distinct shapes: start over rather than grow forever
             _INTERNED.clear()
         p = _INTERNED[key] = Problem(m, n, k, fmt, out_dtype, a_sf_layout, has_alpha,
-                                     device_info(device), prepared)
+                                     device_info(device), prepared, act_dtype)
     return p
 
 
@@ -91,6 +93,10 @@ class Problem:
         device: where the operands live.
         prepared: True when B comes from ``fp4core.prepare`` (the backend gets the weight
             in the layout its own ``prepare`` hook produced).
+        act_dtype: None when A is packed FP4 with block scales (W4A4, ``mm_fp4``); torch.bfloat16
+            or torch.float16 when A is a plain (m, k) activation (W4A16, ``mm_bf16_fp4``: no
+            A scales, ``a_sf_layout`` unused). A backend sees such problems only when its
+            ``BackendInfo.activations`` names that dtype.
     """
 
     m: int | None
@@ -102,10 +108,18 @@ class Problem:
     has_alpha: bool
     device: DeviceInfo
     prepared: bool = False
+    act_dtype: torch.dtype | None = None
 
     @property
     def block_size(self) -> int:
         return self.fmt.block_size
+
+    @property
+    def activation(self) -> str:
+        """What A is: "fp4" (packed codes + block scales), "bf16" or "fp16" (weight-only)."""
+        return "fp4" if self.act_dtype is None else str(self.act_dtype).replace("torch.", "").replace(
+            "bfloat16", "bf16").replace("float16", "fp16")
+
 
     def with_m(self, m: int | None) -> "Problem":
         return dataclasses.replace(self, m=m)
@@ -115,7 +129,7 @@ class Problem:
         h = self.__dict__.get("_hash")
         if h is None:
             h = hash((self.m, self.n, self.k, self.fmt, self.out_dtype, self.a_sf_layout,
-                      self.has_alpha, self.device, self.prepared))
+                      self.has_alpha, self.device, self.prepared, self.act_dtype))
             object.__setattr__(self, "_hash", h)
         return h
 
@@ -133,7 +147,8 @@ class Problem:
     def describe(self) -> str:
         m = "any" if self.m is None else self.m
         dt = str(self.out_dtype).replace("torch.", "")
-        return (f"{m}x{self.n}x{self.k} {self.fmt.value} a_sf={self.a_sf_layout.value} "
+        act = (f"a_sf={self.a_sf_layout.value}" if self.act_dtype is None else f"a={self.activation}")
+        return (f"{m}x{self.n}x{self.k} {self.fmt.value} {act} "
                 f"out={dt}{' prepared' if self.prepared else ''} on {self.device}")
 
 

@@ -72,6 +72,10 @@ def _check_info(info: BackendInfo) -> None:
         if isinstance(vals, str) or not all(isinstance(v, str) for v in vals):
             raise ValueError(f"backend {info.name!r}: backend_info().{field} must be a tuple of strings, "
                              f"got {vals!r}")
+    acts = info.activations
+    if isinstance(acts, str) or not acts or not set(acts) <= {"fp4", "bf16", "fp16"}:
+        raise ValueError(f"backend {info.name!r}: backend_info().activations must be a non-empty tuple of "
+                         f"'fp4', 'bf16', 'fp16', got {acts!r}")
     try:
         check_tactic_type(info.tactic_type)
     except ValueError as exc:
@@ -118,7 +122,12 @@ class Backend:
         return problem.plain if problem.prepared and "prepare" not in self._hooks else problem
 
     def supports(self, problem: Problem) -> Support:
-        """The backend's answer; an exception becomes a refusal that names it."""
+        """The backend's answer; an exception becomes a refusal that names it. A problem whose
+        activation kind the backend does not list in ``BackendInfo.activations`` is refused
+        here, without asking the plugin."""
+        if problem.activation not in self.info.activations:
+            return Support.no(f"takes {'/'.join(self.info.activations)} activations, not {problem.activation} "
+                              f"(BackendInfo.activations)")
         try:
             answer = self._call("supports", problem=self.sees(problem))
         except Exception as exc:  # isolation: one broken plugin must not break auto

@@ -119,12 +119,14 @@ def m_bucket(m: int) -> int:
 
 
 def problem_key(problem: Problem) -> str:
-    """Cache key: device, M bucket, N, K, format, layouts, dtypes, alpha, prepared."""
+    """Cache key: device, M bucket, N, K, format, layouts, dtypes, alpha, prepared, and the
+    activation dtype for weight-only (W4A16) problems."""
     dev = problem.device
     dt = str(problem.out_dtype).replace("torch.", "")
     return (f"{dev.name}|sm{dev.sm}|m{m_bucket(problem.m or 1)}|n{problem.n}|k{problem.k}|"
             f"{problem.fmt.value}|a_sf={problem.a_sf_layout.value}|out={dt}|"
-            f"alpha={int(problem.has_alpha)}|prepared={int(problem.prepared)}")
+            f"alpha={int(problem.has_alpha)}|prepared={int(problem.prepared)}"
+            + ("" if problem.act_dtype is None else f"|a={problem.activation}"))
 
 
 class TuningCache:

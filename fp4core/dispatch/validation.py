@@ -193,3 +193,40 @@ def build_problem(a, b, a_descale, b_descale, alpha, out_dtype, out, block_size,
         check_out(out, m, n, out_dtype, a.device)
     problem = problem_of(m, n, k, fmt, out_dtype, layout, alpha is not None, a.device, False)
     return problem, Operands(a8, asf, b8, bsf, alpha)
+
+
+def weight_rows(b, b_descale, fmt: Fp4Format, k: int | None, device: torch.device | None
+                ) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """Validate a row-major (N, K/2) packed weight (``mm_bf16_fp4``'s ``b``, FlashInfer's
+    convention there) and its 128x4 scales. Returns (b bytes (N, K/2), flat scale bytes, N)."""
+    _check_packed("b", b, "of shape (N, K/2)")
+    if not b.is_contiguous():
+        raise ValueError(f"b: expected a row-major contiguous (N, K/2) tensor, got shape {_shape(b)} "
+                         f"strides {b.stride()}")
+    if k is not None and b.shape[1] * 2 != k:
+        raise ValueError(f"b: K mismatch: a has K = {k}, b is (N, K/2) = {_shape(b)}, so K = {b.shape[1] * 2}")
+    if device is not None and b.device != device:
+        raise ValueError(f"b: expected a tensor on {device} (where a is), got {b.device}")
+    n, kk = b.shape[0], b.shape[1] * 2
+    if kk % fmt.block_size:
+        raise ValueError(f"b: K = 2 * b.shape[1] = {kk} must be a multiple of the {fmt.value} block size "
+                         f"{fmt.block_size}")
+    sf = check_scales("b_descale", b_descale, fmt, n, kk, SfLayout.layout_128x4, b.device, "b")
+    return as_bytes(b), sf, n
+
+
+ACT_DTYPES = (torch.bfloat16, torch.float16)
+
+
+def plain_activation(a) -> tuple[int, int]:
+    """Validate a weight-only call's activation: (M, K) bfloat16/float16, row-major. Returns (M, K)."""
+    if not isinstance(a, torch.Tensor):
+        raise TypeError(f"a: expected a torch.Tensor, got {type(a).__name__}")
+    if a.dim() != 2:
+        raise ValueError(f"a: expected a 2-D (M, K) tensor, got shape {_shape(a)}")
+    if a.dtype not in ACT_DTYPES:
+        raise ValueError(f"a: expected torch.bfloat16 or torch.float16 activations, got {a.dtype} "
+                         f"(packed FP4 activations go to fp4core.mm_fp4)")
+    if not a.is_contiguous():
+        raise ValueError(f"a: expected a row-major contiguous (M, K) tensor, got strides {a.stride()}")
+    return a.shape[0], a.shape[1]
