@@ -33,6 +33,7 @@ log = logging.getLogger("fp4core")
 
 def _after_load(module: "Fp4Linear", incompatible_keys) -> None:
     module._entry.invalidate()
+    module._bf16_entry.invalidate()
     module._layer.clear()
     module._refresh_static_alpha()
 
@@ -59,6 +60,9 @@ class Fp4Linear(nn.Module):
         act_scale: NVFP4 activation global scale: "dynamic" (from each input's amax, an extra
             pass over the input) or "static" (``input_global_scale``, set by ``calibrate`` or
             ``set_input_global_scale``; larger inputs saturate). MXFP4 has none.
+        activations: "fp4" (W4A4: the input is quantized per call, as above) or "bf16"
+            (weight-only W4A16: the input goes to ``mm_bf16_fp4`` as bf16/fp16, no activation
+            quantization; ``act_scale`` and ``act_sf_layout`` are then unused).
         device, dtype: where the buffers live; ``dtype`` is the bias dtype.
     Buffers (all in ``state_dict``, with ``act_scale`` as extra state): ``weight_fp4`` uint8
     (N, K/2), ``weight_scale`` uint8 (round_up(N, 128), round_up(K/block, 4)) in the 128x4
@@ -70,9 +74,13 @@ class Fp4Linear(nn.Module):
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True, format: str = "nvfp4",
                  backend: str = "auto", act_sf_layout: str = "128x4", act_scale: str = "dynamic",
-                 device: torch.device | str | None = None, dtype: torch.dtype = torch.bfloat16):
+                 device: torch.device | str | None = None, dtype: torch.dtype = torch.bfloat16,
+                 activations: str = "fp4"):
         super().__init__()
         fmt = Fp4Format(format)
+        if activations not in ("fp4", "bf16"):
+            raise ValueError(f"activations: expected 'fp4' or 'bf16' (weight-only), got {activations!r}")
+        self.activations = activations
         if act_scale not in _ACT_SCALES:
             raise ValueError(f"act_scale: expected one of {_ACT_SCALES}, got {act_scale!r}")
         layout = SfLayout.parse(act_sf_layout)
@@ -99,11 +107,15 @@ class Fp4Linear(nn.Module):
         self.register_buffer("_static_alpha", torch.ones(1, dtype=torch.float32, device=device),
                              persistent=False)
         self.register_buffer("_calib_amax", None, persistent=False)
+        # W4A16's alpha, 1 / weight_global_scale (kept in step with it, like _static_alpha)
+        self.register_buffer("_weight_alpha", torch.ones(1, dtype=torch.float32, device=device),
+                             persistent=False)
         self._new_runtime()
         self.register_load_state_dict_post_hook(_after_load)
 
     def _new_runtime(self) -> None:
         # the ops find this layer's prepared weight and plans by key (neither is a tensor)
+        self._bf16_key, self._bf16_entry = ops.new_bf16_weight_key()
         self._key, self._entry = ops.new_weight_key()
         self._layer = LayerPlans(self._key, self._entry, self._fmt, self._layout, self.out_features, _canonical)
         self._layer_key = ops.register_layer(self._layer)
@@ -114,14 +126,16 @@ class Fp4Linear(nn.Module):
         return self._layer.plans
 
     def get_extra_state(self):
-        return {"act_scale": self.act_scale}
+        return {"act_scale": self.act_scale, "activations": self.activations}
 
     def set_extra_state(self, state) -> None:
         self.act_scale = state.get("act_scale", "dynamic")
+        self.activations = state.get("activations", "fp4")
 
     def _refresh_static_alpha(self) -> None:
         with torch.no_grad():
             self._static_alpha.copy_(1.0 / (self.input_global_scale * self.weight_global_scale))
+            self._weight_alpha.copy_(1.0 / self.weight_global_scale)
 
     def set_input_global_scale(self, global_scale: torch.Tensor | float) -> None:
         """Use a fixed NVFP4 activation global scale from now on (``act_scale="static"``).
@@ -141,7 +155,7 @@ class Fp4Linear(nn.Module):
     # copies (deepcopy, pickle) get their own prepared-weight entry
     def __getstate__(self):
         state = self.__dict__.copy()
-        for name in ("_entry", "_key", "_layer", "_layer_key"):
+        for name in ("_entry", "_key", "_layer", "_layer_key", "_bf16_entry", "_bf16_key"):
             state.pop(name, None)
         return state
 
@@ -152,8 +166,9 @@ class Fp4Linear(nn.Module):
     @classmethod
     def from_linear(cls, linear: nn.Linear, format: str = "nvfp4", backend: str = "auto",
                     act_sf_layout: str = "128x4", quantize: bool = True,
-                    act_scale: str = "dynamic") -> "Fp4Linear":
-        """Quantize ``linear``'s weight (on its device; Triton kernels on CUDA).
+                    act_scale: str = "dynamic", activations: str = "fp4") -> "Fp4Linear":
+        """Quantize ``linear``'s weight (on its device; Triton kernels on CUDA). ``activations``:
+        "fp4" (W4A4) or "bf16" (weight-only W4A16), see the class docstring.
 
         NVFP4 uses the global scale ``448 * 6 / amax(|W|)``. With ``quantize=False`` the buffers
         are left zero, for a ``load_state_dict`` of already quantized weights.
@@ -161,7 +176,7 @@ class Fp4Linear(nn.Module):
         w = linear.weight.detach()
         bias_dtype = linear.bias.dtype if linear.bias is not None else w.dtype
         m = cls(linear.in_features, linear.out_features, linear.bias is not None, format, backend,
-                act_sf_layout, act_scale, device=w.device, dtype=bias_dtype)
+                act_sf_layout, act_scale, device=w.device, dtype=bias_dtype, activations=activations)
         if linear.bias is not None:
             m.bias = linear.bias.detach().clone()
         if not quantize:
@@ -189,6 +204,8 @@ class Fp4Linear(nn.Module):
             torch.maximum(self._calib_amax, amax, out=self._calib_amax)
         if x2.shape[0] == 0:
             y = x2.new_empty((0, self.out_features), dtype=out_dtype)
+        elif self.activations == "bf16":
+            y = self._weight_only(x2, out_dtype)
         elif not torch.compiler.is_compiling() and (kernels := ops.planned_kernels(x2)) is not None:
             # eager: the plan directly, no torch.library dispatch
             y = self._layer.gemm(kernels, x2.detach(), out_dtype, self.weight_fp4, self.weight_scale,
@@ -204,6 +221,17 @@ class Fp4Linear(nn.Module):
         if self.bias is not None:
             y = y.add_(self.bias) if self.bias.dtype == y.dtype else y + self.bias.to(y.dtype)
         return y.reshape(*lead, self.out_features)
+
+    def _weight_only(self, x2: torch.Tensor, out_dtype: torch.dtype) -> torch.Tensor:
+        """W4A16: x2 (M, K) as bf16/fp16 (float32 inputs in bf16) straight into the GEMM; NVFP4's
+        alpha is the weight's dequantization scale, 1 / weight_global_scale."""
+        a = x2.detach().to(out_dtype)
+        if not a.is_contiguous():
+            a = a.contiguous()
+        nv = self.format == "nvfp4"
+        return torch.ops.fp4core.mm_bf16_fp4(a, self.weight_fp4, self.weight_scale,
+                                             self._weight_alpha if nv else None, out_dtype, nv,
+                                             self.backend, self._bf16_key)
 
     def _op_gemm(self, x2: torch.Tensor, out_dtype: torch.dtype) -> torch.Tensor:
         """The layer as two ops (quantize, mm through the selector), no plans: the
@@ -225,6 +253,10 @@ class Fp4Linear(nn.Module):
                           use_nvfp4=nv, dtype=dtype)
 
     def extra_repr(self) -> str:
+        if self.activations == "bf16":
+            return (f"in_features={self.in_features}, out_features={self.out_features}, "
+                    f"bias={self.bias is not None}, format={self.format}, backend={self.backend}, "
+                    f"activations=bf16")
         return (f"in_features={self.in_features}, out_features={self.out_features}, "
                 f"bias={self.bias is not None}, format={self.format}, backend={self.backend}, "
                 f"act_sf_layout={self.act_sf_layout}"
@@ -234,7 +266,7 @@ class Fp4Linear(nn.Module):
 def quantize_linears(model: nn.Module, format: str = "nvfp4",
                      filter: Callable[[str, nn.Linear], bool] | None = None, backend: str = "auto",
                      act_sf_layout: str = "128x4", quantize: bool = True,
-                     act_scale: str = "dynamic") -> nn.Module:
+                     act_scale: str = "dynamic", activations: str = "fp4") -> nn.Module:
     """Replace every ``nn.Linear`` of ``model`` (in place) by an ``Fp4Linear``.
 
     Args:
@@ -244,6 +276,8 @@ def quantize_linears(model: nn.Module, format: str = "nvfp4",
         backend, act_sf_layout, act_scale: passed to every Fp4Linear (a "static" activation
             scale starts at 1: run ``calibrate`` or load a calibrated state_dict).
         quantize: False leaves the weights zero (to ``load_state_dict`` a quantized model).
+        activations: "fp4" (W4A4) or "bf16" (weight-only W4A16 layers: no activation
+            quantization).
     Layers whose ``in_features`` is not a multiple of the format's block size (16 NVFP4,
     32 MXFP4) are kept, each with an INFO log line that names it and says why.
     """
@@ -262,11 +296,11 @@ def quantize_linears(model: nn.Module, format: str = "nvfp4",
         targets.append(name)
     for name in targets:
         if not name:  # the model itself is a Linear
-            return Fp4Linear.from_linear(model, format, backend, act_sf_layout, quantize, act_scale)
+            return Fp4Linear.from_linear(model, format, backend, act_sf_layout, quantize, act_scale, activations)
         parent_name, _, child = name.rpartition(".")
         parent = model.get_submodule(parent_name) if parent_name else model
         setattr(parent, child, Fp4Linear.from_linear(getattr(parent, child), format, backend,
-                                                     act_sf_layout, quantize, act_scale))
+                                                     act_sf_layout, quantize, act_scale, activations))
     return model
 
 

@@ -149,6 +149,8 @@ _lib.define("mm_fp4(Tensor a, Tensor a_descale, Tensor b, Tensor b_descale, Tens
             "bool use_nvfp4, bool use_8x4_sf_layout, str backend, int weight_key) -> Tensor")
 _lib.define("quantize_fp4(Tensor x, str fmt, str sf_layout, Tensor? global_scale, bool auto_global_scale) "
             "-> (Tensor, Tensor, Tensor)")
+_lib.define("mm_bf16_fp4(Tensor a, Tensor b, Tensor b_descale, Tensor? alpha, ScalarType out_dtype, "
+            "bool use_nvfp4, str backend, int weight_key) -> Tensor")
 _lib.define("linear_fp4(Tensor x, Tensor weight_fp4, Tensor weight_scale, Tensor weight_global_scale, "
             "Tensor input_global_scale, Tensor static_alpha, str fmt, str sf_layout, bool static_scale, "
             "ScalarType out_dtype, str backend, int layer_key) -> Tensor")
@@ -171,7 +173,7 @@ def _fake(name: str):
 # so AOT autograd under torch.compile never asks for a backward, even when an Fp4Linear's input
 # requires grad (e.g. behind a float Linear of a partly quantized model). The implementations
 # detach their float inputs so nothing inside them records a graph either.
-for _name in ("mm_fp4", "quantize_fp4", "linear_fp4"):
+for _name in ("mm_fp4", "mm_bf16_fp4", "quantize_fp4", "linear_fp4"):
     _lib.impl(_name, torch.library.fallthrough_kernel, "Autograd")
 
 
@@ -234,6 +236,95 @@ def mm_fp4(a: torch.Tensor, b: torch.Tensor | PreparedWeight, a_descale: torch.T
         key, w, w_sf = _NO_WEIGHT, as_bytes(b).t(), flat_scale_bytes(b_descale)
     return torch.ops.fp4core.mm_fp4(a, a_descale, w, w_sf, alpha, out_dtype, use_nvfp4,
                                     use_8x4_sf_layout, backend, key)
+
+
+# -- the weight-only (W4A16) GEMM op ----------------------------------------------------------
+class _Bf16WeightEntry:
+    """A lazily prepared weight-only weight (``Fp4Linear(activations="bf16")``): prepared for
+    bf16 activations on first use and again when its tensors change."""
+
+    def __init__(self):
+        self.prepared: PreparedWeight | None = None
+        self._sig: tuple | None = None
+        self.epoch = 0
+
+    def invalidate(self) -> None:
+        self.epoch += 1
+
+    def resolve(self, b: torch.Tensor, b_sf: torch.Tensor, use_nvfp4: bool, has_alpha: bool) -> PreparedWeight | None:
+        sig = (b.data_ptr(), b_sf.data_ptr(), version_counter(b), version_counter(b_sf), b.device, self.epoch,
+               use_nvfp4, has_alpha)
+        if sig == self._sig:
+            return self.prepared
+        if b.is_cuda and torch.cuda.is_current_stream_capturing():
+            return None  # no preparing inside a capture: the canonical weight this once
+        self.prepared = prepare(b.t(), b_sf, use_nvfp4=use_nvfp4, has_alpha=has_alpha, activations="bf16")
+        self._sig = sig
+        return self.prepared
+
+
+def new_bf16_weight_key() -> tuple[int, _Bf16WeightEntry]:
+    """A fresh ``weight_key`` for ``torch.ops.fp4core.mm_bf16_fp4`` whose weight is prepared
+    lazily (the caller keeps the entry alive)."""
+    entry = _Bf16WeightEntry()
+    with _lock:
+        key = next(_keys)
+        _entries[key] = entry
+    return key, entry
+
+
+@_impl("mm_bf16_fp4")
+def _mm_bf16_fp4_op(a: torch.Tensor, b: torch.Tensor, b_descale: torch.Tensor, alpha: Optional[torch.Tensor],
+                    out_dtype: torch.dtype, use_nvfp4: bool, backend: str, weight_key: int) -> torch.Tensor:
+    a = a.detach()
+    if alpha is not None:
+        alpha = alpha.detach()
+    block = 16 if use_nvfp4 else 32
+    entry = _entries.get(weight_key) if weight_key != _NO_WEIGHT else None
+    if isinstance(entry, _Bf16WeightEntry):
+        pw = entry.resolve(b, b_descale, use_nvfp4, alpha is not None)
+        if pw is not None:
+            return api.mm_bf16_fp4(a, pw, None, alpha, backend=backend, out_dtype=out_dtype, block_size=block)
+    elif entry is not None and entry.static and entry.prepared.activation == "bf16":
+        same = (b.data_ptr(), b_descale.data_ptr()) == entry._sig
+        if same:
+            return api.mm_bf16_fp4(a, entry.prepared, None, alpha, backend=backend, out_dtype=out_dtype,
+                                   block_size=block)
+    return api.mm_bf16_fp4(a, b, b_descale, alpha, backend=backend, out_dtype=out_dtype, block_size=block)
+
+
+@_fake("mm_bf16_fp4")
+def _mm_bf16_fp4_fake(a, b, b_descale, alpha, out_dtype, use_nvfp4, backend, weight_key):
+    torch._check(a.dim() == 2 and b.dim() == 2 and a.shape[1] == b.shape[1] * 2,
+                 lambda: f"fp4core::mm_bf16_fp4: a must be (M, K) and b (N, K/2), got {tuple(a.shape)} and "
+                         f"{tuple(b.shape)}")
+    torch._check(out_dtype in (torch.bfloat16, torch.float16),
+                 lambda: f"fp4core::mm_bf16_fp4: out_dtype must be bfloat16 or float16, got {out_dtype}")
+    return a.new_empty((a.shape[0], b.shape[0]), dtype=out_dtype)
+
+
+def mm_bf16_fp4(a: torch.Tensor, b: torch.Tensor | PreparedWeight, b_descale: torch.Tensor | None,
+                alpha: torch.Tensor | None = None, *, backend: str = "auto",
+                out_dtype: torch.dtype | None = None, block_size: int = 16) -> torch.Tensor:
+    """``fp4core.mm_bf16_fp4`` through the ``fp4core::mm_bf16_fp4`` custom op (torch.compile and
+    CUDA-graph friendly). Same arguments (``b`` (N, K/2) row-major with its 128x4 scales, or
+    the prepared weight from ``prepare_bf16_fp4_weights`` with ``b_descale=None``), no ``out``.
+    Returns (M, N) of ``out_dtype`` (default: a's dtype)."""
+    check_format(block_size, block_size == 16)
+    if isinstance(b, PreparedWeight):
+        if b_descale is not None:
+            raise ValueError("b_descale: must be None when b is a prepared weight (its scales are inside it)")
+        key = register_prepared(b)
+        w, w_sf = b.canonical.b, b.canonical.b_scale
+    else:
+        if not isinstance(b, torch.Tensor) or b.dim() != 2:
+            raise ValueError(f"b: expected a 2-D (N, K/2) tensor or a prepared weight, got "
+                             f"{type(b).__name__} {tuple(getattr(b, 'shape', ()))}")
+        if b_descale is None:
+            raise ValueError("b_descale: required when b is a tensor")
+        key, w, w_sf = _NO_WEIGHT, as_bytes(b), flat_scale_bytes(b_descale)
+    return torch.ops.fp4core.mm_bf16_fp4(a, w, w_sf, alpha, a.dtype if out_dtype is None else out_dtype,
+                                         block_size == 16, backend, key)
 
 
 # -- the quantization op ----------------------------------------------------------------------
