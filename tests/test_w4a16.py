@@ -8,7 +8,7 @@ import fp4core
 from fp4core.pytorch import ops
 from independent import dequant_matrix, e4m3_value, e8m0_value, unswizzle
 
-DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)]
 
 
 def weight_only_case(m, n, k, use_nvfp4, act_dtype, device, seed):
