@@ -214,8 +214,12 @@ def _prepared_call(a, w: PreparedWeight, a_descale, b_descale, alpha, out_dtype,
 def make_problem(m: int | None, n: int, k: int, *, use_nvfp4: bool = True,
                  out_dtype: torch.dtype = torch.bfloat16, use_8x4_sf_layout: bool = False,
                  has_alpha: bool = True, prepared: bool = False,
-                 device: torch.device | str | DeviceInfo | None = None) -> Problem:
+                 device: torch.device | str | DeviceInfo | None = None,
+                 act_dtype: torch.dtype | None = None) -> Problem:
     """Describe a problem by its sizes, for ``explain``, ``supported_backends`` and tuning.
+
+    ``act_dtype`` None describes an ``mm_fp4`` call (FP4 activations); torch.bfloat16 or
+    torch.float16 a weight-only ``mm_bf16_fp4`` call.
 
     ``device`` may be a torch device, a DeviceInfo (e.g. a hypothetical SM100 device), or
     None for the current CUDA device (the CPU without one).
@@ -228,7 +232,9 @@ def make_problem(m: int | None, n: int, k: int, *, use_nvfp4: bool = True,
         raise ValueError(f"m, n: expected m >= 0 and n >= 1, got m={m}, n={n}")
     dev = device if isinstance(device, DeviceInfo) else device_info(device)
     layout = SfLayout.layout_8x4 if use_8x4_sf_layout else SfLayout.layout_128x4
-    return Problem(m, n, k, fmt, out_dtype, layout, has_alpha, dev, prepared)
+    if act_dtype not in (None, torch.bfloat16, torch.float16):
+        raise ValueError(f"act_dtype: expected None (FP4), torch.bfloat16 or torch.float16, got {act_dtype}")
+    return Problem(m, n, k, fmt, out_dtype, layout, has_alpha, dev, prepared, act_dtype)
 
 
 def _problem_from(args: tuple, kwargs: dict) -> Problem:

@@ -145,3 +145,19 @@ def test_weight_only_layer_in_cuda_graph_replay_reads_new_inputs():
     graph.replay()
     ref = x.double().cpu() @ layer.dequantized_weight(torch.float64).cpu().T + lin.bias.double().cpu()
     assert rel_err(y, ref) <= 1e-2
+
+
+def test_layer_bench_w4a16_rows_beside_bf16(capsys):
+    """`fp4core bench --layer --w4a16`: weight-only rows (and tinygemm's, refused off CUDA) beside
+    the bf16 layer of the same run, with their error against it."""
+    from fp4core.tools.cli import main
+    rc = main(["bench", "--layer", "--w4a16", "--m", "2", "--n", "64", "--k", "1024"])
+    assert rc == (0 if torch.cuda.is_available() else 1)  # a row that could not run fails the command
+    out = capsys.readouterr().out
+    rows = {line.split()[3]: line for line in out.splitlines() if line.strip().startswith("2 ")}
+    assert set(rows) == {"bf16", "w4a16-nvfp4", "w4a16-mxfp4", "tinygemm-int4"}
+    for label in ("w4a16-nvfp4", "w4a16-mxfp4"):
+        err = float(rows[label].split()[-1])
+        assert 0 < err < 0.2, rows[label]  # FP4 weight error against the bf16 layer, no more
+    if not torch.cuda.is_available():
+        assert "CUDA kernel" in rows["tinygemm-int4"]

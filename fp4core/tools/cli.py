@@ -170,7 +170,7 @@ def check_output_paths(args) -> None:
 
 def cmd_bench_layer(args) -> int:
     """``bench --layer``: bf16 nn.Linear against Fp4Linear, eager and in CUDA graphs."""
-    from fp4core.tools.layer_bench import VARIANTS, format_rows, run_layer_bench
+    from fp4core.tools.layer_bench import ALL_VARIANTS, VARIANTS, W4A16_VARIANTS, format_rows, run_layer_bench
     cuda = torch.cuda.is_available()
     if getattr(args, "shapes_file", None):
         shapes = shapes_from_args(args)
@@ -181,10 +181,12 @@ def cmd_bench_layer(args) -> int:
             [(int(n), int(k)) for n in (args.n or "8192").split(",") for k in (args.k or "8192").split(",")]
             if cuda or args.n or args.k else [(512, 512)])
         ms = [int(v) for v in args.m.split(",")] if args.m else ([1, 16, 128, 2048] if cuda else [1, 16])
-    variants = VARIANTS if not args.variants else tuple(
-        v for v in VARIANTS if v[0] in args.variants.split(","))
+    default = W4A16_VARIANTS if getattr(args, "w4a16", False) else VARIANTS
+    variants = default if not args.variants else tuple(
+        v for v in ALL_VARIANTS if v[0] in args.variants.split(","))
     if args.variants and len(variants) != len(args.variants.split(",")):
-        raise ValueError(f"--variants: expected a comma list of {[v[0] for v in VARIANTS]}, got {args.variants!r}")
+        raise ValueError(f"--variants: expected a comma list of {[v[0] for v in ALL_VARIANTS]}, "
+                         f"got {args.variants!r}")
     print(_device_line(), file=sys.stderr)
     progress = lambda s: print(s, file=sys.stderr, flush=True)
     if args.autotune:
@@ -281,7 +283,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="benchmark activation quantization (M x K, bf16 -> NVFP4/MXFP4) instead of the GEMM")
     p.add_argument("--layer", action="store_true",
                    help="bf16 nn.Linear against Fp4Linear (NVFP4, MXFP4), eager and CUDA-graph replay")
-    p.add_argument("--variants", default="", help="--layer: comma list of nvfp4, nvfp4-static, mxfp4")
+    p.add_argument("--variants", default="",
+                   help="--layer: comma list of nvfp4, nvfp4-static, mxfp4, w4a16-nvfp4, w4a16-mxfp4, tinygemm-int4")
+    p.add_argument("--w4a16", action="store_true",
+                   help="--layer: the weight-only variants (w4a16-nvfp4, w4a16-mxfp4) beside torch's int4 "
+                        "tinygemm and bf16")
     p.add_argument("--json")
     p.add_argument("--csv")
     p.add_argument("--plot", help="PNG: time vs M per backend (log scale) with the bandwidth floor")

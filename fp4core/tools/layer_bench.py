@@ -26,8 +26,12 @@ from torch import nn
 
 from fp4core.dispatch.timing import CudaEventTimer, HostTimer, graph_replay_us, median, rotation_sets
 
-#: Fp4Linear variants: (label, format, act_scale)
+#: Fp4Linear variants: (label, format, act_scale); act_scale "weight-only" makes a W4A16 layer
+#: (``activations="bf16"``), "tinygemm" torch's int4 weight-only kernel (the W4A16 baseline)
 VARIANTS = (("nvfp4", "nvfp4", "dynamic"), ("nvfp4-static", "nvfp4", "static"), ("mxfp4", "mxfp4", "dynamic"))
+W4A16_VARIANTS = (("w4a16-nvfp4", "nvfp4", "weight-only"), ("w4a16-mxfp4", "mxfp4", "weight-only"),
+                  ("tinygemm-int4", "int4", "tinygemm"))
+ALL_VARIANTS = VARIANTS + W4A16_VARIANTS
 
 
 @dataclasses.dataclass
@@ -85,7 +89,7 @@ def run_layer_bench(layers: list[tuple[int, int]], ms: list[int], variants=VARIA
     Returns:
         One LayerRow per (layer, M, variant), the bf16 layer first (variant "bf16").
     """
-    from fp4core.pytorch.nn import Fp4Linear, calibrate
+    from fp4core.pytorch.nn import calibrate
     cuda = torch.cuda.is_available()
     device = "cuda" if cuda else "cpu"
     graph = graph and cuda
@@ -95,9 +99,13 @@ def run_layer_bench(layers: list[tuple[int, int]], ms: list[int], variants=VARIA
         copies = rotation_sets(2 * n * k, cuda, max_sets=8)
         torch.manual_seed(n * 31 + k)
         bf16 = [nn.Linear(k, n, bias=False, device=device, dtype=dtype) for _ in range(copies)]
-        fp4 = {}
+        fp4, broken = {}, {}
         for label, fmt, act in variants:
-            fp4[label] = [Fp4Linear.from_linear(lin, format=fmt) for lin in bf16]
+            try:
+                fp4[label] = [_variant_layer(lin, fmt, act) for lin in bf16]
+            except Exception as exc:  # e.g. tinygemm off CUDA or on an unsupported shape
+                broken[label] = f"{type(exc).__name__}: {exc}"
+                continue
             if act == "static":  # calibrate on inputs like the benchmark's
                 with torch.no_grad(), calibrate(nn.ModuleList(fp4[label])):
                     for lin in fp4[label]:
@@ -110,6 +118,9 @@ def run_layer_bench(layers: list[tuple[int, int]], ms: list[int], variants=VARIA
                 rows.append(LayerRow(m, n, k, "bf16", *base, 1.0, 1.0 if graph else 0.0))
                 progress(f"{m}x{n}x{k} bf16 nn.Linear: eager {base[0]:.1f} us, graph {base[1]:.1f} us, "
                          f"host {base[2]:.1f} us")
+                for label, why in broken.items():
+                    rows.append(LayerRow(m, n, k, label, error=why))
+                    progress(f"{m}x{n}x{k} {label}: {why}")
                 for label, mods in fp4.items():
                     row = LayerRow(m, n, k, label)
                     try:
@@ -131,6 +142,17 @@ def run_layer_bench(layers: list[tuple[int, int]], ms: list[int], variants=VARIA
         if cuda:
             torch.cuda.empty_cache()
     return rows
+
+
+def _variant_layer(lin: nn.Linear, fmt: str, act: str) -> nn.Module:
+    """One benchmark layer made from the bf16 ``lin`` (see VARIANTS / W4A16_VARIANTS)."""
+    from fp4core.pytorch.nn import Fp4Linear
+    if act == "tinygemm":
+        from fp4core.tools.tinygemm import TinyGemmLinear
+        return TinyGemmLinear(lin)
+    if act == "weight-only":
+        return Fp4Linear.from_linear(lin, format=fmt, activations="bf16")
+    return Fp4Linear.from_linear(lin, format=fmt)
 
 
 def _time_layers(mods: list[nn.Module], xs: list[torch.Tensor], eager_timer, graph: bool
@@ -164,10 +186,14 @@ def tune_layers(layers: list[tuple[int, int]], ms: list[int], variants=VARIANTS,
     to the tuning cache like ``fp4core tune``'s."""
     from fp4core import api
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    formats = sorted({fmt for _, fmt, _ in variants})
+    formats = sorted({fmt for _, fmt, act in variants if act not in ("weight-only", "tinygemm")})
     problems = [api.make_problem(m, n, k, use_nvfp4=fmt == "nvfp4", has_alpha=fmt == "nvfp4",
                                  prepared=True, device=device)
                 for n, k in layers for m in ms for fmt in formats]
+    for fmt in sorted({fmt for _, fmt, act in variants if act == "weight-only"}):
+        problems += [api.make_problem(m, n, k, use_nvfp4=fmt == "nvfp4", has_alpha=fmt == "nvfp4",
+                                      prepared=True, device=device, act_dtype=torch.bfloat16)
+                     for n, k in layers for m in ms]
     for exp in api.tune(problems, verbose=False):
         c = exp.choice
         progress(f"tuned {exp.problem.describe()}: {c.backend.name if c else 'none'} ({c.source if c else exp.error})")
