@@ -6,7 +6,8 @@ import torch
 import fp4core
 from independent import dequant_matrix, e4m3_value, e8m0_value, matmul_t, unswizzle
 
-DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+# the CUDA cases carry the gpu marker, so the device runs (-m gpu) include them
+DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)]
 
 
 def quantized_pair(m, n, k, use_nvfp4, layout, device, seed):
