@@ -198,14 +198,15 @@ class Selector:
         if gen != self._memo_gen:
             self._memo.clear()
             self._memo_gen = gen
-        tuning = self.tuning_enabled()
-        key = (problem, backend, tuning)
+        # keyed by whether an autotune() context is active here (a context-variable read; the
+        # environment is read only on a miss: a hit costs one dict lookup)
+        key = (problem, backend, _tuning_mode.get() is not None)
         choice = self._memo.get(key)
         if choice is not None:
             return choice
         with self._lock:
             choice = self._resolve(problem, backend, may_tune=True)
-            if not (choice.source == "heuristic" and tuning):
+            if not (choice.source == "heuristic" and self.tuning_enabled()):
                 self._memo[key] = choice
             return choice
 
