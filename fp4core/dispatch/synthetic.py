@@ -44,11 +44,17 @@ def random_weight(n: int, k: int, fmt: Fp4Format, device, generator=None
 
 
 def random_operands(problem: Problem, device=None, generator=None, alpha: float = 0.25) -> Operands:
-    """Canonical Operands for ``problem`` (M rows of A; alpha when the problem has one)."""
+    """Canonical Operands for ``problem`` (M rows of A; alpha when the problem has one). A
+    weight-only problem gets a normal random (M, K) activation of ``problem.act_dtype`` and no
+    A scales."""
     device = device or (f"cuda:{problem.device.index}" if problem.device.is_cuda else "cpu")
     m = problem.m or 1
-    a = _random_bytes((m, problem.k // 2), device, generator)
-    a_sf = random_scale_bytes(m, problem.k, problem.fmt, problem.a_sf_layout, device, generator)
+    if problem.act_dtype is not None:
+        a = torch.randn((m, problem.k), device=device, generator=generator).to(problem.act_dtype)
+        a_sf = None
+    else:
+        a = _random_bytes((m, problem.k // 2), device, generator)
+        a_sf = random_scale_bytes(m, problem.k, problem.fmt, problem.a_sf_layout, device, generator)
     b, b_sf = random_weight(problem.n, problem.k, problem.fmt, device, generator)
     al = torch.full((1,), alpha, dtype=torch.float32, device=device) if problem.has_alpha else None
     return Operands(a, a_sf, b, b_sf, al)
@@ -57,5 +63,6 @@ def random_operands(problem: Problem, device=None, generator=None, alpha: float 
 def operand_bytes(problem: Problem) -> int:
     """Bytes one call reads and writes at the minimum (A, B, their scales, the output)."""
     m = problem.m or 1
-    fp4 = (m + problem.n) * problem.k * (0.5 + 1.0 / problem.block_size)  # 0.5 B/value + 1 B/block
-    return int(fp4 + m * problem.n * 2)
+    per_value = 0.5 + 1.0 / problem.block_size  # 0.5 B/value + 1 B/block
+    a_bytes = m * problem.k * (per_value if problem.act_dtype is None else 2)
+    return int(a_bytes + problem.n * problem.k * per_value + m * problem.n * 2)

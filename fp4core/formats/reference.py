@@ -13,13 +13,17 @@ TOLERANCE = 1e-2
 
 
 def reference_mm(problem: Problem, operands: Operands, dtype: torch.dtype = torch.float64) -> torch.Tensor:
-    """alpha * dequant(A) @ dequant(B)^T computed in ``dtype`` on the operands' device.
+    """alpha * dequant(A) @ dequant(B)^T computed in ``dtype`` on the operands' device (A as
+    given for a weight-only problem).
 
     ``operands`` must be canonical (not a backend's prepared layout). float64 is exact up to
     the final summation order; float32 is accurate to ~1e-6 relative and much faster on GPUs.
     """
     nv = problem.fmt.value == "nvfp4"
-    a = dequantize(operands.a, operands.a_scale, use_nvfp4=nv, sfLayout=problem.a_sf_layout, dtype=dtype)
+    if problem.act_dtype is not None:  # weight-only: A is the activation itself
+        a = operands.a.to(dtype)
+    else:
+        a = dequantize(operands.a, operands.a_scale, use_nvfp4=nv, sfLayout=problem.a_sf_layout, dtype=dtype)
     b = dequantize(operands.b, operands.b_scale, use_nvfp4=nv, sfLayout=SfLayout.layout_128x4, dtype=dtype)
     if dtype == torch.float32 and a.is_cuda:
         prev = torch.backends.cuda.matmul.allow_tf32

@@ -3,6 +3,11 @@
 SM100+: the native block-scaled FP4 cuDNN graph. SM80-SM90: one fused Triton launch
 dequantizes A and B to bf16 into cached buffers, then a cuDNN bf16 matmul graph.
 
+Weight-only calls (``mm_bf16_fp4``, bf16 activations, SM80-SM90): the same launch decodes the
+weight alone and the bf16 graph takes the activation as it is, with alpha in the fp32
+epilogue. Not yet run on a GPU, so it is off unless FP4_CUDNN_W4A16=1 (then the backend lists
+"bf16" in ``BackendInfo.activations``): ``auto`` never picks an unmeasured path.
+
 Tactics are cuDNN execution plans of one of the problem's graph variants,
 ``CudnnTactic(graph=variant, plan=index, engine=cuDNN's plan name)``:
 
@@ -35,6 +40,7 @@ from .graphs import GraphRefused, PlannedGraph, bf16_matmul_graph, native_fp4_gr
 from .support import PATH_NATIVE, path_for, supports
 
 ENV_EXACT_ALPHA = "FP4_CUDNN_EXACT_ALPHA"
+ENV_W4A16 = "FP4_CUDNN_W4A16"
 PLAIN, EPILOGUE, NATIVE = "plain", "epilogue", "native"
 
 
@@ -79,7 +85,8 @@ def variants(problem: Problem) -> list[str]:
         return [NATIVE]
     if not problem.has_alpha:
         return [PLAIN]
-    if env_flag(ENV_EXACT_ALPHA):
+    if env_flag(ENV_EXACT_ALPHA) or problem.act_dtype is not None:
+        # weight-only: alpha cannot be folded into a dequantization of A (there is none)
         return [EPILOGUE]
     return [PLAIN, EPILOGUE]
 
@@ -102,7 +109,8 @@ class CudnnBackend:
             targets=("sm80", "sm90", "sm100", "sm120"), verified=("sm90",),
             priority={"decode": 0, "small": 5, "medium": 20, "large": 30,
                       "sm100:decode": 30, "sm100:small": 30, "sm100:medium": 40, "sm100:large": 40},
-            tactic_type=CudnnTactic)
+            tactic_type=CudnnTactic,
+            activations=("fp4", "bf16") if env_flag(ENV_W4A16) else ("fp4",))
 
     @hookimpl
     def supports(self, problem: Problem) -> Support:
@@ -203,6 +211,14 @@ class CudnnBackend:
         if variant == NATIVE:
             ptrs = {"A": operands.a.data_ptr(), "B": operands.b.data_ptr(),
                     "SFA": operands.a_scale.data_ptr(), "SFB": operands.b_scale.data_ptr()}
+        elif problem.act_dtype is not None:  # weight-only: decode B alone, A goes in as it is
+            a = operands.a
+            if not a.is_contiguous() or a.data_ptr() % 16:
+                raise ValueError("fp4-cudnn: weight-only activations must be contiguous and 16-byte aligned")
+            b_buf = resources.buffer(dev, "b_bf16", n * k * 2)
+            dequantize_pair(None, None, None, problem.a_sf_layout, operands.b, operands.b_scale,
+                            b_buf[: n * k * 2].view(torch.bfloat16).view(n, k), problem.fmt)
+            ptrs = {"A": a.data_ptr(), "B": b_buf.data_ptr()}
         else:
             a_buf = resources.buffer(dev, "a_bf16", m * k * 2)
             b_buf = resources.buffer(dev, "b_bf16", n * k * 2)

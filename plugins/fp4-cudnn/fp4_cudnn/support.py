@@ -41,6 +41,12 @@ def problem_reason(problem: Problem, cudnn_version: int) -> str:
         return f"output dtype {problem.out_dtype} is not supported (bfloat16 or float16)"
     if problem.a_sf_layout not in (SfLayout.layout_128x4, SfLayout.layout_8x4):
         return f"A scale layout {problem.a_sf_layout.value} is not supported (128x4 or 8x4)"
+    if problem.act_dtype is not None:  # weight-only: the dequantized weight + the bf16 graph
+        if problem.act_dtype is not torch.bfloat16:
+            return (f"weight-only calls need bfloat16 activations (the bf16 matmul graph), got "
+                    f"{problem.activation}")
+        if path != PATH_DEQUANT:
+            return f"weight-only calls run on SM80-SM90 only (the bf16 path); {problem.device} is sm_{sm}"
     if path == PATH_DEQUANT:
         if cudnn_version < env.MIN_CUDNN_DEQUANT_PATH:
             return (f"cuDNN {env.format_version(cudnn_version)} is too old: the bf16 matmul graph "

@@ -145,3 +145,24 @@ def test_graph_variants(monkeypatch):
     monkeypatch.setenv("FP4_CUDNN_EXACT_ALPHA", "1")
     assert variants(_problem(sm=90)) == [EPILOGUE]
     assert variants(no_alpha) == [PLAIN]
+
+
+def test_weight_only_rules_variants_and_opt_in(monkeypatch):
+    """Weight-only (W4A16) problems: bf16 activations on the SM80-SM90 path, alpha in the fp32
+    epilogue; the backend lists bf16 activations only with FP4_CUDNN_W4A16=1."""
+    import dataclasses
+
+    from fp4_cudnn.plugin import EPILOGUE, PLAIN, CudnnBackend, variants
+
+    monkeypatch.delenv("FP4_CUDNN_EXACT_ALPHA", raising=False)
+    w4a16 = dataclasses.replace(_problem(sm=90), act_dtype=torch.bfloat16)
+    assert problem_reason(w4a16, 91900) == ""
+    assert variants(w4a16) == [EPILOGUE]
+    assert variants(dataclasses.replace(w4a16, has_alpha=False)) == [PLAIN]
+    assert "bfloat16 activations" in problem_reason(dataclasses.replace(w4a16, act_dtype=torch.float16), 91900)
+    assert "SM80-SM90 only" in problem_reason(dataclasses.replace(_problem(sm=100), act_dtype=torch.bfloat16),
+                                              91900)
+    monkeypatch.delenv("FP4_CUDNN_W4A16", raising=False)
+    assert CudnnBackend().backend_info().activations == ("fp4",)
+    monkeypatch.setenv("FP4_CUDNN_W4A16", "1")
+    assert CudnnBackend().backend_info().activations == ("fp4", "bf16")
