@@ -119,7 +119,7 @@ def fp4_gemm_kernel(
         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
         GROUP_M: tl.constexpr, SPLIT_K: tl.constexpr, NVFP4: tl.constexpr,
         A_SF_8X4: tl.constexpr, HAS_ALPHA: tl.constexpr, SWAP_AB: tl.constexpr,
-        EVEN_K: tl.constexpr, ASM: tl.constexpr, A_DENSE: tl.constexpr):
+        EVEN_K: tl.constexpr, ASM: tl.constexpr, A_DENSE: tl.constexpr, A_PLAIN: tl.constexpr = False):
     """out (M, N) = alpha * dequant(A) @ dequant(B)^T, or fp32 partial sums when SPLIT_K > 1.
 
     a: uint8 (M, K/2) row-major packed codes, or with A_DENSE the (M, K) fp16/bf16 output
@@ -128,6 +128,9 @@ def fp4_gemm_kernel(
     128x4 order; ``*_sf_ctiles`` = padded scale columns / 4. c: (M, N) in the output dtype,
     or fp32 (SPLIT_K, M, N) partials. The launcher makes SPLIT_K divide the K steps.
     SWAP_AB computes each tile as B @ A^T so that N fills the MMA's M side (small M).
+    A_PLAIN (weight-only, W4A16): a is the (M, K) bf16/fp16 activation in natural K order
+    (a_sf unused); each K step loads its even and its odd columns (stride 2) as the two dot
+    operands, and the decoded weight is cast to a's dtype (exact: at most 6 significant bits).
     """
     SF_BLOCK: tl.constexpr = 16 if NVFP4 else 32
     BPB: tl.constexpr = SF_BLOCK // 2            # bytes per scale block
@@ -154,7 +157,9 @@ def fp4_gemm_kernel(
     nblocks = K // SF_BLOCK
     kb = tl.arange(0, KB)
 
-    if A_DENSE:
+    if A_PLAIN:
+        a_ptrs = a_ptr + rm_c.to(tl.int64)[:, None] * K + 2 * kb[None, :]
+    elif A_DENSE:
         a_ptrs = a_ptr + rm_c.to(tl.int64)[:, None] * K + kb[None, :]
     else:
         a_ptrs = a_ptr + rm_c.to(tl.int64)[:, None] * kbytes + kb[None, :]
@@ -181,7 +186,16 @@ def fp4_gemm_kernel(
             qb = tl.load(b_ptrs + step * KB, mask=kin, other=0)
             sb = tl.load(b_sf_rows + _sf_col_offsets(cols, False)[None, :], mask=cin, other=0)
         blo, bhi = _dequant(qb, sb, BLOCK_N, NB, BPB, NVFP4, ASM)
-        if A_DENSE:
+        if A_PLAIN:
+            if EVEN_K:
+                alo = tl.load(a_ptrs + step * BLOCK_K)
+                ahi = tl.load(a_ptrs + 1 + step * BLOCK_K)
+            else:
+                alo = tl.load(a_ptrs + step * BLOCK_K, mask=kin, other=0.0)
+                ahi = tl.load(a_ptrs + 1 + step * BLOCK_K, mask=kin, other=0.0)
+            blo = blo.to(alo.dtype)
+            bhi = bhi.to(alo.dtype)
+        elif A_DENSE:
             if EVEN_K:
                 alo = tl.load(a_ptrs + step * KB)
                 ahi = tl.load(a_ptrs + kbytes + step * KB)

@@ -39,7 +39,8 @@ def workspace(device: torch.device, numel: int, dtype: torch.dtype = torch.float
 
 
 def launch(problem: Problem, ops: Operands, tactic: TritonTactic, out: torch.Tensor) -> None:
-    """out (M, N) = alpha * dequant(ops.a) @ dequant(ops.b)^T with ``tactic`` (see tactics.py)."""
+    """out (M, N) = alpha * dequant(ops.a) @ dequant(ops.b)^T with ``tactic`` (see tactics.py);
+    for a weight-only problem ``ops.a`` is the (M, K) activation (``a16`` does not apply)."""
     m, n, k = problem.m, problem.n, problem.k
     if m == 0:
         return
@@ -57,8 +58,11 @@ def launch(problem: Problem, ops: Operands, tactic: TritonTactic, out: torch.Ten
     nvfp4 = problem.fmt is Fp4Format.NVFP4
     a_8x4 = problem.a_sf_layout is SfLayout.layout_8x4
     asm = bool(tactic.asm)
-    a = ops.a
-    if tactic.a16:
+    a, a_scale = ops.a, ops.a_scale
+    plain = problem.act_dtype is not None  # weight-only: A is the (M, K) activation itself
+    if plain:
+        a_scale = ops.b_scale  # never read with A_PLAIN
+    elif tactic.a16:
         a = workspace(out.device, m * k, torch.float16 if nvfp4 else torch.bfloat16)
         k_mod.dequant_rows_kernel[(-(-m // _DQ_ROWS), -(-k // _DQ_K))](
             ops.a, ops.a_scale, a, m, k, ctiles, BLOCK_R=_DQ_ROWS, BLOCK_K=_DQ_K,
@@ -66,11 +70,11 @@ def launch(problem: Problem, ops: Operands, tactic: TritonTactic, out: torch.Ten
     target = out if split == 1 else workspace(out.device, split * m * n)
     grid = (-(-m // bm) * -(-n // bn), split)
     k_mod.fp4_gemm_kernel[grid](
-        a, ops.a_scale, ops.b, ops.b_scale, alpha, target,
+        a, a_scale, ops.b, ops.b_scale, alpha, target,
         m, n, k, ctiles, ctiles,
         BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, GROUP_M=tactic.group_m, SPLIT_K=split,
         NVFP4=nvfp4, A_SF_8X4=a_8x4, HAS_ALPHA=has_alpha, SWAP_AB=bool(tactic.swap),
-        EVEN_K=even_k, ASM=asm, A_DENSE=bool(tactic.a16),
+        EVEN_K=even_k, ASM=asm, A_DENSE=bool(tactic.a16) and not plain, A_PLAIN=plain,
         num_warps=tactic.warps, num_stages=tactic.stages)
     if split > 1:
         mn = m * n

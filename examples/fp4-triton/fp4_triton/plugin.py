@@ -6,8 +6,11 @@ import functools
 import importlib.metadata
 import importlib.util
 
+import torch
+
 import fp4core
 from fp4core import BackendInfo, Operands, Problem, SfLayout, Support
+from fp4core.env import env_flag
 
 from . import __version__
 from .tactics import TritonTactic, tactics_for
@@ -16,6 +19,8 @@ from .tactics import TritonTactic, tactics_for
 MIN_TRITON = (3, 2)
 #: FP8 E4M3 conversions in Triton need SM89+ (Ada, Hopper, Blackwell).
 MIN_SM = 89
+#: set to 1 to let the backend take weight-only (bf16/fp16 activation) problems
+ENV_W4A16 = "FP4_TRITON_W4A16"
 
 
 @functools.lru_cache(maxsize=1)
@@ -41,7 +46,10 @@ class TritonBackend:
             description="Triton kernel: in-kernel FP4 dequantization + fp16/bf16 tl.dot, split-K for small M",
             targets=("sm89", "sm90a", "sm100a", "sm120a"), verified=("sm90a",),
             priority={"decode": 10, "small": 35, "medium": 40, "large": 25},
-            tactic_type=TritonTactic)
+            tactic_type=TritonTactic,
+            # weight-only (W4A16) runs in Triton's interpreter here but not yet on a GPU: opt in
+            # only when asked, so auto never picks an unmeasured path
+            activations=("fp4", "bf16", "fp16") if env_flag(ENV_W4A16) else ("fp4",))
 
     @fp4core.hookimpl
     def supports(self, problem: Problem) -> Support:
@@ -57,6 +65,9 @@ class TritonBackend:
         if ver < MIN_TRITON:
             return Support.no(f"needs Triton >= {'.'.join(map(str, MIN_TRITON))}, "
                               f"found {'.'.join(map(str, ver))}")
+        if problem.act_dtype is torch.float16 and problem.fmt.block_size == 32:
+            return Support.no("MXFP4 with fp16 activations: the decoded weight (E8M0 scales) may not fit "
+                              "fp16, and bf16 would round the activations")
         if problem.a_sf_layout not in (SfLayout.layout_128x4, SfLayout.layout_8x4):
             return Support.no(f"A scales must be 128x4 or 8x4, got {problem.a_sf_layout.value}")
         scale_bytes = -(-problem.n // 128) * 128 * -(-problem.k // (4 * problem.block_size)) * 4

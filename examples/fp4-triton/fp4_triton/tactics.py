@@ -75,6 +75,8 @@ def auto_split(problem: Problem, bm: int, bn: int, bk: int, ctas_per_sm: int | N
 
 def _t(problem: Problem, bm, bn, bk, warps, stages, swap=0, split=None, group_m=8, a16=0,
        asm=1) -> TritonTactic:
+    if problem.act_dtype is not None:
+        a16 = 0  # weight-only: A is already bf16/fp16, no pre-pass
     if split is None:
         split = auto_split(problem, bm, bn, bk) if (problem.m or 1) <= 256 and not a16 else 1
     return TritonTactic(bm=bm, bn=bn, bk=bk, warps=warps, stages=stages, split_k=split,

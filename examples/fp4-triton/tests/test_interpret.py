@@ -87,3 +87,24 @@ def _flashinfer_args(p):
     ops = canonical_operands(p, seed=1)
     b_sf = ops.b_scale.reshape(padded_scale_shape(p.n, p.k // p.block_size, "128x4"))
     return ops.a, ops.b.T, ops.a_scale, b_sf.T, ops.alpha, p.out_dtype
+
+
+@pytest.mark.parametrize("m, n, k, tactic", [
+    (5, 48, 64, {}),
+    (40, 48, 96, {"swap": 1}),                                   # K tail
+    (20, 130, 256, {"bn": 32, "bk": 128, "split_k": 2, "swap": 1}),
+    (7, 33, 512, {"split_k": 4, "a16": 1}),                      # a16 does not apply to W4A16
+])
+def test_interpreted_weight_only_kernel_matches_reference(m, n, k, tactic):
+    """W4A16 (A_PLAIN): fp16 activations in natural K order (the interpreter has no bf16
+    arithmetic; the bf16 cast of the weight runs on GPUs only), NVFP4 weight."""
+    p = fp4core.make_problem(m, n, k, device="cpu", act_dtype=torch.float16)
+    ops = canonical_operands(p, seed=m + n + k)
+    assert ops.a.dtype == torch.float16 and ops.a_scale is None
+    ref = reference_mm(p, ops, torch.float64)
+    ops = dataclasses.replace(ops, **{f.name: guarded_copy(getattr(ops, f.name)) for f in dataclasses.fields(ops)
+                                      if isinstance(getattr(ops, f.name), torch.Tensor)})
+    out = guarded_copy(torch.full((m, n), float("nan"), dtype=torch.float16))
+    launch(p, ops, dataclasses.replace(BASE, **tactic), out)
+    err = relative_error(out, ref)
+    assert err <= 1e-2, f"relative error {err:.3g} for {p.describe()} {tactic}"
