@@ -142,3 +142,40 @@ def test_bench_reports_unsupported_backends_without_failing(tmp_path, capsys):
     assert rc == 0 and "cudaonly      n/a: needs a CUDA device" in out
     rows = {r["backend"]: r for r in json.loads(js.read_text())}
     assert rows["cudaonly"]["skipped"] == "needs a CUDA device" and rows["cudaonly"]["median_us"] == 0
+
+
+def test_bench_prepared_lets_auto_consider_backends_that_need_their_layout(monkeypatch):
+    """`fp4core bench --prepared` describes the calls as on a prepared weight: auto may then pick
+    a backend with needs_prepare (before, the flag was accepted and ignored)."""
+    from fp4core.dispatch.torch_backend import TorchBackend
+    from fp4core.tools.bench import run_bench
+    from fp4core.testing import registered
+
+    class NeedsLayout:
+        @fp4core.hookimpl
+        def backend_info(self):
+            return fp4core.BackendInfo(name="ownlayout", version="1", priority={"decode": 99}, needs_prepare=True)
+
+        @fp4core.hookimpl
+        def supports(self, problem):
+            return fp4core.Support.yes()
+
+        @fp4core.hookimpl
+        def prepare(self, problem, operands):
+            return operands
+
+        @fp4core.hookimpl
+        def run(self, problem, operands, out):
+            assert problem.prepared
+            TorchBackend().run(problem=problem, operands=operands, out=out)
+
+    monkeypatch.setenv("FP4CORE_DISABLE_PLUGIN_AUTOLOAD", "1")
+    selector.registry.reset()
+    try:
+        with registered(NeedsLayout):
+            auto = {p: next(r for r in run_bench([(2, 32, 64)], backends=["torch"], prepared=p)
+                            if r.backend.startswith("auto")) for p in (False, True)}
+        assert auto[False].backend == "auto:torch" and auto[True].backend == "auto:ownlayout"
+        assert auto[True].correct
+    finally:
+        selector.registry.reset()

@@ -92,15 +92,21 @@ def _summary(samples: list[float]) -> tuple[float, float]:
 
 def run_bench(shapes, backends: list[str] | None = None, use_nvfp4: bool = True,
               out_dtype: torch.dtype = torch.bfloat16, autotune: bool = False,
-              progress: Callable[[str], None] = lambda s: None) -> list[BenchRow]:
-    """Benchmark ``shapes``; see the module docstring. Returns one row per (shape, backend)."""
+              progress: Callable[[str], None] = lambda s: None, prepared: bool = False) -> list[BenchRow]:
+    """Benchmark ``shapes``; see the module docstring. Returns one row per (shape, backend).
+
+    ``prepared``: describe the calls as on a weight from ``fp4core.prepare`` (what ``auto`` then
+    chooses among includes backends that need their own layout, and each backend gets its
+    prepared weight); otherwise plain calls, where such a backend still runs when named, on a
+    weight prepared for it."""
     rows: list[BenchRow] = []
     cuda = torch.cuda.is_available()
     device = "cuda" if cuda else "cpu"
     names = backends or [b.name for b in selector.registry.backends()]
     timer = default_timer(cuda)
     for m, n, k in shapes:
-        problem = api.make_problem(m, n, k, use_nvfp4=use_nvfp4, out_dtype=out_dtype, device=device)
+        problem = api.make_problem(m, n, k, use_nvfp4=use_nvfp4, out_dtype=out_dtype, device=device,
+                                   prepared=prepared)
         sets = make_sets(problem)
         ref = reference_mm(problem, sets[0], torch.float32 if cuda else torch.float64)
         flops = 2.0 * m * n * k
@@ -134,7 +140,7 @@ def run_bench(shapes, backends: list[str] | None = None, use_nvfp4: bool = True,
                     row.backend = f"auto:{be_name}"
                 choice = api.selector.choose(problem, name)
                 be = choice.backend
-                rp = dataclasses.replace(problem, prepared=True) if be.info.needs_prepare else problem
+                rp = problem.as_prepared if be.info.needs_prepare else problem
                 bsets = prepared_sets(be, rp, sets)
                 out = torch.full((m, n), float("nan"), dtype=out_dtype, device=device)
                 be.run(rp, bsets[0], choice.tactic, out)

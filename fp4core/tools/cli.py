@@ -213,7 +213,8 @@ def cmd_bench(args) -> int:
     print(_device_line(), file=sys.stderr)
     rows = run_bench(shapes, backends=backends, use_nvfp4=(args.format == "nvfp4"),
                      out_dtype=torch.float16 if args.out_dtype == "fp16" else torch.bfloat16,
-                     autotune=args.autotune, progress=lambda s: print(s, file=sys.stderr, flush=True))
+                     autotune=args.autotune, progress=lambda s: print(s, file=sys.stderr, flush=True),
+                     prepared=args.prepared)
     print(f"{'M':>6s} {'N':>6s} {'K':>6s}  {'backend':12s} {'median us':>10s} {'spread':>7s} "
           f"{'TFLOP/s':>8s} {'GB/s':>8s} {'vs bf16':>8s} {'rel err':>9s}")
     for r in rows:
