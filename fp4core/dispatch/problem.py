@@ -49,6 +49,7 @@ def _device_info(type_: str, index: int | None) -> DeviceInfo:
 
 
 _INTERNED: dict[tuple, "Problem"] = {}
+_ACTIVATION_NAMES = {None: "fp4", torch.bfloat16: "bf16", torch.float16: "fp16"}
 
 
 def problem_of(m: int, n: int, k: int, fmt: Fp4Format, out_dtype: torch.dtype, a_sf_layout: SfLayout,
@@ -117,9 +118,7 @@ class Problem:
     @property
     def activation(self) -> str:
         """What A is: "fp4" (packed codes + block scales), "bf16" or "fp16" (weight-only)."""
-        return "fp4" if self.act_dtype is None else str(self.act_dtype).replace("torch.", "").replace(
-            "bfloat16", "bf16").replace("float16", "fp16")
-
+        return _ACTIVATION_NAMES[self.act_dtype]
 
     def with_m(self, m: int | None) -> "Problem":
         return dataclasses.replace(self, m=m)
