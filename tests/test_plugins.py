@@ -169,3 +169,75 @@ def test_is_backend_supported_answers_for_auto(builtins_only):
     with registered(InProcess):
         # the probe problem has K = 4096, which InProcess refuses
         assert fp4core.is_backend_supported("inproc") is False
+
+
+def test_plugins_live_in_pluggy_under_their_backend_names(installed_plugins, fresh_registry, monkeypatch):
+    """Issue 17 item 3: pluggy knows each backend by its name, FP4CORE_BACKENDS blocks names in
+    pluggy, and hooks other than run go through pluggy's hook calling (so monitoring sees them)."""
+    monkeypatch.setenv("FP4CORE_BACKENDS", "torch,good")
+    fresh_registry.reset()
+    pm = fresh_registry.plugin_manager
+    fresh_registry.ensure_loaded()
+    assert type(pm.get_plugin("torch")).__name__ == "TorchBackend"
+    assert type(pm.get_plugin("good")).__name__ == "GoodBackend"
+    assert pm.is_blocked("raising") and "raising" in fresh_registry.disabled()
+    calls = []
+    undo = pm.add_hookcall_monitoring(lambda name, impls, kw: calls.append((name, [i.plugin_name for i in impls])),
+                                      lambda *a: None)
+    try:
+        problem = fp4core.make_problem(5, 24, 64, device="cpu")
+        good = fresh_registry.get("good")
+        assert good.supports(problem) and [t.label() for t in good.tactics(problem)] == ["variant=1", "variant=2"]
+        out = torch.empty(5, 24, dtype=torch.bfloat16)
+        from fp4core.testing import canonical_operands
+        good.run(problem, canonical_operands(problem), good.tactics(problem)[0], out)
+    finally:
+        undo()
+    assert ("supports", ["good"]) in calls and ("tactics", ["good"]) in calls  # one plugin per call
+    assert not any(name == "run" for name, _ in calls)  # run is called directly (host time)
+
+
+def test_unhashable_plugin_and_wrong_tactic_types_are_reported(builtins_only):
+    class Unhashable:
+        __hash__ = None
+
+        @fp4core.hookimpl
+        def backend_info(self):
+            return fp4core.BackendInfo(name="unhashable", version="1")
+
+        @fp4core.hookimpl
+        def supports(self, problem):
+            return fp4core.Support.yes()
+
+        @fp4core.hookimpl
+        def run(self, problem, operands, out):
+            pass
+
+    with pytest.raises(ValueError, match="unhashable"):
+        fp4core.register_backend(Unhashable())
+
+    class DictTactics(Unhashable):
+        __hash__ = object.__hash__
+
+        @fp4core.hookimpl
+        def backend_info(self):
+            return fp4core.BackendInfo(name="dicttactics", version="1")
+
+        @fp4core.hookimpl
+        def tactics(self, problem):
+            return [{"tile": 1}]
+
+    with registered(DictTactics) as be:
+        with pytest.raises(fp4core.BackendFailedError, match="tactics must be Tactic instances"):
+            be.tactics(fp4core.make_problem(1, 8, 16, device="cpu"))
+
+    class Loose(fp4core.Tactic):  # not a dataclass of its own: its field would be invisible
+        x: int = 1
+
+    class LooseInfo(DictTactics):
+        @fp4core.hookimpl
+        def backend_info(self):
+            return fp4core.BackendInfo(name="loose", version="1", tactic_type=Loose)
+
+    with pytest.raises(ValueError, match="frozen=True"):
+        fp4core.register_backend(LooseInfo())
