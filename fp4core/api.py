@@ -53,15 +53,11 @@ def mm_fp4(a: torch.Tensor, b: torch.Tensor | PreparedWeight, a_descale: torch.T
         subclasses when the backend is missing or refuses the problem.
     """
     check = not skip_check
-    if check and not isinstance(backend, str):
-        raise TypeError(f"backend: expected 'auto' or a backend name, got {type(backend).__name__}")
+    if check:
+        _check_backend_arg(backend)
     problem, ops, weight = _validated(a, b, a_descale, b_descale, alpha, out_dtype, out, block_size,
                                       use_8x4_sf_layout, use_nvfp4, check)
-    if out is None:
-        out = torch.empty((problem.m, problem.n), dtype=out_dtype, device=a.device)
-    if problem.m == 0 or problem.n == 0:
-        return out
-    return selector.run(problem, ops, weight, backend, out)
+    return _run(problem, ops, weight, backend, out, a.device)
 
 
 def mm_bf16_fp4(a: torch.Tensor, b: torch.Tensor | PreparedWeight, b_descale: torch.Tensor | None,
@@ -92,11 +88,23 @@ def mm_bf16_fp4(a: torch.Tensor, b: torch.Tensor | PreparedWeight, b_descale: to
         subclasses when the backend is missing or refuses the problem.
     """
     check = not skip_check
-    if check and not isinstance(backend, str):
-        raise TypeError(f"backend: expected 'auto' or a backend name, got {type(backend).__name__}")
+    if check:
+        _check_backend_arg(backend)
     problem, ops, weight = _validated_bf16(a, b, b_descale, alpha, out_dtype, out, block_size, check)
+    return _run(problem, ops, weight, backend, out, a.device)
+
+
+def _check_backend_arg(backend) -> None:
+    if not isinstance(backend, str):
+        raise TypeError(f"backend: expected 'auto' or a backend name, got {type(backend).__name__}")
+
+
+def _run(problem: Problem, ops: Operands, weight: PreparedWeight | None, backend: str,
+         out: torch.Tensor | None, device: torch.device) -> torch.Tensor:
+    """Allocate ``out`` if needed and hand the validated call to the selector (an empty
+    problem launches nothing)."""
     if out is None:
-        out = torch.empty((problem.m, problem.n), dtype=problem.out_dtype, device=a.device)
+        out = torch.empty((problem.m, problem.n), dtype=problem.out_dtype, device=device)
     if problem.m == 0 or problem.n == 0:
         return out
     return selector.run(problem, ops, weight, backend, out)

@@ -209,6 +209,22 @@ def _mm_fp4_fake(a, a_descale, b, b_descale, alpha, out_dtype, use_nvfp4, use_8x
     return a.new_empty((a.shape[0], b.shape[0]), dtype=out_dtype)
 
 
+def _weight_arguments(b, b_descale, tensor_shape: str, sf_hint: str) -> tuple[int, torch.Tensor, torch.Tensor]:
+    """(weight_key, packed weight bytes, flat scale bytes) for the GEMM ops: a PreparedWeight's
+    canonical tensors and its registration key, or a plain 2-D tensor's bytes (as given: the
+    caller transposes) with ``_NO_WEIGHT``."""
+    if isinstance(b, PreparedWeight):
+        if b_descale is not None:
+            raise ValueError("b_descale: must be None when b is a PreparedWeight (its scales are inside it)")
+        return register_prepared(b), b.canonical.b, b.canonical.b_scale
+    if not isinstance(b, torch.Tensor) or b.dim() != 2:
+        raise ValueError(f"b: expected a 2-D {tensor_shape} or a PreparedWeight, got "
+                         f"{type(b).__name__} {tuple(getattr(b, 'shape', ()))}")
+    if b_descale is None:
+        raise ValueError(f"b_descale: required when b is a tensor{sf_hint}")
+    return _NO_WEIGHT, as_bytes(b), flat_scale_bytes(b_descale)
+
+
 def mm_fp4(a: torch.Tensor, b: torch.Tensor | PreparedWeight, a_descale: torch.Tensor,
            b_descale: torch.Tensor | None, alpha: torch.Tensor | None = None,
            out_dtype: torch.dtype = torch.bfloat16, block_size: int = 16,
@@ -222,18 +238,9 @@ def mm_fp4(a: torch.Tensor, b: torch.Tensor | PreparedWeight, a_descale: torch.T
     when the op runs (and shapes when it is traced).
     """
     check_format(block_size, use_nvfp4)
-    if isinstance(b, PreparedWeight):
-        if b_descale is not None:
-            raise ValueError("b_descale: must be None when b is a PreparedWeight (its scales are inside it)")
-        key = register_prepared(b)
-        w, w_sf = b.canonical.b, b.canonical.b_scale
-    else:
-        if not isinstance(b, torch.Tensor) or b.dim() != 2:
-            raise ValueError(f"b: expected a 2-D (K/2, N) tensor (b_fp4.T) or a PreparedWeight, got "
-                             f"{type(b).__name__} {tuple(getattr(b, 'shape', ()))}")
-        if b_descale is None:
-            raise ValueError("b_descale: required when b is a tensor (pass b_sf.T)")
-        key, w, w_sf = _NO_WEIGHT, as_bytes(b).t(), flat_scale_bytes(b_descale)
+    key, w, w_sf = _weight_arguments(b, b_descale, "(K/2, N) tensor (b_fp4.T)", " (pass b_sf.T)")
+    if key == _NO_WEIGHT:
+        w = w.t()  # mm_fp4 takes the column-major view b_fp4.T; the op takes the rows
     return torch.ops.fp4core.mm_fp4(a, a_descale, w, w_sf, alpha, out_dtype, use_nvfp4,
                                     use_8x4_sf_layout, backend, key)
 
@@ -311,18 +318,7 @@ def mm_bf16_fp4(a: torch.Tensor, b: torch.Tensor | PreparedWeight, b_descale: to
     the prepared weight from ``prepare_bf16_fp4_weights`` with ``b_descale=None``), no ``out``.
     Returns (M, N) of ``out_dtype`` (default: a's dtype)."""
     check_format(block_size, block_size == 16)
-    if isinstance(b, PreparedWeight):
-        if b_descale is not None:
-            raise ValueError("b_descale: must be None when b is a prepared weight (its scales are inside it)")
-        key = register_prepared(b)
-        w, w_sf = b.canonical.b, b.canonical.b_scale
-    else:
-        if not isinstance(b, torch.Tensor) or b.dim() != 2:
-            raise ValueError(f"b: expected a 2-D (N, K/2) tensor or a prepared weight, got "
-                             f"{type(b).__name__} {tuple(getattr(b, 'shape', ()))}")
-        if b_descale is None:
-            raise ValueError("b_descale: required when b is a tensor")
-        key, w, w_sf = _NO_WEIGHT, as_bytes(b), flat_scale_bytes(b_descale)
+    key, w, w_sf = _weight_arguments(b, b_descale, "(N, K/2) tensor", "")
     return torch.ops.fp4core.mm_bf16_fp4(a, w, w_sf, alpha, a.dtype if out_dtype is None else out_dtype,
                                          block_size == 16, backend, key)
 
