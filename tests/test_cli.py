@@ -5,6 +5,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 import fp4core
 from fp4core.dispatch.selector import selector
@@ -179,3 +180,19 @@ def test_bench_prepared_lets_auto_consider_backends_that_need_their_layout(monke
         assert auto[True].correct
     finally:
         selector.registry.reset()
+
+
+def test_bench_w4a16_times_weight_only_problems(tmp_path):
+    """`fp4core bench --w4a16` (without --layer) times mm_bf16_fp4 problems: the torch backend is
+    checked against the float64 reference of bf16 A x dequant(B), backends without bf16
+    activations are listed as skipped, not run (before, the flag was accepted and ignored)."""
+    js = tmp_path / "w4a16.json"
+    assert main(["bench", "--w4a16", "--m", "3", "--n", "32", "--k", "64", "--json", str(js)]) == 0
+    rows = {r["backend"]: r for r in json.loads(js.read_text())}
+    assert rows["torch"]["correct"] and 0 < rows["torch"]["rel_err"] < 1e-2
+    assert rows["auto:torch"]["correct"]
+    for name, row in rows.items():
+        if name not in ("bf16", "torch", "auto:torch", "tinygemm"):
+            assert "activations" in row["skipped"], (name, row)
+    # tinygemm is a CUDA kernel: a row only where one is there
+    assert ("tinygemm" in rows) == torch.cuda.is_available()

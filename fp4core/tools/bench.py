@@ -92,8 +92,15 @@ def _summary(samples: list[float]) -> tuple[float, float]:
 
 def run_bench(shapes, backends: list[str] | None = None, use_nvfp4: bool = True,
               out_dtype: torch.dtype = torch.bfloat16, autotune: bool = False,
-              progress: Callable[[str], None] = lambda s: None, prepared: bool = False) -> list[BenchRow]:
+              progress: Callable[[str], None] = lambda s: None, prepared: bool = False,
+              act_dtype: torch.dtype | None = None) -> list[BenchRow]:
     """Benchmark ``shapes``; see the module docstring. Returns one row per (shape, backend).
+
+    ``act_dtype``: None times ``mm_fp4`` problems (FP4 activations); torch.bfloat16 times
+    weight-only ``mm_bf16_fp4`` problems, where backends that do not take bf16 activations are
+    listed as skipped, and on CUDA a ``tinygemm`` row adds torch's int4 weight-only kernel
+    (group 128; its ``rel err`` is against the bf16 product, the error of its own int4
+    quantization, not an exactness check).
 
     ``prepared``: describe the calls as on a weight from ``fp4core.prepare`` (what ``auto`` then
     chooses among includes backends that need their own layout, and each backend gets its
@@ -106,7 +113,7 @@ def run_bench(shapes, backends: list[str] | None = None, use_nvfp4: bool = True,
     timer = default_timer(cuda)
     for m, n, k in shapes:
         problem = api.make_problem(m, n, k, use_nvfp4=use_nvfp4, out_dtype=out_dtype, device=device,
-                                   prepared=prepared)
+                                   prepared=prepared, act_dtype=act_dtype)
         sets = make_sets(problem)
         ref = reference_mm(problem, sets[0], torch.float32 if cuda else torch.float64)
         flops = 2.0 * m * n * k
@@ -121,6 +128,8 @@ def run_bench(shapes, backends: list[str] | None = None, use_nvfp4: bool = True,
         rows.append(BenchRow(m, n, k, "bf16", base_us, base_spread, flops / base_us / 1e6,
                              (2 * (m + n) * k + 2 * m * n) / base_us / 1e3, 1.0, base_us, 0.0))
         progress(f"{m}x{n}x{k}: bf16 torch.matmul {base_us:.1f} us")
+        if act_dtype is not None and cuda:
+            rows.append(_tinygemm_row(m, n, k, a16, w16, baseline, timer, flops, progress))
         if autotune:
             # Tune first so every named backend is timed with its own tuned tactic too.
             api.tune([problem], verbose=False)
@@ -159,3 +168,27 @@ def run_bench(shapes, backends: list[str] | None = None, use_nvfp4: bool = True,
             rows.append(row)
         del a16, w16, out16
     return rows
+
+
+def _tinygemm_row(m: int, n: int, k: int, a16: list[torch.Tensor], w16: list[torch.Tensor], baseline,
+                  timer, flops: float, progress: Callable[[str], None]) -> BenchRow:
+    """torch's int4 weight-only GEMM (tinygemm, group 128) on the baseline's first weight, timed
+    interleaved with the baseline: the W4A16 reference point of ``run_bench(act_dtype=...)``."""
+    from fp4core.tools.tinygemm import TinyGemmLinear
+    row = BenchRow(m, n, k, "tinygemm")
+    try:
+        lin = torch.nn.Linear(k, n, bias=False, device=a16[0].device, dtype=torch.bfloat16)
+        lin.weight.data.copy_(w16[0])
+        layer = TinyGemmLinear(lin)
+        y = layer(a16[0])
+        row.rel_err = relative_error(y.float(), (a16[0].float() @ w16[0].float().t()))
+        base_s, cand_s = timer.measure_interleaved([baseline, (lambda i: layer(a16[i]), len(a16))])
+        row.median_us, row.spread_us = _summary(cand_s)
+        row.baseline_us = median(base_s)
+        row.tflops = flops / row.median_us / 1e6
+        row.gbps = (2 * m * k + n * k // 2 + n * k // 128 * 4 + 2 * m * n) / row.median_us / 1e3
+        row.speedup = row.baseline_us / row.median_us
+    except Exception as exc:  # e.g. K not a multiple of 1024: a missing row, not a failed sweep
+        row.skipped = f"{type(exc).__name__}: {exc}"
+    progress(f"{m}x{n}x{k}: tinygemm " + (row.skipped or f"{row.median_us:.1f} us"))
+    return row

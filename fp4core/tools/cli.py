@@ -214,7 +214,7 @@ def cmd_bench(args) -> int:
     rows = run_bench(shapes, backends=backends, use_nvfp4=(args.format == "nvfp4"),
                      out_dtype=torch.float16 if args.out_dtype == "fp16" else torch.bfloat16,
                      autotune=args.autotune, progress=lambda s: print(s, file=sys.stderr, flush=True),
-                     prepared=args.prepared)
+                     prepared=args.prepared, act_dtype=torch.bfloat16 if args.w4a16 else None)
     print(f"{'M':>6s} {'N':>6s} {'K':>6s}  {'backend':12s} {'median us':>10s} {'spread':>7s} "
           f"{'TFLOP/s':>8s} {'GB/s':>8s} {'vs bf16':>8s} {'rel err':>9s}")
     for r in rows:
@@ -287,8 +287,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--variants", default="",
                    help="--layer: comma list of nvfp4, nvfp4-static, mxfp4, w4a16-nvfp4, w4a16-mxfp4, tinygemm-int4")
     p.add_argument("--w4a16", action="store_true",
-                   help="--layer: the weight-only variants (w4a16-nvfp4, w4a16-mxfp4) beside torch's int4 "
-                        "tinygemm and bf16")
+                   help="weight-only problems (mm_bf16_fp4: bf16 activations, FP4 weights) beside bf16 "
+                        "and torch's int4 tinygemm; with --layer, the weight-only layer variants")
     p.add_argument("--json")
     p.add_argument("--csv")
     p.add_argument("--plot", help="PNG: time vs M per backend (log scale) with the bandwidth floor")
