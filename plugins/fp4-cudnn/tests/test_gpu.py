@@ -227,7 +227,7 @@ def test_autotune_times_plans_and_stays_correct(backend, gen):
     with fp4core.autotune(verbose=False, save=False):
         out = fp4core.mm_fp4(**args, backend="auto")
     exp = fp4core.explain(problem)
-    assert exp.cache_entry is not None and "cudnn" in exp.cache_entry["per_backend"], exp
+    assert exp.cache_entry is not None and "cudnn" in exp.cache_entry.per_backend, exp
     check(out, problem, ops, "tuned")
     out2 = poisoned(512, 1024, torch.bfloat16)
     fp4core.mm_fp4(**args, out=out2, backend="auto")  # the cached choice
