@@ -28,7 +28,9 @@ SOURCE = Path(__file__).parent / "csrc" / "fp4_gemv.cu"
 #: Both kernels, linked into one library: stream-K (fp4_gemv.cu) and split-K (fp4_splitk.cu).
 SOURCES = (SOURCE, Path(__file__).parent / "csrc" / "fp4_splitk.cu")
 LIB_NAME = "fp4_trtllm_gemv"
-ABI_VERSION = 5  # 4: NVFP4 weights word-encoded (wordcode.py); 5: tiles in groups of 16
+ABI_VERSION = 6  # 4: NVFP4 weights word-encoded (wordcode.py); 5: tiles in groups of 16; 6: W4A16 entry
+#: The W4A16 kernels' activation codes (fp4_trtllm_splitk_w16's ``act``), by torch dtype.
+ACT_CODES = {torch.bfloat16: 1, torch.float16: 2}
 #: nvcc flags of the library (the build hook and ``library`` must agree: same JIT cache key).
 FLAGS = ("-lineinfo",)
 #: Activation rows per CTA pass, by the kernel's template parameter NT (8 rows per MMA tile).
@@ -66,6 +68,9 @@ def library(arch: str) -> ctypes.CDLL:
     lib.fp4_trtllm_splitk.restype = ctypes.c_int
     lib.fp4_trtllm_splitk.argtypes = [ctypes.POINTER(_SplitKParams), ctypes.c_int, ctypes.c_int,
                                       ctypes.c_int, ctypes.c_int, ctypes.c_void_p]
+    lib.fp4_trtllm_splitk_w16.restype = ctypes.c_int
+    lib.fp4_trtllm_splitk_w16.argtypes = [ctypes.POINTER(_SplitKParams), ctypes.c_int, ctypes.c_int,
+                                          ctypes.c_int, ctypes.c_int, ctypes.c_void_p]
     lib.fp4_trtllm_occupancy.restype = ctypes.c_int
     lib.fp4_trtllm_occupancy.argtypes = [ctypes.c_int] * 4
     lib.fp4_trtllm_error_string.restype = ctypes.c_char_p
@@ -82,6 +87,13 @@ def nt_for(m: int) -> int:
         if m <= 8 * nt:
             return nt
     return NT_CHOICES[-1]
+
+
+def _check_alignment_w16(a_ptr: int) -> None:
+    """The W4A16 kernel copies activation rows in 16-byte pieces."""
+    if a_ptr % 16:
+        raise ValueError(f"fp4-trtllm: a (bf16/fp16 activations) must start 16-byte aligned, got address "
+                         f"{a_ptr:#x}; pass a contiguous tensor")
 
 
 def _check_alignment(a_ptr: int, a_sf_ptr: int, stream_k: bool) -> None:
@@ -174,15 +186,19 @@ def splitk_grid(m: int, n: int, t: int, warps: int, splits: int) -> tuple[int, i
     return math.ceil(m_tiles / (warps * t)), splits, math.ceil(m / (8 * nt_for(m)))
 
 
-def launch_splitk(*, a: torch.Tensor, a_sf: torch.Tensor, w: torch.Tensor, w_sf: torch.Tensor,
+def launch_splitk(*, a: torch.Tensor, a_sf: torch.Tensor | None, w: torch.Tensor, w_sf: torch.Tensor,
                   alpha: torch.Tensor | None, out: torch.Tensor, m: int, n: int, k: int, mx: bool,
                   a_sf_8x4: bool, a_sf_cols: int, t: int, warps: int, splits: int,
-                  ring: bool = False) -> None:
+                  ring: bool = False, act: int = 0) -> None:
     """Launch the split-K kernel (same arguments as ``launch``; ``splits`` CTAs share each tile
     of rows, the last to arrive sums their partials in split order). ``ring``: stream the
     chunks through a per-warp shared-memory ring filled by ``cp.async`` instead of the
     register pipeline (falls back to the register pipeline when ``a_sf`` is not 4-byte
-    aligned, which the ring's 4-byte scale copies need)."""
+    aligned, which the ring's 4-byte scale copies need).
+
+    ``act`` (``ACT_CODES``): 0 for FP4 activations; 1 or 2 for a weight-only call, where ``a``
+    is the contiguous (m, k) bf16 or fp16 activation, ``a_sf`` is None and the ring is always
+    used (``fp4_trtllm_splitk_w16``)."""
     index = out.device.index
     lib = _device_lib(index)
     nt = nt_for(m)
@@ -191,13 +207,19 @@ def launch_splitk(*, a: torch.Tensor, a_sf: torch.Tensor, w: torch.Tensor, w_sf:
     if splits > 1:
         gx, _, gz = splitk_grid(m, n, t, warps, splits)
         ws, cnt = workspace_pointers(out.device, gx * splits * gz * warps * t * nt * 128, gx * gz)
-    _check_alignment(a.data_ptr(), a_sf.data_ptr(), False)
-    p = _SplitKParams(a.data_ptr(), a_sf.data_ptr(), w.data_ptr(), w_sf.data_ptr(),
+    if act:
+        _check_alignment_w16(a.data_ptr())
+    else:
+        _check_alignment(a.data_ptr(), a_sf.data_ptr(), False)
+    p = _SplitKParams(a.data_ptr(), a_sf.data_ptr() if a_sf is not None else None, w.data_ptr(), w_sf.data_ptr(),
                       alpha.data_ptr() if alpha is not None else None, out.data_ptr(), ws, cnt,
                       m, n, k, int(a_sf_8x4), a_sf_cols // 4, int(out.dtype == torch.float16),
                       splits, warps, m_tiles)
-    ring = bool(ring) and a_sf.data_ptr() % 4 == 0
-    err = lib.fp4_trtllm_splitk(ctypes.byref(p), int(mx), t, nt, int(ring), kit.raw_stream(index))
+    if act:
+        err = lib.fp4_trtllm_splitk_w16(ctypes.byref(p), int(mx), act, t, nt, kit.raw_stream(index))
+    else:
+        ring = bool(ring) and a_sf.data_ptr() % 4 == 0
+        err = lib.fp4_trtllm_splitk(ctypes.byref(p), int(mx), t, nt, int(ring), kit.raw_stream(index))
     if err != 0:
         raise RuntimeError(f"fp4-trtllm split-K kernel launch failed: CUDA error {err} "
                            f"({lib.fp4_trtllm_error_string(err).decode()}) for m={m} n={n} k={k} "
@@ -206,11 +228,12 @@ def launch_splitk(*, a: torch.Tensor, a_sf: torch.Tensor, w: torch.Tensor, w_sf:
 
 def bind(*, w: torch.Tensor, w_sf: torch.Tensor, m: int, n: int, k: int, mx: bool, a_sf_8x4: bool,
          a_sf_cols: int, t: int, warps: int, out_fp16: bool, device: torch.device, splitk: bool,
-         splits: int = 1, ring: bool = False, ctas: int = 0):
+         splits: int = 1, ring: bool = False, ctas: int = 0, act: int = 0):
     """``launch(a, a_sf, alpha, out)`` for repeated calls of one shape and tactic: the plan, the
     workspace and the parameter block are made once, a call fills in four pointers and
     launches (``launch`` / ``launch_splitk`` do all of it on every call). The workspace pointers
-    stay valid: the workspace only grows and keeps the buffers it replaced."""
+    stay valid: the workspace only grows and keeps the buffers it replaced. ``act``: as for
+    ``launch_splitk`` (weight-only calls: split-K ring only, ``a_sf`` None)."""
     index = device.index if device.index is not None else torch.cuda.current_device()
     lib = _device_lib(index)
     raw_stream = kit.raw_stream  # a local: the closures below run per call
@@ -224,6 +247,19 @@ def bind(*, w: torch.Tensor, w_sf: torch.Tensor, m: int, n: int, k: int, mx: boo
                           int(a_sf_8x4), a_sf_cols // 4, int(out_fp16), splits, warps, (n + 15) // 16)
         fn, ref, mode = lib.fp4_trtllm_splitk, ctypes.byref(p), int(mx)
         what = f"split-K m={m} n={n} k={k} t={t} warps={warps} splits={splits}"
+        if act:
+            fn16 = lib.fp4_trtllm_splitk_w16
+
+            def launch_w16(a, a_sf, alpha, out):
+                p.a, p.out = a.data_ptr(), out.data_ptr()
+                if p.a % 16:
+                    _check_alignment_w16(p.a)
+                p.alpha = alpha.data_ptr() if alpha is not None else None
+                err = fn16(ref, mode, act, t, nt, raw_stream(index))
+                if err:
+                    raise RuntimeError(f"fp4-trtllm W4A16 kernel launch failed: CUDA error {err} "
+                                       f"({lib.fp4_trtllm_error_string(err).decode()}) for {what}")
+            return launch_w16
 
         def launch(a, a_sf, alpha, out):
             p.a, p.a_sf, p.out = a.data_ptr(), a_sf.data_ptr(), out.data_ptr()

@@ -21,6 +21,9 @@ from .layout import CHUNK_K, prepare_weight
 #: Largest M accepted: past it the weight is streamed once per 64 rows and a tensor-core
 #: GEMM backend is the right tool.
 MAX_M = 256
+#: Largest M of a weight-only (W4A16) call: one pass of the split-K ring kernel (8 tiles of 8
+#: rows); its bf16/fp16 activation slots are 4x the FP4 ones, so larger passes do not pay.
+MAX_M_W16 = 64
 #: Marker the prepare hook leaves in Operands.extra; run checks it.
 EXTRA_KEY = "fp4_trtllm"
 
@@ -96,10 +99,7 @@ def _resident_ctas(problem: Problem, t: int, warps: int) -> int:
     """Split-K ring CTAs that fit on one SM at once: registers (the ring variants are capped at
     128 per thread, so 16 warps) and shared memory (the ring's bytes per warp, as laid out by
     RingSlot and ring_chunks in csrc/fp4_splitk.cu, plus the 1 KiB the driver keeps per CTA)."""
-    nt = launcher.nt_for(problem.m or 1)
-    slot = t * 512 + t * (32 if problem.fmt is Fp4Format.MXFP4 else 64) + nt * 256 + nt * 128
-    per_warp = (5 if t >= 4 else 6) * slot
-    by_smem = kit.smem_per_sm(problem.device.index) // (warps * per_warp + 1024)
+    by_smem = kit.smem_per_sm(problem.device.index) // (warps * ring_bytes_per_warp(problem, t) + 1024)
     return max(1, min(16 // warps, by_smem, 32))
 
 
@@ -126,6 +126,34 @@ def _balanced_splits(problem: Problem, t: int, warps: int, keep: int = 1) -> lis
     return sorted(counts, key=score, reverse=True)[:keep]
 
 
+def ring_bytes_per_warp(problem: Problem, t: int) -> int:
+    """Shared memory of one warp's split-K ring (RingSlot x ring_chunks in csrc/fp4_splitk.cu):
+    weight tiles and their scales, then the activation tiles (FP4 bytes and scale words, or
+    the plain bf16/fp16 values of a weight-only call, 4x as many bytes)."""
+    nt = launcher.nt_for(problem.m or 1)
+    w = t * 512 + t * (32 if problem.fmt is Fp4Format.MXFP4 else 64)
+    a = nt * 1024 if problem.act_dtype is not None else nt * 256 + nt * 128
+    return (5 if t >= 4 else 6) * (w + a)
+
+
+def _w16_tactics(problem: Problem, nt: int) -> list[TrtllmTactic]:
+    """Weight-only tactics: the split-K ring kernel at the W4A4 ring's (t, warps) and split
+    counts, those whose CTA fits in one SM's shared memory (the activation slots are larger)."""
+    room = kit.smem_per_sm(problem.device.index) - 1024
+    out = []
+    pairs = _SPLITK[nt] + _BALANCED.get(nt, [])
+    for t, w in pairs:
+        t_eff = 2 if t > 2 and (problem.m or 1) > 32 else t
+        if w * ring_bytes_per_warp(problem, t_eff) > room:
+            continue
+        s = _auto_splits(problem, t, w)
+        for splits in sorted({s, max(1, s // 2), *_balanced_splits(problem, t, w)}, reverse=True):
+            tac = TrtllmTactic(SPLITK, t=t, warps=w, split_k=splits, ring=1)
+            if tac not in out:
+                out.append(tac)
+    return out
+
+
 class TrtllmBackend:
     """TensorRT-LLM-style small-M FP4 GEMM: prepared (shuffled) weight, swap-AB mma.sync kernel."""
 
@@ -136,7 +164,7 @@ class TrtllmBackend:
             description="swap-AB mma.sync kernels (stream-K, split-K) for small M (decode), prepared weight",
             targets=("sm80", "sm90a", "sm100a", "sm120a"), verified=("sm90a",),
             priority={"decode": 50, "small": 30, "medium": -10},
-            needs_prepare=True, tactic_type=TrtllmTactic)
+            needs_prepare=True, tactic_type=TrtllmTactic, activations=("fp4", "bf16", "fp16"))
 
     @hookimpl
     def supports(self, problem: Problem) -> Support:
@@ -149,6 +177,11 @@ class TrtllmBackend:
             return Support.no(f"K must be a multiple of {CHUNK_K}, got K = {problem.k}")
         if problem.m is not None and problem.m > MAX_M:
             return Support.no(f"small-M kernel: M <= {MAX_M}, got M = {problem.m}")
+        if problem.act_dtype is not None:
+            if problem.m is not None and problem.m > MAX_M_W16:
+                return Support.no(f"weight-only small-M kernel: M <= {MAX_M_W16}, got M = {problem.m}")
+            if problem.fmt is Fp4Format.MXFP4 and problem.act_dtype == torch.float16:
+                return Support.no("MXFP4 weights need bfloat16 activations (E8M0 scales exceed fp16's range)")
         if problem.a_sf_layout not in (SfLayout.layout_128x4, SfLayout.layout_8x4):
             return Support.no(f"A scales must be 128x4 or 8x4, got {problem.a_sf_layout.value}")
         if problem.n * problem.k // 2 >= 2**31 or (problem.m or 1) * problem.n >= 2**31:
@@ -171,6 +204,8 @@ class TrtllmBackend:
         tactic at M = 1...64 on the Llama-70B layers (stream-K had led above M = 16 on H100,
         before the ring existed)."""
         nt = launcher.nt_for(problem.m or 1)
+        if problem.act_dtype is not None:
+            return _w16_tactics(problem, nt)
         sk = [TrtllmTactic(STREAMK, t=t, warps=w, ctas=0) for t, w in _STREAMK[nt]]
         sk.append(dataclasses.replace(sk[0], ctas=1))  # one CTA per SM: fewer, longer K streams
         sp = []
@@ -223,6 +258,10 @@ class TrtllmBackend:
         t, warps = tactic.t, tactic.warps
         if t > 2 and problem.m > 32:
             t = 2  # neither kernel has a t=4 variant for 64-row activation passes
+        act = launcher.ACT_CODES.get(problem.act_dtype, 0)
+        if act and (tactic.kernel != SPLITK or not tactic.ring):
+            raise ValueError(f"trtllm: weight-only (W4A16) calls run the split-K ring kernel only, got tactic "
+                             f"{tactic.label()}")
         cols = problem.k // problem.block_size
         args = dict(w=operands.b, w_sf=operands.b_scale, m=problem.m, n=problem.n, k=problem.k,
                     mx=problem.fmt is Fp4Format.MXFP4,
@@ -230,7 +269,7 @@ class TrtllmBackend:
                     a_sf_cols=(cols + 3) // 4 * 4, t=t, warps=warps)
         if tactic.kernel == SPLITK:
             splits = tactic.split_k or _auto_splits(problem, t, warps)
-            args.update(splits=max(1, min(splits, problem.k // CHUNK_K)), ring=bool(tactic.ring))
+            args.update(splits=max(1, min(splits, problem.k // CHUNK_K)), ring=bool(tactic.ring), act=act)
             return launcher.launch_splitk, args
         args.update(ctas=tactic.ctas)
         return launcher.launch, args

@@ -182,3 +182,101 @@ def test_cuda_graph_capture_replay():
     want = fp4core.mm_fp4(a4, w, asf, None, alpha, backend="trtllm")
     torch.cuda.synchronize()
     assert torch.equal(out, want)
+
+
+# ---- weight-only (W4A16): bf16/fp16 activations, the split-K ring kernel's ACT variants ------
+W16_KINDS = [(True, torch.bfloat16), (True, torch.float16), (False, torch.bfloat16)]
+
+
+def _w16_problem(m, n, k, nv, act, out=None):
+    return fp4core.make_problem(m, n, k, use_nvfp4=nv, out_dtype=out or act, prepared=True,
+                                device="cuda", act_dtype=act)
+
+
+@pytest.mark.parametrize("nv,act", W16_KINDS, ids=["nvfp4-bf16", "nvfp4-fp16", "mxfp4-bf16"])
+@pytest.mark.parametrize("n,k", SHAPES)
+@pytest.mark.parametrize("m", [1, 7, 33, 64])
+def test_w4a16_every_tactic_exact(m, n, k, nv, act):
+    """Every weight-only tactic against the float64 reference of a x dequant(b), output
+    poisoned first (rel. error <= 1e-2 is the issue's bound; exact dequantization and fp32
+    accumulation give the final rounding only)."""
+    be = TrtllmBackend()
+    problem = _w16_problem(m, n, k, nv, act)
+    gen = torch.Generator(device="cuda").manual_seed(m * 31 + n + k + nv)
+    ops = random_operands(problem, device="cuda", generator=gen)
+    assert ops.a.dtype == act and ops.a_scale is None
+    tactics = be.tactics(problem)
+    assert tactics
+    for tactic in tactics:
+        assert _check(be, problem, ops, tactic) < 5e-3
+
+
+@pytest.mark.parametrize("lo,hi", [(1, 8), (0x70, 0x7F)], ids=["subnormal", "largest"])
+def test_w4a16_bf16_weight_scale_extremes(lo, hi):
+    """The bf16 path scales E4M3 by 2^119: the smallest (subnormal) and largest block scales
+    must give exact operands, neither flushed nor overflowed."""
+    be = TrtllmBackend()
+    problem = _w16_problem(5, 1280, 2880, True, torch.bfloat16)
+    gen = torch.Generator(device="cuda").manual_seed(lo)
+    ops = random_operands(problem, device="cuda", generator=gen)
+    sf = torch.randint(lo, hi, ops.b_scale.shape, generator=gen, device="cuda", dtype=torch.int32)
+    ops = dataclasses.replace(ops, b_scale=sf.to(torch.uint8))
+    for tactic in be.tactics(problem)[:3]:
+        assert _check(be, problem, ops, tactic) < 5e-3
+
+
+@pytest.mark.parametrize("nv,act", W16_KINDS, ids=["nvfp4-bf16", "nvfp4-fp16", "mxfp4-bf16"])
+def test_w4a16_mm_bf16_fp4_auto_picks_trtllm_and_is_exact(nv, act):
+    """The public path: prepare_bf16_fp4_weights then mm_bf16_fp4, auto and named, against
+    the torch backend; auto takes trtllm at decode sizes."""
+    m, n, k = 4, 2880, 1024
+    g = torch.Generator(device="cuda").manual_seed(9)
+    x = torch.randn(m, k, device="cuda", generator=g).to(act)
+    w = torch.randn(n, k, device="cuda", generator=g)
+    if nv:
+        gw = fp4core.compute_global_scale(w)
+        b, bsf = fp4core.nvfp4_quantize(w, gw)
+        alpha = (1.0 / gw).reshape(1).float()
+    else:
+        b, bsf = fp4core.mxfp4_quantize(w)
+        alpha = None
+    bs = 16 if nv else 32
+    ref = fp4core.mm_bf16_fp4(x, b, bsf, alpha, block_size=bs, backend="torch").double()
+    pw, _, alpha2 = fp4core.prepare_bf16_fp4_weights(b, bsf, alpha, block_size=bs)
+    assert "trtllm" in pw.by_backend, pw.skipped
+    for backend in ("auto", "trtllm"):
+        out = torch.full((m, n), float("nan"), dtype=act, device="cuda")
+        fp4core.mm_bf16_fp4(x, pw, None, alpha2, out=out, block_size=bs, backend=backend)
+        assert relative_error(out, ref) <= 5e-3, backend
+    exp = fp4core.explain(fp4core.make_problem(m, n, k, use_nvfp4=nv, out_dtype=act, prepared=True,
+                                               device="cuda", act_dtype=act))
+    assert exp.choice.backend.name == "trtllm", str(exp)
+
+
+def test_w4a16_deterministic_and_graph_replay():
+    """Bit-identical repeats (split-K sums in a fixed order) and CUDA-graph replay that follows
+    new activations copied into the captured buffer."""
+    be = TrtllmBackend()
+    problem = _w16_problem(16, 7168, 8192, True, torch.bfloat16)
+    src = random_operands(problem, device="cuda", generator=torch.Generator(device="cuda").manual_seed(3))
+    ops = _prepared(be, problem, src)
+    assert ops.a is src.a  # the kernel reads the caller's activation buffer
+    for tactic in be.tactics(problem)[:4]:
+        outs = run_repeatedly(be, problem, ops, tactic, times=3)
+        assert all(torch.equal(outs[0].view(torch.int16), o.view(torch.int16)) for o in outs[1:]), tactic
+    tactic = be.tactics(problem)[0]
+    out = torch.empty(16, 7168, dtype=torch.bfloat16, device="cuda")
+    be.run(problem, ops, tactic, out)  # warm-up: library, workspace
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    s = torch.cuda.Stream()
+    s.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(s), torch.cuda.graph(graph):
+        be.run(problem, ops, tactic, out)
+    torch.cuda.current_stream().wait_stream(s)
+    fresh = torch.randn(src.a.shape, device="cuda", generator=torch.Generator(device="cuda").manual_seed(4))
+    src.a.copy_(fresh.to(src.a.dtype))
+    out.fill_(float("nan"))
+    graph.replay()
+    torch.cuda.synchronize()
+    assert relative_error(out, reference_mm(problem, src)) <= 5e-3

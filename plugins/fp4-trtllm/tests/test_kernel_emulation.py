@@ -4,6 +4,7 @@ over the prepared layout, compared with the exact reference. It checks the index
 csrc/fp4_decode.cuh and the two kernels (fp4_gemv.cu stream-K, fp4_splitk.cu split-K; they share the
 decode and the fragment mapping) without a GPU; the GPU tests check the compiled kernel itself."""
 
+import dataclasses
 import math
 import random
 import struct
@@ -130,12 +131,56 @@ def test_e8m0_as_bf16():
         assert scale_value(byte, True) == 2.0 ** (byte - 127)
     assert math.isnan(scale_value(255, True))
 
+def nv_f16_to_bf16(r):
+    """Mirror of nv_f16_to_bf16 in csrc/fp4_decode.cuh."""
+    return (r | (r >> 3)) & 0x81C081C0
+
+
+def bf16_round(x):
+    """x rounded to bfloat16 (nearest even), as a float."""
+    return float(torch.tensor([x], dtype=torch.float64).to(torch.bfloat16).double()[0])
+
+
+def test_nv_weight_as_bf16_and_its_scales_are_exact():
+    """The W4A16 bf16 path: every stored NVFP4 word decodes to value * 2^-126 in bf16, and
+    value * 2^-126 times every finite E4M3 scale * 2^119 is a normal bf16, exactly value *
+    scale * 2^-7 (what the kernel's HMUL2 produces; alpha carries 2^7)."""
+    rng = random.Random(3)
+    words = [rng.getrandbits(32) for _ in range(1000)] + [sum(c << (4 * i) for i in range(8)) for c in range(16)]
+    nat = torch.tensor([[(w >> (8 * p)) & 0xFF for p in range(4)] for w in words], dtype=torch.uint8)
+    for w, row in zip(words, wordcode.encode(nat).tolist()):
+        regs = [nv_f16_to_bf16(r) for r in nv_weight_regs(int.from_bytes(bytes(row), "little"))]
+        for q in range(4):
+            lo, hi = halves(regs[q], True)
+            for v, code in ((lo, (w >> (8 * q)) & 0xF), (hi, (w >> (8 * q + 4)) & 0xF)):
+                want = E2M1_VALUES[code]
+                assert v * 2.0 ** 126 == want and math.copysign(1, v) == math.copysign(1, want)
+    scales = e4m3_decode(torch.arange(256, dtype=torch.uint8)).double().numpy()
+    for sc in scales[np.isfinite(scales)]:
+        up = bf16_round(sc * 2.0 ** 119)
+        assert up == sc * 2.0 ** 119 and up < 2.0 ** 128
+        for code in range(16):
+            v = E2M1_VALUES[code] * 2.0 ** -126
+            prod = v * up
+            assert bf16_round(prod) == prod == E2M1_VALUES[code] * sc * 2.0 ** -7
+            assert prod == 0 or abs(prod) >= 2.0 ** -126  # normal: no subnormal product
+
+
 def emulate(problem, ops, T=2, W=2, S=3):
-    """Values of one launch of fp4_splitk_kernel (T tiles per warp, W warps, S splits), lane by lane."""
+    """Values of one launch of fp4_splitk_kernel (T tiles per warp, W warps, S splits), lane by
+    lane. A weight-only problem (problem.act_dtype set) runs the W4A16 variant: the lane's 32
+    activation bytes go into the ring as two 16-byte halves and come back as B fragments; NVFP4
+    weights take the bf16 path when the activations are bf16."""
     mx = problem.fmt is Fp4Format.MXFP4
     m, n, k = problem.m, problem.n, problem.k
+    act = problem.act_dtype
     w, s = prepare_weight(ops.b, ops.b_scale, problem.fmt)
-    wb = w.numpy(); sb = s.numpy(); ab = ops.a.numpy(); asf = ops.a_scale.numpy()
+    wb = w.numpy(); sb = s.numpy()
+    if act is None:
+        ab = ops.a.numpy(); asf = ops.a_scale.numpy()
+    else:
+        a16 = ops.a.contiguous().view(torch.uint8).numpy()  # (m, 2k) bytes of the bf16/fp16 rows
+        bf_mma = act == torch.bfloat16
     chunks = k // 64; m_tiles = math.ceil(n / 16)
     NT = 1 if m <= 8 else 2 if m <= 16 else 4 if m <= 32 else 8
     _, pcol = padded_scale_shape(m, k // problem.block_size, problem.a_sf_layout)
@@ -145,11 +190,23 @@ def emulate(problem, ops, T=2, W=2, S=3):
     gx = math.ceil(m_tiles / (W * T)); gz = math.ceil(m / (8 * NT))
     def lanevals(raw8, sc, weight=False):  # 8 bytes -> 8 regs of 2 values
         w0 = int.from_bytes(bytes(raw8[:4]), 'little'); w1 = int.from_bytes(bytes(raw8[4:]), 'little')
+        if weight and not mx and act == torch.bfloat16:  # bf16 path: value * 2^-126, scale * 2^119
+            regs = [nv_f16_to_bf16(r) for r in nv_weight_regs(w0) + nv_weight_regs(w1)]
+            up = bf16_round(sc * 2.0 ** 119)
+            vals = [[bf16_round(v * up) for v in halves(r, True)] for r in regs]
+            return [[v * 2.0 ** 7 for v in pair] for pair in vals]  # alpha carries 2^7
         if weight and not mx:  # word-encoded NVFP4 weight: value * 2^-14, undone here as alpha does
             regs, sc = nv_weight_regs(w0) + nv_weight_regs(w1), sc * 2.0 ** 14
         else:
             regs = decode_word(w0, mx) + decode_word(w1, mx)
         return [[v * sc for v in halves(r, mx)] for r in regs]
+
+    def act_regs(mm, c, t):  # W4A16: the lane's 32 bytes via the ring's two 16-byte halves
+        row = a16[mm if mm < m else 0]
+        raw = bytes(row[2 * (64 * c + 16 * t): 2 * (64 * c + 16 * t) + 32])
+        ring = {0: raw[:16], 512: raw[16:]}  # slot offsets of the two halves (lane * 16 added)
+        words = [int.from_bytes(ring[h][4 * i: 4 * i + 4], "little") for h in (0, 512) for i in range(4)]
+        return [list(halves(x, bf_mma)) for x in words]
     for bx in range(gx):
         for bz in range(gz):
             m0 = bz * 8 * NT
@@ -166,7 +223,9 @@ def emulate(problem, ops, T=2, W=2, S=3):
                             for lane in range(32):
                                 g, t = lane >> 2, lane & 3
                                 mm = m0 + 8*j + g
-                                if mm < m:
+                                if act is not None:
+                                    bv[j, lane] = act_regs(mm, c, t)  # rows past M: row 0, never stored
+                                elif mm < m:
                                     raw = ab[mm, c*32 + 8*t: c*32 + 8*t + 8]
                                     rb = (mm >> 3) * coltiles * 32 + (mm & 7) * 4 if e8 else (mm >> 7) * coltiles * 512 + (mm & 31) * 16 + ((mm >> 5) & 3) * 4
                                     base = rb + ((t >> 1) if mx else t)
@@ -225,3 +284,23 @@ def test_fragment_mapping_matches_reference(m, n, k, t, w, s, nv, e8):
     ops = random_operands(p, device="cpu", generator=torch.Generator().manual_seed(m + n + k))
     got = emulate(p, ops, T=t, W=w, S=s)
     assert relative_error(torch.tensor(got), reference_mm(p, ops)) < 1e-12
+
+
+W16_CASES = [(5, 40, 128, 2, 2, 3), (17, 48, 192, 4, 1, 2), (33, 16, 256, 1, 2, 1), (64, 300, 128, 2, 1, 2)]
+
+
+@pytest.mark.parametrize("fmt,act", [("nvfp4", torch.bfloat16), ("nvfp4", torch.float16), ("mxfp4", torch.bfloat16)],
+                         ids=["nvfp4-bf16", "nvfp4-fp16", "mxfp4-bf16"])
+@pytest.mark.parametrize("m,n,k,t,w,s", W16_CASES)
+def test_w4a16_fragment_mapping_matches_reference(m, n, k, t, w, s, fmt, act):
+    """The weight-only split-K ring kernel's index math: activation bytes 2 (64 c + 16 t) of
+    row m as the lane's B fragments, the weight in the same k permutation, against the float64
+    reference of a x dequant(b). A swapped pair of activation halves fails it (checked below)."""
+    p = fp4core.make_problem(m, n, k, use_nvfp4=fmt == "nvfp4", device="cpu", act_dtype=act)
+    ops = random_operands(p, device="cpu", generator=torch.Generator().manual_seed(m + n + k))
+    got = emulate(p, ops, T=t, W=w, S=s)
+    assert relative_error(torch.tensor(got), reference_mm(p, ops)) < 1e-12
+    # the check can fail: the activation with its 16-value halves swapped gives another answer
+    swapped = ops.a.view(m, k // 32, 2, 16).flip(2).reshape(m, k)
+    bad = emulate(p, dataclasses.replace(ops, a=swapped), T=t, W=w, S=s)
+    assert relative_error(torch.tensor(bad), reference_mm(p, ops)) > 1e-2

@@ -5,6 +5,7 @@ import json
 from importlib import metadata
 
 import pytest
+import torch
 
 import fp4core
 from fp4core.kit import jit
@@ -179,3 +180,40 @@ def test_misaligned_activations_are_refused_with_the_addresses():
         launcher._check_alignment(0x1000, 0x2002, True)
     launcher._check_alignment(0x1000, 0x2002, False)  # split-K: unaligned scales only turn its ring off
     launcher._check_alignment(0x1008, 0x2004, True)
+
+
+@pytest.mark.parametrize("m", [1, 7, 16, 33, 64])
+@pytest.mark.parametrize("fmt,act", [("nvfp4", torch.bfloat16), ("nvfp4", torch.float16), ("mxfp4", torch.bfloat16)])
+def test_weight_only_tactics_are_ring_split_k_that_fit(m, fmt, act):
+    """W4A16 problems get split-K ring tactics only (the only kernel with a weight-only
+    variant), each of whose CTAs fits in one SM's shared memory with the larger activation slots."""
+    from fp4_trtllm.plugin import ring_bytes_per_warp
+    p = fp4core.make_problem(m, 8192, 8192, use_nvfp4=fmt == "nvfp4", device=H100, act_dtype=act)
+    tacs = TrtllmBackend().tactics(p)
+    assert tacs and len(set(tacs)) == len(tacs)
+    room = 228 * 1024 - 1024  # kit.smem_per_sm's default (no CUDA here), less the CTA's reserve
+    for t in tacs:
+        assert t.kernel == "splitk" and t.ring == 1 and t.split_k >= 1, t
+        t_eff = 2 if t.t > 2 and m > 32 else t.t
+        assert t.warps * ring_bytes_per_warp(p, t_eff) <= room, t
+    # the W4A4 problem of the same shape keeps its stream-K and register-pipeline tactics
+    kinds = {(t.kernel, t.ring) for t in TrtllmBackend().tactics(fp4core.make_problem(m, 8192, 8192, device=H100))}
+    assert ("streamk", None) in kinds and ("splitk", 0) in kinds
+
+
+def test_weight_only_supports_and_refusals():
+    be = TrtllmBackend()
+    assert "bf16" in be.backend_info().activations and "fp16" in be.backend_info().activations
+    mx16 = fp4core.make_problem(8, 256, 256, use_nvfp4=False, device=H100, act_dtype=torch.float16)
+    assert "bfloat16 activations" in be.supports(mx16).reason
+    big = fp4core.make_problem(65, 256, 256, device=H100, act_dtype=torch.bfloat16)
+    assert "M <= 64" in be.supports(big).reason
+    p = fp4core.make_problem(8, 256, 256, device=H100, act_dtype=torch.bfloat16)
+    ops = fp4core.dispatch.problem.Operands(None, None, None, None, None,
+                                            {"fp4_trtllm": {"n": 256, "k": 256, "fmt": "nvfp4"}})
+    with pytest.raises(ValueError, match="split-K ring kernel only"):
+        be._launch_args(p, ops, TrtllmTactic("streamk", t=4, warps=4))
+    with pytest.raises(ValueError, match="split-K ring kernel only"):
+        be._launch_args(p, ops, TrtllmTactic("splitk", t=4, warps=4, split_k=2, ring=0))
+    with pytest.raises(ValueError, match="16-byte aligned.*0x1008"):
+        launcher._check_alignment_w16(0x1008)

@@ -130,6 +130,28 @@ __device__ __forceinline__ uint32_t scales2(uint32_t two) {
 #endif
 }
 
+// Weight-only (W4A16) kernels with bf16 activations need bf16 weight operands. The NVFP4 word
+// code decodes to fp16 patterns (sign in bit 15, e1 e0 m in bits 11..9 of each half); moving the
+// three magnitude bits down by 3 puts e1 e0 in the low bits of the bf16 exponent and m at the
+// top of its mantissa, so each half becomes the code's value times 2^-126 (e = 0 lands in bf16's
+// subnormals, E2M1's own subnormal again). One shift and one LOP3 per register.
+__device__ __forceinline__ uint32_t nv_f16_to_bf16(uint32_t r) { return (r | (r >> 3)) & 0x81C081C0u; }
+
+// The block-scale factor of that bf16 path: scales are taken as scale * 2^119, so a weight
+// operand is value * scale * 2^-7, a normal bf16 for every nonzero code and E4M3 scale
+// (2^-17 ... 21) and exact (<= 6 significant bits); 2^119 * 448 stays below bf16's maximum.
+constexpr float kNvBf16ScaleUp = 0x1p119f;
+constexpr float kNvBf16WeightScale = 128.0f;  // 2^126 / 2^119: what alpha carries
+
+// Two E4M3 scale bytes (low 16 bits of `two`) -> bf16x2 of scale * 2^119, byte 0 in the low
+// half (exact: E4M3 -> fp16 -> fp32 are exact, the power of two too; NaN stays NaN).
+__device__ __forceinline__ uint32_t scales2_nv_bf16(uint32_t two) {
+    const uint32_t h = scales2<false>(two);
+    const float2 f = __half22float2(*reinterpret_cast<const __half2*>(&h));
+    __nv_bfloat162 b = __floats2bfloat162_rn(f.x * kNvBf16ScaleUp, f.y * kNvBf16ScaleUp);
+    return *reinterpret_cast<uint32_t*>(&b);
+}
+
 // Both halves = the low (lo = true) or high half of `x`.
 __device__ __forceinline__ uint32_t bcast(uint32_t x, bool lo) {
     return __byte_perm(x, 0u, lo ? 0x1010u : 0x3232u);

@@ -22,6 +22,15 @@
 // fp16 MMAs because E2M1 x E4M3 is exact in fp16 and fp16 needs no low byte in the table;
 // MXFP4 needs bf16's exponent range. Accumulation is fp32.
 //
+// Weight-only (W4A16, ACT > 0, ring tactics only): A is a plain (M, K) bf16 (ACT = 1) or fp16
+// (ACT = 2) row-major matrix. Each lane copies its 16 activation values per chunk (32 bytes of
+// row m at k = 64c + 16t) into the ring; they are already the MMA's B fragments in the k
+// permutation above, so nothing is decoded on the activation side. bf16 activations need bf16
+// MMAs, so NVFP4 weights are turned from the word code's fp16 patterns into bf16 ones
+// (nv_f16_to_bf16, value * 2^-126) and their E4M3 scales into bf16 * 2^119; alpha carries 2^7.
+// MXFP4 weights decode to bf16 as before; fp16 activations take NVFP4 weights only (E8M0 scales
+// need bf16's range), through the fp16 path of the W4A4 kernel.
+//
 // Split-K: gridDim.y CTAs share one tile of rows; each writes its fp32 partial to a
 // workspace, and the last to arrive (an integer counter per tile, reset by that CTA) sums
 // the partials in split order 0..S-1, so the result is bit-identical run to run.
@@ -39,7 +48,7 @@ struct Fp4SplitKParams {
     const uint8_t* a_sf;   // A's scale bytes, 128x4 or 8x4 layout
     const uint8_t* b;      // prepared weight: [tile group][chunk][tile][lane][16 B]
     const uint8_t* b_sf;   // prepared scales: [tile group][chunk][tile][lane or lane/2][2 B]
-    const float* alpha;    // one float, or null for 1
+    const float* alpha;    // one float, or null for 1 (a: (M, K) bf16/fp16 for W4A16, a_sf unused)
     void* out;             // (M, N) bf16 or fp16, row-major
     float* ws;             // split-K partials (splits > 1)
     int* counters;         // split-K arrival counters, zero between launches
@@ -91,6 +100,7 @@ struct Stage {
     uint32_t wsf[T];    // scale bytes of row g (low) and g+8
     uint2 a[NT];        // 8 bytes of activation row 8j+g
     uint32_t asf[NT];   // its scale byte
+    uint4 a16[NT][2];   // W4A16: the 16 bf16/fp16 values of row 8j+g, as two 16-byte halves
 };
 
 // One warp's slot of the shared-memory ring (split-K "ring" tactics): per chunk, T weight
@@ -98,52 +108,84 @@ struct Stage {
 // them, 64 or 32 bytes per tile), each lane's 8 activation bytes per activation tile, and the
 // aligned 4-byte group holding the lane's activation scale byte. Every lane copies and later
 // reads its own bytes, except the weight scales, which lanes 0..3 (or 0..1) copy for the warp.
-template <bool MX, int T, int NT>
+// W4A16 (ACT > 0): the activation part is NT x 1024 bytes: the first 16-byte halves of the 32
+// lanes, then the second halves (lane-contiguous 16-byte reads, no bank conflicts), no scales.
+template <bool MX, int T, int NT, int ACT = 0>
 struct RingSlot {
     static constexpr int kWsf = MX ? 32 : 64;
-    static constexpr int kW = 0, kWs = T * 512, kA = kWs + T * kWsf, kAs = kA + NT * 256;
-    static constexpr int kBytes = kAs + NT * 128;
+    static constexpr int kW = 0, kWs = T * 512, kA = kWs + T * kWsf;
+    static constexpr int kAs = kA + (ACT ? NT * 1024 : NT * 256);
+    static constexpr int kBytes = kAs + (ACT ? 0 : NT * 128);
 };
 
-template <bool MX, int T, int NT>
+// One stored weight word -> 4 registers of MMA operand pairs: bf16 (BF) or fp16 patterns.
+template <bool MX, bool BF>
+__device__ __forceinline__ void decode_weight_as(uint32_t w, uint32_t (&r)[4], const Tables& tb) {
+    decode_weight<MX>(w, r, tb);
+    if constexpr (BF && !MX) {
+#pragma unroll
+        for (int q = 0; q < 4; ++q) r[q] = nv_f16_to_bf16(r[q]);
+    }
+}
+
+// Two weight scale bytes -> the pair the decoded words are multiplied by (see decode_weight_as).
+template <bool MX, bool BF>
+__device__ __forceinline__ uint32_t weight_scales2(uint32_t two) {
+    if constexpr (MX) return scales2<true>(two);
+    else if constexpr (BF) return scales2_nv_bf16(two);
+    else return scales2<false>(two);
+}
+
+// MMA operand type: bf16 for MXFP4 weights and for bf16 activations, else fp16.
+template <bool MX, int ACT>
+constexpr bool kBf16Mma = ACT == 1 || (ACT == 0 && MX);
+
+template <bool MX, int T, int NT, int ACT = 0>
 __device__ __forceinline__ void compute(const Stage<T, NT>& st, float (&acc)[T][NT][4], const Tables& tb) {
+    static_assert(!(MX && ACT == 2), "MXFP4 weights take bf16 activations only");
+    constexpr bool BF = kBf16Mma<MX, ACT>;
     uint32_t av[NT][8];
 #pragma unroll
     for (int j = 0; j < NT; ++j) {
-        uint32_t r[4];
-        // st.asf[j] is the scale byte, or 0x100 for a row past M: its value is forced to 0.
-        const uint32_t s = st.asf[j] > 0xFFu ? 0u : bcast(scales2<MX>(st.asf[j]), true);
-        decode_word<MX>(st.a[j].x, r, tb);
+        if constexpr (ACT > 0) {
+            av[j][0] = st.a16[j][0].x; av[j][1] = st.a16[j][0].y; av[j][2] = st.a16[j][0].z; av[j][3] = st.a16[j][0].w;
+            av[j][4] = st.a16[j][1].x; av[j][5] = st.a16[j][1].y; av[j][6] = st.a16[j][1].z; av[j][7] = st.a16[j][1].w;
+        } else {
+            uint32_t r[4];
+            // st.asf[j] is the scale byte, or 0x100 for a row past M: its value is forced to 0.
+            const uint32_t s = st.asf[j] > 0xFFu ? 0u : bcast(scales2<MX>(st.asf[j]), true);
+            decode_word<MX>(st.a[j].x, r, tb);
 #pragma unroll
-        for (int q = 0; q < 4; ++q) av[j][q] = mul2<MX>(r[q], s);
-        decode_word<MX>(st.a[j].y, r, tb);
+            for (int q = 0; q < 4; ++q) av[j][q] = mul2<MX>(r[q], s);
+            decode_word<MX>(st.a[j].y, r, tb);
 #pragma unroll
-        for (int q = 0; q < 4; ++q) av[j][4 + q] = mul2<MX>(r[q], s);
+            for (int q = 0; q < 4; ++q) av[j][4 + q] = mul2<MX>(r[q], s);
+        }
     }
 #pragma unroll
     for (int i = 0; i < T; ++i) {
         uint32_t lo[8], hi[8];  // rows g and g+8, 16 values each
         uint32_t r[4];
-        const uint32_t both = scales2<MX>(st.wsf[i]);
-        decode_weight<MX>(st.w[i].x, r, tb);
+        const uint32_t both = weight_scales2<MX, BF>(st.wsf[i]);
+        decode_weight_as<MX, BF>(st.w[i].x, r, tb);
 #pragma unroll
-        for (int q = 0; q < 4; ++q) lo[q] = mul2_by_half<MX, true>(r[q], both);
-        decode_weight<MX>(st.w[i].y, r, tb);
+        for (int q = 0; q < 4; ++q) lo[q] = mul2_by_half<BF, true>(r[q], both);
+        decode_weight_as<MX, BF>(st.w[i].y, r, tb);
 #pragma unroll
-        for (int q = 0; q < 4; ++q) lo[4 + q] = mul2_by_half<MX, true>(r[q], both);
-        decode_weight<MX>(st.w[i].z, r, tb);
+        for (int q = 0; q < 4; ++q) lo[4 + q] = mul2_by_half<BF, true>(r[q], both);
+        decode_weight_as<MX, BF>(st.w[i].z, r, tb);
 #pragma unroll
-        for (int q = 0; q < 4; ++q) hi[q] = mul2_by_half<MX, false>(r[q], both);
-        decode_weight<MX>(st.w[i].w, r, tb);
+        for (int q = 0; q < 4; ++q) hi[q] = mul2_by_half<BF, false>(r[q], both);
+        decode_weight_as<MX, BF>(st.w[i].w, r, tb);
 #pragma unroll
-        for (int q = 0; q < 4; ++q) hi[4 + q] = mul2_by_half<MX, false>(r[q], both);
+        for (int q = 0; q < 4; ++q) hi[4 + q] = mul2_by_half<BF, false>(r[q], both);
 #pragma unroll
         for (int s = 0; s < 4; ++s) {
             // A fragment: {row g, slots 2t..}, {row g+8, 2t..}, {row g, 2t+8..}, {row g+8, 2t+8..};
             // slot pair 2t.. is value register 2s of the lane's 16 k's, 2t+8.. is 2s+1.
             const uint32_t afrag[4] = {lo[2 * s], hi[2 * s], lo[2 * s + 1], hi[2 * s + 1]};
 #pragma unroll
-            for (int j = 0; j < NT; ++j) mma<MX>(acc[i][j], afrag, av[j][2 * s], av[j][2 * s + 1]);
+            for (int j = 0; j < NT; ++j) mma<BF>(acc[i][j], afrag, av[j][2 * s], av[j][2 * s + 1]);
         }
     }
 }
@@ -157,9 +199,10 @@ constexpr int min_ctas_8_warps() {
     return (T * NT <= 2 || (RING > 0 && (T * NT <= 4 || (T * NT <= 8 && !(MX && NT == 8))))) ? 2 : 1;
 }
 
-template <bool MX, int T, int NT, int STAGES, int RING>
+template <bool MX, int T, int NT, int STAGES, int RING, int ACT = 0>
 __global__ void __launch_bounds__(256, (min_ctas_8_warps<MX, T, NT, RING>()))
 fp4_splitk_kernel(const Fp4SplitKParams p) {
+    static_assert(ACT == 0 || RING > 0, "W4A16 runs through the shared-memory ring only");
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     const int g = lane >> 2, t = lane & 3;
     const int chunks = p.k >> 6;
@@ -193,6 +236,14 @@ fp4_splitk_kernel(const Fp4SplitKParams p) {
             ? (mm >> 3) * p.a_sf_col_tiles * 32 + (mm & 7) * 4
             : (mm >> 7) * p.a_sf_col_tiles * 512 + (mm & 31) * 16 + ((mm >> 5) & 3) * 4;
         sf_base[j] = row_base + (MX ? (t >> 1) : t);
+    }
+
+    // W4A16: row m's 32 bytes of chunk c start at byte 2 (64 c + 16 t) of the row.
+    const uint8_t* a16p[NT];
+#pragma unroll
+    for (int j = 0; j < NT; ++j) {
+        const int m = m0 + 8 * j + g;
+        a16p[j] = p.a + (size_t)(m < p.m ? m : 0) * p.k * 2 + t * 32 + (size_t)c_begin * 128;
     }
 
     // Loads are unconditional: a weight tile past N reads tile 0 (never stored), an
@@ -239,7 +290,7 @@ fp4_splitk_kernel(const Fp4SplitKParams p) {
         // in flight per lane without holding registers (the register pipeline below needs
         // STAGES x (16 T + ...) registers for the same), so more warps fit per SM and more
         // bytes are in flight. No CTA barrier: each warp owns its slots.
-        using R = RingSlot<MX, T, NT>;
+        using R = RingSlot<MX, T, NT, ACT>;
         extern __shared__ __align__(16) uint8_t ring_smem[];
         uint8_t* const ring = ring_smem + (size_t)warp * RING * R::kBytes;
         const uint8_t* sfb[T];  // the chunk's first scale byte of each tile
@@ -255,14 +306,23 @@ fp4_splitk_kernel(const Fp4SplitKParams p) {
                 wp[i] += kTileGroup * 32;
                 sfb[i] += kTileGroup * R::kWsf;
             }
-            const int sub = MX ? (t >> 1) + ((c & 1) << 1) : t;  // the byte in its 4-byte group
+            if constexpr (ACT > 0) {
 #pragma unroll
-            for (int j = 0; j < NT; ++j) {
-                cp_async_small<8>(slot + R::kA + j * 256 + lane * 8, ap[j]);
-                cp_async_small<4>(slot + R::kAs + j * 128 + lane * 4, p.a_sf + sf_base[j] + sf_off - sub);
-                ap[j] += 4;
+                for (int j = 0; j < NT; ++j) {
+                    cp_async16(slot + R::kA + j * 1024 + lane * 16, a16p[j]);
+                    cp_async16(slot + R::kA + j * 1024 + 512 + lane * 16, a16p[j] + 16);
+                    a16p[j] += 128;
+                }
+            } else {
+                const int sub = MX ? (t >> 1) + ((c & 1) << 1) : t;  // the byte in its 4-byte group
+#pragma unroll
+                for (int j = 0; j < NT; ++j) {
+                    cp_async_small<8>(slot + R::kA + j * 256 + lane * 8, ap[j]);
+                    cp_async_small<4>(slot + R::kAs + j * 128 + lane * 4, p.a_sf + sf_base[j] + sf_off - sub);
+                    ap[j] += 4;
+                }
+                sf_off += MX ? ((c & 1) ? tile_bytes - 2 : 2) : tile_bytes;
             }
-            sf_off += MX ? ((c & 1) ? tile_bytes - 2 : 2) : tile_bytes;
         };
         auto read = [&](const uint8_t* slot, int c, Stage<T, NT>& st) {
 #pragma unroll
@@ -270,11 +330,19 @@ fp4_splitk_kernel(const Fp4SplitKParams p) {
                 st.w[i] = *reinterpret_cast<const uint4*>(slot + R::kW + i * 512 + lane * 16);
                 st.wsf[i] = *reinterpret_cast<const uint16_t*>(slot + R::kWs + i * R::kWsf + (MX ? lane >> 1 : lane) * 2);
             }
-            const int sub = MX ? (t >> 1) + ((c & 1) << 1) : t;
+            if constexpr (ACT > 0) {
 #pragma unroll
-            for (int j = 0; j < NT; ++j) {
-                st.a[j] = *reinterpret_cast<const uint2*>(slot + R::kA + j * 256 + lane * 8);
-                st.asf[j] = avalid[j] ? (uint32_t)slot[R::kAs + j * 128 + lane * 4 + sub] : 0x100u;
+                for (int j = 0; j < NT; ++j) {
+                    st.a16[j][0] = *reinterpret_cast<const uint4*>(slot + R::kA + j * 1024 + lane * 16);
+                    st.a16[j][1] = *reinterpret_cast<const uint4*>(slot + R::kA + j * 1024 + 512 + lane * 16);
+                }
+            } else {
+                const int sub = MX ? (t >> 1) + ((c & 1) << 1) : t;
+#pragma unroll
+                for (int j = 0; j < NT; ++j) {
+                    st.a[j] = *reinterpret_cast<const uint2*>(slot + R::kA + j * 256 + lane * 8);
+                    st.asf[j] = avalid[j] ? (uint32_t)slot[R::kAs + j * 128 + lane * 4 + sub] : 0x100u;
+                }
             }
         };
 #pragma unroll
@@ -291,10 +359,10 @@ fp4_splitk_kernel(const Fp4SplitKParams p) {
             cp_async_commit();
             Stage<T, NT> st;
             read(ring + slot * R::kBytes, c, st);
-            compute<MX, T, NT>(st, acc, tb);
+            compute<MX, T, NT, ACT>(st, acc, tb);
             slot = slot == RING - 1 ? 0 : slot + 1;
         }
-    } else {
+    } else if constexpr (ACT == 0) {
         // Register pipeline: STAGES chunks in flight per lane; a stage is refilled with the
         // chunk STAGES ahead right after it is consumed (the other STAGES-1 loads cover the
         // latency).
@@ -313,8 +381,10 @@ fp4_splitk_kernel(const Fp4SplitKParams p) {
         }
     }
 
-    // NVFP4 weight operands are value * 2^-14 (decode_nv_weight): alpha carries 2^14, exactly.
-    const float alpha = (p.alpha ? __ldg(p.alpha) : 1.0f) * weight_scale<MX>();
+    // NVFP4 weight operands are value * 2^-14 (decode_nv_weight), or value * scale * 2^-7 on the
+    // bf16 path (nv_f16_to_bf16, scales2_nv_bf16): alpha carries 2^14 or 2^7, exactly.
+    const float alpha = (p.alpha ? __ldg(p.alpha) : 1.0f) *
+                        ((!MX && kBf16Mma<MX, ACT>) ? kNvBf16WeightScale : weight_scale<MX>());
     auto store = [&](float (&v)[T][NT][4]) {
 #pragma unroll
         for (int i = 0; i < T; ++i) {
@@ -398,30 +468,37 @@ fp4_splitk_kernel(const Fp4SplitKParams p) {
 // (4 CTAs of 4 warps then fit in 228 KiB, as many as its 124 registers allow), else 6.
 constexpr int ring_chunks(int T) { return T >= 4 ? 5 : 6; }
 
-template <bool MX, int T, int NT, int RING>
+template <bool MX, int T, int NT, int RING, int ACT = 0>
 cudaError_t launch(const Fp4SplitKParams& p, cudaStream_t stream) {
     // Fewer chunks in flight where the tile needs more registers.
     constexpr int STAGES = (T * NT <= 4) ? 3 : 2;
     dim3 grid((p.m_tiles + p.warps * T - 1) / (p.warps * T), p.splits, (p.m + 8 * NT - 1) / (8 * NT));
-    const unsigned smem = RING ? (unsigned)(p.warps * RING * RingSlot<MX, T, NT>::kBytes) : 0u;
+    const unsigned smem = RING ? (unsigned)(p.warps * RING * RingSlot<MX, T, NT, ACT>::kBytes) : 0u;
     if (RING) {
         // Past 48 KiB a kernel must opt in, per device: once per device, for the largest warp
-        // count's need (a benign race: every thread sets the same values). All of the
-        // unified L1/shared storage goes to shared memory: the streamed bytes skip L1.
-        static bool opted_in[64] = {};
-        int dev = 0;
+        // count's need or the device's limit if less (a benign race: every thread sets the
+        // same values). All of the unified L1/shared storage goes to shared memory: the
+        // streamed bytes skip L1.
+        static int opted_in[64] = {};
+        int dev = 0, limit = 0;
         cudaGetDevice(&dev);
-        if (dev >= 64 || !opted_in[dev]) {
-            auto* fn = fp4_splitk_kernel<MX, T, NT, STAGES, RING>;
-            cudaError_t e = cudaFuncSetAttribute(fn, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                                 8 * RING * RingSlot<MX, T, NT>::kBytes);
+        if (dev >= 64 || opted_in[dev] == 0) {
+            cudaDeviceGetAttribute(&limit, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev);
+            const int want = 8 * RING * RingSlot<MX, T, NT, ACT>::kBytes;
+            if (limit > want || limit <= 0) limit = want;
+            auto* fn = fp4_splitk_kernel<MX, T, NT, STAGES, RING, ACT>;
+            cudaError_t e = cudaFuncSetAttribute(fn, cudaFuncAttributeMaxDynamicSharedMemorySize, limit);
             if (e == cudaSuccess)
                 e = cudaFuncSetAttribute(fn, cudaFuncAttributePreferredSharedMemoryCarveout, 100);
             if (e != cudaSuccess) return e;
-            if (dev < 64) opted_in[dev] = true;
+            if (dev < 64) opted_in[dev] = limit;
+        } else {
+            limit = opted_in[dev];
         }
+        // W4A16 slots are larger: a CTA of many warps may not fit (the plugin offers none such).
+        if ((int)smem > limit) return cudaErrorInvalidConfiguration;
     }
-    fp4_splitk_kernel<MX, T, NT, STAGES, RING><<<grid, 32 * p.warps, smem, stream>>>(p);
+    fp4_splitk_kernel<MX, T, NT, STAGES, RING, ACT><<<grid, 32 * p.warps, smem, stream>>>(p);
     return cudaGetLastError();
 }
 
@@ -452,6 +529,28 @@ cudaError_t dispatch_ring(const Fp4SplitKParams& p, int t, int nt, int ring, cud
     return ring ? dispatch_t<MX, true>(p, t, nt, s) : dispatch_t<MX, false>(p, t, nt, s);
 }
 
+// W4A16 (ring only): (t, nt) as the W4A4 ring kernels, nt = 8 only with t <= 2.
+template <bool MX, int ACT, int T>
+cudaError_t w16_nt(const Fp4SplitKParams& p, int nt, cudaStream_t s) {
+    switch (nt) {
+        case 1: return launch<MX, T, 1, ring_chunks(T), ACT>(p, s);
+        case 2: return launch<MX, T, 2, ring_chunks(T), ACT>(p, s);
+        case 4: return launch<MX, T, 4, ring_chunks(T), ACT>(p, s);
+        case 8: if (T <= 2) return launch<MX, (T <= 2 ? T : 2), 8, ring_chunks(2), ACT>(p, s); break;
+    }
+    return cudaErrorInvalidValue;
+}
+
+template <bool MX, int ACT>
+cudaError_t w16_t(const Fp4SplitKParams& p, int t, int nt, cudaStream_t s) {
+    switch (t) {
+        case 1: return w16_nt<MX, ACT, 1>(p, nt, s);
+        case 2: return w16_nt<MX, ACT, 2>(p, nt, s);
+        case 4: return w16_nt<MX, ACT, 4>(p, nt, s);
+    }
+    return cudaErrorInvalidValue;
+}
+
 }  // namespace
 
 extern "C" {
@@ -467,5 +566,18 @@ int fp4_trtllm_splitk(const Fp4SplitKParams* p, int mx, int t, int nt, int ring,
         return (int)cudaErrorMisalignedAddress;
     cudaStream_t s = reinterpret_cast<cudaStream_t>(stream);
     return (int)(mx ? dispatch_ring<true>(*p, t, nt, ring, s) : dispatch_ring<false>(*p, t, nt, ring, s));
+}
+
+// Weight-only (W4A16) launch on `stream`: a is (M, K) row-major, 16-byte aligned; act: 1 bf16,
+// 2 fp16 (NVFP4 weights only); mx, t, nt as fp4_trtllm_splitk; always the shared-memory ring.
+// Returns a cudaError_t (0 = launched).
+int fp4_trtllm_splitk_w16(const Fp4SplitKParams* p, int mx, int act, int t, int nt, void* stream) {
+    if (p->warps < 1 || p->warps > 8 || p->splits < 1 || (p->k & 63) || p->m < 1 || p->n < 1 ||
+        (act != 1 && act != 2) || (mx && act != 1))
+        return (int)cudaErrorInvalidValue;
+    if (reinterpret_cast<uintptr_t>(p->a) & 15) return (int)cudaErrorMisalignedAddress;
+    cudaStream_t s = reinterpret_cast<cudaStream_t>(stream);
+    if (mx) return (int)w16_t<true, 1>(*p, t, nt, s);
+    return (int)(act == 1 ? w16_t<false, 1>(*p, t, nt, s) : w16_t<false, 2>(*p, t, nt, s));
 }
 }
