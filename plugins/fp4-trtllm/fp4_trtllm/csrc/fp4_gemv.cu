@@ -441,7 +441,10 @@ cudaError_t launch(const Fp4GemvParams& p, int grid, cudaStream_t stream) {
     if (!attr_done) {
         const cudaError_t e = cudaFuncSetAttribute(fp4_sk_kernel<MX, T, NT>, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                                    smem_limit<T, NT>());
-        if (e != cudaSuccess) return e;
+        if (e != cudaSuccess) {
+            cudaGetLastError();  // clear it: a later launch's cudaGetLastError must not report it
+            return e;
+        }
         attr_done = true;
     }
     fp4_sk_kernel<MX, T, NT><<<grid, 32 * p.warps, smem, stream>>>(p);

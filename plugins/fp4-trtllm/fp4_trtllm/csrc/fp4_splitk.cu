@@ -84,6 +84,11 @@ __device__ __forceinline__ void cp_async16(void* dst, const void* src) {
     asm volatile("cp.async.cg.shared.global [%0], [%1], 16;"
                  :: "r"((uint32_t)__cvta_generic_to_shared(dst)), "l"(src) : "memory");
 }
+// The same with only `src_bytes` (0 or 16) read, the rest of the 16 zero-filled.
+__device__ __forceinline__ void cp_async16_zfill(void* dst, const void* src, int src_bytes) {
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;"
+                 :: "r"((uint32_t)__cvta_generic_to_shared(dst)), "l"(src), "r"(src_bytes) : "memory");
+}
 template <int BYTES>
 __device__ __forceinline__ void cp_async_small(void* dst, const void* src) {
     asm volatile("cp.async.ca.shared.global [%0], [%1], %2;"
@@ -240,9 +245,11 @@ fp4_splitk_kernel(const Fp4SplitKParams p) {
 
     // W4A16: row m's 32 bytes of chunk c start at byte 2 (64 c + 16 t) of the row.
     const uint8_t* a16p[NT];
+    bool a16_valid[NT];
 #pragma unroll
     for (int j = 0; j < NT; ++j) {
         const int m = m0 + 8 * j + g;
+        a16_valid[j] = m < p.m;
         a16p[j] = p.a + (size_t)(m < p.m ? m : 0) * p.k * 2 + t * 32 + (size_t)c_begin * 128;
     }
 
@@ -307,10 +314,12 @@ fp4_splitk_kernel(const Fp4SplitKParams p) {
                 sfb[i] += kTileGroup * R::kWsf;
             }
             if constexpr (ACT > 0) {
+                // Rows past M are zero-filled without reading (at M = 1, 7 of a warp's 8 rows).
 #pragma unroll
                 for (int j = 0; j < NT; ++j) {
-                    cp_async16(slot + R::kA + j * 1024 + lane * 16, a16p[j]);
-                    cp_async16(slot + R::kA + j * 1024 + 512 + lane * 16, a16p[j] + 16);
+                    const int bytes = a16_valid[j] ? 16 : 0;
+                    cp_async16_zfill(slot + R::kA + j * 1024 + lane * 16, a16p[j], bytes);
+                    cp_async16_zfill(slot + R::kA + j * 1024 + 512 + lane * 16, a16p[j] + 16, bytes);
                     a16p[j] += 128;
                 }
             } else {
@@ -483,14 +492,21 @@ cudaError_t launch(const Fp4SplitKParams& p, cudaStream_t stream) {
         int dev = 0, limit = 0;
         cudaGetDevice(&dev);
         if (dev >= 64 || opted_in[dev] == 0) {
-            cudaDeviceGetAttribute(&limit, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev);
-            const int want = 8 * RING * RingSlot<MX, T, NT, ACT>::kBytes;
-            if (limit > want || limit <= 0) limit = want;
+            // The dynamic limit is the block opt-in size less the kernel's static shared memory.
             auto* fn = fp4_splitk_kernel<MX, T, NT, STAGES, RING, ACT>;
-            cudaError_t e = cudaFuncSetAttribute(fn, cudaFuncAttributeMaxDynamicSharedMemorySize, limit);
+            cudaFuncAttributes fa{};
+            cudaError_t e = cudaFuncGetAttributes(&fa, fn);
+            if (e == cudaSuccess) e = cudaDeviceGetAttribute(&limit, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev);
+            const int want = 8 * RING * RingSlot<MX, T, NT, ACT>::kBytes;
+            limit -= (int)fa.sharedSizeBytes;
+            if (limit > want || limit <= 0) limit = want;
+            if (e == cudaSuccess) e = cudaFuncSetAttribute(fn, cudaFuncAttributeMaxDynamicSharedMemorySize, limit);
             if (e == cudaSuccess)
                 e = cudaFuncSetAttribute(fn, cudaFuncAttributePreferredSharedMemoryCarveout, 100);
-            if (e != cudaSuccess) return e;
+            if (e != cudaSuccess) {
+                cudaGetLastError();  // clear it: a later launch's cudaGetLastError must not report it
+                return e;
+            }
             if (dev < 64) opted_in[dev] = limit;
         } else {
             limit = opted_in[dev];
