@@ -25,6 +25,9 @@ BK = 128
 #: Activation rows per CTA (wgmma N) and weight rows per CTA the library is compiled for.
 TM_CHOICES = (16, 32, 64, 128, 256)
 BN_CHOICES = (128, 64)
+#: (tm, bn) tiles the library does not build: no deadlock-free pipeline fits their shared memory
+#: (bn = 64 needs 4 stages; tm = 256 fits 2 and hung on an H100, 2026-12-06; Smem::kFits).
+UNBUILT_TILES = ((256, 64),)
 #: CTAs per thread-block cluster along N; 2 multicasts each activation tile to both CTAs.
 CLUSTER_CHOICES = (2, 1)
 #: Largest tm with the "deep" variant (3 register fragment buffers must fit beside the accumulators).

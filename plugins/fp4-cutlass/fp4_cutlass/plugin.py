@@ -123,7 +123,7 @@ class CutlassBackend:
         # biggest tile that still gives ~a full wave of CTAs wins, else split K.
         shapes = [(tm, bn) for tm, bn in ((256, 128), (128, 128), (256, 64), (128, 64), (64, 128),
                                           (64, 64), (32, 128), (32, 64), (16, 128), (16, 64))
-                  if tm <= tm_cap]
+                  if tm <= tm_cap and (tm, bn) not in launcher.UNBUILT_TILES]
         def tiles(tm, bn):
             return math.ceil(problem.n / bn) * math.ceil(m / tm)
         full = [sh for sh in shapes if tiles(*sh) >= 0.9 * sms]
@@ -149,6 +149,9 @@ class CutlassBackend:
         if tm not in launcher.TM_CHOICES or bn not in launcher.BN_CHOICES or cl not in launcher.CLUSTER_CHOICES:
             raise ValueError(f"cutlass: tactic {tactic}: tm must be one of {launcher.TM_CHOICES}, "
                              f"bn one of {launcher.BN_CHOICES}, cluster one of {launcher.CLUSTER_CHOICES}")
+        if (tm, bn) in launcher.UNBUILT_TILES:
+            raise ValueError(f"cutlass: tactic {tactic}: tm={tm} with bn={bn} is not built (its shared "
+                             f"memory holds too few pipeline stages; it deadlocked on an H100)")
         deep = bool(tactic.deep)
         if deep and tm > launcher.DEEP_MAX_TM:
             raise ValueError(f"cutlass: tactic {tactic}: deep=1 needs tm <= {launcher.DEEP_MAX_TM}")

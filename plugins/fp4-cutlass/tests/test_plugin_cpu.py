@@ -144,3 +144,14 @@ def test_untuned_order_on_hopper_follows_the_measured_sweep():
                 assert mine > info.priority_for(p), (m, name)
         if m <= 16 and "trtllm" in infos:
             assert infos["trtllm"].priority_for(p) > mine
+
+
+@pytest.mark.parametrize("m", [1, 100, 129, 300, 2048, 8192])
+@pytest.mark.parametrize("n", [320, 1024, 8192, 28672])
+def test_unbuilt_tile_is_never_offered_and_refused_by_name(m, n):
+    """tm=256 with bn=64 deadlocked on an H100 (2 pipeline stages; bn=64 needs 4): tactics()
+    never lists it, and run() refuses it by name before anything launches."""
+    p = fp4core.make_problem(m, n, 8192, device=H100)
+    assert all((t.tm, t.bn) not in launcher.UNBUILT_TILES for t in CutlassBackend().tactics(p))
+    with pytest.raises(ValueError, match="tm=256 with bn=64 is not built"):
+        CutlassBackend().run(p, fp4core.Operands(None, None, None, None), CutlassTactic(tm=256, bn=64), None)

@@ -81,9 +81,18 @@ struct Smem {
   // the one before the current, returns at once and decodes a tile still in flight (a race:
   // TM = 256 had 3 stages). An even count gives every stage to one WG, used in order.
   static constexpr int kStages = BN == 64 ? (kStagesCapped & ~1) : kStagesCapped;
-  static_assert(kStages >= 2, "at least two stages");
+  // The consumer loop decodes stage it + step before it releases stage it (the software
+  // pipeline below). With BN = 64 (step 2) those two must be different stages, so each WG
+  // needs two of its own: at least 4 stages. TM = 256 with BN = 64 fits only 2 (70 KB a
+  // stage): it + 2 then maps to the stage the WG still holds and the CTA deadlocks (seen on an
+  // H100, 2026-12-06: every shape tried hung). That tile is not built (kTileBuilt).
+  static constexpr bool kFits = BN == 128 ? kStages >= 2 : kStages >= 4;
   static constexpr int kBytes = kStages * kStage + 1024 + 256;
 };
+
+// Tiles with a deadlock-free pipeline in the shared memory budget (see Smem::kFits).
+template <int TM, int BN>
+constexpr bool kTileBuilt = Smem<TM, BN, false>::kFits && Smem<TM, BN, true>::kFits;
 
 // ---------------------------------------------------------------------------------------
 // FP4 decoding helpers
@@ -611,7 +620,9 @@ static cudaError_t dispatch_tm(const Params& p, cudaStream_t s) {
     case 32: return d ? launch_gemm<32, BN, MX, CL, true>(p, s) : launch_gemm<32, BN, MX, CL, false>(p, s);
     case 64: return d ? launch_gemm<64, BN, MX, CL, true>(p, s) : launch_gemm<64, BN, MX, CL, false>(p, s);
     case 128: return d ? launch_gemm<128, BN, MX, CL, true>(p, s) : launch_gemm<128, BN, MX, CL, false>(p, s);
-    case 256: return d ? cudaErrorInvalidValue : launch_gemm<256, BN, MX, CL, false>(p, s);
+    case 256:
+      if constexpr (kTileBuilt<256, BN>) return d ? cudaErrorInvalidValue : launch_gemm<256, BN, MX, CL, false>(p, s);
+      return cudaErrorNotSupported;  // TM = 256 with BN = 64: no deadlock-free pipeline fits
     default: return cudaErrorInvalidValue;
   }
 }
