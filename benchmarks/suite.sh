@@ -18,7 +18,8 @@
 #   tests        TEST_DIRS (dirs or files), TEST_K (pytest -k), TEST_CAP (per dir)
 #   host         HOST_CAP                        quant      QUANT_M, QUANT_TILES=1, QUANT_CAP
 #   layer        LAYER_M, LAYER_CAP              auto       AUTO_M, AUTO_CAP
-#   w4a16        W4A16_M, W4A16_LAYER_M, W4A16_CAP (each of the two benches); W4A16_OPTIN=1 also
+#   w4a16        W4A16_M, W4A16_BACKENDS (default trtllm; auto always runs), W4A16_LAYER_M, W4A16_CAP
+#                (each of the two benches); W4A16_OPTIN=1 also
 #                turns on the weight-only paths of fp4-cudnn and fp4-triton that no GPU has checked yet
 #   e2e          E2E_ARGS, E2E_CAP (carry .carry/minilm: python examples/e2e_model.py --export .carry/minilm)
 #   decode       SUFFIX (-short or ""), DECODE_BACKENDS, DECODE_CAP
@@ -47,7 +48,7 @@ declare -A SECTION=(
   [quant]="Activation/weight quantization"
   [layer]="Fp4Linear against bf16 nn.Linear; Host time per call"
   [auto]="auto on a prepared weight"
-  [w4a16]="W4A16 on Hopper"
+  [w4a16]="2026-12-06 — W4A16 on Hopper"
   [e2e]="End to end: all-MiniLM-L6-v2"
   [decode]="2026-11-25, NVIDIA H100 80GB HBM3 — every GPU backend"
   [prefill]="2026-11-25, NVIDIA H100 80GB HBM3 — every GPU backend; Prefill, short target sweep"
@@ -132,8 +133,8 @@ step_auto() {
 step_w4a16() {  # fp4core bench --w4a16 (GEMM, beside bf16 and tinygemm), then the weight-only layers
   local optin=""
   [ "${W4A16_OPTIN:-0}" = 1 ] && optin="env FP4_CUDNN_W4A16=1 FP4_TRITON_W4A16=1"
-  $optin timeout ${W4A16_CAP:-200} fp4core bench --w4a16 --preset llama3-70b --prepared --m ${W4A16_M:-1,16,64,128,2048} \
-    --json "$W/w4a16.json" 2>"$W/w4a16-progress.log" > "$W/w4a16.txt"
+  $optin timeout ${W4A16_CAP:-200} fp4core bench --w4a16 --preset llama3-70b --prepared --m ${W4A16_M:-1,16,64} \
+    --backends ${W4A16_BACKENDS:-trtllm} --autotune --json "$W/w4a16.json" 2>"$W/w4a16-progress.log" > "$W/w4a16.txt"
   done_line w4a16 $?; cat "$W/w4a16.txt"
   $optin timeout ${W4A16_CAP:-200} fp4core bench --layer --w4a16 --preset llama3-70b --m ${W4A16_LAYER_M:-1,16,64,128} \
     --json "$W/w4a16-layer.json" 2>"$W/w4a16-layer-progress.log" > "$W/w4a16-layer.txt"
