@@ -19,7 +19,7 @@ from fp4core.kit import jit
 CSRC = Path(__file__).parent / "csrc"
 SM90_SOURCE = CSRC / "fp4_sm90_gemm.cu"
 SM90_LIB = "fp4_cutlass_sm90"
-ABI_VERSION = 3
+ABI_VERSION = 4  # 4: Params.a_plain (weight-only calls)
 #: K values per pipeline stage; the pre-pass pads A's K to a multiple of it.
 BK = 128
 #: Activation rows per CTA (wgmma N) and weight rows per CTA the library is compiled for.
@@ -42,7 +42,7 @@ class Params(ctypes.Structure):
     _fields_ = [(name, ctypes.c_void_p) for name in
                 ("a", "a_sf", "b", "b_sf", "alpha", "out", "act", "partial")] + \
                [(name, ctypes.c_int) for name in
-                ("m", "n", "k", "a_sf_8x4", "out_fp16", "mx", "splits", "tm", "bn", "cluster", "deep")]
+                ("m", "n", "k", "a_sf_8x4", "out_fp16", "mx", "splits", "tm", "bn", "cluster", "deep", "a_plain")]
 
 
 def include_dirs() -> list[Path]:
@@ -99,13 +99,15 @@ def _check_aligned(name: str, t: torch.Tensor) -> None:
                          f"got {t.data_ptr():#x}")
 
 
-def launch(*, a: torch.Tensor, a_sf: torch.Tensor, b: torch.Tensor, b_sf: torch.Tensor,
+def launch(*, a: torch.Tensor, a_sf: torch.Tensor | None, b: torch.Tensor, b_sf: torch.Tensor,
            alpha: torch.Tensor | None, out: torch.Tensor, m: int, n: int, k: int, mx: bool,
            a_sf_8x4: bool, tm: int, bn: int, splits: int, cluster: int = 1, deep: bool = False) -> None:
     """Run pre-pass + GEMM (+ split-K reduce) on the current stream of ``out``'s device.
 
     Args:
         a: uint8 (m, k/2) contiguous; a_sf: flat A scale bytes (128x4, or 8x4 if ``a_sf_8x4``).
+            A weight-only call passes a as the (m, k) bfloat16 activation, contiguous, and
+            a_sf None: the pre-pass then only permutes it.
         b: uint8 (n, k/2) contiguous; b_sf: flat 128x4 B scale bytes.
         alpha: float32 one element or None; out: contiguous (m, n) bf16 or fp16.
         tm, bn, splits, cluster: the tactic (activation rows per CTA, weight rows per CTA,
@@ -114,15 +116,20 @@ def launch(*, a: torch.Tensor, a_sf: torch.Tensor, b: torch.Tensor, b_sf: torch.
     Raises:
         ValueError for a misaligned tensor; RuntimeError naming the CUDA error of a failed launch.
     """
+    plain = a_sf is None
+    if plain and (a.dtype != torch.bfloat16 or not a.is_contiguous()):
+        raise ValueError(f"cutlass: a weight-only call needs a contiguous bfloat16 activation, got {a.dtype}")
     index = out.device.index
     lib = library()
-    _check_aligned("a", a)
+    if not plain:
+        _check_aligned("a", a)
     _check_aligned("b (the weight)", b)
     _check_aligned("b_descale", b_sf)
     act, part = workspace_pointers(out.device, m * padded_k(k), splits * m * n if splits > 1 else 0)
-    p = Params(a.data_ptr(), a_sf.data_ptr(), b.data_ptr(), b_sf.data_ptr(),
+    p = Params(a.data_ptr(), None if plain else a_sf.data_ptr(), b.data_ptr(), b_sf.data_ptr(),
                alpha.data_ptr() if alpha is not None else None, out.data_ptr(), act, part or None,
-               m, n, k, int(a_sf_8x4), int(out.dtype == torch.float16), int(mx), splits, tm, bn, cluster, int(deep))
+               m, n, k, int(a_sf_8x4), int(out.dtype == torch.float16), int(mx), splits, tm, bn, cluster,
+               int(deep), int(plain))
     if index == torch.cuda.current_device():
         err = lib.fp4c_sm90_gemm(ctypes.byref(p), kit.raw_stream(index))
     else:  # the runtime launches on the current device: make it out's device

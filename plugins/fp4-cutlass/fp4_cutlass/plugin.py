@@ -6,8 +6,10 @@ import dataclasses
 import functools
 import math
 
+import torch
 
 from fp4core import kit
+from fp4core.env import env_flag
 from fp4core.kit import jit
 from fp4core.formats.fp4 import Fp4Format
 from fp4core.dispatch.hooks import BackendInfo, Support, Tactic, hookimpl
@@ -76,6 +78,11 @@ def _tm_for(m: int) -> int:
     return launcher.TM_CHOICES[-1]
 
 
+#: Weight-only (W4A16) calls: bf16 activations permuted by a copy-only pre-pass into the same
+#: GEMM. Compiled and checked on the CPU, not yet run on a GPU, so off unless this is "1".
+ENV_W4A16 = "FP4_CUTLASS_W4A16"
+
+
 class CutlassBackend:
     """CuTe FP4 GEMM: Hopper in-kernel dequantization + WGMMA; Blackwell block-scaled CUTLASS."""
 
@@ -90,7 +97,8 @@ class CutlassBackend:
             # fast as trtllm at M <= 16 (which still leads there on a prepared weight), the
             # fastest backend at M = 17..128 and from M = 2048 up.
             priority={"decode": 45, "small": 45, "medium": 60, "large": 60},
-            tactic_type=CutlassTactic)
+            tactic_type=CutlassTactic,
+            activations=("fp4", "bf16") if env_flag(ENV_W4A16) else ("fp4",))
 
     @hookimpl
     def supports(self, problem: Problem) -> Support:
@@ -104,6 +112,8 @@ class CutlassBackend:
         if problem.k % K_ALIGN:
             return Support.no(f"K must be a multiple of {K_ALIGN} (16-byte TMA rows of the packed "
                               f"weight, whole 64-value scale groups), got K = {problem.k}")
+        if problem.act_dtype is not None and problem.act_dtype != torch.bfloat16:
+            return Support.no(f"weight-only calls take bfloat16 activations (bf16 wgmma), got {problem.activation}")
         if problem.a_sf_layout not in (SfLayout.layout_128x4, SfLayout.layout_8x4):
             return Support.no(f"A scales must be 128x4 or 8x4, got {problem.a_sf_layout.value}")
         m = problem.m or 1

@@ -155,3 +155,54 @@ def test_unbuilt_tile_is_never_offered_and_refused_by_name(m, n):
     assert all((t.tm, t.bn) not in launcher.UNBUILT_TILES for t in CutlassBackend().tactics(p))
     with pytest.raises(ValueError, match="tm=256 with bn=64 is not built"):
         CutlassBackend().run(p, fp4core.Operands(None, None, None, None), CutlassTactic(tm=256, bn=64), None)
+
+
+def _act_permute(a: "np.ndarray", k: int) -> "np.ndarray":
+    """Mirror of act_permute_kernel (csrc/fp4_sm90_gemm.cu): (m, k) -> (m, kp) by its own
+    index math (thread g = 2s + p of chunk c, word q, half h), zeros past K."""
+    import numpy as np
+    m, kp = a.shape[0], launcher.padded_k(k)
+    out = np.zeros((m, kp), dtype=a.dtype)
+    for c in range(kp // 128):
+        kvalid = min(128, k - 128 * c)
+        for g in range(16):
+            s, pp = g >> 1, g & 1
+            off = 8 * (s >> 1) + 2 * (s & 1) + pp
+            for q in range(4):
+                if q * 32 < kvalid:
+                    for h in range(2):
+                        out[:, 128 * c + 8 * g + 2 * q + h] = a[:, 128 * c + 32 * q + off + 4 * h]
+    return out
+
+
+@pytest.mark.parametrize("k", [128, 192, 1088])
+def test_weight_only_prepass_permutes_like_the_fragment_mapping(k):
+    """The W4A16 pre-pass puts A's physical K position perm[l] at logical column l of each
+    128-wide chunk, the permutation the weight fragments use (so the products pair up), and
+    zeros past K; a kernel that copied in natural order would fail this."""
+    import numpy as np
+    a = np.random.default_rng(k).standard_normal((3, k)).astype(np.float32)
+    got = _act_permute(a, k)
+    perm = [_phys(l) for l in range(128)]
+    for c in range(launcher.padded_k(k) // 128):
+        for l in range(128):
+            src = 128 * c + perm[l]
+            want = a[:, src] if src < k else 0.0
+            assert np.array_equal(got[:, 128 * c + l], np.broadcast_to(want, (3,))), (c, l)
+    assert not np.array_equal(got[:, :128], a[:, :128])  # not the identity
+
+
+def test_weight_only_opt_in_and_refusals(monkeypatch):
+    """bf16 activations only with FP4_CUTLASS_W4A16=1 (not yet run on a GPU); fp16 activations
+    are refused (bf16 wgmma); a weight-only launch with a non-bf16 activation is refused."""
+    import torch
+    monkeypatch.delenv("FP4_CUTLASS_W4A16", raising=False)
+    assert CutlassBackend().backend_info().activations == ("fp4",)
+    monkeypatch.setenv("FP4_CUTLASS_W4A16", "1")
+    assert CutlassBackend().backend_info().activations == ("fp4", "bf16")
+    p16 = fp4core.make_problem(8, 256, 256, device=H100, act_dtype=torch.float16)
+    assert "bfloat16 activations" in CutlassBackend().supports(p16).reason
+    a = torch.zeros(8, 256, dtype=torch.float16)
+    with pytest.raises(ValueError, match="contiguous bfloat16 activation"):
+        launcher.launch(a=a, a_sf=None, b=None, b_sf=None, alpha=None, out=torch.empty(8, 256),
+                        m=8, n=256, k=256, mx=False, a_sf_8x4=False, tm=16, bn=128, splits=1)

@@ -14,6 +14,8 @@
 //    permutation is a bijection applied to both operands, so the sum over K is unchanged.
 //    The bf16 activation tile is the wgmma shared-memory operand (K-major, 128B swizzle,
 //    loaded by TMA).
+//    Weight-only calls (a_plain, W4A16) hand in A as bf16 already: the pre-pass only permutes
+//    (act_permute_kernel), the GEMM is the same.
 //  * Epilogue: alpha (device pointer, graph safe), the NVFP4 2^64 range compensation, cast to
 //    bf16/fp16; with split-K the fp32 partials go to a workspace and a reduce kernel finishes.
 //
@@ -61,6 +63,7 @@ struct Params {
   int bn;                 // weight rows per CTA: 128 (two consumer WGs split N) or 64 (split K)
   int cluster;            // CTAs per cluster along N sharing (multicasting) the activation tile
   int deep;               // 1: two wgmma batches in flight per warpgroup (3 fragment buffers; TM <= 128)
+  int a_plain;            // 1: a is (m, k) bf16 row-major (weight-only call), a_sf unused
 };
 
 __host__ __device__ constexpr int kp_of(int k) { return (k + kBK - 1) / kBK * kBK; }
@@ -194,6 +197,33 @@ __global__ void __launch_bounds__(256) act_dequant_kernel(Params p) {
       v2 = bmul2(bmul2(raw, 0x7E807E80u), sb | (sb << 16));
     }
     packed[q] = v2;
+  }
+  uint4* dst = reinterpret_cast<uint4*>(reinterpret_cast<__nv_bfloat16*>(p.act) + (size_t)row * kp_of(p.k) + c * kBK) + g;
+  *dst = make_uint4(packed[0], packed[1], packed[2], packed[3]);
+}
+
+// Weight-only pre-pass: A (m, k) bf16 -> the same permuted (m, kp) buffer, no arithmetic.
+// Output segment g = 2s + p of chunk c, word q holds physical K 32q + 8(s/2) + 2(s%2) + p
+// (low half) and that + 4 (high half), as act_dequant_kernel writes them; zeros past K.
+__global__ void __launch_bounds__(256) act_permute_kernel(Params p) {
+  const int chunks = kp_of(p.k) / kBK;
+  const long idx = (long)blockIdx.x * blockDim.x + threadIdx.x;
+  if (idx >= (long)p.m * chunks * 16) return;
+  const int g = (int)(idx % 16);
+  const int c = (int)((idx / 16) % chunks);
+  const int row = (int)(idx / (16L * chunks));
+  const int s = g >> 1, pp = g & 1;
+  const int kvalid = min(kBK, p.k - c * kBK);
+  const uint16_t* src = reinterpret_cast<const uint16_t*>(p.a) + (size_t)row * p.k + c * kBK;
+  const int off = 8 * (s >> 1) + 2 * (s & 1) + pp;
+  uint32_t packed[4];
+#pragma unroll
+  for (int q = 0; q < 4; ++q) {
+    packed[q] = 0;  // past K (tail half-chunk): zeros
+    if (q * 32 < kvalid) {
+      const int ph = 32 * q + off;
+      packed[q] = (uint32_t)__ldg(src + ph) | ((uint32_t)__ldg(src + ph + 4) << 16);
+    }
   }
   uint4* dst = reinterpret_cast<uint4*>(reinterpret_cast<__nv_bfloat16*>(p.act) + (size_t)row * kp_of(p.k) + c * kBK) + g;
   *dst = make_uint4(packed[0], packed[1], packed[2], packed[3]);
@@ -640,7 +670,7 @@ static cudaError_t dispatch_cl(const Params& p, cudaStream_t s) {
 
 extern "C" {
 
-int fp4c_abi_version() { return 3; }
+int fp4c_abi_version() { return 4; }
 
 int fp4c_params_size() { return (int)sizeof(fp4c::Params); }
 
@@ -667,7 +697,8 @@ int fp4c_sm90_gemm(const fp4c::Params* pp, cudaStream_t stream) {
   const int chunks = fp4c::kp_of(p.k) / fp4c::kBK;
   const long threads = (long)p.m * chunks * 16;
   const int blocks = (int)((threads + 255) / 256);
-  if (p.mx) fp4c::act_dequant_kernel<true><<<blocks, 256, 0, stream>>>(p);
+  if (p.a_plain) fp4c::act_permute_kernel<<<blocks, 256, 0, stream>>>(p);
+  else if (p.mx) fp4c::act_dequant_kernel<true><<<blocks, 256, 0, stream>>>(p);
   else fp4c::act_dequant_kernel<false><<<blocks, 256, 0, stream>>>(p);
   cudaError_t e = cudaGetLastError();
   if (e != cudaSuccess) return e;
