@@ -109,6 +109,20 @@ def check_backend(name: str, problem: Problem, *, seed: int = 0, tactics: list[T
     return results
 
 
+def quantize_weight(w: torch.Tensor, use_nvfp4: bool = True
+                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """A float (N, K) weight -> (b uint8 (N, K/2), b_sf 128x4 scale bytes, alpha) as a
+    checkpoint holds it: NVFP4 with its global scale (alpha = 1 / global scale, float32 of one
+    element) or MXFP4 (alpha None). What weight-only tests hand to ``mm_bf16_fp4``."""
+    from fp4core.formats.quantize import compute_global_scale, mxfp4_quantize, nvfp4_quantize
+    if use_nvfp4:
+        gw = compute_global_scale(w)
+        b, bsf = nvfp4_quantize(w, gw)
+        return b, bsf, (1.0 / gw).reshape(1).float()
+    b, bsf = mxfp4_quantize(w)
+    return b, bsf, None
+
+
 def canonical_operands(problem: Problem, seed: int = 0) -> Operands:
     """Fresh random canonical operands for ``problem`` on its device."""
     device = f"cuda:{problem.device.index}" if problem.device.is_cuda else "cpu"

@@ -6,6 +6,7 @@ import torch
 
 import fp4core
 from fp4core.pytorch import ops
+from fp4core.testing import quantize_weight
 from independent import dequant_matrix, e4m3_value, e8m0_value, unswizzle
 
 DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)]
@@ -17,13 +18,7 @@ def weight_only_case(m, n, k, use_nvfp4, act_dtype, device, seed):
     g = torch.Generator().manual_seed(seed)
     x = (torch.randn(m, k, generator=g) * 3).to(act_dtype)
     w = torch.randn(n, k, generator=g)
-    if use_nvfp4:
-        gw = fp4core.compute_global_scale(w)
-        b, bsf = fp4core.nvfp4_quantize(w, gw)
-        alpha = (1.0 / gw).reshape(1).float()
-    else:
-        b, bsf = fp4core.mxfp4_quantize(w)
-        alpha = None
+    b, bsf, alpha = quantize_weight(w, use_nvfp4)
     block = 16 if use_nvfp4 else 32
     sb = unswizzle(bsf.reshape(-1).tolist(), n, k // block, "128x4")
     db = torch.tensor(dequant_matrix(b.tolist(), sb, block, e4m3_value if use_nvfp4 else e8m0_value),

@@ -15,7 +15,7 @@ from fp4core.formats.fp4 import Fp4Format
 from fp4core.formats.layouts import SfLayout, padded_scale_shape, scale_offsets
 from fp4core.formats.quantize import dequantize
 from fp4core.formats.reference import TOLERANCE, reference_mm, relative_error
-from fp4core.testing import device_allocations
+from fp4core.testing import device_allocations, quantize_weight
 from fp4core.dispatch.validation import build_problem
 
 from fp4_cudnn.plugin import CudnnTactic
@@ -322,13 +322,7 @@ def test_weight_only_every_plan_matches_the_reference(monkeypatch, nv, m):
         g.seed()
         x = torch.randn(m, K, device="cuda", generator=g).to(torch.bfloat16)
         w = torch.randn(N, K, device="cuda", generator=g)
-        if nv:
-            gw = fp4core.compute_global_scale(w)
-            b, bsf = fp4core.nvfp4_quantize(w, gw)
-            alpha = (1.0 / gw).reshape(1).float()
-        else:
-            b, bsf = fp4core.mxfp4_quantize(w)
-            alpha = None
+        b, bsf, alpha = quantize_weight(w, nv)
         out = torch.full((m, N), float("nan"), dtype=torch.bfloat16, device="cuda")
         fp4core.mm_bf16_fp4(x, b, bsf, alpha, backend="cudnn", out=out, block_size=16 if nv else 32)
         wd = dequantize(b, bsf, use_nvfp4=nv, dtype=torch.float64)

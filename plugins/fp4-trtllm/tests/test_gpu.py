@@ -10,7 +10,7 @@ import torch
 import fp4core
 from fp4core.formats.reference import TOLERANCE, reference_mm, relative_error
 from fp4core.dispatch.synthetic import random_operands
-from fp4core.testing import run_repeatedly
+from fp4core.testing import quantize_weight, run_repeatedly
 
 from fp4_trtllm.layout import unshuffle_flashinfer  # noqa: F401  (FlashInfer path below)
 from fp4_trtllm import prepare_flashinfer_shuffled
@@ -233,13 +233,7 @@ def test_w4a16_mm_bf16_fp4_auto_picks_trtllm_and_is_exact(nv, act):
     g = torch.Generator(device="cuda").manual_seed(9)
     x = torch.randn(m, k, device="cuda", generator=g).to(act)
     w = torch.randn(n, k, device="cuda", generator=g)
-    if nv:
-        gw = fp4core.compute_global_scale(w)
-        b, bsf = fp4core.nvfp4_quantize(w, gw)
-        alpha = (1.0 / gw).reshape(1).float()
-    else:
-        b, bsf = fp4core.mxfp4_quantize(w)
-        alpha = None
+    b, bsf, alpha = quantize_weight(w, nv)
     bs = 16 if nv else 32
     ref = fp4core.mm_bf16_fp4(x, b, bsf, alpha, block_size=bs, backend="torch").double()
     pw, _, alpha2 = fp4core.prepare_bf16_fp4_weights(b, bsf, alpha, block_size=bs)
