@@ -1,5 +1,5 @@
 """Host time of fp4core's own call path, no GPU needed: ``mm_fp4`` (plain and prepared weight),
-``explain`` and a weight-only call through a backend whose ``run`` does nothing, so what is
+``explain``, a weight-only call and a weight-only ``Fp4Linear`` through a backend whose ``run`` does nothing, so what is
 timed is validation, selection and the hand-off to the backend. Uses only the public API, so
 the same file times an older tree: ``PYTHONPATH=<old tree> python benchmarks/dispatch_overhead.py``.
 
@@ -67,6 +67,9 @@ def main() -> int:
     if hasattr(fp4core, "mm_bf16_fp4"):
         xb = x.bfloat16()
         rows.append(("mm_bf16_fp4 auto, out= given", lambda: fp4core.mm_bf16_fp4(xb, b, b_sf, alpha, out=out)))
+        lin = torch.nn.Linear(8192, 512, bias=False).bfloat16()
+        w16 = fp4core.nn.Fp4Linear.from_linear(lin, activations="bf16")
+        rows.append(("Fp4Linear weight-only forward (M = 1)", lambda: w16(xb)))
     print(f"fp4core from {fp4core.__file__}")
     for label, fn in rows:
         assert fn() is not None

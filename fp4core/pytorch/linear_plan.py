@@ -55,7 +55,8 @@ class LinearPlan:
         launch: ``launch(a, a_scale, alpha, out)``, the backend's bound GEMM.
         quantize: ``quantize(x, global_scale, weight_global_scale) -> (a, flat a_scale,
             alpha)``, the activation quantization bound to this M (an
-            ``ActivationQuantizer``; its outputs are reused by the next call).
+            ``ActivationQuantizer``; its outputs are reused by the next call); None for a
+            weight-only plan (the activation goes to the GEMM as it is).
     """
 
     signature: tuple
@@ -67,12 +68,13 @@ class LinearPlan:
     weight: Operands
     prepared: PreparedWeight
     launch: Callable[..., None]
-    quantize: Callable[..., tuple]
+    quantize: Callable[..., tuple] | None
 
     def run(self, a: torch.Tensor, a_scale: torch.Tensor, alpha: torch.Tensor | None,
             out: torch.Tensor) -> None:
         """The GEMM: ``out (M, N) = alpha * dequant(a) @ dequant(W).T``; a uint8 (M, K/2),
-        a_scale flat uint8 scale bytes. On a backend failure under ``auto`` the backend is
+        a_scale flat uint8 scale bytes (weight-only plans: a (M, K) bf16/fp16, a_scale None:
+        ``out = alpha * a @ dequant(W).T``). On a backend failure under ``auto`` the backend is
         left out (as ``mm_fp4`` does) and the call is redone by ``selector.run``."""
         try:
             self.launch(a, a_scale, alpha, out)
@@ -85,10 +87,13 @@ class LinearPlan:
 
 def make_plan(weight_signature: tuple, prepared: PreparedWeight, m: int, fmt: Fp4Format,
               out_dtype: torch.dtype, layout: SfLayout, has_alpha: bool, device: torch.device,
-              backend: str, quantize: Callable[..., tuple]) -> LinearPlan:
+              backend: str, quantize: Callable[..., tuple] | None,
+              act_dtype: torch.dtype | None = None) -> LinearPlan:
     """Choose (backend, tactic) for an (m, N, K) call on ``prepared`` and freeze it, with
-    ``quantize`` as the plan's activation quantizer."""
-    selected = problem_of(m, prepared.n, prepared.k, fmt, out_dtype, layout, has_alpha, device, True)
+    ``quantize`` as the plan's activation quantizer (``act_dtype`` set: a weight-only plan,
+    no quantizer)."""
+    selected = problem_of(m, prepared.n, prepared.k, fmt, out_dtype, layout, has_alpha, device, True,
+                          act_dtype)
     choice = selector.choose(selected, backend)
     run_problem, ops = selector.weight_for(choice.backend, selected, Operands(None, None, None, None), prepared)
     weight = Operands(None, None, ops.b, ops.b_scale, None, ops.extra)
@@ -101,7 +106,8 @@ def make_plan(weight_signature: tuple, prepared: PreparedWeight, m: int, fmt: Fp
 
 
 class LayerPlans:
-    """The eager plans of one linear layer, keyed by (M, out_dtype).
+    """The eager plans of one linear layer, keyed by (M, out_dtype), weight-only plans by
+    (M, activation dtype, "w16").
 
     Args:
         entry_key, entry: the layer's lazily prepared weight (``fp4core.pytorch.ops.new_weight_key``).
@@ -116,7 +122,7 @@ class LayerPlans:
         self.entry_key = entry_key
         self.entry, self.fmt, self.layout, self.n = entry, fmt, layout, out_features
         self._canonical = canonical
-        self.plans: dict[tuple[int, torch.dtype], LinearPlan] = {}
+        self.plans: dict[tuple, LinearPlan] = {}
 
     def clear(self) -> None:
         """Drop every plan (the weight tensors were replaced or reloaded)."""
@@ -147,6 +153,33 @@ class LayerPlans:
             a, a_sf, alpha = plan.quantize(x2, None, weight_global_scale if nv else None)
         out = torch.empty((m, self.n), dtype=out_dtype, device=x2.device)
         plan.run(a, a_sf, alpha, out)
+        return out
+
+    def weight_only_gemm(self, a: torch.Tensor, weight_fp4: torch.Tensor, weight_scale: torch.Tensor,
+                         alpha: torch.Tensor | None, backend: str, entry) -> torch.Tensor | None:
+        """W4A16 ``a (M, K) bf16/fp16 -> (M, N)`` of a's dtype with this M's weight-only plan
+        (made on first use): ``alpha * a @ dequant(W).T``. ``entry`` is the layer's lazily
+        prepared weight-only weight (``fp4core.pytorch.ops.new_bf16_weight_key``); ``alpha``
+        float32 (1,) for NVFP4, None for MXFP4. Returns None when the weight changed during
+        CUDA-graph capture (no preparing then): the caller takes the op path this once. No
+        argument checks: the caller owns the weight and made ``a`` contiguous."""
+        m, dtype = a.shape[0], a.dtype
+        wsig = (weight_fp4.data_ptr(), weight_scale.data_ptr(), version_counter(weight_fp4),
+                version_counter(weight_scale), entry.epoch, backend, "w16", alpha is not None)
+        key = (m, dtype, "w16")
+        plan = self.plans.get(key)
+        if plan is None or plan.signature != (wsig, selector.generation):
+            nv = self.fmt is Fp4Format.NVFP4
+            prepared = entry.resolve(weight_fp4, weight_scale, nv, alpha is not None)
+            if prepared is None:
+                return None
+            plan = make_plan(wsig, prepared, m, self.fmt, dtype, SfLayout.layout_128x4, alpha is not None,
+                             weight_fp4.device, backend, None, act_dtype=dtype)
+            if len(self.plans) >= MAX_PLANS:
+                self.plans.clear()
+            self.plans[key] = plan
+        out = torch.empty((m, self.n), dtype=dtype, device=a.device)
+        plan.run(a, None, alpha, out)
         return out
 
     def _new_plan(self, kernels, m: int, out_dtype: torch.dtype, wsig: tuple, weight_fp4: torch.Tensor,

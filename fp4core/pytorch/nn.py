@@ -121,7 +121,7 @@ class Fp4Linear(nn.Module):
         self._layer_key = ops.register_layer(self._layer)
 
     @property
-    def _plans(self) -> dict[tuple[int, torch.dtype], LinearPlan]:
+    def _plans(self) -> dict[tuple, LinearPlan]:
         """The eager plans, by (M, out_dtype)."""
         return self._layer.plans
 
@@ -229,6 +229,11 @@ class Fp4Linear(nn.Module):
         if not a.is_contiguous():
             a = a.contiguous()
         nv = self.format == "nvfp4"
+        if not torch.compiler.is_compiling():  # eager: this M's plan, no torch.library dispatch
+            y = self._layer.weight_only_gemm(a, self.weight_fp4, self.weight_scale,
+                                             self._weight_alpha if nv else None, self.backend, self._bf16_entry)
+            if y is not None:
+                return y
         return torch.ops.fp4core.mm_bf16_fp4(a, self.weight_fp4, self.weight_scale,
                                              self._weight_alpha if nv else None, out_dtype, nv,
                                              self.backend, self._bf16_key)

@@ -68,8 +68,8 @@ def _host_us(call: Callable[[], object], calls: int = 50) -> float:
 
 def _chosen_backend(layer: nn.Module, m: int) -> str:
     plans = getattr(layer, "_plans", {})
-    for (pm, _), plan in plans.items():
-        if pm == m:
+    for key, plan in plans.items():  # (M, dtype) or, weight-only, (M, dtype, "w16")
+        if key[0] == m:
             return f"{plan.backend.name}"
     return ""
 
