@@ -185,6 +185,40 @@ def test_tune_leaves_out_a_candidate_that_kills_the_worker_and_records_why(fault
     assert res.returncode == 134
 
 
+def test_tune_leaves_out_a_candidate_that_hangs_and_records_why(fault_plugins, tmp_path):
+    """A candidate that never returns (a deadlocked kernel) stops the worker without killing
+    it: after FP4CORE_TUNE_STALL_S without progress the worker is killed, the candidate left
+    out with the reason, and the good tactic still timed."""
+    import os
+    import time
+    cache = tmp_path / "tuning.json"
+    env = {**os.environ, "FP4CORE_TUNING_CACHE": str(cache), "FP4CORE_BACKENDS": "torch,hangs",
+           "FP4CORE_TUNE_STALL_S": "4",
+           "PYTHONPATH": os.pathsep.join([str(fault_plugins), os.environ.get("PYTHONPATH", "")])}
+    t0 = time.monotonic()
+    res = subprocess.run([sys.executable, "-m", "fp4core.tools.cli", "tune", "--m", "3", "--n", "32", "--k", "64"],
+                         capture_output=True, text=True, timeout=300, env=env)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert time.monotonic() - t0 < 120  # not the hour the tactic sleeps
+    assert "hangs[hang=1]: hung the tuning worker (made no progress for 4 s" in res.stderr, res.stderr
+    entry = next(iter(json.loads(cache.read_text())["entries"].values()))
+    assert "hung the tuning worker" in entry["dropped"]["hangs[hang=1]"]
+    assert entry["per_backend"]["hangs"]["tactic"] == {"hang": 0}
+    assert "left out (hung): hangs[hang=1]" in res.stdout, res.stdout
+
+
+def test_tune_stall_limit_is_checked(monkeypatch):
+    from fp4core.dispatch import tune_worker
+    monkeypatch.setenv("FP4CORE_TUNE_STALL_S", "soon")
+    with pytest.raises(ValueError, match="FP4CORE_TUNE_STALL_S.*number of seconds.*'soon'"):
+        tune_worker.stall_limit()
+    monkeypatch.setenv("FP4CORE_TUNE_STALL_S", "0")
+    with pytest.raises(ValueError, match="positive"):
+        tune_worker.stall_limit()
+    monkeypatch.delenv("FP4CORE_TUNE_STALL_S")
+    assert tune_worker.stall_limit() == tune_worker.DEFAULT_STALL_S
+
+
 def test_tune_reports_a_problem_it_cannot_tune_and_goes_on(fault_plugins, tmp_path):
     import os
     env = {**os.environ, "FP4CORE_TUNING_CACHE": str(tmp_path / "t.json"), "FP4CORE_BACKENDS": "runfails",

@@ -7,6 +7,12 @@ fp4core.dispatch.tune_worker SPEC``) that tells the parent, through a status fil
 problem and which candidate it is running. When the worker dies, the parent leaves that
 candidate out of that problem (the reason lands in the problem's tuning-cache entry, under
 ``dropped``) and starts a new worker at the same problem; finished problems are not redone.
+
+A kernel that never finishes (a deadlocked pipeline) stops the worker without killing it, so
+the parent also watches for progress: when neither the status file nor the worker's stderr
+has moved for ``FP4CORE_TUNE_STALL_S`` seconds (default 600, long enough for a first JIT
+build), the worker is killed and the candidate it was running is left out like one that
+crashed ("made no progress for N s").
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+import time
 from collections import deque
 from pathlib import Path
 from typing import Callable
@@ -26,6 +33,23 @@ import torch
 
 #: restarts of the worker for one problem before that problem is given up
 MAX_RESTARTS_PER_PROBLEM = 16
+#: environment variable: seconds without progress before a tuning worker counts as hung
+ENV_STALL = "FP4CORE_TUNE_STALL_S"
+DEFAULT_STALL_S = 600.0
+
+
+def stall_limit() -> float:
+    """Seconds a tuning worker may go without progress (``FP4CORE_TUNE_STALL_S``, default 600)."""
+    raw = os.environ.get(ENV_STALL, "").strip()
+    if not raw:
+        return DEFAULT_STALL_S
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ValueError(f"{ENV_STALL}: expected a number of seconds, got {raw!r}") from None
+    if value <= 0:
+        raise ValueError(f"{ENV_STALL}: expected a positive number of seconds, got {raw!r}")
+    return value
 
 _DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -57,26 +81,42 @@ def _read_events(path: Path) -> list[dict]:
     return events
 
 
-def _run_worker(spec: dict, say: Callable[[str], None]) -> tuple[int, list[dict], str]:
-    """One worker over ``spec``; returns (exit code, status events, last lines of its stderr).
-    The worker's stderr (its progress) is echoed through ``say`` as it comes."""
+def _run_worker(spec: dict, say: Callable[[str], None], stall_s: float | None = None
+                ) -> tuple[int, list[dict], str, float | None]:
+    """One worker over ``spec``; returns (exit code, status events, last lines of its stderr,
+    the seconds without progress after which it was killed, or None). The worker's stderr (its
+    progress) is echoed through ``say`` as it comes."""
+    stall_s = stall_limit() if stall_s is None else stall_s
     with tempfile.TemporaryDirectory(prefix="fp4core-tune-") as tmp:
         spec_path, status = Path(tmp) / "spec.json", Path(tmp) / "status.jsonl"
         spec_path.write_text(json.dumps(dict(spec, status=str(status))))
         proc = subprocess.Popen([sys.executable, "-m", "fp4core.dispatch.tune_worker", str(spec_path)],
                                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, errors="replace")
         tail: deque[str] = deque(maxlen=8)
+        last_progress = [time.monotonic()]
 
         def pump():
             for line in proc.stderr:
                 line = line.rstrip("\n")
                 tail.append(line)
+                last_progress[0] = time.monotonic()
                 say(line)
         reader = threading.Thread(target=pump, daemon=True)
         reader.start()
-        rc = proc.wait()
+        seen_size, stalled = -1, None
+        while True:
+            try:
+                rc = proc.wait(timeout=min(1.0, stall_s / 4))
+                break
+            except subprocess.TimeoutExpired:
+                size = status.stat().st_size if status.exists() else 0
+                if size != seen_size:
+                    seen_size, last_progress[0] = size, time.monotonic()
+                if time.monotonic() - last_progress[0] > stall_s:
+                    stalled = stall_s
+                    proc.kill()  # a hung kernel: nothing else ends it
         reader.join(timeout=10)
-        return rc, _read_events(status), "\n".join(tail)
+        return rc, _read_events(status), "\n".join(tail), stalled
 
 
 def tune_isolated(specs: list[dict], *, force: bool = False,
@@ -91,8 +131,8 @@ def tune_isolated(specs: list[dict], *, force: bool = False,
     restarts: dict[int, int] = {}
     start = 0
     while start < len(specs):
-        rc, events, tail = _run_worker({"problems": specs, "start": start, "force": force,
-                                        "excluded": {str(i): v for i, v in excluded.items()}}, say)
+        rc, events, tail, stalled = _run_worker({"problems": specs, "start": start, "force": force,
+                                                 "excluded": {str(i): v for i, v in excluded.items()}}, say)
         current, label = None, None
         for ev in events:
             if ev["event"] == "problem":
@@ -104,7 +144,8 @@ def tune_isolated(specs: list[dict], *, force: bool = False,
                 current, label = None, None
         if rc == 0 and current is None:
             break
-        how = _describe_exit(rc)
+        how = (f"made no progress for {stalled:g} s ({ENV_STALL}); killed" if stalled is not None
+               else _describe_exit(rc))
         errors = [ln.strip() for ln in tail.splitlines() if "error" in ln.lower()]
         last = errors[-1] if errors else ""  # e.g. "CUDA error: an illegal memory access ..."
         if current is None:  # died between problems (start-up, import): nothing to leave out
@@ -122,7 +163,8 @@ def tune_isolated(specs: list[dict], *, force: bool = False,
             say(f"  problem {current + 1}/{len(specs)} given up: the worker died {where} ({how})")
             start = current + 1
             continue
-        reason = f"killed the tuning worker ({how}{': ' + last if last else ''})"
+        verb = "hung the tuning worker" if stalled is not None else "killed the tuning worker"
+        reason = f"{verb} ({how}{': ' + last if last and stalled is None else ''})"
         excluded.setdefault(current, {})[label] = reason
         say(f"  {label}: {reason}; restarting the worker without it")
         start = current

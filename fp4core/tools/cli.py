@@ -87,7 +87,9 @@ def cmd_tune(args) -> int:
             print(f"{m}x{n}x{k}: NOT TUNED: {res['error']}")
             continue
         crashed = [label for label, why in res["dropped"].items() if "killed the tuning worker" in why]
+        hung = [label for label, why in res["dropped"].items() if "hung the tuning worker" in why]
         note = f"; left out (killed the worker): {', '.join(crashed)}" if crashed else ""
+        note += f"; left out (hung): {', '.join(hung)}" if hung else ""
         print(f"{res['key']}: {res['backend']} [{res['tactic']}] ({res['source']}){note}")
     print(f"tuning cache: {selector.cache.path}")
     return 1 if failed else 0
