@@ -20,7 +20,7 @@
 #   layer        LAYER_M, LAYER_CAP              auto       AUTO_M, AUTO_CAP
 #   w4a16        W4A16_M, W4A16_BACKENDS (default trtllm; auto always runs), W4A16_LAYER_M, W4A16_CAP
 #                (each of the two benches); W4A16_OPTIN=1 also
-#                turns on the weight-only paths of fp4-cudnn and fp4-triton that no GPU has checked yet
+#                turns on the weight-only paths of fp4-cudnn, fp4-triton and fp4-cutlass that no GPU has checked yet
 #   e2e          E2E_ARGS, E2E_CAP (carry .carry/minilm: python examples/e2e_model.py --export .carry/minilm)
 #   decode       SUFFIX (-short or ""), DECODE_BACKENDS, DECODE_CAP
 #   prefill      SUFFIX, PREFILL_SHAPES, PREFILL_BACKENDS, PREFILL_CAP
@@ -132,7 +132,7 @@ step_auto() {
 
 step_w4a16() {  # fp4core bench --w4a16 (GEMM, beside bf16 and tinygemm), then the weight-only layers
   local optin=""
-  [ "${W4A16_OPTIN:-0}" = 1 ] && optin="env FP4_CUDNN_W4A16=1 FP4_TRITON_W4A16=1"
+  [ "${W4A16_OPTIN:-0}" = 1 ] && optin="env FP4_CUDNN_W4A16=1 FP4_TRITON_W4A16=1 FP4_CUTLASS_W4A16=1"
   $optin timeout ${W4A16_CAP:-200} fp4core bench --w4a16 --preset llama3-70b --prepared --m ${W4A16_M:-1,16,64} \
     --backends ${W4A16_BACKENDS:-trtllm} --autotune --json "$W/w4a16.json" 2>"$W/w4a16-progress.log" > "$W/w4a16.txt"
   done_line w4a16 $?; cat "$W/w4a16.txt"
