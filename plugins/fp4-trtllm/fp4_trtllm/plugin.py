@@ -202,7 +202,8 @@ class TrtllmBackend:
         ``warps`` and ``ctas``; split-K ones ``t``, ``warps``, ``split_k`` and ``ring``.
         Split-K with the shared-memory ring leads at every M: on the H200 it was the fastest
         tactic at M = 1...64 on the Llama-70B layers (stream-K had led above M = 16 on H100,
-        before the ring existed)."""
+        before the ring existed). Weight-only problems get split-K ring tactics only (the one
+        kernel with a W4A16 variant; ``_w16_tactics``)."""
         nt = launcher.nt_for(problem.m or 1)
         if problem.act_dtype is not None:
             return _w16_tactics(problem, nt)
