@@ -81,6 +81,12 @@ def library(arch: str) -> ctypes.CDLL:
     return lib
 
 
+def launch_error(lib: ctypes.CDLL, err: int, kernel: str, what: str) -> RuntimeError:
+    """The error of a failed launch: the kernel, the CUDA error by number and name, the call."""
+    return RuntimeError(f"fp4-trtllm {kernel} launch failed: CUDA error {err} "
+                        f"({lib.fp4_trtllm_error_string(err).decode()}) for {what}")
+
+
 def nt_for(m: int) -> int:
     """Activation tiles of 8 rows per CTA pass: the fewest that cover m, at most 8 (64 rows)."""
     for nt in NT_CHOICES:
@@ -175,9 +181,8 @@ def launch(*, a: torch.Tensor, a_sf: torch.Tensor, w: torch.Tensor, w_sf: torch.
                 warps, (n + 15) // 16, groups, mblocks)
     err = lib.fp4_trtllm_gemv(ctypes.byref(p), int(mx), t, nt, grid, kit.raw_stream(index))
     if err != 0:
-        raise RuntimeError(f"fp4-trtllm kernel launch failed: CUDA error {err} "
-                           f"({lib.fp4_trtllm_error_string(err).decode()}) for m={m} n={n} k={k} "
-                           f"t={t} warps={warps} ctas={ctas} grid={grid}")
+        raise launch_error(lib, err, "kernel",
+                           f"m={m} n={n} k={k} t={t} warps={warps} ctas={ctas} grid={grid}")
 
 
 def splitk_grid(m: int, n: int, t: int, warps: int, splits: int) -> tuple[int, int, int]:
@@ -221,9 +226,8 @@ def launch_splitk(*, a: torch.Tensor, a_sf: torch.Tensor | None, w: torch.Tensor
         ring = bool(ring) and a_sf.data_ptr() % 4 == 0
         err = lib.fp4_trtllm_splitk(ctypes.byref(p), int(mx), t, nt, int(ring), kit.raw_stream(index))
     if err != 0:
-        raise RuntimeError(f"fp4-trtllm split-K kernel launch failed: CUDA error {err} "
-                           f"({lib.fp4_trtllm_error_string(err).decode()}) for m={m} n={n} k={k} "
-                           f"t={t} warps={warps} splits={splits} ring={ring}")
+        raise launch_error(lib, err, "split-K kernel",
+                           f"m={m} n={n} k={k} t={t} warps={warps} splits={splits} ring={ring}")
 
 
 def bind(*, w: torch.Tensor, w_sf: torch.Tensor, m: int, n: int, k: int, mx: bool, a_sf_8x4: bool,
@@ -257,8 +261,7 @@ def bind(*, w: torch.Tensor, w_sf: torch.Tensor, m: int, n: int, k: int, mx: boo
                 p.alpha = alpha.data_ptr() if alpha is not None else None
                 err = fn16(ref, mode, act, t, nt, raw_stream(index))
                 if err:
-                    raise RuntimeError(f"fp4-trtllm W4A16 kernel launch failed: CUDA error {err} "
-                                       f"({lib.fp4_trtllm_error_string(err).decode()}) for {what}")
+                    raise launch_error(lib, err, "W4A16 kernel", what)
             return launch_w16
 
         def launch(a, a_sf, alpha, out):
@@ -268,8 +271,7 @@ def bind(*, w: torch.Tensor, w_sf: torch.Tensor, m: int, n: int, k: int, mx: boo
             p.alpha = alpha.data_ptr() if alpha is not None else None
             err = fn(ref, mode, t, nt, int(ring and p.a_sf % 4 == 0), raw_stream(index))
             if err:
-                raise RuntimeError(f"fp4-trtllm kernel launch failed: CUDA error {err} "
-                                   f"({lib.fp4_trtllm_error_string(err).decode()}) for {what}")
+                raise launch_error(lib, err, "kernel", what)
         return launch
     nt, groups, mblocks, grid, ws_floats, n_counters = _plan(index, m, n, k, mx, t, warps, ctas)
     ws, cnt = workspace_pointers(device, ws_floats, n_counters)
@@ -285,6 +287,5 @@ def bind(*, w: torch.Tensor, w_sf: torch.Tensor, m: int, n: int, k: int, mx: boo
         p.alpha = alpha.data_ptr() if alpha is not None else None
         err = fn(ref, mode, t, nt, grid, raw_stream(index))
         if err:
-            raise RuntimeError(f"fp4-trtllm kernel launch failed: CUDA error {err} "
-                               f"({lib.fp4_trtllm_error_string(err).decode()}) for {what}")
+            raise launch_error(lib, err, "kernel", what)
     return launch
