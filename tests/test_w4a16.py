@@ -160,26 +160,28 @@ def test_layer_bench_w4a16_rows_beside_bf16(capsys):
         assert "CUDA kernel" in rows["tinygemm-int4"]
 
 
-def test_weight_only_layer_eager_plan_matches_the_op_and_follows_weight_changes():
+@pytest.mark.parametrize("device", DEVICES)
+def test_weight_only_layer_eager_plan_matches_the_op_and_follows_weight_changes(device):
     """Eager weight-only layers run a per-M plan (no torch.library dispatch): bit-equal to the
     custom op's answer, one plan per (M, dtype), rebuilt when the weight changes in place."""
     torch.manual_seed(13)
-    lin = torch.nn.Linear(256, 64, bias=False).bfloat16()
+    lin = torch.nn.Linear(256, 64, bias=False).to(device=device, dtype=torch.bfloat16)
     layer = fp4core.nn.Fp4Linear.from_linear(lin, activations="bf16")
-    x = torch.randn(3, 256, dtype=torch.bfloat16)
+    x = torch.randn(3, 256, device=device, dtype=torch.bfloat16)
     y = layer(x)
     assert list(layer._layer.plans) == [(3, torch.bfloat16, "w16")]
     via_op = torch.ops.fp4core.mm_bf16_fp4(x, layer.weight_fp4, layer.weight_scale, layer._weight_alpha,
                                            torch.bfloat16, True, "auto", layer._bf16_key)
     assert torch.equal(y, via_op)
-    layer(torch.randn(3, 256, dtype=torch.bfloat16))
-    layer(torch.randn(7, 256, dtype=torch.bfloat16))
+    layer(torch.randn(3, 256, device=device, dtype=torch.bfloat16))
+    layer(torch.randn(7, 256, device=device, dtype=torch.bfloat16))
     assert sorted(k[0] for k in layer._layer.plans) == [3, 7]
     # a new weight written into the same buffers: the plan must not serve the old one
-    other = fp4core.nn.Fp4Linear.from_linear(torch.nn.Linear(256, 64, bias=False).bfloat16(), activations="bf16")
+    new_lin = torch.nn.Linear(256, 64, bias=False).to(device=device, dtype=torch.bfloat16)
+    other = fp4core.nn.Fp4Linear.from_linear(new_lin, activations="bf16")
     layer.weight_fp4.copy_(other.weight_fp4)
     layer.weight_scale.copy_(other.weight_scale)
     layer.weight_global_scale.copy_(other.weight_global_scale)
     layer._weight_alpha.copy_(other._weight_alpha)
-    ref = x.double() @ other.dequantized_weight(torch.float64).T
+    ref = x.double().cpu() @ other.dequantized_weight(torch.float64).cpu().T
     assert rel_err(layer(x), ref) <= 1e-2
