@@ -18,9 +18,8 @@
 #   tests        TEST_DIRS (dirs or files), TEST_K (pytest -k), TEST_CAP (per dir)
 #   host         HOST_CAP                        quant      QUANT_M, QUANT_TILES=1, QUANT_CAP
 #   layer        LAYER_M, LAYER_CAP              auto       AUTO_M, AUTO_CAP
-#   w4a16        W4A16_M, W4A16_BACKENDS (default trtllm; auto always runs), W4A16_LAYER_M, W4A16_CAP
-#                (each of the two benches); W4A16_OPTIN=1 also
-#                turns on the weight-only paths of fp4-cudnn, fp4-triton and fp4-cutlass that no GPU has checked yet
+#   w4a16        W4A16_M, W4A16_BACKENDS (default trtllm,cutlass; auto always runs), W4A16_LAYER_M,
+#                W4A16_CAP (each of the two benches; both tuned)
 #   e2e          E2E_ARGS, E2E_CAP (carry .carry/minilm: python examples/e2e_model.py --export .carry/minilm)
 #   decode       SUFFIX (-short or ""), DECODE_BACKENDS, DECODE_CAP
 #   prefill      SUFFIX, PREFILL_SHAPES, PREFILL_BACKENDS, PREFILL_CAP
@@ -131,12 +130,12 @@ step_auto() {
 }
 
 step_w4a16() {  # fp4core bench --w4a16 (GEMM, beside bf16 and tinygemm), then the weight-only layers
-  local optin=""
-  [ "${W4A16_OPTIN:-0}" = 1 ] && optin="env FP4_CUDNN_W4A16=1 FP4_TRITON_W4A16=1 FP4_CUTLASS_W4A16=1"
-  $optin timeout ${W4A16_CAP:-200} fp4core bench --w4a16 --preset llama3-70b --prepared --m ${W4A16_M:-1,16,64} \
-    --backends ${W4A16_BACKENDS:-trtllm} --autotune --json "$W/w4a16.json" 2>"$W/w4a16-progress.log" > "$W/w4a16.txt"
+  timeout ${W4A16_CAP:-200} fp4core bench --w4a16 --preset llama3-70b --prepared --m ${W4A16_M:-1,16,64,128,2048} \
+    --backends ${W4A16_BACKENDS:-trtllm,cutlass} --autotune --json "$W/w4a16.json" 2>"$W/w4a16-progress.log" \
+    > "$W/w4a16.txt"
   done_line w4a16 $?; cat "$W/w4a16.txt"
-  $optin timeout ${W4A16_CAP:-200} fp4core bench --layer --w4a16 --preset llama3-70b --m ${W4A16_LAYER_M:-1,16,64,128} \
+  timeout ${W4A16_CAP:-200} fp4core bench --layer --w4a16 --variants nvfp4,w4a16-nvfp4,w4a16-mxfp4,tinygemm-int4 \
+    --preset llama3-70b --m ${W4A16_LAYER_M:-1,16,64,128,2048} --autotune \
     --json "$W/w4a16-layer.json" 2>"$W/w4a16-layer-progress.log" > "$W/w4a16-layer.txt"
   done_line w4a16-layer $?; cat "$W/w4a16-layer.txt"
 }

@@ -185,3 +185,20 @@ def test_weight_only_layer_eager_plan_matches_the_op_and_follows_weight_changes(
     layer._weight_alpha.copy_(other._weight_alpha)
     ref = x.double().cpu() @ other.dequantized_weight(torch.float64).cpu().T
     assert rel_err(layer(x), ref) <= 1e-2
+
+
+def test_weight_only_priority_keys_override_the_regime_for_weight_only_problems():
+    """BackendInfo.priority: "w4a16:<regime>" ranks weight-only problems only; then
+    "sm<NN>:<regime>", then "<regime>"; a missing regime counts 0."""
+    info = fp4core.BackendInfo(name="p", version="1",
+                               priority={"decode": 10, "sm90:decode": 20, "w4a16:decode": 30, "small": 5})
+    import dataclasses
+    from fp4core.dispatch.problem import DeviceInfo
+    h100 = DeviceInfo("cuda", 0, "NVIDIA H100 80GB HBM3", (9, 0))
+    w4a4 = fp4core.make_problem(1, 64, 64, device="cpu")
+    w16 = fp4core.make_problem(1, 64, 64, device="cpu", act_dtype=torch.bfloat16)
+    assert info.priority_for(w4a4) == 10 and info.priority_for(w16) == 30
+    assert info.priority_for(fp4core.make_problem(64, 64, 64, device="cpu", act_dtype=torch.bfloat16)) == 5
+    assert info.priority_for(fp4core.make_problem(4096, 64, 64, device="cpu")) == 0
+    assert info.priority_for(dataclasses.replace(w4a4, device=h100)) == 20
+    assert info.priority_for(dataclasses.replace(w16, device=h100)) == 30

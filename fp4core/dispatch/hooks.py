@@ -80,7 +80,9 @@ class BackendInfo:
         verified: the subset of ``targets`` measured on real hardware; the CLI marks the
             rest "not verified on hardware".
         priority: heuristic order per M regime (see ``REGIMES``; higher goes first). A key
-            "sm90:decode" overrides "decode" on SM90 devices. Missing regimes count 0.
+            "sm90:decode" overrides "decode" on SM90 devices; for weight-only problems
+            (``mm_bf16_fp4``) "w4a16:decode" overrides both, because a backend's rank among
+            W4A16 kernels need not match its rank among W4A4 ones. Missing regimes count 0.
         needs_prepare: the backend wants its own weight layout; with plain (unprepared)
             weights ``auto`` skips it and an explicit call prepares the weight every call.
         tactic_type: the backend's tactic class (a frozen dataclass subclassing
@@ -104,10 +106,10 @@ class BackendInfo:
 
     def priority_for(self, problem: Problem) -> int:
         regime = regime_of(problem.m)
-        specific = f"sm{problem.device.sm}:{regime}"
-        if specific in self.priority:
-            return self.priority[specific]
-        return self.priority.get(regime, 0)
+        keys = [f"sm{problem.device.sm}:{regime}", regime]
+        if problem.act_dtype is not None:
+            keys.insert(0, f"w4a16:{regime}")
+        return next((self.priority[k] for k in keys if k in self.priority), 0)
 
 
 class BackendSpec:

@@ -4,4 +4,4 @@ The backend registers itself through the ``fp4core.backends`` entry point (see
 ``pyproject.toml``); importing this package does not import Triton.
 """
 
-__version__ = "0.1.0"
+__version__ = "0.1.1"

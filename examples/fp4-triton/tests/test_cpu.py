@@ -21,7 +21,7 @@ def test_registered_through_the_entry_point():
     assert "triton" in status, f"backends: {sorted(status)}"
     st = status["triton"]
     assert st.status == "loaded", st.error
-    assert st.package == "fp4-triton" and st.version == "0.1.0"
+    assert st.package == "fp4-triton" and st.version == "0.1.1"
     assert "sm90a" not in st.unverified_targets and "sm100a" in st.unverified_targets
 
 

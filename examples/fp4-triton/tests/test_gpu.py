@@ -106,16 +106,10 @@ def test_cuda_graph_replay_equals_eager_and_no_allocation(split):
 @pytest.mark.parametrize("act_dtype, use_nvfp4", [(torch.bfloat16, True), (torch.bfloat16, False),
                                                   (torch.float16, True)])
 @pytest.mark.parametrize("m", [1, 7, 33, 1000])
-def test_weight_only_every_tactic_matches_the_reference(monkeypatch, act_dtype, use_nvfp4, m):
-    """W4A16 (FP4_TRITON_W4A16=1): activations read in natural K order, every tactic against
-    the exact reference, output poisoned first (check_backend)."""
-    from fp4core.dispatch.selector import selector
+def test_weight_only_every_tactic_matches_the_reference(act_dtype, use_nvfp4, m):
+    """W4A16: activations read in natural K order, every tactic against the exact reference,
+    output poisoned first (check_backend)."""
     from fp4core.testing import check_backend
-    monkeypatch.setenv("FP4_TRITON_W4A16", "1")
-    selector.registry.reset()
-    try:
-        for n, k in ((1280, 2880), (7168, 512)):
-            problem = fp4core.make_problem(m, n, k, use_nvfp4=use_nvfp4, device="cuda", act_dtype=act_dtype)
-            assert all(r.error <= 1e-2 for r in check_backend("triton", problem, seed=m + n))
-    finally:
-        selector.registry.reset()
+    for n, k in ((1280, 2880), (7168, 512)):
+        problem = fp4core.make_problem(m, n, k, use_nvfp4=use_nvfp4, device="cuda", act_dtype=act_dtype)
+        assert all(r.error <= 1e-2 for r in check_backend("triton", problem, seed=m + n))

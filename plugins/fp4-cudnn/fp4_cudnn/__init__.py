@@ -5,4 +5,4 @@ Installed, it registers through the ``fp4core.backends`` entry point
 package needs neither a GPU, nor libcudnn, nor Triton: they are loaded on first use.
 """
 
-__version__ = "0.1.0"
+__version__ = "0.1.1"

@@ -147,9 +147,9 @@ def test_graph_variants(monkeypatch):
     assert variants(no_alpha) == [PLAIN]
 
 
-def test_weight_only_rules_variants_and_opt_in(monkeypatch):
+def test_weight_only_rules_and_variants(monkeypatch):
     """Weight-only (W4A16) problems: bf16 activations on the SM80-SM90 path, alpha in the fp32
-    epilogue; the backend lists bf16 activations only with FP4_CUDNN_W4A16=1."""
+    epilogue; the backend lists bf16 activations."""
     import dataclasses
 
     from fp4_cudnn.plugin import EPILOGUE, PLAIN, CudnnBackend, variants
@@ -162,7 +162,4 @@ def test_weight_only_rules_variants_and_opt_in(monkeypatch):
     assert "bfloat16 activations" in problem_reason(dataclasses.replace(w4a16, act_dtype=torch.float16), 91900)
     assert "SM80-SM90 only" in problem_reason(dataclasses.replace(_problem(sm=100), act_dtype=torch.bfloat16),
                                               91900)
-    monkeypatch.delenv("FP4_CUDNN_W4A16", raising=False)
-    assert CudnnBackend().backend_info().activations == ("fp4",)
-    monkeypatch.setenv("FP4_CUDNN_W4A16", "1")
     assert CudnnBackend().backend_info().activations == ("fp4", "bf16")

@@ -306,27 +306,22 @@ def test_native_fp4_graph_up_to_refusal(backend):
 
 @pytest.mark.parametrize("nv", [True, False])
 @pytest.mark.parametrize("m", ODD_M)
-def test_weight_only_every_plan_matches_the_reference(monkeypatch, nv, m):
-    """W4A16 (FP4_CUDNN_W4A16=1): the weight decoded alone, bf16 activations straight into the
+def test_weight_only_every_plan_matches_the_reference(nv, m):
+    """W4A16: the weight decoded alone, bf16 activations straight into the
     graph, alpha in the epilogue; every tactic checked against the exact reference."""
     from fp4core.testing import check_backend
-    monkeypatch.setenv("FP4_CUDNN_W4A16", "1")
-    selector.registry.reset()
-    try:
-        for has_alpha in (True, False):
-            problem = fp4core.make_problem(m, N, K, use_nvfp4=nv, has_alpha=has_alpha, device="cuda",
-                                           act_dtype=torch.bfloat16)
-            results = check_backend("cudnn", problem, seed=m)
-            assert results and all(r.error <= TOLERANCE for r in results)
-        g = torch.Generator(device="cuda")
-        g.seed()
-        x = torch.randn(m, K, device="cuda", generator=g).to(torch.bfloat16)
-        w = torch.randn(N, K, device="cuda", generator=g)
-        b, bsf, alpha = quantize_weight(w, nv)
-        out = torch.full((m, N), float("nan"), dtype=torch.bfloat16, device="cuda")
-        fp4core.mm_bf16_fp4(x, b, bsf, alpha, backend="cudnn", out=out, block_size=16 if nv else 32)
-        wd = dequantize(b, bsf, use_nvfp4=nv, dtype=torch.float64)
-        ref = x.double() @ wd.T * (alpha.double() if alpha is not None else 1.0)
-        assert relative_error(out, ref) <= TOLERANCE
-    finally:
-        selector.registry.reset()
+    for has_alpha in (True, False):
+        problem = fp4core.make_problem(m, N, K, use_nvfp4=nv, has_alpha=has_alpha, device="cuda",
+                                       act_dtype=torch.bfloat16)
+        results = check_backend("cudnn", problem, seed=m)
+        assert results and all(r.error <= TOLERANCE for r in results)
+    g = torch.Generator(device="cuda")
+    g.seed()
+    x = torch.randn(m, K, device="cuda", generator=g).to(torch.bfloat16)
+    w = torch.randn(N, K, device="cuda", generator=g)
+    b, bsf, alpha = quantize_weight(w, nv)
+    out = torch.full((m, N), float("nan"), dtype=torch.bfloat16, device="cuda")
+    fp4core.mm_bf16_fp4(x, b, bsf, alpha, backend="cudnn", out=out, block_size=16 if nv else 32)
+    wd = dequantize(b, bsf, use_nvfp4=nv, dtype=torch.float64)
+    ref = x.double() @ wd.T * (alpha.double() if alpha is not None else 1.0)
+    assert relative_error(out, ref) <= TOLERANCE

@@ -9,7 +9,6 @@ import math
 import torch
 
 from fp4core import kit
-from fp4core.env import env_flag
 from fp4core.kit import jit
 from fp4core.formats.fp4 import Fp4Format
 from fp4core.dispatch.hooks import BackendInfo, Support, Tactic, hookimpl
@@ -78,11 +77,6 @@ def _tm_for(m: int) -> int:
     return launcher.TM_CHOICES[-1]
 
 
-#: Weight-only (W4A16) calls: bf16 activations permuted by a copy-only pre-pass into the same
-#: GEMM. Compiled and checked on the CPU, not yet run on a GPU, so off unless this is "1".
-ENV_W4A16 = "FP4_CUTLASS_W4A16"
-
-
 class CutlassBackend:
     """CuTe FP4 GEMM: Hopper in-kernel dequantization + WGMMA; Blackwell block-scaled CUTLASS."""
 
@@ -95,10 +89,13 @@ class CutlassBackend:
             targets=("sm90a", "sm100a", "sm120a"), verified=("sm90a",),
             # Untuned order, from the tuned H100 sweep of 2026-11-25 (docs/benchmarks.md): as
             # fast as trtllm at M <= 16 (which still leads there on a prepared weight), the
-            # fastest backend at M = 17..128 and from M = 2048 up.
-            priority={"decode": 45, "small": 45, "medium": 60, "large": 60},
+            # fastest backend at M = 17..128 and from M = 2048 up. Weight-only (bf16 activations
+            # permuted by a copy-only pre-pass into the same GEMM): within 2-4 % of trtllm's W16
+            # kernel at M = 1 and 1.4-1.8x faster than it at M = 16 (H100, 2026-12-06), so it
+            # leads the whole decode regime until tuned.
+            priority={"decode": 45, "small": 45, "medium": 60, "large": 60, "w4a16:decode": 55},
             tactic_type=CutlassTactic,
-            activations=("fp4", "bf16") if env_flag(ENV_W4A16) else ("fp4",))
+            activations=("fp4", "bf16"))
 
     @hookimpl
     def supports(self, problem: Problem) -> Support:

@@ -92,7 +92,7 @@ def test_cuda_graph_capture():
 @pytest.mark.parametrize("m", [1, 7, 33, 1000])
 @pytest.mark.parametrize("n,k", [(1280, 2880), (2880, 1024), (7168, 2048)])
 def test_weight_only_every_tactic_exact(m, n, k, nv):
-    """W4A16 (FP4_CUTLASS_W4A16): bf16 activations through the permute-only pre-pass, every
+    """W4A16: bf16 activations through the permute-only pre-pass, every
     tactic the backend offers plus a split-K one, against the float64 reference of
     a x dequant(b), output poisoned first. The issue's odd shapes; K = 2880 ends in a half chunk."""
     problem = fp4core.make_problem(m, n, k, use_nvfp4=nv, device="cuda", act_dtype=torch.bfloat16)

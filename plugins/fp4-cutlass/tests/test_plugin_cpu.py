@@ -192,14 +192,16 @@ def test_weight_only_prepass_permutes_like_the_fragment_mapping(k):
     assert not np.array_equal(got[:, :128], a[:, :128])  # not the identity
 
 
-def test_weight_only_opt_in_and_refusals(monkeypatch):
-    """bf16 activations only with FP4_CUTLASS_W4A16=1 (not yet run on a GPU); fp16 activations
-    are refused (bf16 wgmma); a weight-only launch with a non-bf16 activation is refused."""
+def test_weight_only_activations_priority_and_refusals():
+    """bf16 activations are listed and lead the untuned decode order of weight-only problems
+    (not of W4A4 ones); fp16 activations are refused (bf16 wgmma); a weight-only launch with a
+    non-bf16 activation is refused."""
     import torch
-    monkeypatch.delenv("FP4_CUTLASS_W4A16", raising=False)
-    assert CutlassBackend().backend_info().activations == ("fp4",)
-    monkeypatch.setenv("FP4_CUTLASS_W4A16", "1")
-    assert CutlassBackend().backend_info().activations == ("fp4", "bf16")
+    info = CutlassBackend().backend_info()
+    assert info.activations == ("fp4", "bf16")
+    w4a16 = fp4core.make_problem(16, 256, 256, device=H100, act_dtype=torch.bfloat16)
+    w4a4 = fp4core.make_problem(16, 256, 256, device=H100)
+    assert info.priority_for(w4a16) == 55 and info.priority_for(w4a4) == 45
     p16 = fp4core.make_problem(8, 256, 256, device=H100, act_dtype=torch.float16)
     assert "bfloat16 activations" in CutlassBackend().supports(p16).reason
     a = torch.zeros(8, 256, dtype=torch.float16)
