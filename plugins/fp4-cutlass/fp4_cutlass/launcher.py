@@ -99,6 +99,53 @@ def _check_aligned(name: str, t: torch.Tensor) -> None:
                          f"got {t.data_ptr():#x}")
 
 
+def _launch_failed(lib, err: int, what: str) -> RuntimeError:
+    return RuntimeError(f"fp4-cutlass kernel launch failed: error {err} ({lib.fp4c_error_string(err).decode()}) "
+                        f"for {what}")
+
+
+def _what(m, n, k, tm, bn, splits, cluster, deep) -> str:
+    return f"m={m} n={n} k={k} tm={tm} bn={bn} splits={splits} cluster={cluster} deep={deep}"
+
+
+def bind(*, b: torch.Tensor, b_sf: torch.Tensor, m: int, n: int, k: int, mx: bool, a_sf_8x4: bool,
+         plain: bool, out_fp16: bool, tm: int, bn: int, splits: int, cluster: int = 1, deep: bool = False):
+    """``launch(a, a_sf, alpha, out)`` for repeated calls of one shape and tactic (``Fp4Linear``'s
+    per-M plans): the weight checks, the workspace and the parameter block are done once, a
+    call fills in four pointers and launches. Arguments as for ``launch``; ``plain`` marks a
+    weight-only plan (a: contiguous (m, k) bfloat16, a_sf None). The workspace pointers stay
+    valid: the core's device buffers only grow and keep the buffers they replaced."""
+    index = b.device.index if b.device.index is not None else torch.cuda.current_device()
+    lib = library()
+    _check_aligned("b (the weight)", b)
+    _check_aligned("b_descale", b_sf)
+    act, part = workspace_pointers(b.device, m * padded_k(k), splits * m * n if splits > 1 else 0)
+    p = Params(None, None, b.data_ptr(), b_sf.data_ptr(), None, None, act, part or None,
+               m, n, k, int(a_sf_8x4), int(out_fp16), int(mx), splits, tm, bn, cluster, int(deep), int(plain))
+    ref, fn, raw_stream, current = ctypes.byref(p), lib.fp4c_sm90_gemm, kit.raw_stream, torch.cuda.current_device
+    what = _what(m, n, k, tm, bn, splits, cluster, deep)
+
+    def launch_bound(a, a_sf, alpha, out):
+        if plain:
+            if not a.is_contiguous():
+                raise ValueError("cutlass: a weight-only call needs a contiguous bfloat16 activation")
+            p.a_sf = None
+        else:
+            if a.data_ptr() % 16:
+                _check_aligned("a", a)
+            p.a_sf = a_sf.data_ptr()
+        p.a, p.out = a.data_ptr(), out.data_ptr()
+        p.alpha = alpha.data_ptr() if alpha is not None else None
+        if index == current():
+            err = fn(ref, raw_stream(index))
+        else:  # the runtime launches on the current device: make it the weight's
+            with torch.cuda.device(index):
+                err = fn(ref, raw_stream(index))
+        if err:
+            raise _launch_failed(lib, err, what)
+    return launch_bound
+
+
 def launch(*, a: torch.Tensor, a_sf: torch.Tensor | None, b: torch.Tensor, b_sf: torch.Tensor,
            alpha: torch.Tensor | None, out: torch.Tensor, m: int, n: int, k: int, mx: bool,
            a_sf_8x4: bool, tm: int, bn: int, splits: int, cluster: int = 1, deep: bool = False) -> None:
@@ -136,6 +183,4 @@ def launch(*, a: torch.Tensor, a_sf: torch.Tensor | None, b: torch.Tensor, b_sf:
         with torch.cuda.device(index):
             err = lib.fp4c_sm90_gemm(ctypes.byref(p), kit.raw_stream(index))
     if err != 0:
-        raise RuntimeError(f"fp4-cutlass kernel launch failed: error {err} "
-                           f"({lib.fp4c_error_string(err).decode()}) for m={m} n={n} k={k} "
-                           f"tm={tm} bn={bn} splits={splits} cluster={cluster} deep={deep}")
+        raise _launch_failed(lib, err, _what(m, n, k, tm, bn, splits, cluster, deep))

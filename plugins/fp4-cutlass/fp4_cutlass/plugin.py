@@ -151,6 +151,19 @@ class CutlassBackend:
 
     @hookimpl
     def run(self, problem: Problem, operands: Operands, tactic: CutlassTactic, out) -> None:
+        args = self._launch_args(problem, tactic)  # checks the tactic first
+        launcher.launch(a=operands.a, a_sf=operands.a_scale, b=operands.b, b_sf=operands.b_scale,
+                        alpha=operands.alpha, out=out, **args)
+
+    @hookimpl
+    def bind(self, problem: Problem, operands: Operands, tactic: CutlassTactic):
+        """The launcher of one (shape, weight, tactic) with its parameter block made once."""
+        args = self._launch_args(problem, tactic)
+        return launcher.bind(b=operands.b, b_sf=operands.b_scale, plain=problem.act_dtype is not None,
+                             out_fp16=problem.out_dtype == torch.float16, **args)
+
+    def _launch_args(self, problem: Problem, tactic: CutlassTactic) -> dict:
+        """The launcher's shape and tactic arguments (tactic checked, split-K resolved)."""
         tm = _tm_for(problem.m) if tactic.tm is None else tactic.tm
         bn, cl = tactic.bn, tactic.cluster
         if tm not in launcher.TM_CHOICES or bn not in launcher.BN_CHOICES or cl not in launcher.CLUSTER_CHOICES:
@@ -164,11 +177,9 @@ class CutlassBackend:
             raise ValueError(f"cutlass: tactic {tactic}: deep=1 needs tm <= {launcher.DEEP_MAX_TM}")
         splits = tactic.split_k or auto_splits(problem, tm, bn, cl)
         splits = max(1, min(splits, launcher.padded_k(problem.k) // launcher.BK))
-        launcher.launch(
-            a=operands.a, a_sf=operands.a_scale, b=operands.b, b_sf=operands.b_scale,
-            alpha=operands.alpha, out=out, m=problem.m, n=problem.n, k=problem.k,
-            mx=problem.fmt is Fp4Format.MXFP4, a_sf_8x4=problem.a_sf_layout is SfLayout.layout_8x4,
-            tm=tm, bn=bn, splits=splits, cluster=cl, deep=deep)
+        return dict(m=problem.m, n=problem.n, k=problem.k, mx=problem.fmt is Fp4Format.MXFP4,
+                    a_sf_8x4=problem.a_sf_layout is SfLayout.layout_8x4, tm=tm, bn=bn, splits=splits,
+                    cluster=cl, deep=deep)
 
     @hookimpl
     def build(self, archs: list[str], progress: bool) -> list[str]:

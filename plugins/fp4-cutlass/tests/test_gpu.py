@@ -104,3 +104,33 @@ def test_weight_only_every_tactic_exact(m, n, k, nv):
         out = torch.full((m, n), float("nan"), dtype=torch.bfloat16, device="cuda")
         be.run(problem, ops, tac, out)
         assert relative_error(out, ref) <= 5e-3, tac
+
+
+@pytest.mark.parametrize("weight_only", [False, True], ids=["w4a4", "w4a16"])
+@pytest.mark.parametrize("m,tac", [(3, CutlassTactic(tm=16, bn=128, split_k=3, cluster=1)),
+                                   (40, CutlassTactic(tm=64, bn=64, split_k=1, cluster=2)),
+                                   (130, CutlassTactic(tm=128, bn=128, split_k=1, cluster=1, deep=1))])
+def test_bound_launcher_matches_run_on_fresh_inputs(m, tac, weight_only):
+    """``bind`` (what Fp4Linear's plans call) gives run's bits for new activations, alpha and
+    outputs each call, against the float64 reference, output poisoned first; a
+    non-contiguous weight-only activation is refused."""
+    problem = fp4core.make_problem(m, 704, 1088, device="cuda",
+                                   act_dtype=torch.bfloat16 if weight_only else None)
+    be = CutlassBackend()
+    first = random_operands(problem, device="cuda", generator=torch.Generator(device="cuda").manual_seed(m))
+    launch = be.bind(problem, first, tac)
+    for seed in (1, 2):
+        ops = random_operands(problem, device="cuda", generator=torch.Generator(device="cuda").manual_seed(seed))
+        ops.b.copy_(first.b)
+        ops.b_scale.copy_(first.b_scale)
+        got = torch.full((m, 704), float("nan"), dtype=torch.bfloat16, device="cuda")
+        want = torch.full_like(got, float("nan"))
+        launch(ops.a, ops.a_scale, ops.alpha, got)
+        be.run(problem, ops, tac, want)
+        torch.cuda.synchronize()
+        assert torch.equal(got, want)
+        assert relative_error(got, reference_mm(problem, ops)) <= 5e-3
+    if weight_only:
+        wide = torch.zeros(m, 2 * 1088, dtype=torch.bfloat16, device="cuda")[:, ::2]
+        with pytest.raises(ValueError, match="contiguous bfloat16"):
+            launch(wide, None, first.alpha, got)

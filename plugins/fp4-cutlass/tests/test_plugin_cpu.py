@@ -208,3 +208,11 @@ def test_weight_only_activations_priority_and_refusals():
     with pytest.raises(ValueError, match="contiguous bfloat16 activation"):
         launcher.launch(a=a, a_sf=None, b=None, b_sf=None, alpha=None, out=torch.empty(8, 256),
                         m=8, n=256, k=256, mx=False, a_sf_8x4=False, tm=16, bn=128, splits=1)
+
+
+def test_bind_checks_the_tactic_like_run():
+    """The bound launcher (Fp4Linear's plans) refuses what run refuses, before any GPU work."""
+    with pytest.raises(ValueError, match="tm must be one of"):
+        CutlassBackend().bind(_p(8, 256, 256), None, CutlassTactic(tm=48, bn=128))
+    with pytest.raises(ValueError, match="is not built"):
+        CutlassBackend().bind(_p(8, 256, 256), None, CutlassTactic(tm=256, bn=64))
