@@ -28,7 +28,8 @@ SOURCE = Path(__file__).parent / "csrc" / "fp4_gemv.cu"
 #: Both kernels, linked into one library: stream-K (fp4_gemv.cu) and split-K (fp4_splitk.cu).
 SOURCES = (SOURCE, Path(__file__).parent / "csrc" / "fp4_splitk.cu")
 LIB_NAME = "fp4_trtllm_gemv"
-ABI_VERSION = 6  # 4: NVFP4 weights word-encoded (wordcode.py); 5: tiles in groups of 16; 6: W4A16 entry
+ABI_VERSION = 7  # 4: NVFP4 weights word-encoded (wordcode.py); 5: tiles in groups of 16; 6: W4A16 entry;
+# 7: weight-only NVFP4 weights in the bf16 word code
 #: The W4A16 kernels' activation codes (fp4_trtllm_splitk_w16's ``act``), by torch dtype.
 ACT_CODES = {torch.bfloat16: 1, torch.float16: 2}
 #: nvcc flags of the library (the build hook and ``library`` must agree: same JIT cache key).

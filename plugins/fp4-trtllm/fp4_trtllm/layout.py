@@ -17,8 +17,9 @@ benchmarks/stream_probe.cu).
   (u = t / 2; lanes 2u and 2u+1 of a row share a 32-value block).
 
 NVFP4 weights are then re-encoded word by word (``wordcode.encode``: every aligned 4 bytes, a
-fixed invertible bit map) so the kernel's decode is 4 shifts and 4 LOP3s; MXFP4 bytes stay as
-they are. N is padded with zero rows to whole tile groups (a multiple of 256); K must be a
+fixed invertible bit map) so the kernel's decode is 4-5 shifts and 4 LOP3s; the code ("f16" for
+FP4 or fp16 activations, "bf16" for bf16 activations) is the caller's choice and must be passed
+again to ``unprepare_weight``. MXFP4 bytes stay as they are. N is padded with zero rows to whole tile groups (a multiple of 256); K must be a
 multiple of 64. Both steps lose nothing: ``unprepare`` restores the canonical bytes exactly
 (the 128x4 padding bytes come back as zeros, which is what the quantizers write).
 """
@@ -49,7 +50,7 @@ def _sf_blocks_per_chunk(fmt: Fp4Format) -> int:
     return CHUNK_K // fmt.block_size  # 4 for NVFP4, 2 for MXFP4
 
 
-def prepare_weight(b: torch.Tensor, b_scale: torch.Tensor, fmt: Fp4Format
+def prepare_weight(b: torch.Tensor, b_scale: torch.Tensor, fmt: Fp4Format, code: str = "f16"
                    ) -> tuple[torch.Tensor, torch.Tensor]:
     """Canonical weight -> (weight bytes, scale bytes) in the kernel's layout.
 
@@ -57,6 +58,8 @@ def prepare_weight(b: torch.Tensor, b_scale: torch.Tensor, fmt: Fp4Format
         b: uint8 (N, K/2) row-major packed E2M1 (any one-byte dtype is viewed as uint8).
         b_scale: the weight's scale bytes in the 128x4 layout (flat or 2-D, as stored).
         fmt: NVFP4 or MXFP4.
+        code: the NVFP4 word code, "f16" (FP4 or fp16 activations) or "bf16" (bf16
+            activations); see ``wordcode``. Ignored for MXFP4.
     Returns:
         (uint8 1-D of round_up(N, 256) * K/2 bytes, uint8 1-D of round_up(N, 256) * K/block
         bytes), on ``b``'s device, laid out (and for NVFP4 word-encoded) as the module
@@ -65,6 +68,7 @@ def prepare_weight(b: torch.Tensor, b_scale: torch.Tensor, fmt: Fp4Format
     b = as_bytes(b)
     n, k = b.shape[0], b.shape[1] * 2
     _check(n, k)
+    word_code = wordcode.code_named(code)
     npad, chunks = round_up(n, TILE_ROWS * TILE_GROUP), k // CHUNK_K
     groups = npad // (TILE_ROWS * TILE_GROUP)
     rows = torch.zeros((npad, k // 2), dtype=torch.uint8, device=b.device)
@@ -72,7 +76,7 @@ def prepare_weight(b: torch.Tensor, b_scale: torch.Tensor, fmt: Fp4Format
     # (G, r, h, g, c, t, j) -> (G, c, r, g, t, h, j)
     w = rows.view(groups, TILE_GROUP, 2, 8, chunks, 4, 8).permute(0, 4, 1, 3, 5, 2, 6).reshape(-1)
     if fmt is Fp4Format.NVFP4:
-        w = wordcode.encode(w)  # each word is 8 codes of one row: 4 aligned bytes of j
+        w = wordcode.encode(w, word_code)  # each word is 8 codes of one row: 4 aligned bytes of j
 
     spc = _sf_blocks_per_chunk(fmt)
     lin = unswizzle_scales(b_scale, n, k // fmt.block_size, SfLayout.layout_128x4)
@@ -83,14 +87,15 @@ def prepare_weight(b: torch.Tensor, b_scale: torch.Tensor, fmt: Fp4Format
     return w.contiguous(), s.contiguous()
 
 
-def unprepare_weight(w: torch.Tensor, s: torch.Tensor, n: int, k: int, fmt: Fp4Format
-                     ) -> tuple[torch.Tensor, torch.Tensor]:
+def unprepare_weight(w: torch.Tensor, s: torch.Tensor, n: int, k: int, fmt: Fp4Format,
+                     code: str = "f16") -> tuple[torch.Tensor, torch.Tensor]:
     """Exact inverse of ``prepare_weight``.
 
     Args:
         w, s: the two tensors ``prepare_weight`` returned.
         n, k: the weight's shape in elements.
         fmt: NVFP4 or MXFP4.
+        code: the word code ``prepare_weight`` was given.
     Returns:
         (b uint8 (N, K/2) row-major, b_scale uint8 (round_up(N, 128), round_up(K/block, 4))
         in the 128x4 layout).
@@ -103,7 +108,7 @@ def unprepare_weight(w: torch.Tensor, s: torch.Tensor, n: int, k: int, fmt: Fp4F
         raise ValueError(f"unprepare_weight: sizes {w.numel()}, {s.numel()} do not match "
                          f"N={n}, K={k}, {fmt.value}")
     if fmt is Fp4Format.NVFP4:
-        w = wordcode.decode(w.reshape(-1))
+        w = wordcode.decode(w.reshape(-1), wordcode.code_named(code))
     # (G, c, r, g, t, h, j) -> (G, r, h, g, c, t, j)
     rows = w.reshape(groups, chunks, TILE_GROUP, 8, 4, 2, 8).permute(0, 2, 5, 3, 1, 4, 6).reshape(npad, k // 2)
     # (G, c, r, g, t, h) -> (G, r, h, g, c, t)

@@ -154,6 +154,14 @@ def _w16_tactics(problem: Problem, nt: int) -> list[TrtllmTactic]:
     return out
 
 
+def _word_code(problem: Problem) -> str | None:
+    """The NVFP4 weight word code (``wordcode``) the kernels expect for ``problem``: "bf16" for
+    weight-only calls, "f16" for FP4 activations; None for MXFP4 (natural codes)."""
+    if problem.fmt is Fp4Format.MXFP4:
+        return None
+    return "f16" if problem.act_dtype is None else "bf16"
+
+
 class TrtllmBackend:
     """TensorRT-LLM-style small-M FP4 GEMM: prepared (shuffled) weight, swap-AB mma.sync kernel."""
 
@@ -192,8 +200,11 @@ class TrtllmBackend:
 
     @hookimpl
     def prepare(self, problem: Problem, operands: Operands) -> Operands:
-        w, s = prepare_weight(operands.b, operands.b_scale, problem.fmt)
-        extra = {EXTRA_KEY: {"n": problem.n, "k": problem.k, "fmt": problem.fmt.value}}
+        """The kernel's layout; NVFP4 words in the bf16 word code for weight-only problems (the
+        W4A16 kernel decodes them straight to bf16, fp16 activations convert), else f16."""
+        code = _word_code(problem)
+        w, s = prepare_weight(operands.b, operands.b_scale, problem.fmt, code=code or "f16")
+        extra = {EXTRA_KEY: {"n": problem.n, "k": problem.k, "fmt": problem.fmt.value, "code": code}}
         return Operands(None, None, w, s, None, extra)
 
     @hookimpl
@@ -256,6 +267,11 @@ class TrtllmBackend:
                              "fp4core.prepare(b, b_descale) (mm_fp4 does this for backend='trtllm')")
         if (meta["n"], meta["k"], meta["fmt"]) != (problem.n, problem.k, problem.fmt.value):
             raise ValueError(f"trtllm: prepared weight is {meta}, problem is {problem.describe()}")
+        if meta.get("code") != _word_code(problem):
+            what = "FP4 (mm_fp4)" if problem.act_dtype is None else "bf16/fp16 (mm_bf16_fp4)"
+            raise ValueError(f"trtllm: the weight's NVFP4 word code is {meta.get('code')!r}, calls with {what} "
+                             f"activations need {_word_code(problem)!r}; prepare the weight for this kind of "
+                             "call (fp4core.prepare for mm_fp4, fp4core.prepare_bf16_fp4_weights for mm_bf16_fp4)")
         t, warps = tactic.t, tactic.warps
         if t > 2 and problem.m > 32:
             t = 2  # neither kernel has a t=4 variant for 64-row activation passes

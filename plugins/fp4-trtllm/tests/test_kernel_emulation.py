@@ -131,9 +131,15 @@ def test_e8m0_as_bf16():
         assert scale_value(byte, True) == 2.0 ** (byte - 127)
     assert math.isnan(scale_value(255, True))
 
-def nv_f16_to_bf16(r):
-    """Mirror of nv_f16_to_bf16 in csrc/fp4_decode.cuh."""
-    return (r | (r >> 3)) & 0x81C081C0
+def nv_weight_regs_bf16(w):
+    """Mirror of decode_nv_weight_bf16 in csrc/fp4_decode.cuh (a weight word in the bf16 code)."""
+    q, x8, x5 = 0x81C081C0, w >> 8, w >> 5
+    return [(w ^ x8) & q, ((w << 2) & M32 ^ x8) & q, ((w << 5) & M32 ^ x5) & q, ((w << 6) & M32 ^ x8) & q]
+
+
+def nv_bf16_to_f16(r):
+    """Mirror of nv_bf16_to_f16 in csrc/fp4_decode.cuh."""
+    return (r | (r << 3)) & 0x8E008E00
 
 
 def bf16_round(x):
@@ -142,19 +148,26 @@ def bf16_round(x):
 
 
 def test_nv_weight_as_bf16_and_its_scales_are_exact():
-    """The W4A16 bf16 path: every stored NVFP4 word decodes to value * 2^-126 in bf16, and
+    """The W4A16 path: every NVFP4 word stored in the bf16 code decodes (5 shifts, 4 LOP3s) to
+    value * 2^-126 in bf16, and for fp16 activations (nv_bf16_to_f16) to value * 2^-14 in fp16;
     value * 2^-126 times every finite E4M3 scale * 2^119 is a normal bf16, exactly value *
     scale * 2^-7 (what the kernel's HMUL2 produces; alpha carries 2^7)."""
     rng = random.Random(3)
-    words = [rng.getrandbits(32) for _ in range(1000)] + [sum(c << (4 * i) for i in range(8)) for c in range(16)]
+    words = [rng.getrandbits(32) for _ in range(1000)]
+    words += [sum(c << (4 * i) for i in range(8)) for c in range(16)]  # one code everywhere
+    words += [sum(((c + i) & 15) << (4 * i) for i in range(8)) for c in range(16)]
     nat = torch.tensor([[(w >> (8 * p)) & 0xFF for p in range(4)] for w in words], dtype=torch.uint8)
-    for w, row in zip(words, wordcode.encode(nat).tolist()):
-        regs = [nv_f16_to_bf16(r) for r in nv_weight_regs(int.from_bytes(bytes(row), "little"))]
+    stored = wordcode.encode(nat, wordcode.BF16)
+    assert torch.equal(wordcode.decode(stored, wordcode.BF16), nat)
+    assert not torch.equal(wordcode.decode(stored), nat)  # the two codes differ
+    for w, row in zip(words, stored.tolist()):
+        regs = nv_weight_regs_bf16(int.from_bytes(bytes(row), "little"))
         for q in range(4):
-            lo, hi = halves(regs[q], True)
-            for v, code in ((lo, (w >> (8 * q)) & 0xF), (hi, (w >> (8 * q + 4)) & 0xF)):
-                want = E2M1_VALUES[code]
-                assert v * 2.0 ** 126 == want and math.copysign(1, v) == math.copysign(1, want)
+            for r, bf, scale in ((regs[q], True, 2.0 ** 126), (nv_bf16_to_f16(regs[q]), False, 2.0 ** 14)):
+                lo, hi = halves(r, bf)
+                for v, code in ((lo, (w >> (8 * q)) & 0xF), (hi, (w >> (8 * q + 4)) & 0xF)):
+                    want = E2M1_VALUES[code]
+                    assert v * scale == want and math.copysign(1, v) == math.copysign(1, want)
     scales = e4m3_decode(torch.arange(256, dtype=torch.uint8)).double().numpy()
     for sc in scales[np.isfinite(scales)]:
         up = bf16_round(sc * 2.0 ** 119)
@@ -174,7 +187,7 @@ def emulate(problem, ops, T=2, W=2, S=3):
     mx = problem.fmt is Fp4Format.MXFP4
     m, n, k = problem.m, problem.n, problem.k
     act = problem.act_dtype
-    w, s = prepare_weight(ops.b, ops.b_scale, problem.fmt)
+    w, s = prepare_weight(ops.b, ops.b_scale, problem.fmt, code="f16" if act is None else "bf16")
     wb = w.numpy(); sb = s.numpy()
     if act is None:
         ab = ops.a.numpy(); asf = ops.a_scale.numpy()
@@ -191,10 +204,13 @@ def emulate(problem, ops, T=2, W=2, S=3):
     def lanevals(raw8, sc, weight=False):  # 8 bytes -> 8 regs of 2 values
         w0 = int.from_bytes(bytes(raw8[:4]), 'little'); w1 = int.from_bytes(bytes(raw8[4:]), 'little')
         if weight and not mx and act == torch.bfloat16:  # bf16 path: value * 2^-126, scale * 2^119
-            regs = [nv_f16_to_bf16(r) for r in nv_weight_regs(w0) + nv_weight_regs(w1)]
+            regs = nv_weight_regs_bf16(w0) + nv_weight_regs_bf16(w1)
             up = bf16_round(sc * 2.0 ** 119)
             vals = [[bf16_round(v * up) for v in halves(r, True)] for r in regs]
             return [[v * 2.0 ** 7 for v in pair] for pair in vals]  # alpha carries 2^7
+        if weight and not mx and act == torch.float16:  # the bf16 code moved to fp16: value * 2^-14
+            regs = [nv_bf16_to_f16(r) for r in nv_weight_regs_bf16(w0) + nv_weight_regs_bf16(w1)]
+            return [[v * sc * 2.0 ** 14 for v in halves(r, False)] for r in regs]
         if weight and not mx:  # word-encoded NVFP4 weight: value * 2^-14, undone here as alpha does
             regs, sc = nv_weight_regs(w0) + nv_weight_regs(w1), sc * 2.0 ** 14
         else:

@@ -10,6 +10,8 @@ import torch
 import fp4core
 from fp4core.kit import jit
 from fp4core.dispatch.problem import DeviceInfo
+from fp4core.dispatch.synthetic import random_weight
+from fp4core.formats.fp4 import Fp4Format
 
 from fp4_trtllm import launcher
 from fp4_trtllm.plugin import TrtllmBackend, TrtllmTactic
@@ -210,10 +212,36 @@ def test_weight_only_supports_and_refusals():
     assert "M <= 64" in be.supports(big).reason
     p = fp4core.make_problem(8, 256, 256, device=H100, act_dtype=torch.bfloat16)
     ops = fp4core.dispatch.problem.Operands(None, None, None, None, None,
-                                            {"fp4_trtllm": {"n": 256, "k": 256, "fmt": "nvfp4"}})
+                                            {"fp4_trtllm": {"n": 256, "k": 256, "fmt": "nvfp4", "code": "bf16"}})
     with pytest.raises(ValueError, match="split-K ring kernel only"):
         be._launch_args(p, ops, TrtllmTactic("streamk", t=4, warps=4))
     with pytest.raises(ValueError, match="split-K ring kernel only"):
         be._launch_args(p, ops, TrtllmTactic("splitk", t=4, warps=4, split_k=2, ring=0))
     with pytest.raises(ValueError, match="16-byte aligned.*0x1008"):
         launcher._check_alignment_w16(0x1008)
+
+
+@pytest.mark.parametrize("act", [None, torch.bfloat16, torch.float16])
+def test_prepare_records_the_word_code_and_calls_of_the_other_kind_are_refused(act):
+    """NVFP4 weights prepared for weight-only problems are in the bf16 word code, those for FP4
+    activations in the f16 one; the bytes decode back to the canonical weight with the recorded
+    code, and a call of the other kind gets an error naming the code instead of wrong numbers."""
+    from fp4_trtllm.layout import unprepare_weight
+    be = TrtllmBackend()
+    p = fp4core.make_problem(None, 256, 512, device="cpu", prepared=True, act_dtype=act)
+    b, b_sf = random_weight(256, 512, Fp4Format.NVFP4, "cpu", torch.Generator().manual_seed(5))
+    ops = be.prepare(p, fp4core.dispatch.problem.Operands(None, None, b, b_sf))
+    meta = ops.extra["fp4_trtllm"]
+    want = "f16" if act is None else "bf16"
+    assert meta["code"] == want
+    b2, sf2 = unprepare_weight(ops.b, ops.b_scale, 256, 512, Fp4Format.NVFP4, code=want)
+    assert torch.equal(b2, b) and torch.equal(sf2.reshape(-1), b_sf.reshape(-1))
+    other = fp4core.make_problem(8, 256, 512, device=H100, act_dtype=torch.bfloat16 if act is None else None)
+    tac = TrtllmTactic("splitk", t=1, warps=4, split_k=1, ring=1)
+    with pytest.raises(ValueError, match=f"word code is '{want}'"):
+        be._launch_args(other, ops, tac)
+    same = fp4core.make_problem(8, 256, 512, device=H100, act_dtype=act)
+    be._launch_args(same, ops, tac)  # no error
+    mx = be.prepare(fp4core.make_problem(None, 256, 512, use_nvfp4=False, device="cpu", prepared=True, act_dtype=act),
+                    fp4core.dispatch.problem.Operands(None, None, *random_weight(256, 512, Fp4Format.MXFP4, "cpu")))
+    assert mx.extra["fp4_trtllm"]["code"] is None  # MXFP4 keeps the natural codes

@@ -130,14 +130,26 @@ __device__ __forceinline__ uint32_t scales2(uint32_t two) {
 #endif
 }
 
-// Weight-only (W4A16) kernels with bf16 activations need bf16 weight operands. The NVFP4 word
-// code decodes to fp16 patterns (sign in bit 15, e1 e0 m in bits 11..9 of each half); moving the
-// three magnitude bits down by 3 puts e1 e0 in the low bits of the bf16 exponent and m at the
-// top of its mantissa, so each half becomes the code's value times 2^-126 (e = 0 lands in bf16's
-// subnormals, E2M1's own subnormal again). One shift and one LOP3 per register.
-__device__ __forceinline__ uint32_t nv_f16_to_bf16(uint32_t r) { return (r | (r >> 3)) & 0x81C081C0u; }
+// One stored word of an NVFP4 weight prepared for weight-only calls (the "bf16" word code of
+// fp4_trtllm/wordcode.py) -> 4 registers of bf16 patterns: sign in bit 15, e1 e0 in the low bits
+// of the bf16 exponent and m at the top of its mantissa, so each half is the code's value times
+// 2^-126 (e = 0 lands in bf16's subnormals, E2M1's own subnormal again). Same register order as
+// decode_nv_weight. 5 shifts and 4 LOP3s (no shift set with one common right shift is invertible).
+__device__ __forceinline__ void decode_nv_weight_bf16(uint32_t w, uint32_t (&r)[4]) {
+    constexpr uint32_t Q = 0x81C081C0u;  // sign and e1 e0 m of both halves
+    const uint32_t x8 = w >> 8, x5 = w >> 5;
+    r[0] = (w ^ x8) & Q;
+    r[1] = ((w << 2) ^ x8) & Q;
+    r[2] = ((w << 5) ^ x5) & Q;
+    r[3] = ((w << 6) ^ x8) & Q;
+}
 
-// The block-scale factor of that bf16 path: scales are taken as scale * 2^119, so a weight
+// The same values as fp16 patterns (fp16 activations with a weight in the bf16 word code): the
+// three magnitude bits move up by 3 to bits 11..9, each half becomes value * 2^-14, exactly what
+// decode_nv_weight gives. One shift and one LOP3 per register.
+__device__ __forceinline__ uint32_t nv_bf16_to_f16(uint32_t r) { return (r | (r << 3)) & 0x8E008E00u; }
+
+// The block-scale factor of the bf16 path: scales are taken as scale * 2^119, so a weight
 // operand is value * scale * 2^-7, a normal bf16 for every nonzero code and E4M3 scale
 // (2^-17 ... 21) and exact (<= 6 significant bits); 2^119 * 448 stays below bf16's maximum.
 constexpr float kNvBf16ScaleUp = 0x1p119f;

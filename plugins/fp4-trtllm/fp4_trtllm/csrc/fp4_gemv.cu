@@ -538,5 +538,5 @@ const char* fp4_trtllm_error_string(int code) {
     return cudaGetErrorString(static_cast<cudaError_t>(code));
 }
 
-int fp4_trtllm_abi_version(void) { return 6; }
+int fp4_trtllm_abi_version(void) { return 7; }
 }

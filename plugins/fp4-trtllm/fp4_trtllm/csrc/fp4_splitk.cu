@@ -26,10 +26,11 @@
 // (ACT = 2) row-major matrix. Each lane copies its 16 activation values per chunk (32 bytes of
 // row m at k = 64c + 16t) into the ring; they are already the MMA's B fragments in the k
 // permutation above, so nothing is decoded on the activation side. bf16 activations need bf16
-// MMAs, so NVFP4 weights are turned from the word code's fp16 patterns into bf16 ones
-// (nv_f16_to_bf16, value * 2^-126) and their E4M3 scales into bf16 * 2^119; alpha carries 2^7.
-// MXFP4 weights decode to bf16 as before; fp16 activations take NVFP4 weights only (E8M0 scales
-// need bf16's range), through the fp16 path of the W4A4 kernel.
+// MMAs: NVFP4 weights prepared for weight-only calls are in the bf16 word code, which decodes to
+// bf16 patterns of value * 2^-126 in 9 instructions per word (decode_nv_weight_bf16), and their
+// E4M3 scales become bf16 * 2^119; alpha carries 2^7. MXFP4 weights decode to bf16 as before;
+// fp16 activations take NVFP4 weights only (E8M0 scales need bf16's range): the bf16 patterns
+// move to fp16 ones (nv_bf16_to_f16, value * 2^-14) and the fp16 path of the W4A4 kernel runs.
 //
 // Split-K: gridDim.y CTAs share one tile of rows; each writes its fp32 partial to a
 // workspace, and the last to arrive (an integer counter per tile, reset by that CTA) sums
@@ -124,12 +125,18 @@ struct RingSlot {
 };
 
 // One stored weight word -> 4 registers of MMA operand pairs: bf16 (BF) or fp16 patterns.
-template <bool MX, bool BF>
+// NVFP4 weights of weight-only calls (ACT > 0) are in the bf16 word code, others in the f16 one.
+template <bool MX, bool BF, int ACT>
 __device__ __forceinline__ void decode_weight_as(uint32_t w, uint32_t (&r)[4], const Tables& tb) {
-    decode_weight<MX>(w, r, tb);
-    if constexpr (BF && !MX) {
+    if constexpr (!MX && ACT > 0) {
+        decode_nv_weight_bf16(w, r);
+        if constexpr (!BF) {
 #pragma unroll
-        for (int q = 0; q < 4; ++q) r[q] = nv_f16_to_bf16(r[q]);
+            for (int q = 0; q < 4; ++q) r[q] = nv_bf16_to_f16(r[q]);
+        }
+    } else {
+        static_assert(MX || !BF, "an f16-coded NVFP4 weight feeds fp16 MMAs only");
+        decode_weight<MX>(w, r, tb);
     }
 }
 
@@ -172,16 +179,16 @@ __device__ __forceinline__ void compute(const Stage<T, NT>& st, float (&acc)[T][
         uint32_t lo[8], hi[8];  // rows g and g+8, 16 values each
         uint32_t r[4];
         const uint32_t both = weight_scales2<MX, BF>(st.wsf[i]);
-        decode_weight_as<MX, BF>(st.w[i].x, r, tb);
+        decode_weight_as<MX, BF, ACT>(st.w[i].x, r, tb);
 #pragma unroll
         for (int q = 0; q < 4; ++q) lo[q] = mul2_by_half<BF, true>(r[q], both);
-        decode_weight_as<MX, BF>(st.w[i].y, r, tb);
+        decode_weight_as<MX, BF, ACT>(st.w[i].y, r, tb);
 #pragma unroll
         for (int q = 0; q < 4; ++q) lo[4 + q] = mul2_by_half<BF, true>(r[q], both);
-        decode_weight_as<MX, BF>(st.w[i].z, r, tb);
+        decode_weight_as<MX, BF, ACT>(st.w[i].z, r, tb);
 #pragma unroll
         for (int q = 0; q < 4; ++q) hi[q] = mul2_by_half<BF, false>(r[q], both);
-        decode_weight_as<MX, BF>(st.w[i].w, r, tb);
+        decode_weight_as<MX, BF, ACT>(st.w[i].w, r, tb);
 #pragma unroll
         for (int q = 0; q < 4; ++q) hi[4 + q] = mul2_by_half<BF, false>(r[q], both);
 #pragma unroll
@@ -391,7 +398,7 @@ fp4_splitk_kernel(const Fp4SplitKParams p) {
     }
 
     // NVFP4 weight operands are value * 2^-14 (decode_nv_weight), or value * scale * 2^-7 on the
-    // bf16 path (nv_f16_to_bf16, scales2_nv_bf16): alpha carries 2^14 or 2^7, exactly.
+    // bf16 path (decode_nv_weight_bf16, scales2_nv_bf16): alpha carries 2^14 or 2^7, exactly.
     const float alpha = (p.alpha ? __ldg(p.alpha) : 1.0f) *
                         ((!MX && kBf16Mma<MX, ACT>) ? kNvBf16WeightScale : weight_scale<MX>());
     auto store = [&](float (&v)[T][NT][4]) {
