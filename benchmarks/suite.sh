@@ -17,6 +17,9 @@
 # line of every table, older ones included.
 #   tests        TEST_DIRS (dirs or files), TEST_K (pytest -k), TEST_CAP (per dir)
 #   host         HOST_CAP                        quant      QUANT_M, QUANT_TILES=1, QUANT_CAP
+#   bind-host    BIND_BACKENDS (default cutlass trtllm), BIND_CAP: run hook vs bound launcher, host us
+#   trtllm-w16   TRTLLM_W16_SHAPES (NxK list), TRTLLM_W16_OLD (a folder holding another fp4_trtllm
+#                package: timed too, tactic for tactic), TRTLLM_W16_CAP (per version)
 #   layer        LAYER_M, LAYER_CAP              auto       AUTO_M, AUTO_CAP
 #   w4a16        W4A16_M, W4A16_BACKENDS (default trtllm,cutlass; auto always runs), W4A16_LAYER_M,
 #                W4A16_CAP (each of the two benches; both tuned)
@@ -38,13 +41,15 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
-STEP_ORDER=(tests host quant layer auto w4a16 e2e decode prefill trtllm trtllm-mx trtllm-sanitizer cudnn
+STEP_ORDER=(tests host bind-host quant layer auto w4a16 trtllm-w16 e2e decode prefill trtllm trtllm-mx trtllm-sanitizer cudnn
             cudnn-split cudnn-graph cudnn-interleave cutlass backends torch standard sanitizer probes ncu)
 # step -> the docs/benchmarks.md section(s) it reproduces ("; " between sections)
 declare -A SECTION=(
   [tests]="2026-12-04, NVIDIA H200 — the layer path; Run 5 (same day, a later session)"
   [host]="Host time per call; Run 5 (same day, a later session)"
   [quant]="Activation/weight quantization"
+  [bind-host]="2026-12-06 (third session), NVIDIA H100 — the bound cutlass launcher and the bf16 word code"
+  [trtllm-w16]="2026-12-06 (third session), NVIDIA H100 — the bound cutlass launcher and the bf16 word code"
   [layer]="Fp4Linear against bf16 nn.Linear; Host time per call"
   [auto]="auto on a prepared weight"
   [w4a16]="2026-12-06 — W4A16 on Hopper"
@@ -102,6 +107,26 @@ step_tests() {
 step_host() {
   timeout ${HOST_CAP:-150} python3 benchmarks/host_overhead.py --json "$W/host.json" > "$W/host.txt" 2>&1
   done_line host $?; cat "$W/host.txt"
+}
+
+step_bind-host() {
+  local b
+  for b in ${BIND_BACKENDS:-cutlass trtllm}; do
+    (cd benchmarks && timeout ${BIND_CAP:-60} python3 bind_host.py --backend "$b") > "$W/bind-host-$b.txt" 2>&1
+    done_line "bind-host $b" $?; cat "$W/bind-host-$b.txt"
+  done
+}
+
+step_trtllm-w16() {
+  local shapes=${TRTLLM_W16_SHAPES:-"8192x8192 8192x28672"}
+  timeout ${TRTLLM_W16_CAP:-120} python3 benchmarks/trtllm_w16_tactics.py tree $shapes > "$W/trtllm-w16.txt" 2>&1
+  done_line trtllm-w16 $?
+  if [ -n "${TRTLLM_W16_OLD:-}" ]; then
+    PYTHONPATH=$TRTLLM_W16_OLD:${PYTHONPATH:-} timeout ${TRTLLM_W16_CAP:-120} \
+      python3 benchmarks/trtllm_w16_tactics.py other $shapes >> "$W/trtllm-w16.txt" 2>&1
+    done_line "trtllm-w16 other" $?
+  fi
+  cat "$W/trtllm-w16.txt"
 }
 
 step_quant() {
