@@ -78,8 +78,8 @@ def mm_bf16_fp4(a: torch.Tensor, b: torch.Tensor | PreparedWeight, b_descale: to
         out_dtype: torch.bfloat16 or torch.float16; None means ``a.dtype``.
         out: optional preallocated contiguous (M, N) tensor of ``out_dtype``.
         block_size: 16 (NVFP4) or 32 (MXFP4).
-        enable_pdl: accepted for FlashInfer compatibility; programmatic dependent launch is a
-            Blackwell feature of FlashInfer's kernels and has no effect here.
+        enable_pdl: accepted for FlashInfer compatibility and ignored: no fp4core kernel uses
+            programmatic dependent launch yet (Hopper supports it; see docs/w4a16.md).
         skip_check: skip argument validation (saves a few microseconds per call).
     Returns:
         ``out``, (M, N) of ``out_dtype``.
