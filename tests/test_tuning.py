@@ -314,3 +314,37 @@ def test_runoff_between_close_backends_decides_on_interleaved_times(fakes, monke
     entry = json.loads(selector.cache.path.read_text())["entries"][problem_key(P)]
     assert entry["per_backend"]["slow"]["sweep_us"] == 20.0 and entry["per_backend"]["slow"]["us"] == 26.0
     assert entry["us"] == 22.0
+
+
+def test_upgraded_or_new_candidate_makes_the_entry_retune(fakes):
+    """A non-winning backend upgraded (or a backend installed) after tuning: the entry still
+    names a valid winner and is used as it is without tuning, but with tuning on the bucket is
+    re-tuned once, so the upgraded backend is timed (and can win) and gets its own tuned tactic."""
+    with fp4core.autotune(verbose=False):
+        assert selector.choose(P).backend.name == "fast"
+    n = len(fakes.measured)
+    # the backends that tuning dropped (wrong answers, raising, unwritten output) count as seen
+    assert fp4core.explain(P).untuned == [] and fp4core.explain(P).cache_entry.dropped
+    # slow 2.0 is now the fastest (its t=2 at 10 us)
+    selector.registry.unregister("slow")
+    selector.registry.register(make_backend("slow", priority=9, version="2.0"))
+    fakes.table[("slow", 2)] = 10.0
+    exp = fp4core.explain(P)
+    assert exp.untuned == ["slow"] and "not timed at their installed version: slow" in str(exp)
+    c = selector.choose(P)  # tuning off: the cached winner, no timing
+    assert (c.backend.name, c.source) == ("fast", "cache") and len(fakes.measured) == n
+    assert selector.choose(P, "slow").tactic == T(1)  # no record at 2.0: its default tactic
+    with fp4core.autotune(verbose=False):
+        c = selector.choose(P)
+        selector.choose(P)
+    assert (c.backend.name, c.tactic, c.source) == ("slow", T(2), "tuned")
+    assert ("slow", 2) in fakes.measured[n:] and len(fakes.measured) < 2 * n + 2  # one re-tune
+    assert fp4core.explain(P).untuned == []
+    # a backend installed after tuning
+    with registered(make_backend("newcomer", priority=0)):
+        fakes.table[("newcomer", 1)] = fakes.table[("newcomer", 2)] = 5.0
+        assert fp4core.explain(P).untuned == ["newcomer"]
+        with fp4core.autotune(verbose=False):
+            assert selector.choose(P).backend.name == "newcomer"
+    # the newcomer uninstalled: the entry's winner is gone, so the entry is not used at all
+    assert fp4core.explain(P).choice.source == "heuristic"

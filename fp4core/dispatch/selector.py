@@ -50,7 +50,9 @@ class Choice:
 
 @dataclasses.dataclass
 class Explanation:
-    """What ``auto`` (or a named backend) would do for a problem, and why."""
+    """What ``auto`` (or a named backend) would do for a problem, and why. ``untuned``: the
+    candidates the problem's tuning-cache entry did not time at their installed version (a
+    plugin upgraded or installed since); the entry is re-tuned when tuning is on."""
 
     problem: Problem
     choice: Choice | None
@@ -59,6 +61,7 @@ class Explanation:
     cache_key: str
     cache_entry: CacheEntry | None
     error: str = ""
+    untuned: list[str] = dataclasses.field(default_factory=list)
 
     def __str__(self) -> str:
         lines = [f"problem:   {self.problem.describe()}", f"cache key: {self.cache_key}"]
@@ -71,6 +74,9 @@ class Explanation:
         if self.cache_entry:
             for name, rec in sorted(self.cache_entry.per_backend.items(), key=lambda kv: kv[1].us):
                 lines.append(f"  tuned {name}: {rec.us:.1f} us")
+            if self.untuned:
+                lines.append(f"  not timed at their installed version: {', '.join(self.untuned)} "
+                             "(re-tuned when tuning is on)")
             for label, why in self.cache_entry.dropped.items():
                 lines.append(f"  dropped while tuning {label}: {why}")
         for name, why in sorted(self.excluded.items()):
@@ -254,6 +260,11 @@ class Selector:
         entry, winner, tactic = self._cached(key, ok)
         mode = _tuning_mode.get()
         retune = mode is not None and mode.force and key not in mode.tuned
+        # An entry that did not time every candidate at its installed version (a plugin was
+        # upgraded or installed since) still names a valid winner, but maybe not the fastest
+        # now: re-tune it when tuning is on (once per context), else use it as it is.
+        if entry is not None and not retune and (mode is None or key not in mode.tuned):
+            retune = bool(self.cache.untuned(key, {b.name: b.version for b in ok}))
         if (entry is None or retune) and may_tune and self._can_tune_now(problem):
             progress = mode.progress if mode is not None else None
             entry = tune(problem, ok, timer=self.timer, progress=progress)
@@ -286,7 +297,8 @@ class Selector:
             err = ""
         except Exception as exc:
             choice, err = None, str(exc)
-        return Explanation(problem, choice, [b.name for b in ok], excluded, key, entry, err)
+        untuned = self.cache.untuned(key, {b.name: b.version for b in ok}) if entry is not None else []
+        return Explanation(problem, choice, [b.name for b in ok], excluded, key, entry, err, untuned)
 
     # -- weights and running ---------------------------------------------------------------
     def weight_for(self, be: Backend, problem: Problem, ops: Operands,

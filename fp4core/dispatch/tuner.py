@@ -191,6 +191,10 @@ def tune(problem: Problem, candidates: list[Backend], timer: Timer | None = None
             dropped[backend.name] = f"tactics/prepare raised {type(exc).__name__}: {exc}"
             say(f"  {backend.name}: dropped ({dropped[backend.name]})")
             continue
+        if not tactics:  # recorded, so the entry counts this backend as seen (untuned())
+            dropped[backend.name] = "tactics() returned no tactic"
+            say(f"  {backend.name}: dropped ({dropped[backend.name]})")
+            continue
         for tactic in tactics:
             label = f"{backend.name}[{tactic_label(tactic)}]"
             if label in excluded:

@@ -176,6 +176,26 @@ class TuningCache:
         per = {name: rec for name, rec in entry.per_backend.items() if versions.get(name) == rec.version}
         return dataclasses.replace(entry, per_backend=per)
 
+    def untuned(self, key: str, versions: dict[str, str]) -> list[str]:
+        """The backends of ``versions`` (candidates: name -> installed version) that the entry for
+        ``key`` did not time at their installed version: upgraded or downgraded since, or
+        installed after it was tuned. A backend the tuning run dropped (by name or all of its
+        tactics) counts as covered, whatever its version now. Empty when there is no entry."""
+        self._ensure_loaded()
+        entry = self._entries.get(key)
+        if entry is None:
+            return []
+        dropped_names = {label.split("[", 1)[0] for label in entry.dropped}
+        out = []
+        for name, version in versions.items():
+            rec = entry.per_backend.get(name)
+            if rec is not None:
+                if rec.version != version:
+                    out.append(name)
+            elif name not in dropped_names:
+                out.append(name)
+        return out
+
     def tactic_for(self, key: str, backend: str, version: str) -> dict[str, Any] | None:
         """The JSON of the best tactic tuned for ``backend`` at ``version`` under ``key``, or None."""
         self._ensure_loaded()
