@@ -5,7 +5,8 @@ of each step a model pays on the CPU: one bf16 cuBLAS launch (the floor), a bare
 launch, activation quantization (dynamic: two launches; static: one), ``fp4core.mm_fp4``
 with ``auto`` on a plain and on a prepared weight (tuned first), the backend's ``run`` hook
 alone, the ``torch.ops.fp4core.mm_fp4`` op, and ``Fp4Linear.forward`` eager and under
-``torch.compile`` (and, beside each, the bf16 ``nn.Linear``). Host time is the submit loop's wall time while the GPU is kept busy by
+``torch.compile`` (and, beside each, the bf16 ``nn.Linear``), and the weight-only (W4A16)
+``mm_bf16_fp4`` and ``Fp4Linear(activations="bf16")``. Host time is the submit loop's wall time while the GPU is kept busy by
 a device-side spin, so the numbers exclude any waiting for the GPU; GPU time of the same
 calls comes from CUDA-graph replay. Prints a table; ``--json`` writes it.
 
@@ -64,15 +65,19 @@ def main() -> None:
     fl = fp4core.pytorch.nn.Fp4Linear.from_linear(lin)
     fl_static = fp4core.pytorch.nn.Fp4Linear.from_linear(lin)
     fl_static.set_input_global_scale(fp4core.compute_global_scale(x))
+    fl_w16 = fp4core.pytorch.nn.Fp4Linear.from_linear(lin, activations="bf16")  # weight-only (W4A16)
     wgs = fl.weight_global_scale
     a, a_sf, gs = fp4core.quantize_fp4(x)
     alpha = 1.0 / (gs * wgs)
     b, b_sf = fl.weight_fp4, fl.weight_scale
     pw = fp4core.prepare(b.T, b_sf.T)
+    pw16, _, alpha16 = fp4core.prepare_bf16_fp4_weights(b, b_sf, 1.0 / wgs)
     with fp4core.autotune(verbose=False):
         fp4core.mm_fp4(a, b.T, a_sf, b_sf.T, alpha)
         fp4core.mm_fp4(a, pw, a_sf, None, alpha)
         fl(x)
+        fp4core.mm_bf16_fp4(x, pw16, None, alpha16)
+        fl_w16(x)
     choice = fp4core.explain(a, pw, a_sf, None, alpha).choice
     be, tactic = choice.backend, choice.tactic
     from fp4core.dispatch.selector import selector
@@ -101,6 +106,8 @@ def main() -> None:
         "torch.ops.fp4core.mm_fp4 (op path)": lambda: fp4core.pytorch.ops.mm_fp4(a, pw, a_sf, None, alpha),
         "Fp4Linear.forward (dynamic scale)": lambda: fl(x),
         "Fp4Linear.forward (static scale)": lambda: fl_static(x),
+        "mm_bf16_fp4 auto, prepared weight (W4A16)": lambda: fp4core.mm_bf16_fp4(x, pw16, None, alpha16),
+        "Fp4Linear.forward, weight-only (W4A16)": lambda: fl_w16(x),
         "bf16 nn.Linear, torch.compile": lambda: c_lin(x),
         "Fp4Linear, torch.compile (dynamic scale)": lambda: c_fl(x),
     }
@@ -111,6 +118,7 @@ def main() -> None:
             lambda i: qt.quantize_activation(x, Fp4Format.NVFP4, SfLayout.layout_128x4, None, wgs),
         "Fp4Linear.forward (dynamic scale)": lambda i: fl(x),
         "Fp4Linear.forward (static scale)": lambda i: fl_static(x),
+        "Fp4Linear.forward, weight-only (W4A16)": lambda i: fl_w16(x),
         "bf16 nn.Linear, torch.compile": lambda i: c_lin(x),
         "Fp4Linear, torch.compile (dynamic scale)": lambda i: c_fl(x),
     }
