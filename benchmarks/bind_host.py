@@ -18,6 +18,7 @@ import torch
 import fp4core
 from fp4core.dispatch.selector import selector
 from fp4core.dispatch.synthetic import random_operands
+from fp4core.dispatch.tuner import prepared_sets
 
 from host_overhead import host_us
 
@@ -36,10 +37,7 @@ def main() -> None:
         for m in (1, 16, 128):
             p = fp4core.make_problem(m, args.n, args.k, device="cuda", act_dtype=act,
                                      prepared=be.info.needs_prepare)
-            ops = random_operands(p, device="cuda")
-            if be.info.needs_prepare:
-                w = be.prepare(p.with_m(None), fp4core.Operands(None, None, ops.b, ops.b_scale))
-                ops = fp4core.Operands(ops.a, ops.a_scale, w.b, w.b_scale, ops.alpha, w.extra)
+            [ops] = prepared_sets(be, p, [random_operands(p, device="cuda")])
             tac = be.tactics(p)[0]
             out = torch.empty(m, args.n, dtype=torch.bfloat16, device="cuda")
             bound = be.bind(p, ops, tac)

@@ -18,8 +18,9 @@
 #   tests        TEST_DIRS (dirs or files), TEST_K (pytest -k), TEST_CAP (per dir)
 #   host         HOST_CAP                        quant      QUANT_M, QUANT_TILES=1, QUANT_CAP
 #   bind-host    BIND_BACKENDS (default cutlass trtllm), BIND_CAP: run hook vs bound launcher, host us
-#   trtllm-w16   TRTLLM_W16_SHAPES (NxK list), TRTLLM_W16_OLD (a folder holding another fp4_trtllm
-#                package: timed too, tactic for tactic), TRTLLM_W16_CAP (per version)
+#   trtllm-w16   TRTLLM_W16_M, TRTLLM_W16_N, TRTLLM_W16_K (fp4core bench --tactics --w4a16 lists),
+#                TRTLLM_W16_OLD (a folder holding another fp4_trtllm package: timed too, tactic for
+#                tactic), TRTLLM_W16_CAP (per version)
 #   layer        LAYER_M, LAYER_CAP              auto       AUTO_M, AUTO_CAP
 #   w4a16        W4A16_M, W4A16_BACKENDS (default trtllm,cutlass; auto always runs), W4A16_LAYER_M,
 #                W4A16_CAP (each of the two benches; both tuned)
@@ -117,14 +118,16 @@ step_bind-host() {
   done
 }
 
-step_trtllm-w16() {
-  local shapes=${TRTLLM_W16_SHAPES:-"8192x8192 8192x28672"}
-  timeout ${TRTLLM_W16_CAP:-120} python3 benchmarks/trtllm_w16_tactics.py tree $shapes > "$W/trtllm-w16.txt" 2>&1
+step_trtllm-w16() {  # every weight-only trtllm tactic by graph replay, no tuning cache involved
+  local args=(bench --tactics --w4a16 --backends trtllm --m "${TRTLLM_W16_M:-1,16}"
+              --n "${TRTLLM_W16_N:-8192}" --k "${TRTLLM_W16_K:-8192,28672}")
+  timeout ${TRTLLM_W16_CAP:-120} fp4core "${args[@]}" --json "$W/trtllm-w16.json" > "$W/trtllm-w16.txt" 2>&1
   done_line trtllm-w16 $?
   if [ -n "${TRTLLM_W16_OLD:-}" ]; then
     PYTHONPATH=$TRTLLM_W16_OLD:${PYTHONPATH:-} timeout ${TRTLLM_W16_CAP:-120} \
-      python3 benchmarks/trtllm_w16_tactics.py other $shapes >> "$W/trtllm-w16.txt" 2>&1
+      fp4core "${args[@]}" --json "$W/trtllm-w16-other.json" > "$W/trtllm-w16-other.txt" 2>&1
     done_line "trtllm-w16 other" $?
+    cat "$W/trtllm-w16-other.txt"
   fi
   cat "$W/trtllm-w16.txt"
 }

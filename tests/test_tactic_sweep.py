@@ -5,6 +5,7 @@ import json
 import time
 
 import pytest
+import torch
 
 import fp4core
 from fp4core.dispatch.selector import selector
@@ -93,3 +94,32 @@ def test_cli_tactics_table_json_and_exit_code(tmp_path, capsys):
     assert rows[0]["backend"] == "variants" and len(rows[0]["timings"]) == 4
     assert main(["bench", "--tactics", "--m", "2", "--n", "32", "--k", "64"]) == 2
     assert "name exactly one backend" in capsys.readouterr().err
+
+
+def test_w4a16_sweeps_weight_only_problems(capsys):
+    """``bench --tactics --w4a16`` (and ``sweep_tactics(act_dtype=...)``) give the backend weight-only
+    problems with bf16 activations, checked against the reference of a x dequant(b)."""
+    seen = []
+
+    class WeightOnly(Variants):
+        @fp4core.hookimpl
+        def backend_info(self):
+            return fp4core.BackendInfo(name="variants", version="1", tactic_type=V,
+                                       activations=("fp4", "bf16", "fp16"))
+
+        @fp4core.hookimpl
+        def run(self, problem, operands, tactic, out):
+            seen.append((problem.act_dtype, operands.a.dtype))
+            Variants.run(self, problem, operands, tactic, out)
+
+    with registered(WeightOnly):
+        sw = sweep_tactics("variants", 3, 64, 128, act_dtype=torch.bfloat16)
+        by = {t.label: t for t in sw.timings}
+        assert by["v=fast"].ok and 0 < by["v=fast"].rel_err <= 1e-2 and not by["v=wrong"].ok
+        assert seen and set(seen) == {(torch.bfloat16, torch.bfloat16)}
+        seen.clear()
+        main(["bench", "--tactics", "--w4a16", "--backends", "variants", "--m", "2", "--n", "32", "--k", "64"])
+        assert set(seen) == {(torch.bfloat16, torch.bfloat16)}
+        main(["bench", "--tactics", "--backends", "variants", "--m", "2", "--n", "32", "--k", "64"])
+        assert (None, torch.uint8) in set(seen)  # without the flag: FP4 activations
+    capsys.readouterr()

@@ -129,7 +129,9 @@ def cmd_bench_tactics(args) -> int:
         raise ValueError(f"--tactics: name exactly one backend with --backends, got {args.backends!r}")
     print(_device_line(), file=sys.stderr)
     out_dtype = torch.float16 if args.out_dtype == "fp16" else torch.bfloat16
+    act_dtype = torch.bfloat16 if args.w4a16 else None
     sweeps = [sweep_tactics(names[0], m, n, k, use_nvfp4=(args.format == "nvfp4"), out_dtype=out_dtype,
+                            act_dtype=act_dtype,
                             progress=lambda s: print(s, file=sys.stderr, flush=True))
               for m, n, k in shapes_from_args(args)]
     timing = "CUDA-graph replay" if torch.cuda.is_available() else "eager, wall clock"
@@ -290,7 +292,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="--layer: comma list of nvfp4, nvfp4-static, mxfp4, w4a16-nvfp4, w4a16-mxfp4, tinygemm-int4")
     p.add_argument("--w4a16", action="store_true",
                    help="weight-only problems (mm_bf16_fp4: bf16 activations, FP4 weights) beside bf16 "
-                        "and torch's int4 tinygemm; with --layer, the weight-only layer variants")
+                        "and torch's int4 tinygemm; with --layer, the weight-only layer variants; with --tactics, "
+                        "every tactic on weight-only problems")
     p.add_argument("--json")
     p.add_argument("--csv")
     p.add_argument("--plot", help="PNG: time vs M per backend (log scale) with the bandwidth floor")

@@ -71,7 +71,8 @@ class ShapeSweep:
 
 
 def sweep_tactics(backend: str, m: int, n: int, k: int, *, use_nvfp4: bool = True,
-                  out_dtype: torch.dtype = torch.bfloat16, tactics: Iterable[Tactic] | None = None,
+                  out_dtype: torch.dtype = torch.bfloat16, act_dtype: torch.dtype | None = None,
+                  tactics: Iterable[Tactic] | None = None,
                   extra_tactics: Iterable[Tactic] = (),
                   graph: bool | None = None, reps: int = 10, timer: Timer | None = None,
                   progress: Callable[[str], None] = lambda s: None) -> ShapeSweep:
@@ -85,6 +86,8 @@ def sweep_tactics(backend: str, m: int, n: int, k: int, *, use_nvfp4: bool = Tru
         k: the shared dimension; operands are random FP4 of the format.
         use_nvfp4: NVFP4 (True) or MXFP4 operands, 128x4 scales.
         out_dtype: torch.bfloat16 or torch.float16.
+        act_dtype: None for FP4 activations (``mm_fp4``); torch.bfloat16 or torch.float16 for
+            weight-only problems (``mm_bf16_fp4``: A is that dtype, random normal).
         tactics: the tactics to try (default: ``backend.tactics(problem)``).
         extra_tactics: tactics to try after those (e.g. variants the backend does not
             propose by default), as the backend's tactic objects or their JSON dicts;
@@ -109,7 +112,7 @@ def sweep_tactics(backend: str, m: int, n: int, k: int, *, use_nvfp4: bool = Tru
     graph = cuda if graph is None else (graph and cuda)
     timer = timer or default_timer(cuda)
     problem = api.make_problem(m, n, k, use_nvfp4=use_nvfp4, out_dtype=out_dtype, device=device,
-                               prepared=be.info.needs_prepare)
+                               prepared=be.info.needs_prepare, act_dtype=act_dtype)
     answer = be.supports(problem)
     if not answer:
         raise ValueError(f"backend: {backend!r} does not support {problem.describe()}: {answer.reason}")

@@ -18,9 +18,9 @@ benchmarks/stream_probe.cu).
 
 NVFP4 weights are then re-encoded word by word (``wordcode.encode``: every aligned 4 bytes, a
 fixed invertible bit map) so the kernel's decode is 4-5 shifts and 4 LOP3s; the code ("f16" for
-FP4 or fp16 activations, "bf16" for bf16 activations) is the caller's choice and must be passed
-again to ``unprepare_weight``. MXFP4 bytes stay as they are. N is padded with zero rows to whole tile groups (a multiple of 256); K must be a
-multiple of 64. Both steps lose nothing: ``unprepare`` restores the canonical bytes exactly
+FP4 activations, "bf16" for weight-only calls) is the caller's choice and must be passed again
+to ``unprepare_weight``. MXFP4 bytes stay as they are. N is padded with zero rows to whole tile
+groups (a multiple of 256); K must be a multiple of 64. Both steps lose nothing: ``unprepare`` restores the canonical bytes exactly
 (the 128x4 padding bytes come back as zeros, which is what the quantizers write).
 """
 
@@ -58,8 +58,8 @@ def prepare_weight(b: torch.Tensor, b_scale: torch.Tensor, fmt: Fp4Format, code:
         b: uint8 (N, K/2) row-major packed E2M1 (any one-byte dtype is viewed as uint8).
         b_scale: the weight's scale bytes in the 128x4 layout (flat or 2-D, as stored).
         fmt: NVFP4 or MXFP4.
-        code: the NVFP4 word code, "f16" (FP4 or fp16 activations) or "bf16" (bf16
-            activations); see ``wordcode``. Ignored for MXFP4.
+        code: the NVFP4 word code, "f16" (FP4 activations) or "bf16" (weight-only calls,
+            bf16 or fp16 activations); see ``wordcode``. Ignored for MXFP4.
     Returns:
         (uint8 1-D of round_up(N, 256) * K/2 bytes, uint8 1-D of round_up(N, 256) * K/block
         bytes), on ``b``'s device, laid out (and for NVFP4 word-encoded) as the module

@@ -9,8 +9,9 @@ in the high half, the sign in bit 15 and the three magnitude bits (e1 e0 m) at t
 exponent field and the top of the mantissa. Each half is then the code's value times a power of
 two exactly (e = 0 lands in the float's subnormals, which is E2M1's own subnormal):
 
-* ``F16`` (W4A4 and fp16 activations): magnitude in bits 11..9, value * 2^-14 in fp16;
-* ``BF16`` (bf16 activations, W4A16): magnitude in bits 8..6, value * 2^-126 in bf16.
+* ``F16`` (W4A4, FP4 activations): magnitude in bits 11..9, value * 2^-14 in fp16;
+* ``BF16`` (weight-only calls): magnitude in bits 8..6, value * 2^-126 in bf16 (with fp16
+  activations the kernel moves the bits up by 3 into the F16 placement).
 
 Moving those bits into place is not a shift of the natural word (the sign sits 4 or 7 bits above
 the magnitude in the float, 1 bit above it in E2M1), so the kernel computes instead, per register
@@ -60,11 +61,6 @@ class WordCode:
 F16 = WordCode("f16", 0x8E008E00, ((0, 3), (2, 3), (6, 3), (9, 3)), 9, 2.0 ** 14)
 BF16 = WordCode("bf16", 0x81C081C0, ((0, 8), (2, 8), (5, 5), (6, 8)), 6, 2.0 ** 126)
 CODES = {c.name: c for c in (F16, BF16)}
-
-#: Kept for readers of the first version of this module: the F16 code's mask and shifts.
-Q = F16.q
-DECODE_SHIFTS = F16.shifts
-VALUE_SCALE = F16.value_scale
 
 
 def code_named(name: str) -> WordCode:
