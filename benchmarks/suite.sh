@@ -21,6 +21,8 @@
 #   trtllm-w16   TRTLLM_W16_M, TRTLLM_W16_N, TRTLLM_W16_K (fp4core bench --tactics --w4a16 lists),
 #                TRTLLM_W16_OLD (a folder holding another fp4_trtllm package: timed too, tactic for
 #                tactic), TRTLLM_W16_CAP (per version)
+#   pdl-ab       PDL_AB_M, PDL_AB_SHAPES, PDL_AB_VARIANTS, PDL_AB_CAP: layers with programmatic dependent
+#                launch off and on, interleaved, beside bf16 (benchmarks/pdl_ab.py)
 #   layer        LAYER_M, LAYER_CAP              auto       AUTO_M, AUTO_CAP
 #   w4a16        W4A16_M, W4A16_BACKENDS (default trtllm,cutlass; auto always runs), W4A16_LAYER_M,
 #                W4A16_CAP (each of the two benches; both tuned)
@@ -42,7 +44,7 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
-STEP_ORDER=(tests host bind-host quant layer auto w4a16 trtllm-w16 e2e decode prefill trtllm trtllm-mx trtllm-sanitizer cudnn
+STEP_ORDER=(tests host bind-host pdl-ab quant layer auto w4a16 trtllm-w16 e2e decode prefill trtllm trtllm-mx trtllm-sanitizer cudnn
             cudnn-split cudnn-graph cudnn-interleave cutlass backends torch standard sanitizer probes ncu)
 # step -> the docs/benchmarks.md section(s) it reproduces ("; " between sections)
 declare -A SECTION=(
@@ -51,6 +53,7 @@ declare -A SECTION=(
   [quant]="Activation/weight quantization"
   [bind-host]="2026-12-06 (third session), NVIDIA H100 — the bound cutlass launcher and the bf16 word code"
   [trtllm-w16]="2026-12-06 (third session), NVIDIA H100 — the bound cutlass launcher and the bf16 word code"
+  [pdl-ab]="Programmatic dependent launch"
   [layer]="Fp4Linear against bf16 nn.Linear; Host time per call"
   [auto]="auto on a prepared weight"
   [w4a16]="2026-12-06 — W4A16 on Hopper"
@@ -116,6 +119,13 @@ step_bind-host() {
     (cd benchmarks && timeout ${BIND_CAP:-60} python3 bind_host.py --backend "$b") > "$W/bind-host-$b.txt" 2>&1
     done_line "bind-host $b" $?; cat "$W/bind-host-$b.txt"
   done
+}
+
+step_pdl-ab() {  # layers with PDL off and on, interleaved graph replays and eager calls, beside bf16
+  timeout ${PDL_AB_CAP:-300} python3 benchmarks/pdl_ab.py --m "${PDL_AB_M:-1,16,64,128}" \
+    --shapes "${PDL_AB_SHAPES:-8192x8192,28672x8192,8192x28672}" --variants "${PDL_AB_VARIANTS:-nvfp4,w4a16-nvfp4}" \
+    --json "$W/pdl-ab.json" > "$W/pdl-ab.txt" 2> "$W/pdl-ab-progress.log"
+  done_line pdl-ab $?; cat "$W/pdl-ab.txt"
 }
 
 step_trtllm-w16() {  # every weight-only trtllm tactic by graph replay, no tuning cache involved

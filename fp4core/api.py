@@ -11,6 +11,7 @@ from typing import Any, Iterator
 import torch
 
 from fp4core.dispatch.selector import Explanation, selector
+from fp4core.kit import pdl
 from fp4core.formats.fp4 import Fp4Format, as_bytes
 from fp4core.formats.layouts import SfLayout, flat_scale_bytes
 from fp4core.dispatch.prepared import PreparedWeight
@@ -78,8 +79,9 @@ def mm_bf16_fp4(a: torch.Tensor, b: torch.Tensor | PreparedWeight, b_descale: to
         out_dtype: torch.bfloat16 or torch.float16; None means ``a.dtype``.
         out: optional preallocated contiguous (M, N) tensor of ``out_dtype``.
         block_size: 16 (NVFP4) or 32 (MXFP4).
-        enable_pdl: accepted for FlashInfer compatibility and ignored: no fp4core kernel uses
-            programmatic dependent launch yet (Hopper supports it; see docs/w4a16.md).
+        enable_pdl: launch with programmatic dependent launch where the backend's kernels
+            support it (SM90+; the process default, ``FP4CORE_PDL``, is on); False turns it
+            off for this call. It never changes the result (see ``fp4core.kit.pdl``).
         skip_check: skip argument validation (saves a few microseconds per call).
     Returns:
         ``out``, (M, N) of ``out_dtype``.
@@ -91,7 +93,10 @@ def mm_bf16_fp4(a: torch.Tensor, b: torch.Tensor | PreparedWeight, b_descale: to
     if check:
         _check_backend_arg(backend)
     problem, ops, weight = _validated_bf16(a, b, b_descale, alpha, out_dtype, out, block_size, check)
-    return _run(problem, ops, weight, backend, out, a.device)
+    if enable_pdl:
+        return _run(problem, ops, weight, backend, out, a.device)
+    with pdl.override(False):
+        return _run(problem, ops, weight, backend, out, a.device)
 
 
 def _check_backend_arg(backend) -> None:

@@ -9,7 +9,9 @@
 compares with the exact reference (relative error <= 1e-2), through the backend's own
 ``prepare`` when it has one, and through ``mm_fp4`` with the backend named.
 ``device_allocations`` counts the CUDA allocations a block makes (a repeated call or a
-CUDA-graph replay must make none). ``guarded_copy`` puts a CPU tensor right before an
+CUDA-graph replay must make none). ``check_back_to_back`` runs dependent launches eagerly
+without programmatic dependent launch and in a CUDA graph with it, and wants the same bits
+(a kernel that touches its inputs, output or workspace before ``pdl_wait`` fails it). ``guarded_copy`` puts a CPU tensor right before an
 unreadable page, so a Triton kernel run in the interpreter (``TRITON_INTERPRET=1``) that
 reads or writes past the tensor's end dies with SIGSEGV instead of passing by luck.
 """
@@ -20,7 +22,7 @@ import contextlib
 import ctypes
 import dataclasses
 import mmap
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator, Sequence
 
 import torch
 
@@ -30,6 +32,7 @@ from fp4core.dispatch.problem import Operands, Problem
 from fp4core.formats.reference import TOLERANCE, reference_mm, relative_error
 from fp4core.dispatch.synthetic import random_operands
 from fp4core.dispatch.tuner import prepared_sets, tactic_label
+from fp4core.kit import pdl
 
 
 _guarded_maps: list = []  # the mappings behind guarded_copy's tensors live as long as the process
@@ -201,3 +204,57 @@ def device_allocations(device: torch.device | int | None = None) -> Iterator[Dev
                                f"(torch {torch.__version__}); this check needs torch >= 2.1")
         setattr(counts, field, int(stats_after[key]) - int(stats_before[key]))
     counts.peak_growth = int(torch.cuda.max_memory_allocated(device)) - int(level)
+
+
+def check_back_to_back(calls: Sequence[Callable[[], Any]], outputs: Sequence[torch.Tensor],
+                       label: str = "") -> None:
+    """Launch ``calls`` back to back, where a call may read what an earlier one wrote (its
+    activations, a shared workspace, the same output), three ways: eagerly with programmatic
+    dependent launch off (the expected bits), eagerly with it on, and captured in one CUDA
+    graph with it on, then replayed. Every tensor of ``outputs`` is NaN-poisoned before each
+    way, and must come out bit-identical to the expected. A kernel launched with PDL that
+    reads its inputs or workspace, or writes its output, before waiting for the kernel ahead
+    of it (``pdl_wait`` in ``fp4core/pdl.cuh``) races and fails this (not every time: run it on
+    several tactics and shapes). Needs CUDA; the calls must be capturable and already warmed
+    up (built, workspaces grown).
+
+    Args:
+        calls: functions that each launch one GEMM (or any kernels) on the current stream.
+        outputs: the tensors the calls write (float dtypes; compared as raw bits).
+        label: named in the assertion message.
+    Raises:
+        AssertionError naming the output, the way and ``label`` on any differing bit.
+    """
+    def run_all() -> list[torch.Tensor]:
+        for o in outputs:
+            o.fill_(float("nan"))
+        for c in calls:
+            c()
+        torch.cuda.synchronize()
+        return [o.clone() for o in outputs]
+
+    def bits(t: torch.Tensor) -> torch.Tensor:
+        return t.view(torch.int16) if t.element_size() == 2 else t.view(torch.int32)
+
+    with pdl.override(False):
+        want = run_all()
+    with pdl.override(True):
+        got = {"eager with PDL": run_all()}
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.stream(side), torch.cuda.graph(graph):
+            for c in calls:
+                c()
+        torch.cuda.current_stream().wait_stream(side)
+        for o in outputs:
+            o.fill_(float("nan"))
+        graph.replay()
+        torch.cuda.synchronize()
+        got["graph replay with PDL"] = [o.clone() for o in outputs]
+        del graph
+    for way, outs in got.items():
+        for i, (w, g) in enumerate(zip(want, outs)):
+            assert torch.equal(bits(w), bits(g)), (
+                f"{label}: output {i} differs {way} from the eager run without PDL "
+                f"({int((bits(w) != bits(g)).sum())} of {w.numel()} elements)")

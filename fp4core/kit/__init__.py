@@ -10,6 +10,8 @@
 * ``arch_for(capability)``: the nvcc target of a device (the ``a`` variants where the
   architecture-specific instructions live: wgmma, tcgen05).
 * ``nvcc_missing()``: "" when nvcc is found, else the message a ``supports`` hook returns.
+* ``fp4core.kit.pdl``: whether to launch with programmatic dependent launch (SM90+), and the
+  kernels' side of it in ``fp4core/kit/include/fp4core/pdl.cuh`` (on every JIT build's path).
 
 All calls on one device share its buffers (a name per use: prefix it with the plugin), as
 FlashInfer shares its workspace: two streams of one device running the same backend at the

@@ -9,6 +9,9 @@ works with any other.
     lib.my_launch.restype = ctypes.c_int
     lib.my_launch(ctypes.c_void_p(x.data_ptr()), ctypes.c_int(n), ctypes.c_void_p(stream))
 
+Every build has ``KIT_INCLUDE`` on its include path: the core's headers for kernels, e.g.
+``#include "fp4core/pdl.cuh"`` (programmatic dependent launch, see ``fp4core.kit.pdl``).
+
 Cache: one folder per build under ``$FP4CORE_JIT_CACHE`` (default ``~/.cache/fp4core/jit``),
 named by a hash of the source contents (and of the headers beside them), flags, include
 folders (the names and sizes of their files, not their location, so a cache built on one
@@ -49,8 +52,11 @@ ENV_CUTLASS = "FP4CORE_CUTLASS_INCLUDE"
 KINDS = {"shared": ".so", "object": ".o", "ptx": ".ptx", "cubin": ".cubin"}
 
 # Bumped when the way a build is made changes, so old cache entries are not reused.
-_RECIPE = "1"
+_RECIPE = "2"  # 2: KIT_INCLUDE on the path and in the key
 _HEADER_SUFFIXES = (".h", ".cuh", ".hpp", ".inl")
+#: The core's own headers (``#include "fp4core/pdl.cuh"``): on every build's include path, and
+#: hashed by content into every build key (they are few and small, and edited with the core).
+KIT_INCLUDE = Path(__file__).parent / "include"
 _loaded: dict[Path, ctypes.CDLL] = {}
 _load_lock = threading.Lock()
 
@@ -195,6 +201,10 @@ def _sidecar_headers(sources: Sequence[Path]) -> list[Path]:
     return sorted(found)
 
 
+def _kit_headers() -> list[Path]:
+    return sorted(p for p in KIT_INCLUDE.rglob("*") if p.suffix in _HEADER_SUFFIXES and p.is_file())
+
+
 @functools.lru_cache(maxsize=None)
 def _include_fingerprint(include_dir: str) -> str:
     """What an include folder contributes to a build key: its headers' relative paths and
@@ -221,7 +231,7 @@ def build_key(name: str, sources: Sequence[Path], arch: str | Sequence[str], fla
                  "\0".join(flags), "\0".join(_include_fingerprint(str(d)) for d in include_dirs)):
         h.update(part.encode())
         h.update(b"\0")
-    for p in list(sources) + _sidecar_headers(sources):
+    for p in list(sources) + _sidecar_headers(sources) + _kit_headers():
         h.update(p.name.encode())
         h.update(b"\0")
         h.update(p.read_bytes())
@@ -239,7 +249,7 @@ def _command(nvcc: Path, sources: Sequence[Path], out: Path, arch, flags, includ
         cmd += ["-ptx"]
     else:
         cmd += ["-cubin"]
-    for d in include_dirs:
+    for d in [KIT_INCLUDE, *include_dirs]:
         cmd += ["-I", str(d)]
     cmd += list(flags)
     cmd += ["-o", str(out)] + [str(s) for s in sources]
@@ -262,7 +272,8 @@ def build(name: str, sources: Sequence[str | Path], *, arch: str | Sequence[str]
         arch: one architecture ("sm_90a", "sm_100a", "sm_80"...) or several; each gets
             ``-gencode=arch=compute_X,code=sm_X``.
         flags: extra nvcc flags (``-DNAME=1``, ``-lineinfo``, ``-Xptxas=-v``...).
-        include_dirs: extra ``-I`` folders (e.g. ``cutlass_include_dir()``).
+        include_dirs: extra ``-I`` folders (e.g. ``cutlass_include_dir()``); the core's
+            ``KIT_INCLUDE`` (``fp4core/pdl.cuh``) is always on the path.
         progress: print "building NAME for ARCH ... done in S s" on stderr while compiling.
         kind: "shared" (a ``.so`` with the CUDA runtime linked statically, for ``load``),
             "object", "ptx" or "cubin" (compile-only checks, e.g. for an architecture this

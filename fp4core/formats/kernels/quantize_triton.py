@@ -18,6 +18,11 @@ Byte-for-byte the recipe of ``fp4core.formats.quantize`` (the CPU reference), in
 Each program quantizes a tile of ``BM`` rows x ``BC`` scale blocks and writes its codes and
 its scale bytes at their swizzled offsets (128x4, 8x4 or linear), zeros in the padding, so
 the scale tensor needs no separate swizzle pass and no zero fill.
+
+Programmatic dependent launch (``fp4core.kit.pdl``, SM90+): when it is on, both kernels are
+compiled with ``USE_GDC`` and launched with ``launch_pdl``: a kernel may then start while the
+kernel ahead of it (say, the previous layer's GEMM, which reads the buffers an
+``ActivationQuantizer`` reuses) drains, and waits for it before its first load.
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ import triton
 import triton.language as tl
 
 from fp4core import kit
+from fp4core.kit import pdl
 from fp4core.formats.fp4 import Fp4Format
 from fp4core.formats.layouts import SfLayout, padded_scale_shape
 from fp4core.formats.kernels import fast_launch
@@ -38,11 +44,14 @@ _LAYOUT_ID = {SfLayout.layout_linear: 0, SfLayout.layout_128x4: 1, SfLayout.layo
 
 @triton.jit
 def _partial_amax_kernel(x_ptr, stride_xm, M, K, part_ptr, TILES_K, TILES,
-                         BM: tl.constexpr, BK: tl.constexpr):
+                         BM: tl.constexpr, BK: tl.constexpr, USE_GDC: tl.constexpr):
     # Each program folds the tiles pid, pid + P, ... into a running maximum and writes it to
     # part_ptr[pid]: no atomics and no zero-filled buffer (one launch fewer). Programs advance
     # together, so the tensor's last tiles are read last: the quantization pass walks the
     # tensor backwards and finds them still in L2.
+    if USE_GDC:  # launched with PDL: x may still be being written by the kernel ahead
+        tl.extra.cuda.gdc_wait()
+        tl.extra.cuda.gdc_launch_dependents()
     pid = tl.program_id(0)
     acc = tl.zeros([BM, BK], dtype=tl.float32)
     for t in range(pid, TILES, tl.num_programs(0)):
@@ -130,7 +139,7 @@ def _quant_kernel(xp_ptr, stride_pm, q_ptr, sf_ptr, gs_ptr, gs_out_ptr, wgs_ptr,
                   M, KP, NB, PROWS, PCOL, PROGS_C,
                   IN_KIND: tl.constexpr, IS_NV: tl.constexpr, BLOCK: tl.constexpr,
                   LAYOUT: tl.constexpr, GS_MODE: tl.constexpr, ALPHA: tl.constexpr,
-                  PART: tl.constexpr, BM: tl.constexpr, BC: tl.constexpr):
+                  PART: tl.constexpr, BM: tl.constexpr, BC: tl.constexpr, USE_GDC: tl.constexpr):
     # GS_MODE: 0 none (MXFP4), 1 gs_ptr holds the float32 global scale, 2 gs_ptr holds NPART
     # partial maxima of |x| (``_partial_amax_kernel``) and the global scale is derived here
     # (programs run in reverse order then, to meet the amax pass's last tiles in L2).
@@ -140,6 +149,9 @@ def _quant_kernel(xp_ptr, stride_pm, q_ptr, sf_ptr, gs_ptr, gs_out_ptr, wgs_ptr,
     # and scales are computed once per element and once per block (no broadcast copies).
     HALF: tl.constexpr = BLOCK // 2
     NBLK: tl.constexpr = BM * BC
+    if USE_GDC:  # launched with PDL: wait before reading x or the partial maxima, or writing
+        tl.extra.cuda.gdc_wait()
+        tl.extra.cuda.gdc_launch_dependents()
     pid = tl.program_id(0)
     if GS_MODE == 2:
         pid = tl.num_programs(0) - 1 - pid
@@ -283,13 +295,14 @@ def _plan(x: torch.Tensor, fmt: Fp4Format, layout: SfLayout, global_scale: torch
     else:
         q, sf, scratch = buffers
     alpha = scratch[1:2] if want_alpha else None
+    gdc = x.is_cuda and pdl.enabled(x.device.index)
     launches = []
     if auto:
         gs_out = scratch[:1]
         gs_in = scratch[4:4 + npart]  # the partial maxima
         if npart:
             launches.append((_fast_amax, npart, (x, x.stride(0), rows, k, gs_in, tiles_k, tiles),
-                             dict(BM=abm, BK=abk, num_warps=4)))
+                             dict(BM=abm, BK=abk, USE_GDC=gdc, num_warps=4, launch_pdl=gdc)))
         mode = 2
     elif nv:
         gs_in = gs_out = global_scale.reshape(1).to(torch.float32)
@@ -305,7 +318,8 @@ def _plan(x: torch.Tensor, fmt: Fp4Format, layout: SfLayout, global_scale: torch
                           weight_global_scale if want_alpha else gs_out, alpha if want_alpha else gs_out,
                           max(npart, 1), rows, k // 2, nb, prow, pcol, progs_c),
                          dict(IN_KIND=in_kind, IS_NV=nv, BLOCK=block, LAYOUT=_LAYOUT_ID[layout], GS_MODE=mode,
-                              ALPHA=want_alpha, PART=_pow2(npart), BM=bm, BC=bc, num_warps=warps)))
+                              ALPHA=want_alpha, PART=_pow2(npart), BM=bm, BC=bc, USE_GDC=gdc, num_warps=warps,
+                              launch_pdl=gdc)))
     return launches, (q, sf, gs_out, alpha)
 
 
@@ -355,7 +369,7 @@ class ActivationQuantizer:
 
     def __init__(self, fmt: Fp4Format, layout: SfLayout, config: tuple[int, int, int] | None = None):
         self.fmt, self.layout, self.config = fmt, layout, config
-        # (shape, stride, dtype, device, stream, static scale?, alpha?) of the bound launches
+        # (shape, stride, dtype, device, stream, static scale?, alpha?, PDL?) of the bound launches
         self._bound: tuple | None = None
         self._launches: list = []  # (CompiledLaunch, programs, template args, slots)
         self._outputs: tuple | None = None
@@ -418,7 +432,7 @@ class ActivationQuantizer:
             return self._generic(x, gs, wgs)
         device = x.device.index
         stream = torch._C._cuda_getCurrentRawStream(device)
-        key = (x.shape, x.stride(), x.dtype, device, stream, gs is None, wgs is None)
+        key = (x.shape, x.stride(), x.dtype, device, stream, gs is None, wgs is None, pdl.enabled(device))
         if self._bound is None:
             if x.stride(1) != 1 or x.stride(0) % 2:  # the kernels would read a temporary copy
                 return self._generic(x, gs, wgs)

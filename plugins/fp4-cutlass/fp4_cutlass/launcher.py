@@ -2,7 +2,8 @@
 
 The SM90 library has one launch entry point, ``fp4c_sm90_gemm(const Params*, stream)``: the
 activation pre-pass, the GEMM and (for split-K) the reduction, all on the given stream with
-raw device pointers, so nothing here touches torch's C++ ABI.
+raw device pointers, so nothing here touches torch's C++ ABI. Every launch passes
+``fp4core.kit.pdl.enabled`` (programmatic dependent launch, SM90+) in ``Params.pdl``.
 """
 
 from __future__ import annotations
@@ -14,12 +15,12 @@ from pathlib import Path
 import torch
 
 from fp4core import kit
-from fp4core.kit import jit
+from fp4core.kit import jit, pdl
 
 CSRC = Path(__file__).parent / "csrc"
 SM90_SOURCE = CSRC / "fp4_sm90_gemm.cu"
 SM90_LIB = "fp4_cutlass_sm90"
-ABI_VERSION = 4  # 4: Params.a_plain (weight-only calls)
+ABI_VERSION = 5  # 4: Params.a_plain (weight-only calls); 5: Params.pdl
 #: K values per pipeline stage; the pre-pass pads A's K to a multiple of it.
 BK = 128
 #: Activation rows per CTA (wgmma N) and weight rows per CTA the library is compiled for.
@@ -42,7 +43,7 @@ class Params(ctypes.Structure):
     _fields_ = [(name, ctypes.c_void_p) for name in
                 ("a", "a_sf", "b", "b_sf", "alpha", "out", "act", "partial")] + \
                [(name, ctypes.c_int) for name in
-                ("m", "n", "k", "a_sf_8x4", "out_fp16", "mx", "splits", "tm", "bn", "cluster", "deep", "a_plain")]
+                ("m", "n", "k", "a_sf_8x4", "out_fp16", "mx", "splits", "tm", "bn", "cluster", "deep", "a_plain", "pdl")]
 
 
 def include_dirs() -> list[Path]:
@@ -123,6 +124,7 @@ def bind(*, b: torch.Tensor, b_sf: torch.Tensor, m: int, n: int, k: int, mx: boo
     p = Params(None, None, b.data_ptr(), b_sf.data_ptr(), None, None, act, part or None,
                m, n, k, int(a_sf_8x4), int(out_fp16), int(mx), splits, tm, bn, cluster, int(deep), int(plain))
     ref, fn, raw_stream, current = ctypes.byref(p), lib.fp4c_sm90_gemm, kit.raw_stream, torch.cuda.current_device
+    pdl_on = pdl.enabled
     what = _what(m, n, k, tm, bn, splits, cluster, deep)
 
     def launch_bound(a, a_sf, alpha, out):
@@ -136,6 +138,7 @@ def bind(*, b: torch.Tensor, b_sf: torch.Tensor, m: int, n: int, k: int, mx: boo
             p.a_sf = a_sf.data_ptr()
         p.a, p.out = a.data_ptr(), out.data_ptr()
         p.alpha = alpha.data_ptr() if alpha is not None else None
+        p.pdl = pdl_on(index)
         if index == current():
             err = fn(ref, raw_stream(index))
         else:  # the runtime launches on the current device: make it the weight's
@@ -176,7 +179,7 @@ def launch(*, a: torch.Tensor, a_sf: torch.Tensor | None, b: torch.Tensor, b_sf:
     p = Params(a.data_ptr(), None if plain else a_sf.data_ptr(), b.data_ptr(), b_sf.data_ptr(),
                alpha.data_ptr() if alpha is not None else None, out.data_ptr(), act, part or None,
                m, n, k, int(a_sf_8x4), int(out.dtype == torch.float16), int(mx), splits, tm, bn, cluster,
-               int(deep), int(plain))
+               int(deep), int(plain), int(pdl.enabled(index)))
     if index == torch.cuda.current_device():
         err = lib.fp4c_sm90_gemm(ctypes.byref(p), kit.raw_stream(index))
     else:  # the runtime launches on the current device: make it out's device

@@ -9,7 +9,7 @@ import torch
 import fp4core
 from fp4core.formats.reference import TOLERANCE, reference_mm, relative_error
 from fp4core.dispatch.synthetic import random_operands
-from fp4core.testing import check_backend, run_repeatedly
+from fp4core.testing import check_back_to_back, check_backend, quantize_weight, run_repeatedly
 
 from fp4_cutlass import launcher
 from fp4_cutlass.plugin import CutlassBackend, CutlassTactic
@@ -134,3 +134,52 @@ def test_bound_launcher_matches_run_on_fresh_inputs(m, tac, weight_only):
         wide = torch.zeros(m, 2 * 1088, dtype=torch.bfloat16, device="cuda")[:, ::2]
         with pytest.raises(ValueError, match="contiguous bfloat16"):
             launch(wide, None, first.alpha, got)
+
+
+# ---- programmatic dependent launch: back-to-back launches, eager without PDL vs graph with it --
+PDL_EXTRA = [CutlassTactic(tm=16, bn=128, split_k=3, cluster=1), CutlassTactic(tm=64, bn=64, split_k=1, cluster=2),
+             CutlassTactic(tm=128, bn=128, split_k=2, cluster=1, deep=1)]
+
+
+@pytest.mark.parametrize("m", [16, 130])
+def test_pdl_w4a4_back_to_back_is_bit_identical(m):
+    """Four calls on different activations into their own outputs, then two into one shared
+    output (write after write); they share the pre-pass buffer and the split-K partials, which
+    a call launched with PDL may touch only after waiting for the call before it."""
+    be = CutlassBackend()
+    problem = _problem(m, 1024, 2048)
+    gen = torch.Generator(device="cuda").manual_seed(60 + m)
+    ops = [random_operands(problem, device="cuda", generator=gen) for _ in range(4)]
+    for o in ops[1:]:
+        o.b.copy_(ops[0].b)
+        o.b_scale.copy_(ops[0].b_scale)
+    outs = [torch.empty(m, 1024, dtype=torch.bfloat16, device="cuda") for _ in range(5)]
+    for tac in be.tactics(problem) + PDL_EXTRA:
+        calls = [lambda i=i: be.run(problem, ops[i], tac, outs[i]) for i in range(4)]
+        calls += [lambda: be.run(problem, ops[0], tac, outs[4]), lambda: be.run(problem, ops[1], tac, outs[4])]
+        for c in calls:
+            c()
+        check_back_to_back(calls, outs, label=f"m={m} {tac}")
+
+
+@pytest.mark.parametrize("nv", [True, False], ids=["nvfp4", "mxfp4"])
+@pytest.mark.parametrize("m", [1, 130])
+def test_pdl_w4a16_chain_is_bit_identical(m, nv):
+    """Four weight-only layers, each reading the previous one's output (N = K, weights scaled
+    so values stay O(1)), bound launchers as Fp4Linear uses them."""
+    be = CutlassBackend()
+    n = k = 1024
+    problem = fp4core.make_problem(m, n, k, use_nvfp4=nv, device="cuda", act_dtype=torch.bfloat16)
+    g = torch.Generator(device="cuda").manual_seed(70 + m + nv)
+    b, bsf, alpha = quantize_weight(torch.randn(n, k, device="cuda", generator=g) / k ** 0.5, nv)
+    ys = [torch.randn(m, k, device="cuda", generator=g).to(torch.bfloat16)] + \
+         [torch.empty(m, n, dtype=torch.bfloat16, device="cuda") for _ in range(4)]
+    weight = fp4core.Operands(None, None, b, bsf)
+    for tac in be.tactics(problem) + PDL_EXTRA[:1]:
+        launch = be.bind(problem, weight, tac)
+        calls = [lambda i=i: launch(ys[i], None, alpha, ys[i + 1]) for i in range(4)]
+        for c in calls:
+            c()
+        torch.cuda.synchronize()
+        assert torch.isfinite(ys[4]).all(), "the chain overflowed: the check needs finite values"
+        check_back_to_back(calls, ys[1:], label=f"m={m} {tac}")

@@ -7,6 +7,9 @@ CTAs fit on one SM, ``fp4_trtllm_splitk(const Fp4SplitKParams*, mx, t, nt, ring,
 the split-K kernel (register pipeline, or a shared-memory cp.async ring) (the first kernel of this plugin, kept as a tactic
 family: it is the faster one for some decode shapes).
 
+Every launch asks ``fp4core.kit.pdl.enabled`` whether to use programmatic dependent launch
+(SM90+; the kernels prefetch or wait as ``fp4core/pdl.cuh`` says) and passes it in the params.
+
 The kernel is a persistent stream-K grid: the work (activation block, group of W*T weight
 tiles, 64-wide K chunk) is cut into ``grid`` equal contiguous ranges, one per CTA, with grid =
 SMs x CTAs per SM (at most the number of units).
@@ -22,14 +25,14 @@ from pathlib import Path
 import torch
 
 from fp4core import kit
-from fp4core.kit import jit
+from fp4core.kit import jit, pdl
 
 SOURCE = Path(__file__).parent / "csrc" / "fp4_gemv.cu"
 #: Both kernels, linked into one library: stream-K (fp4_gemv.cu) and split-K (fp4_splitk.cu).
 SOURCES = (SOURCE, Path(__file__).parent / "csrc" / "fp4_splitk.cu")
 LIB_NAME = "fp4_trtllm_gemv"
-ABI_VERSION = 7  # 4: NVFP4 weights word-encoded (wordcode.py); 5: tiles in groups of 16; 6: W4A16 entry;
-# 7: weight-only NVFP4 weights in the bf16 word code
+ABI_VERSION = 8  # 4: NVFP4 weights word-encoded (wordcode.py); 5: tiles in groups of 16; 6: W4A16 entry;
+# 7: weight-only NVFP4 weights in the bf16 word code; 8: the params' pdl field
 #: The W4A16 kernels' activation codes (fp4_trtllm_splitk_w16's ``act``), by torch dtype.
 ACT_CODES = {torch.bfloat16: 1, torch.float16: 2}
 #: nvcc flags of the library (the build hook and ``library`` must agree: same JIT cache key).
@@ -44,7 +47,7 @@ class _Params(ctypes.Structure):
                 ("a", "a_sf", "b", "b_sf", "alpha", "out", "ws", "counters")] + \
                [(name, ctypes.c_int) for name in
                 ("m", "n", "k", "a_sf_8x4", "a_sf_col_tiles", "out_fp16", "warps", "m_tiles",
-                 "groups", "mblocks")]
+                 "groups", "mblocks", "pdl")]
 
 
 class _SplitKParams(ctypes.Structure):
@@ -52,7 +55,8 @@ class _SplitKParams(ctypes.Structure):
     _fields_ = [(name, ctypes.c_void_p) for name in
                 ("a", "a_sf", "b", "b_sf", "alpha", "out", "ws", "counters")] + \
                [(name, ctypes.c_int) for name in
-                ("m", "n", "k", "a_sf_8x4", "a_sf_col_tiles", "out_fp16", "splits", "warps", "m_tiles")]
+                ("m", "n", "k", "a_sf_8x4", "a_sf_col_tiles", "out_fp16", "splits", "warps", "m_tiles",
+                 "pdl")]
 
 
 # the nvcc target of a device (kept here by name: tests and the build hook use it)
@@ -179,7 +183,7 @@ def launch(*, a: torch.Tensor, a_sf: torch.Tensor, w: torch.Tensor, w_sf: torch.
     p = _Params(a.data_ptr(), a_sf.data_ptr(), w.data_ptr(), w_sf.data_ptr(),
                 alpha.data_ptr() if alpha is not None else None, out.data_ptr(), ws, cnt,
                 m, n, k, int(a_sf_8x4), a_sf_cols // 4, int(out.dtype == torch.float16),
-                warps, (n + 15) // 16, groups, mblocks)
+                warps, (n + 15) // 16, groups, mblocks, int(pdl.enabled(index)))
     err = lib.fp4_trtllm_gemv(ctypes.byref(p), int(mx), t, nt, grid, kit.raw_stream(index))
     if err != 0:
         raise launch_error(lib, err, "kernel",
@@ -220,7 +224,7 @@ def launch_splitk(*, a: torch.Tensor, a_sf: torch.Tensor | None, w: torch.Tensor
     p = _SplitKParams(a.data_ptr(), a_sf.data_ptr() if a_sf is not None else None, w.data_ptr(), w_sf.data_ptr(),
                       alpha.data_ptr() if alpha is not None else None, out.data_ptr(), ws, cnt,
                       m, n, k, int(a_sf_8x4), a_sf_cols // 4, int(out.dtype == torch.float16),
-                      splits, warps, m_tiles)
+                      splits, warps, m_tiles, int(pdl.enabled(index)))
     if act:
         err = lib.fp4_trtllm_splitk_w16(ctypes.byref(p), int(mx), act, t, nt, kit.raw_stream(index))
     else:
@@ -241,7 +245,7 @@ def bind(*, w: torch.Tensor, w_sf: torch.Tensor, m: int, n: int, k: int, mx: boo
     ``launch_splitk`` (weight-only calls: split-K ring only, ``a_sf`` None)."""
     index = device.index if device.index is not None else torch.cuda.current_device()
     lib = _device_lib(index)
-    raw_stream = kit.raw_stream  # a local: the closures below run per call
+    raw_stream, pdl_on = kit.raw_stream, pdl.enabled  # locals: the closures below run per call
     if splitk:
         nt = nt_for(m)
         ws = cnt = None
@@ -260,6 +264,7 @@ def bind(*, w: torch.Tensor, w_sf: torch.Tensor, m: int, n: int, k: int, mx: boo
                 if p.a % 16:
                     _check_alignment_w16(p.a)
                 p.alpha = alpha.data_ptr() if alpha is not None else None
+                p.pdl = pdl_on(index)
                 err = fn16(ref, mode, act, t, nt, raw_stream(index))
                 if err:
                     raise launch_error(lib, err, "W4A16 kernel", what)
@@ -270,6 +275,7 @@ def bind(*, w: torch.Tensor, w_sf: torch.Tensor, m: int, n: int, k: int, mx: boo
             if p.a % 8:
                 _check_alignment(p.a, p.a_sf, False)
             p.alpha = alpha.data_ptr() if alpha is not None else None
+            p.pdl = pdl_on(index)
             err = fn(ref, mode, t, nt, int(ring and p.a_sf % 4 == 0), raw_stream(index))
             if err:
                 raise launch_error(lib, err, "kernel", what)
@@ -286,6 +292,7 @@ def bind(*, w: torch.Tensor, w_sf: torch.Tensor, m: int, n: int, k: int, mx: boo
         if p.a % 8 or p.a_sf % 4:
             _check_alignment(p.a, p.a_sf, True)
         p.alpha = alpha.data_ptr() if alpha is not None else None
+        p.pdl = pdl_on(index)
         err = fn(ref, mode, t, nt, grid, raw_stream(index))
         if err:
             raise launch_error(lib, err, "kernel", what)

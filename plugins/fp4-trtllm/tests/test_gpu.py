@@ -10,7 +10,7 @@ import torch
 import fp4core
 from fp4core.formats.reference import TOLERANCE, reference_mm, relative_error
 from fp4core.dispatch.synthetic import random_operands
-from fp4core.testing import quantize_weight, run_repeatedly
+from fp4core.testing import check_back_to_back, quantize_weight, run_repeatedly
 
 from fp4_trtllm.layout import unshuffle_flashinfer  # noqa: F401  (FlashInfer path below)
 from fp4_trtllm import prepare_flashinfer_shuffled
@@ -277,3 +277,53 @@ def test_w4a16_deterministic_and_graph_replay():
     graph.replay()
     torch.cuda.synchronize()
     assert relative_error(out, reference_mm(problem, src)) <= 5e-3
+
+
+# ---- programmatic dependent launch: back-to-back launches, eager without PDL vs graph with it --
+PDL_TACTICS_EXTRA = [TrtllmTactic("streamk", t=1, warps=8, ctas=1), TrtllmTactic("streamk", t=2, warps=4, ctas=0),
+                     TrtllmTactic("splitk", t=2, warps=4, split_k=4, ring=0),
+                     TrtllmTactic("splitk", t=4, warps=4, split_k=8, ring=1)]
+
+
+@pytest.mark.parametrize("m", [1, 16])
+def test_pdl_w4a4_back_to_back_is_bit_identical(m):
+    """Four calls on different activations, each into its own output and then two into one
+    shared output (write after write), sharing the split-K workspace and counters: with PDL a
+    call may start while the previous one drains, and must still wait before touching them."""
+    be = TrtllmBackend()
+    problem = _problem(m, 2048, 4096)
+    gen = torch.Generator(device="cuda").manual_seed(40 + m)
+    src = [random_operands(problem, device="cuda", generator=gen) for _ in range(4)]
+    w = be.prepare(problem.with_m(None), fp4core.Operands(None, None, src[0].b, src[0].b_scale))
+    ops = [w.with_activation(o.a, o.a_scale, src[0].alpha) for o in src]
+    outs = [torch.empty(m, 2048, dtype=torch.bfloat16, device="cuda") for _ in range(5)]
+    for tactic in be.tactics(problem) + PDL_TACTICS_EXTRA:
+        calls = [lambda i=i: be.run(problem, ops[i], tactic, outs[i]) for i in range(4)]
+        calls += [lambda: be.run(problem, ops[0], tactic, outs[4]), lambda: be.run(problem, ops[1], tactic, outs[4])]
+        for c in calls:  # warm-up: library, workspace
+            c()
+        check_back_to_back(calls, outs, label=f"m={m} {tactic}")
+
+
+@pytest.mark.parametrize("nv,act", W16_KINDS, ids=["nvfp4-bf16", "nvfp4-fp16", "mxfp4-bf16"])
+@pytest.mark.parametrize("m", [1, 16])
+def test_pdl_w4a16_chain_is_bit_identical(m, nv, act):
+    """A chain of four weight-only layers, each reading the previous one's output (N = K, the
+    weight scaled so values stay O(1)): with PDL each kernel may start while the one before
+    drains and must wait before reading its activations or writing its output."""
+    be = TrtllmBackend()
+    n = k = 2048
+    problem = _w16_problem(m, n, k, nv, act)
+    g = torch.Generator(device="cuda").manual_seed(50 + m + nv)
+    b, bsf, alpha = quantize_weight(torch.randn(n, k, device="cuda", generator=g) / k ** 0.5, nv)
+    w = be.prepare(problem.with_m(None), fp4core.Operands(None, None, b, bsf, alpha))
+    ys = [torch.randn(m, k, device="cuda", generator=g).to(act)] + \
+         [torch.empty(m, n, dtype=act, device="cuda") for _ in range(4)]
+    ops = [w.with_activation(ys[i], None, alpha) for i in range(4)]
+    for tactic in be.tactics(problem):
+        calls = [lambda i=i: be.run(problem, ops[i], tactic, ys[i + 1]) for i in range(4)]
+        for c in calls:
+            c()
+        torch.cuda.synchronize()
+        assert torch.isfinite(ys[4]).all(), "the chain overflowed: the check needs finite values"
+        check_back_to_back(calls, ys[1:], label=f"m={m} {tactic}")

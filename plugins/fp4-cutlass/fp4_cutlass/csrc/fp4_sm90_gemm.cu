@@ -19,6 +19,11 @@
 //  * Epilogue: alpha (device pointer, graph safe), the NVFP4 2^64 range compensation, cast to
 //    bf16/fp16; with split-K the fp32 partials go to a workspace and a reduce kernel finishes.
 //
+//  * Programmatic dependent launch (Params.pdl; fp4core/pdl.cuh): each kernel waits for the
+//    kernel ahead of it before touching anything another kernel writes. The GEMM's producer
+//    first starts the weight and scale copies of its first stages (the prepared weight is not
+//    written between calls), so they overlap the pre-pass's tail.
+//
 // Built through fp4core.jit for sm_90a only. Entry point: fp4c_sm90_gemm (see bottom).
 
 #include <cuda.h>
@@ -37,6 +42,8 @@
 #include <cute/arch/mma_sm90_gmma.hpp>
 #include <cutlass/arch/barrier.h>
 #include <cutlass/arch/reg_reconfig.h>
+
+#include "fp4core/pdl.cuh"
 
 namespace fp4c {
 
@@ -64,6 +71,7 @@ struct Params {
   int cluster;            // CTAs per cluster along N sharing (multicasting) the activation tile
   int deep;               // 1: two wgmma batches in flight per warpgroup (3 fragment buffers; TM <= 128)
   int a_plain;            // 1: a is (m, k) bf16 row-major (weight-only call), a_sf unused
+  int pdl;                // launch every kernel with programmatic dependent launch
 };
 
 __host__ __device__ constexpr int kp_of(int k) { return (k + kBK - 1) / kBK * kBK; }
@@ -164,6 +172,8 @@ __device__ __forceinline__ int sf_offset(int r, int c, int pcol_tiles, bool is8x
 // ---------------------------------------------------------------------------------------
 template <bool MX>
 __global__ void __launch_bounds__(256) act_dequant_kernel(Params p) {
+  fp4core::pdl_wait();  // the GEMM of the previous call may still read p.act
+  fp4core::pdl_launch_dependents();
   const int chunks = kp_of(p.k) / kBK;
   const long idx = (long)blockIdx.x * blockDim.x + threadIdx.x;
   if (idx >= (long)p.m * chunks * 16) return;
@@ -206,6 +216,8 @@ __global__ void __launch_bounds__(256) act_dequant_kernel(Params p) {
 // Output segment g = 2s + p of chunk c, word q holds physical K 32q + 8(s/2) + 2(s%2) + p
 // (low half) and that + 4 (high half), as act_dequant_kernel writes them; zeros past K.
 __global__ void __launch_bounds__(256) act_permute_kernel(Params p) {
+  fp4core::pdl_wait();  // the GEMM of the previous call may still read p.act
+  fp4core::pdl_launch_dependents();
   const int chunks = kp_of(p.k) / kBK;
   const long idx = (long)blockIdx.x * blockDim.x + threadIdx.x;
   if (idx >= (long)p.m * chunks * 16) return;
@@ -359,14 +371,39 @@ fp4_gemm_kernel(const __grid_constant__ CUtensorMap tm_act, const __grid_constan
   if (wg == 0) {
     cutlass::arch::warpgroup_reg_dealloc<40>();
     if (threadIdx.x == 0) {
+      // Scale bytes of chunk c: NVFP4 chunks take two 128x4 tiles (one at an odd end of K);
+      // a cluster-padding CTA past N reads nothing.
+      auto sf_bytes_of = [&](int c) {
+        return !sf_rows_exist ? 0 : MX ? kSfTile : (2 * c + 1 < sf_tiles ? 2 * kSfTile : kSfTile);
+      };
+      auto expect = [&](int it) {
+        cutlass::arch::ClusterTransactionBarrier::arrive_and_expect_tx(&full[it % ST],
+                                                                       S::kAct + S::kW + sf_bytes_of(c_begin + it));
+      };
+      // The weight and scale copies of one stage.
+      auto load_weight = [&](int it) {
+        const int st = it % ST;
+        const int c = c_begin + it;
+        uint8_t* stage = smem + st * S::kStage;
+        cute::SM90_TMA_LOAD_2D::copy(&tm_w, &full[st], 0, stage + S::kAct, c * kBKBytes, n0);
+        if (const int sf_bytes = sf_bytes_of(c)) {
+          const uint8_t* sf_src = p.b_sf + ((size_t)(n0 / 128) * sf_tiles + (MX ? c : 2 * c)) * kSfTile;
+          cute::SM90_BULK_COPY_G2S::copy(sf_src, &full[st], stage + S::kAct + S::kW, sf_bytes);
+        }
+      };
+      // The first stages' weights before waiting for the kernel ahead (PDL): nothing writes them.
+      const int pre = iters < ST ? iters : ST;
+      for (int it = 0; it < pre; ++it) {
+        expect(it);
+        load_weight(it);
+      }
+      fp4core::pdl_wait();
       for (int it = 0; it < iters; ++it) {
         const int st = it % ST;
         if (it >= ST) cutlass::arch::ClusterBarrier::wait(&empty[st], ((it / ST) - 1) & 1);
         const int c = c_begin + it;
         uint8_t* stage = smem + st * S::kStage;
-        int sf_bytes = MX ? kSfTile : (2 * c + 1 < sf_tiles ? 2 * kSfTile : kSfTile);
-        if (!sf_rows_exist) sf_bytes = 0;  // a cluster-padding CTA past N: nothing to read
-        cutlass::arch::ClusterTransactionBarrier::arrive_and_expect_tx(&full[st], S::kAct + S::kW + sf_bytes);
+        if (it >= pre) expect(it);
         if constexpr (CL == 1) {
           cute::SM90_TMA_LOAD_2D::copy(&tm_act, &full[st], 0, stage, c * kBK, m0);
           cute::SM90_TMA_LOAD_2D::copy(&tm_act, &full[st], 0, stage + TM * 128, c * kBK + 64, m0);
@@ -379,15 +416,16 @@ fp4_gemm_kernel(const __grid_constant__ CUtensorMap tm_act, const __grid_constan
                                                  stage + TM * 128 + rank * kSlice * 128, c * kBK + 64,
                                                  m0 + rank * kSlice);
         }
-        cute::SM90_TMA_LOAD_2D::copy(&tm_w, &full[st], 0, stage + S::kAct, c * kBKBytes, n0);
-        if (sf_bytes) {
-          const uint8_t* sf_src = p.b_sf + ((size_t)(n0 / 128) * sf_tiles + (MX ? c : 2 * c)) * kSfTile;
-          cute::SM90_BULK_COPY_G2S::copy(sf_src, &full[st], stage + S::kAct + S::kW, sf_bytes);
-        }
+        if (it >= pre) load_weight(it);
       }
+    } else {
+      fp4core::pdl_wait();
     }
+    fp4core::pdl_launch_dependents();
   } else {
     cutlass::arch::warpgroup_reg_alloc<232>();
+    fp4core::pdl_wait();  // before the epilogue's reads (alpha) and writes (out, partial)
+    fp4core::pdl_launch_dependents();
     const int cw = wg - 1;                 // consumer index 0/1
     const int warp = (threadIdx.x / 32) % 4;
     const int lane = threadIdx.x % 32;
@@ -554,6 +592,8 @@ fp4_gemm_kernel(const __grid_constant__ CUtensorMap tm_act, const __grid_constan
 
 // Split-K finish: out = cast(alpha * shift * sum_z partial[z]).
 __global__ void __launch_bounds__(256) splitk_reduce_kernel(Params p) {
+  fp4core::pdl_wait();
+  fp4core::pdl_launch_dependents();
   const size_t total = (size_t)p.m * p.n;
   const size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
   if (i >= total) return;
@@ -621,25 +661,8 @@ static cudaError_t launch_gemm(const Params& p, cudaStream_t stream) {
     return cudaErrorInvalidValue;
   const int gx = ((p.n + BN - 1) / BN + CL - 1) / CL * CL;  // whole clusters; extra CTAs store nothing
   dim3 grid(gx, (p.m + TM - 1) / TM, p.splits);
-  if constexpr (CL == 1) {
-    fp4_gemm_kernel<TM, BN, MX, 1, DEEP><<<grid, kThreads, S::kBytes, stream>>>(tm_act, tm_w, p);
-  } else {
-    cudaLaunchConfig_t cfg = {};
-    cfg.gridDim = grid;
-    cfg.blockDim = dim3(kThreads);
-    cfg.dynamicSmemBytes = S::kBytes;
-    cfg.stream = stream;
-    cudaLaunchAttribute attr[1];
-    attr[0].id = cudaLaunchAttributeClusterDimension;
-    attr[0].val.clusterDim.x = CL;
-    attr[0].val.clusterDim.y = 1;
-    attr[0].val.clusterDim.z = 1;
-    cfg.attrs = attr;
-    cfg.numAttrs = 1;
-    cudaError_t e = cudaLaunchKernelEx(&cfg, fp4_gemm_kernel<TM, BN, MX, CL, DEEP>, tm_act, tm_w, p);
-    if (e != cudaSuccess) return e;
-  }
-  return cudaGetLastError();
+  return fp4core::launch_pdl(fp4_gemm_kernel<TM, BN, MX, CL, DEEP>, grid, dim3(kThreads), S::kBytes, stream,
+                             p.pdl != 0, (unsigned)CL, tm_act, tm_w, p);
 }
 
 template <int BN, bool MX, int CL>
@@ -670,7 +693,7 @@ static cudaError_t dispatch_cl(const Params& p, cudaStream_t s) {
 
 extern "C" {
 
-int fp4c_abi_version() { return 4; }
+int fp4c_abi_version() { return 5; }
 
 int fp4c_params_size() { return (int)sizeof(fp4c::Params); }
 
@@ -697,18 +720,17 @@ int fp4c_sm90_gemm(const fp4c::Params* pp, cudaStream_t stream) {
   const int chunks = fp4c::kp_of(p.k) / fp4c::kBK;
   const long threads = (long)p.m * chunks * 16;
   const int blocks = (int)((threads + 255) / 256);
-  if (p.a_plain) fp4c::act_permute_kernel<<<blocks, 256, 0, stream>>>(p);
-  else if (p.mx) fp4c::act_dequant_kernel<true><<<blocks, 256, 0, stream>>>(p);
-  else fp4c::act_dequant_kernel<false><<<blocks, 256, 0, stream>>>(p);
-  cudaError_t e = cudaGetLastError();
+  const bool pdl = p.pdl != 0;
+  cudaError_t e = p.a_plain ? fp4core::launch_pdl(fp4c::act_permute_kernel, blocks, 256, 0, stream, pdl, 1u, p)
+                  : p.mx    ? fp4core::launch_pdl(fp4c::act_dequant_kernel<true>, blocks, 256, 0, stream, pdl, 1u, p)
+                            : fp4core::launch_pdl(fp4c::act_dequant_kernel<false>, blocks, 256, 0, stream, pdl, 1u, p);
   if (e != cudaSuccess) return e;
   if (p.bn == 128) e = p.mx ? fp4c::dispatch_cl<128, true>(p, stream) : fp4c::dispatch_cl<128, false>(p, stream);
   else e = p.mx ? fp4c::dispatch_cl<64, true>(p, stream) : fp4c::dispatch_cl<64, false>(p, stream);
   if (e != cudaSuccess) return e;
   if (p.splits > 1) {
     const size_t total = (size_t)p.m * p.n;
-    fp4c::splitk_reduce_kernel<<<(unsigned)((total + 255) / 256), 256, 0, stream>>>(p);
-    e = cudaGetLastError();
+    e = fp4core::launch_pdl(fp4c::splitk_reduce_kernel, (unsigned)((total + 255) / 256), 256, 0, stream, pdl, 1u, p);
   }
   return e;
 }

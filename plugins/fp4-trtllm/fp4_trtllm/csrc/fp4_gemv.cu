@@ -54,10 +54,12 @@ struct Fp4GemvParams {
     int m_tiles;           // ceil(N / 16): tiles of weight rows
     int groups;            // ceil(m_tiles / (W * T))
     int mblocks;           // ceil(M / (8 * NT))
+    int pdl;               // host side: launch with programmatic dependent launch (SM90+)
 };
 }
 
 #include "fp4_decode.cuh"
+#include "fp4core/pdl.cuh"
 
 namespace {
 
@@ -395,6 +397,9 @@ __global__ void __launch_bounds__(256, (T * NT <= 4) ? 2 : 1) fp4_sk_kernel(cons
     };
 
     const int nst = (u_end - u_begin + D - 1) / D;
+    // PDL (fp4core/pdl.cuh): every read (A, scales, workspace, counters) comes after this.
+    fp4core::pdl_wait();
+    fp4core::pdl_launch_dependents();
 #pragma unroll 1
     for (int k = 0; k < STAGES - 1; ++k) issue(k);
     zero_acc();
@@ -447,8 +452,8 @@ cudaError_t launch(const Fp4GemvParams& p, int grid, cudaStream_t stream) {
         }
         attr_done = true;
     }
-    fp4_sk_kernel<MX, T, NT><<<grid, 32 * p.warps, smem, stream>>>(p);
-    return cudaGetLastError();
+    return fp4core::launch_pdl(fp4_sk_kernel<MX, T, NT>, dim3(grid), dim3(32 * p.warps), smem, stream,
+                               p.pdl != 0, 1u, p);
 }
 
 template <bool MX, int T, int NT>
@@ -538,5 +543,5 @@ const char* fp4_trtllm_error_string(int code) {
     return cudaGetErrorString(static_cast<cudaError_t>(code));
 }
 
-int fp4_trtllm_abi_version(void) { return 7; }
+int fp4_trtllm_abi_version(void) { return 8; }
 }

@@ -32,6 +32,11 @@
 // fp16 activations take NVFP4 weights only (E8M0 scales need bf16's range): the bf16 patterns
 // move to fp16 ones (nv_bf16_to_f16, value * 2^-14) and the fp16 path of the W4A4 kernel runs.
 //
+// Programmatic dependent launch (p.pdl, SM90+; fp4core/pdl.cuh): the ring kernels issue the
+// copies of their first RING - 1 weight chunks, then wait for the kernel ahead, then copy the
+// activations; the register pipeline waits before its first load. Nothing another kernel
+// writes (A, its scales, alpha, out, workspace, counters) is touched before the wait.
+//
 // Split-K: gridDim.y CTAs share one tile of rows; each writes its fp32 partial to a
 // workspace, and the last to arrive (an integer counter per tile, reset by that CTA) sums
 // the partials in split order 0..S-1, so the result is bit-identical run to run.
@@ -41,6 +46,7 @@
 #include <stdint.h>
 
 #include "fp4_decode.cuh"
+#include "fp4core/pdl.cuh"
 
 extern "C" {
 // Must match fp4_trtllm/launcher.py (_SplitKParams).
@@ -60,6 +66,7 @@ struct Fp4SplitKParams {
     int splits;            // gridDim.y
     int warps;             // warps per CTA
     int m_tiles;           // ceil(N / 16): tiles of weight rows
+    int pdl;               // host side: launch with programmatic dependent launch (SM90+)
 };
 }
 
@@ -312,7 +319,8 @@ fp4_splitk_kernel(const Fp4SplitKParams p) {
         for (int i = 0; i < T; ++i)
             sfb[i] = reinterpret_cast<const uint8_t*>(sp[i] - (MX ? lane >> 1 : lane));
         constexpr int kSfLanes = R::kWsf / 16;
-        auto issue = [&](uint8_t* slot, int c) {
+        // The weight's part of a chunk (read-only between calls: may precede pdl_wait).
+        auto issue_w = [&](uint8_t* slot) {
 #pragma unroll
             for (int i = 0; i < T; ++i) {
                 cp_async16(slot + R::kW + i * 512 + lane * 16, wp[i]);
@@ -320,6 +328,9 @@ fp4_splitk_kernel(const Fp4SplitKParams p) {
                 wp[i] += kTileGroup * 32;
                 sfb[i] += kTileGroup * R::kWsf;
             }
+        };
+        // The activations' part (after pdl_wait).
+        auto issue_a = [&](uint8_t* slot, int c) {
             if constexpr (ACT > 0) {
                 // Rows past M are zero-filled without reading (at M = 1, 7 of a warp's 8 rows).
 #pragma unroll
@@ -339,6 +350,10 @@ fp4_splitk_kernel(const Fp4SplitKParams p) {
                 }
                 sf_off += MX ? ((c & 1) ? tile_bytes - 2 : 2) : tile_bytes;
             }
+        };
+        auto issue = [&](uint8_t* slot, int c) {
+            issue_w(slot);
+            issue_a(slot, c);
         };
         auto read = [&](const uint8_t* slot, int c, Stage<T, NT>& st) {
 #pragma unroll
@@ -361,9 +376,16 @@ fp4_splitk_kernel(const Fp4SplitKParams p) {
                 }
             }
         };
+        // The first RING - 1 weight chunks join group 0 (with chunk 0's activations), so the
+        // wait for chunk c (group c) still covers chunk c's weight.
+#pragma unroll
+        for (int s = 0; s < RING - 1; ++s)
+            if (c_begin + s < c_end) issue_w(ring + s * R::kBytes);
+        fp4core::pdl_wait();
+        fp4core::pdl_launch_dependents();
 #pragma unroll
         for (int s = 0; s < RING - 1; ++s) {
-            if (c_begin + s < c_end) issue(ring + s * R::kBytes, c_begin + s);
+            if (c_begin + s < c_end) issue_a(ring + s * R::kBytes, c_begin + s);
             cp_async_commit();  // one group per chunk, empty past the end: the wait count stays fixed
         }
         int slot = 0;
@@ -383,6 +405,8 @@ fp4_splitk_kernel(const Fp4SplitKParams p) {
         // chunk STAGES ahead right after it is consumed (the other STAGES-1 loads cover the
         // latency).
         Stage<T, NT> stages[STAGES];
+        fp4core::pdl_wait();
+        fp4core::pdl_launch_dependents();
 #pragma unroll
         for (int s = 0; s < STAGES; ++s)
             if (c_begin + s < c_end) load(stages[s], c_begin + s);
@@ -521,8 +545,8 @@ cudaError_t launch(const Fp4SplitKParams& p, cudaStream_t stream) {
         // W4A16 slots are larger: a CTA of many warps may not fit (the plugin offers none such).
         if ((int)smem > limit) return cudaErrorInvalidConfiguration;
     }
-    fp4_splitk_kernel<MX, T, NT, STAGES, RING, ACT><<<grid, 32 * p.warps, smem, stream>>>(p);
-    return cudaGetLastError();
+    return fp4core::launch_pdl(fp4_splitk_kernel<MX, T, NT, STAGES, RING, ACT>, grid, dim3(32 * p.warps), smem,
+                               stream, p.pdl != 0, 1u, p);
 }
 
 template <bool MX, int T, bool RING>

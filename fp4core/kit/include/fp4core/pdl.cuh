@@ -1,0 +1,65 @@
+// Programmatic dependent launch (PDL, SM90+) for fp4core kernels: the device side and a host
+// launch helper. Every fp4core JIT build has this folder on its include path:
+//     #include "fp4core/pdl.cuh"
+//
+// A kernel launched with PDL (launch_pdl(..., pdl = true)) may start while the kernel ahead of
+// it on the stream still runs. Until it calls pdl_wait() it must not read anything another
+// kernel may write (activations, scales, alpha, workspaces, counters) nor write anything
+// (its output may still be read by the kernel ahead). Index math and the prefetch of the
+// prepared weight are fine. pdl_wait() returns once the kernels it depends on have finished
+// and their writes are visible; without PDL (or below SM90) it is a no-op.
+//
+// pdl_launch_dependents() lets the next PDL-launched kernel be scheduled once every CTA of
+// this grid has called it or exited: its CTAs then take SM room that this grid leaves free and
+// wait in their own pdl_wait(), so calling it early costs nothing in correctness.
+#pragma once
+#include <cuda_runtime.h>
+
+#include <utility>
+
+namespace fp4core {
+
+__device__ __forceinline__ void pdl_wait() {
+#if defined(__CUDA_ARCH__) && (__CUDA_ARCH__ >= 900)
+    asm volatile("griddepcontrol.wait;" ::: "memory");
+#endif
+}
+
+__device__ __forceinline__ void pdl_launch_dependents() {
+#if defined(__CUDA_ARCH__) && (__CUDA_ARCH__ >= 900)
+    asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+#endif
+}
+
+// kernel<<<grid, block, smem, stream>>>(args...), with the programmatic-stream-serialization
+// attribute when `pdl` (the caller asks fp4core.kit.pdl.enabled(): SM90+ only) and, when
+// `cluster_x` > 1, thread-block clusters of that many CTAs along x. Returns the launch's
+// cudaError_t.
+template <typename... KArgs, typename... Args>
+cudaError_t launch_pdl(void (*kernel)(KArgs...), dim3 grid, dim3 block, size_t smem, cudaStream_t stream,
+                       bool pdl, unsigned cluster_x, Args&&... args) {
+    cudaLaunchAttribute attr[2];
+    unsigned n = 0;
+    if (pdl) {
+        attr[n].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+        attr[n].val.programmaticStreamSerializationAllowed = 1;
+        ++n;
+    }
+    if (cluster_x > 1) {
+        attr[n].id = cudaLaunchAttributeClusterDimension;
+        attr[n].val.clusterDim.x = cluster_x;
+        attr[n].val.clusterDim.y = 1;
+        attr[n].val.clusterDim.z = 1;
+        ++n;
+    }
+    cudaLaunchConfig_t cfg = {};
+    cfg.gridDim = grid;
+    cfg.blockDim = block;
+    cfg.dynamicSmemBytes = smem;
+    cfg.stream = stream;
+    cfg.attrs = attr;
+    cfg.numAttrs = n;
+    return cudaLaunchKernelEx(&cfg, kernel, std::forward<Args>(args)...);
+}
+
+}  // namespace fp4core
