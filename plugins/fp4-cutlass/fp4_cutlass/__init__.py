@@ -10,6 +10,6 @@ CUTLASS's block-scaled FP4 GEMMs, compiled but not verified on hardware.
 Prebuild the kernels with ``fp4core build --arch sm_90a`` (or ``fp4core.build``).
 """
 
-__version__ = "0.2.1"
+__version__ = "0.3.0"
 
 __all__ = ["__version__"]
