@@ -34,7 +34,7 @@ __device__ __forceinline__ void pdl_launch_dependents() {
 // kernel<<<grid, block, smem, stream>>>(args...), with the programmatic-stream-serialization
 // attribute when `pdl` (the caller asks fp4core.kit.pdl.enabled(): SM90+ only) and, when
 // `cluster_x` > 1, thread-block clusters of that many CTAs along x. Returns the launch's
-// cudaError_t.
+// cudaError_t (and leaves no error pending for cudaGetLastError).
 template <typename... KArgs, typename... Args>
 cudaError_t launch_pdl(void (*kernel)(KArgs...), dim3 grid, dim3 block, size_t smem, cudaStream_t stream,
                        bool pdl, unsigned cluster_x, Args&&... args) {
@@ -59,7 +59,11 @@ cudaError_t launch_pdl(void (*kernel)(KArgs...), dim3 grid, dim3 block, size_t s
     cfg.stream = stream;
     cfg.attrs = attr;
     cfg.numAttrs = n;
-    return cudaLaunchKernelEx(&cfg, kernel, std::forward<Args>(args)...);
+    const cudaError_t e = cudaLaunchKernelEx(&cfg, kernel, std::forward<Args>(args)...);
+    // A failed launch is also the thread's "last error": clear it, the caller reports `e`, and a
+    // later cudaGetLastError (torch's launch checks) must not report it again.
+    if (e != cudaSuccess) cudaGetLastError();
+    return e;
 }
 
 }  // namespace fp4core
