@@ -1,8 +1,9 @@
 """Programmatic dependent launch on and off, one layer at a time, beside bf16 nn.Linear.
 
 For each (N, K) layer and batch size M: the bf16 layer and the Fp4Linear variants (W4A4 NVFP4
-with dynamic activation scale, W4A16 NVFP4), `auto` tuned first (with PDL on, the default),
-then CUDA-graph replays of back-to-back layer calls (rotating weight copies, as consecutive
+with dynamic activation scale, W4A16 NVFP4), `auto` tuned first (with PDL on, the default; one
+(layer, M) at a time, just before it is timed, so a capped run keeps its first rows), then
+CUDA-graph replays of back-to-back layer calls (rotating weight copies, as consecutive
 layers of a model) timed in alternating batches for: bf16, the FP4 layer captured with PDL
 off, the same captured with PDL on. Eager back-to-back calls likewise (device time with the
 host ahead). Ratios are bf16 time / layer time of the same interleaved measurement.
@@ -44,8 +45,6 @@ def main() -> None:
     layers = [tuple(int(v) for v in s.split("x")) for s in args.shapes.split(",")]
     variants = [v for v in ALL_VARIANTS if v[0] in args.variants.split(",")]
     say = lambda s: print(s, file=sys.stderr, flush=True)
-    if not args.no_tune:
-        tune_layers(layers, ms, variants, progress=say)
     timer = CudaEventTimer(lead=False)
     rows = []
     print(f"{'M':>5} {'N':>6} {'K':>6}  {'variant':13} {'bf16 us':>8} | {'graph off':>9} {'on':>7} {'on/off':>6} "
@@ -56,6 +55,8 @@ def main() -> None:
         bf16 = [nn.Linear(k, n, bias=False, device="cuda", dtype=torch.bfloat16) for _ in range(copies)]
         fp4 = {label: [_variant_layer(lin, fmt, act) for lin in bf16] for label, fmt, act in variants}
         for m in ms:
+            if not args.no_tune:  # one (layer, M) at a time, so a capped run keeps its first rows
+                tune_layers([(n, k)], [m], variants, progress=say)
             xs = [torch.randn(m, k, device="cuda", dtype=torch.bfloat16) for _ in range(copies)]
             with torch.no_grad():
                 base = lambda i: bf16[i](xs[i])
@@ -71,12 +72,12 @@ def main() -> None:
                     print(f"{m:5d} {n:6d} {k:6d}  {label:13} {g[0]:8.1f} | {g[1]:9.1f} {g[2]:7.1f} {g[1] / g[2]:5.3f}x "
                           f"{g[0] / g[1]:5.2f}x {g[0] / g[2]:5.2f}x | {e[1]:9.1f} {e[2]:7.1f} {e[0] / e[1]:5.2f}x "
                           f"{e[0] / e[2]:5.2f}x  {row['backend']}", flush=True)
+                    if args.json:  # after every row: a capped run keeps what it measured
+                        with open(args.json, "w") as f:
+                            json.dump({"device": torch.cuda.get_device_name(), "rows": rows}, f, indent=1)
             del xs
         del bf16, fp4
         torch.cuda.empty_cache()
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump({"device": torch.cuda.get_device_name(), "rows": rows}, f, indent=1)
 
 
 if __name__ == "__main__":

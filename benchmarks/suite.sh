@@ -21,7 +21,8 @@
 #   trtllm-w16   TRTLLM_W16_M, TRTLLM_W16_N, TRTLLM_W16_K (fp4core bench --tactics --w4a16 lists),
 #                TRTLLM_W16_OLD (a folder holding another fp4_trtllm package: timed too, tactic for
 #                tactic), TRTLLM_W16_CAP (per version)
-#   pdl-ab       PDL_AB_M, PDL_AB_SHAPES, PDL_AB_VARIANTS, PDL_AB_CAP: layers with programmatic dependent
+#   pdl-ab       PDL_AB_M, PDL_AB_SHAPES, PDL_AB_VARIANTS, PDL_AB_BACKENDS (trtllm,cutlass), PDL_AB_CAP:
+#                layers with programmatic dependent
 #                launch off and on, interleaved, beside bf16 (benchmarks/pdl_ab.py)
 #   layer        LAYER_M, LAYER_CAP              auto       AUTO_M, AUTO_CAP
 #   w4a16        W4A16_M, W4A16_BACKENDS (default trtllm,cutlass; auto always runs), W4A16_LAYER_M,
@@ -122,7 +123,7 @@ step_bind-host() {
 }
 
 step_pdl-ab() {  # layers with PDL off and on, interleaved graph replays and eager calls, beside bf16
-  timeout ${PDL_AB_CAP:-300} python3 benchmarks/pdl_ab.py --m "${PDL_AB_M:-1,16,64,128}" \
+  FP4CORE_BACKENDS=${PDL_AB_BACKENDS:-trtllm,cutlass} timeout ${PDL_AB_CAP:-300} python3 benchmarks/pdl_ab.py --m "${PDL_AB_M:-1,16,64,128}" \
     --shapes "${PDL_AB_SHAPES:-8192x8192,28672x8192,8192x28672}" --variants "${PDL_AB_VARIANTS:-nvfp4,w4a16-nvfp4}" \
     --json "$W/pdl-ab.json" > "$W/pdl-ab.txt" 2> "$W/pdl-ab-progress.log"
   done_line pdl-ab $?; cat "$W/pdl-ab.txt"
