@@ -1,8 +1,9 @@
 """Programmatic dependent launch on and off, one layer at a time, beside bf16 nn.Linear.
 
 For each (N, K) layer and batch size M: the bf16 layer and the Fp4Linear variants (W4A4 NVFP4
-with dynamic activation scale, W4A16 NVFP4), `auto` tuned first (with PDL on, the default; one
-(layer, M) at a time, just before it is timed, so a capped run keeps its first rows), then
+with dynamic activation scale, W4A16 NVFP4), `auto` tuned first (under the process setting,
+``FP4CORE_PDL``; one (layer, M) at a time, just before it is timed, so a capped run keeps its
+first rows), then
 CUDA-graph replays of back-to-back layer calls (rotating weight copies, as consecutive
 layers of a model) timed in alternating batches for: bf16, the FP4 layer captured with PDL
 off, the same captured with PDL on. Eager back-to-back calls likewise (device time with the

@@ -79,9 +79,10 @@ def mm_bf16_fp4(a: torch.Tensor, b: torch.Tensor | PreparedWeight, b_descale: to
         out_dtype: torch.bfloat16 or torch.float16; None means ``a.dtype``.
         out: optional preallocated contiguous (M, N) tensor of ``out_dtype``.
         block_size: 16 (NVFP4) or 32 (MXFP4).
-        enable_pdl: launch with programmatic dependent launch where the backend's kernels
-            support it (SM90+; the process default, ``FP4CORE_PDL``, is on); False turns it
-            off for this call. It never changes the result (see ``fp4core.kit.pdl``).
+        enable_pdl: False launches this call without programmatic dependent launch; True
+            leaves the process setting in force (``FP4CORE_PDL``, SM90+ kernels of fp4-trtllm
+            and fp4-cutlass; off by default until verified on hardware). It never changes
+            the result (see ``fp4core.kit.pdl``).
         skip_check: skip argument validation (saves a few microseconds per call).
     Returns:
         ``out``, (M, N) of ``out_dtype``.

@@ -1,5 +1,5 @@
 """fp4core.kit.pdl (the switch) and fp4core/pdl.cuh (the kernels' side), without a GPU: the
-process default and its environment variable, the per-thread override, SM90+ only,
+process default (off until the kernels have run on a GPU) and its environment variable, the per-thread override, SM90+ only,
 mm_bf16_fp4(enable_pdl=False), and that the header compiles to griddepcontrol on sm_90a and
 to nothing below it."""
 
@@ -23,7 +23,7 @@ def fresh_default(monkeypatch):
     pdl.process_default.cache_clear()
 
 
-@pytest.mark.parametrize("value,want", [(None, True), ("", True), ("1", True), ("on", True),
+@pytest.mark.parametrize("value,want", [(None, False), ("", False), ("1", True), ("on", True),
                                         ("0", False), ("off", False), ("False", False)])
 def test_process_default_follows_the_environment(fresh_default, value, want):
     if value is None:
@@ -40,7 +40,7 @@ def test_a_bad_environment_value_is_refused_by_name(fresh_default):
 
 
 def test_only_sm90_and_newer_launch_with_pdl(fresh_default, monkeypatch):
-    fresh_default.delenv(pdl.ENV, raising=False)
+    fresh_default.setenv(pdl.ENV, "1")
     caps = {0: (9, 0), 1: (8, 9), 2: (10, 0)}
     monkeypatch.setattr(pdl, "_capable", lambda i: caps[i] >= (9, 0))
     assert [pdl.enabled(i) for i in range(3)] == [True, False, True]
@@ -76,7 +76,7 @@ def test_override_wants_a_bool():
 
 
 def test_mm_bf16_fp4_enable_pdl_false_turns_it_off_for_that_call(fresh_default, monkeypatch):
-    fresh_default.delenv(pdl.ENV, raising=False)
+    fresh_default.setenv(pdl.ENV, "1")
     monkeypatch.setattr(pdl, "_capable", lambda i: True)
     seen = []
     real = api._run

@@ -9,9 +9,11 @@ the wait, which returns once the kernel ahead has finished and its writes are vi
 changes when work starts, never a result; in CUDA-graph replay it hides the gap between
 back-to-back kernels.
 
-On by default on SM90+ devices. ``FP4CORE_PDL=0`` turns it off for the process (for A/B
-measurements, or a driver that mishandles it); ``with fp4core.kit.pdl.override(False):`` turns
-it off for the calls of one thread (what ``mm_bf16_fp4(enable_pdl=False)`` does). A backend's
+Off by default for now: the kernels' side has not yet run on a GPU (no device could be had
+the session it was written), so ``FP4CORE_PDL=1`` opts in for the process and
+``with fp4core.kit.pdl.override(True):`` for the calls of one thread (both on SM90+ devices
+only); ``override(False)`` turns it off for a thread (what ``mm_bf16_fp4(enable_pdl=False)``
+does). The GPU tests (``test_pdl_*``, ``fp4core.testing.check_back_to_back``) force it on. A backend's
 launcher asks ``enabled(device_index)`` at each launch and passes the answer to its kernels,
 which were built to honour it (``pdl.cuh``).
 """
@@ -40,9 +42,7 @@ _override = _Override()
 
 @functools.lru_cache(maxsize=1)
 def process_default() -> bool:
-    """``FP4CORE_PDL`` (on when unset or empty; read once per process)."""
-    if os.environ.get(ENV, "").strip() == "":
-        return True
+    """``FP4CORE_PDL`` (off when unset or empty; read once per process)."""
     return env_flag(ENV)
 
 

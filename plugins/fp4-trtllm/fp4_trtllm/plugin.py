@@ -99,7 +99,7 @@ def _resident_ctas(problem: Problem, t: int, warps: int) -> int:
     """Split-K ring CTAs that fit on one SM at once: registers (the ring variants are capped at
     128 per thread, so 16 warps) and shared memory (the ring's bytes per warp, as laid out by
     RingSlot and ring_chunks in csrc/fp4_splitk.cu, plus the 1 KiB the driver keeps per CTA)."""
-    by_smem = kit.smem_per_sm(problem.device.index) // (ring_cta_bytes(problem, t, warps) + 1024)
+    by_smem = kit.smem_per_sm(problem.device.index) // (warps * ring_bytes_per_warp(problem, t) + 1024)
     return max(1, min(16 // warps, by_smem, 32))
 
 
@@ -126,30 +126,25 @@ def _balanced_splits(problem: Problem, t: int, warps: int, keep: int = 1) -> lis
     return sorted(counts, key=score, reverse=True)[:keep]
 
 
-def ring_cta_bytes(problem: Problem, t: int, warps: int) -> int:
-    """Shared memory of one split-K ring CTA (RingSlot::cta_bytes with ring_chunks in
-    csrc/fp4_splitk.cu), per chunk in flight: each warp's weight tiles and their scales, plus
-    each warp's own copy of its FP4 activation bytes and scale words, or, for a weight-only
-    call, one CTA-wide copy of the plain bf16/fp16 activation tiles (4x the bytes of FP4)."""
+def ring_bytes_per_warp(problem: Problem, t: int) -> int:
+    """Shared memory of one warp's split-K ring (RingSlot x ring_chunks in csrc/fp4_splitk.cu):
+    weight tiles and their scales, then the activation tiles (FP4 bytes and scale words, or
+    the plain bf16/fp16 values of a weight-only call, 4x as many bytes)."""
     nt = launcher.nt_for(problem.m or 1)
-    per_warp = t * 512 + t * (32 if problem.fmt is Fp4Format.MXFP4 else 64)
-    per_cta = 0
-    if problem.act_dtype is None:
-        per_warp += nt * 256 + nt * 128
-    else:
-        per_cta = nt * 1024
-    return (5 if t >= 4 else 6) * (warps * per_warp + per_cta)
+    w = t * 512 + t * (32 if problem.fmt is Fp4Format.MXFP4 else 64)
+    a = nt * 1024 if problem.act_dtype is not None else nt * 256 + nt * 128
+    return (5 if t >= 4 else 6) * (w + a)
 
 
 def _w16_tactics(problem: Problem, nt: int) -> list[TrtllmTactic]:
     """Weight-only tactics: the split-K ring kernel at the W4A4 ring's (t, warps) and split
-    counts, those whose CTA fits in one SM's shared memory."""
+    counts, those whose CTA fits in one SM's shared memory (the activation slots are larger)."""
     room = kit.smem_per_sm(problem.device.index) - 1024
     out = []
     pairs = _SPLITK[nt] + _BALANCED.get(nt, [])
     for t, w in pairs:
         t_eff = 2 if t > 2 and (problem.m or 1) > 32 else t
-        if ring_cta_bytes(problem, t_eff, w) > room:
+        if w * ring_bytes_per_warp(problem, t_eff) > room:
             continue
         s = _auto_splits(problem, t, w)
         for splits in sorted({s, max(1, s // 2), *_balanced_splits(problem, t, w)}, reverse=True):

@@ -188,8 +188,8 @@ def test_misaligned_activations_are_refused_with_the_addresses():
 @pytest.mark.parametrize("fmt,act", [("nvfp4", torch.bfloat16), ("nvfp4", torch.float16), ("mxfp4", torch.bfloat16)])
 def test_weight_only_tactics_are_ring_split_k_that_fit(m, fmt, act):
     """W4A16 problems get split-K ring tactics only (the only kernel with a weight-only
-    variant), each of whose CTAs fits in one SM's shared memory with its activation slots."""
-    from fp4_trtllm.plugin import ring_cta_bytes
+    variant), each of whose CTAs fits in one SM's shared memory with the larger activation slots."""
+    from fp4_trtllm.plugin import ring_bytes_per_warp
     p = fp4core.make_problem(m, 8192, 8192, use_nvfp4=fmt == "nvfp4", device=H100, act_dtype=act)
     tacs = TrtllmBackend().tactics(p)
     assert tacs and len(set(tacs)) == len(tacs)
@@ -197,7 +197,7 @@ def test_weight_only_tactics_are_ring_split_k_that_fit(m, fmt, act):
     for t in tacs:
         assert t.kernel == "splitk" and t.ring == 1 and t.split_k >= 1, t
         t_eff = 2 if t.t > 2 and m > 32 else t.t
-        assert ring_cta_bytes(p, t_eff, t.warps) <= room, t
+        assert t.warps * ring_bytes_per_warp(p, t_eff) <= room, t
     # the W4A4 problem of the same shape keeps its stream-K and register-pipeline tactics
     kinds = {(t.kernel, t.ring) for t in TrtllmBackend().tactics(fp4core.make_problem(m, 8192, 8192, device=H100))}
     assert ("streamk", None) in kinds and ("splitk", 0) in kinds

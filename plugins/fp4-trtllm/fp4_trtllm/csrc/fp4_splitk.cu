@@ -23,13 +23,9 @@
 // MXFP4 needs bf16's exponent range. Accumulation is fp32.
 //
 // Weight-only (W4A16, ACT > 0, ring tactics only): A is a plain (M, K) bf16 (ACT = 1) or fp16
-// (ACT = 2) row-major matrix. Every warp of a CTA reads the same activation rows, so a chunk's
-// activations (32 bytes of row m at k = 64c + 16t for each lane) are copied once per CTA into a
-// CTA-wide ring beside the warps' weight rings, by all its threads, and the ring advances under
-// a CTA barrier (__syncthreads) instead of a warp one. They are already the MMA's B fragments
-// in the k permutation above, so nothing is decoded on the activation side. (One copy per warp,
-// as the W4A4 ring keeps its small FP4 activations, took 2/3 of a warp's ring at M = 16 and
-// held the SM to 8 warps.) bf16 activations need bf16
+// (ACT = 2) row-major matrix. Each lane copies its 16 activation values per chunk (32 bytes of
+// row m at k = 64c + 16t) into the ring; they are already the MMA's B fragments in the k
+// permutation above, so nothing is decoded on the activation side. bf16 activations need bf16
 // MMAs: NVFP4 weights prepared for weight-only calls are in the bf16 word code, which decodes to
 // bf16 patterns of value * 2^-126 in 9 instructions per word (decode_nv_weight_bf16), and their
 // E4M3 scales become bf16 * 2^119; alpha carries 2^7. MXFP4 weights decode to bf16 as before;
@@ -125,18 +121,14 @@ struct Stage {
 // them, 64 or 32 bytes per tile), each lane's 8 activation bytes per activation tile, and the
 // aligned 4-byte group holding the lane's activation scale byte. Every lane copies and later
 // reads its own bytes, except the weight scales, which lanes 0..3 (or 0..1) copy for the warp.
-// W4A16 (ACT > 0): no activation part per warp; the CTA's activation slot (kCtaA bytes per
-// chunk, after all warps' rings) holds NT x 1024 bytes: per tile the first 16-byte halves of
-// the 32 lanes, then the second halves (lane-contiguous 16-byte reads, no bank conflicts).
+// W4A16 (ACT > 0): the activation part is NT x 1024 bytes: the first 16-byte halves of the 32
+// lanes, then the second halves (lane-contiguous 16-byte reads, no bank conflicts), no scales.
 template <bool MX, int T, int NT, int ACT = 0>
 struct RingSlot {
     static constexpr int kWsf = MX ? 32 : 64;
     static constexpr int kW = 0, kWs = T * 512, kA = kWs + T * kWsf;
-    static constexpr int kAs = kA + (ACT ? 0 : NT * 256);
+    static constexpr int kAs = kA + (ACT ? NT * 1024 : NT * 256);
     static constexpr int kBytes = kAs + (ACT ? 0 : NT * 128);
-    static constexpr int kCtaA = ACT ? NT * 1024 : 0;
-    // A CTA's shared memory for `warps` warps and `ring` chunks in flight.
-    static constexpr unsigned cta_bytes(int warps, int ring) { return (unsigned)(ring * (warps * kBytes + kCtaA)); }
 };
 
 // One stored weight word -> 4 registers of MMA operand pairs: bf16 (BF) or fp16 patterns.
@@ -265,6 +257,16 @@ fp4_splitk_kernel(const Fp4SplitKParams p) {
         sf_base[j] = row_base + (MX ? (t >> 1) : t);
     }
 
+    // W4A16: row m's 32 bytes of chunk c start at byte 2 (64 c + 16 t) of the row.
+    const uint8_t* a16p[NT];
+    bool a16_valid[NT];
+#pragma unroll
+    for (int j = 0; j < NT; ++j) {
+        const int m = m0 + 8 * j + g;
+        a16_valid[j] = m < p.m;
+        a16p[j] = p.a + (size_t)(m < p.m ? m : 0) * p.k * 2 + t * 32 + (size_t)c_begin * 128;
+    }
+
     // Loads are unconditional: a weight tile past N reads tile 0 (never stored), an
     // activation row past M reads row 0 with its scale replaced by zero (0x100 marker).
     // Chunks are loaded in increasing order, once each, so the addresses just advance.
@@ -312,7 +314,6 @@ fp4_splitk_kernel(const Fp4SplitKParams p) {
         using R = RingSlot<MX, T, NT, ACT>;
         extern __shared__ __align__(16) uint8_t ring_smem[];
         uint8_t* const ring = ring_smem + (size_t)warp * RING * R::kBytes;
-        uint8_t* const act_ring = ring_smem + (size_t)p.warps * RING * R::kBytes;  // W4A16: per CTA
         const uint8_t* sfb[T];  // the chunk's first scale byte of each tile
 #pragma unroll
         for (int i = 0; i < T; ++i)
@@ -328,18 +329,16 @@ fp4_splitk_kernel(const Fp4SplitKParams p) {
                 sfb[i] += kTileGroup * R::kWsf;
             }
         };
-        // The activations' part (after pdl_wait); `s` is the ring position of chunk c.
-        auto issue_a = [&](uint8_t* slot, int s, int c) {
+        // The activations' part (after pdl_wait).
+        auto issue_a = [&](uint8_t* slot, int c) {
             if constexpr (ACT > 0) {
-                // The CTA's threads share the 64 NT 16-byte pieces: piece q is half (q >> 5) & 1
-                // of lane q & 31's 32 bytes of activation tile q >> 6. Rows past M are
-                // zero-filled without reading (at M = 1, 7 of a tile's 8 rows).
-                uint8_t* const dst = act_ring + s * R::kCtaA;
-                for (int q = threadIdx.x; q < 64 * NT; q += blockDim.x) {
-                    const int l = q & 31, m = m0 + 8 * (q >> 6) + (l >> 2);
-                    const uint8_t* src = p.a + (size_t)(m < p.m ? m : 0) * p.k * 2 + (size_t)c * 128 +
-                                         (l & 3) * 32 + ((q >> 5) & 1) * 16;
-                    cp_async16_zfill(dst + (q >> 6) * 1024 + ((q >> 5) & 1) * 512 + l * 16, src, m < p.m ? 16 : 0);
+                // Rows past M are zero-filled without reading (at M = 1, 7 of a warp's 8 rows).
+#pragma unroll
+                for (int j = 0; j < NT; ++j) {
+                    const int bytes = a16_valid[j] ? 16 : 0;
+                    cp_async16_zfill(slot + R::kA + j * 1024 + lane * 16, a16p[j], bytes);
+                    cp_async16_zfill(slot + R::kA + j * 1024 + 512 + lane * 16, a16p[j] + 16, bytes);
+                    a16p[j] += 128;
                 }
             } else {
                 const int sub = MX ? (t >> 1) + ((c & 1) << 1) : t;  // the byte in its 4-byte group
@@ -352,23 +351,21 @@ fp4_splitk_kernel(const Fp4SplitKParams p) {
                 sf_off += MX ? ((c & 1) ? tile_bytes - 2 : 2) : tile_bytes;
             }
         };
-        auto issue = [&](int s, int c) {
-            issue_w(ring + s * R::kBytes);
-            issue_a(ring + s * R::kBytes, s, c);
+        auto issue = [&](uint8_t* slot, int c) {
+            issue_w(slot);
+            issue_a(slot, c);
         };
-        auto read = [&](int s, int c, Stage<T, NT>& st) {
-            const uint8_t* slot = ring + s * R::kBytes;
+        auto read = [&](const uint8_t* slot, int c, Stage<T, NT>& st) {
 #pragma unroll
             for (int i = 0; i < T; ++i) {
                 st.w[i] = *reinterpret_cast<const uint4*>(slot + R::kW + i * 512 + lane * 16);
                 st.wsf[i] = *reinterpret_cast<const uint16_t*>(slot + R::kWs + i * R::kWsf + (MX ? lane >> 1 : lane) * 2);
             }
             if constexpr (ACT > 0) {
-                const uint8_t* a = act_ring + s * R::kCtaA;
 #pragma unroll
                 for (int j = 0; j < NT; ++j) {
-                    st.a16[j][0] = *reinterpret_cast<const uint4*>(a + j * 1024 + lane * 16);
-                    st.a16[j][1] = *reinterpret_cast<const uint4*>(a + j * 1024 + 512 + lane * 16);
+                    st.a16[j][0] = *reinterpret_cast<const uint4*>(slot + R::kA + j * 1024 + lane * 16);
+                    st.a16[j][1] = *reinterpret_cast<const uint4*>(slot + R::kA + j * 1024 + 512 + lane * 16);
                 }
             } else {
                 const int sub = MX ? (t >> 1) + ((c & 1) << 1) : t;
@@ -388,21 +385,18 @@ fp4_splitk_kernel(const Fp4SplitKParams p) {
         fp4core::pdl_launch_dependents();
 #pragma unroll
         for (int s = 0; s < RING - 1; ++s) {
-            if (c_begin + s < c_end) issue_a(ring + s * R::kBytes, s, c_begin + s);
+            if (c_begin + s < c_end) issue_a(ring + s * R::kBytes, c_begin + s);
             cp_async_commit();  // one group per chunk, empty past the end: the wait count stays fixed
         }
         int slot = 0;
         for (int c = c_begin; c < c_end; ++c) {
-            cp_async_wait<RING - 2>();  // this thread's copies of chunk c have landed
-            // ... and every lane's (the weight scales; W4A16: every thread's activation pieces),
-            // and chunk c-1 has been read by the warp (W4A16: by the CTA): its slot is free
-            if constexpr (ACT > 0) __syncthreads();
-            else __syncwarp();
+            cp_async_wait<RING - 2>();  // this lane's copies of chunk c have landed
+            __syncwarp();               // ... and every lane's (the scales), and chunk c-1 is read
             const int refill = slot == 0 ? RING - 1 : slot - 1;  // chunk c-1's slot
-            if (c + RING - 1 < c_end) issue(refill, c + RING - 1);
+            if (c + RING - 1 < c_end) issue(ring + refill * R::kBytes, c + RING - 1);
             cp_async_commit();
             Stage<T, NT> st;
-            read(slot, c, st);
+            read(ring + slot * R::kBytes, c, st);
             compute<MX, T, NT, ACT>(st, acc, tb);
             slot = slot == RING - 1 ? 0 : slot + 1;
         }
@@ -519,7 +513,7 @@ cudaError_t launch(const Fp4SplitKParams& p, cudaStream_t stream) {
     // Fewer chunks in flight where the tile needs more registers.
     constexpr int STAGES = (T * NT <= 4) ? 3 : 2;
     dim3 grid((p.m_tiles + p.warps * T - 1) / (p.warps * T), p.splits, (p.m + 8 * NT - 1) / (8 * NT));
-    const unsigned smem = RING ? RingSlot<MX, T, NT, ACT>::cta_bytes(p.warps, RING) : 0u;
+    const unsigned smem = RING ? (unsigned)(p.warps * RING * RingSlot<MX, T, NT, ACT>::kBytes) : 0u;
     if (RING) {
         // Past 48 KiB a kernel must opt in, per device: once per device, for the largest warp
         // count's need or the device's limit if less (a benign race: every thread sets the
@@ -534,7 +528,7 @@ cudaError_t launch(const Fp4SplitKParams& p, cudaStream_t stream) {
             cudaFuncAttributes fa{};
             cudaError_t e = cudaFuncGetAttributes(&fa, fn);
             if (e == cudaSuccess) e = cudaDeviceGetAttribute(&limit, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev);
-            const int want = (int)RingSlot<MX, T, NT, ACT>::cta_bytes(8, RING);
+            const int want = 8 * RING * RingSlot<MX, T, NT, ACT>::kBytes;
             limit -= (int)fa.sharedSizeBytes;
             if (limit > want || limit <= 0) limit = want;
             if (e == cudaSuccess) e = cudaFuncSetAttribute(fn, cudaFuncAttributeMaxDynamicSharedMemorySize, limit);
@@ -548,7 +542,7 @@ cudaError_t launch(const Fp4SplitKParams& p, cudaStream_t stream) {
         } else {
             limit = opted_in[dev];
         }
-        // A CTA of many warps with large tiles may not fit (the plugin offers none such).
+        // W4A16 slots are larger: a CTA of many warps may not fit (the plugin offers none such).
         if ((int)smem > limit) return cudaErrorInvalidConfiguration;
     }
     return fp4core::launch_pdl(fp4_splitk_kernel<MX, T, NT, STAGES, RING, ACT>, grid, dim3(32 * p.warps), smem,
