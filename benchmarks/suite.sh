@@ -22,8 +22,7 @@
 #                TRTLLM_W16_OLD (a folder holding another fp4_trtllm package: timed too, tactic for
 #                tactic), TRTLLM_W16_CAP (per version)
 #   pdl-ab       PDL_AB_M, PDL_AB_SHAPES, PDL_AB_VARIANTS, PDL_AB_BACKENDS (trtllm,cutlass), PDL_AB_CAP:
-#                layers with programmatic dependent
-#                launch off and on, interleaved, beside bf16 (benchmarks/pdl_ab.py)
+#                layers with programmatic dependent launch off and on, interleaved, beside bf16
 #   layer        LAYER_M, LAYER_CAP              auto       AUTO_M, AUTO_CAP
 #   w4a16        W4A16_M, W4A16_BACKENDS (default trtllm,cutlass; auto always runs), W4A16_LAYER_M,
 #                W4A16_CAP (each of the two benches; both tuned)

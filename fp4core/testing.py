@@ -11,9 +11,10 @@ compares with the exact reference (relative error <= 1e-2), through the backend'
 ``device_allocations`` counts the CUDA allocations a block makes (a repeated call or a
 CUDA-graph replay must make none). ``check_back_to_back`` runs dependent launches eagerly
 without programmatic dependent launch and in a CUDA graph with it, and wants the same bits
-(a kernel that touches its inputs, output or workspace before ``pdl_wait`` fails it). ``guarded_copy`` puts a CPU tensor right before an
-unreadable page, so a Triton kernel run in the interpreter (``TRITON_INTERPRET=1``) that
-reads or writes past the tensor's end dies with SIGSEGV instead of passing by luck.
+(a kernel that touches its inputs, output or workspace before ``pdl_wait`` fails it).
+``guarded_copy`` puts a CPU tensor right before an unreadable page, so a Triton kernel run in
+the interpreter (``TRITON_INTERPRET=1``) that reads or writes past the tensor's end dies with
+SIGSEGV instead of passing by luck.
 """
 
 from __future__ import annotations
