@@ -256,3 +256,76 @@ def test_kernels_byte_equal_reference_in_the_triton_interpreter():
     res = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=900)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     assert "all equal" in res.stdout
+
+
+def one_pass_inputs(dtype):
+    """Inputs for the one-launch dynamic quantization: the finite maximum beside a NaN in the
+    same element pair, at the very last element, in a strided row view, and all in one row."""
+    g = torch.Generator().manual_seed(11)
+    a = torch.randn(7, 256, generator=g)
+    a[2, 10], a[2, 11] = float("nan"), 900.0  # pair (NaN, max): the NaN must not hide the max
+    b = torch.randn(1, 8192 + 512, generator=g)  # more than one step of 4096 pairs
+    b[0, -1] = -1234.5  # the maximum magnitude at the last element
+    b[0, 5] = float("inf")
+    c = (torch.randn(5, 384, generator=g) * 3)[:, :256]  # row stride 384
+    c[4, 255] = 77.0
+    # (the linear layout for the long row: fewer programs, for the interpreter's sake)
+    return [(a.to(dtype), SfLayout.layout_128x4), (b.to(dtype), SfLayout.layout_linear),
+            (c.to(dtype), SfLayout.layout_8x4)]
+
+
+def check_one_pass(device: str) -> None:
+    """Dynamic NVFP4 quantization of small inputs: one launch (each program takes the maximum
+    itself) and the same bytes, global scale and alpha as two launches and as the reference."""
+    from fp4core.formats.kernels import quantize_triton as qt
+    wgs = torch.tensor([0.37], device=device)
+    for dtype in (torch.float32, torch.bfloat16, torch.float16):
+        for x_cpu, layout in one_pass_inputs(dtype):
+            x = x_cpu.to(device)
+            assert x.numel() <= qt.ONE_PASS_MAX_ELEMS
+            launches, _ = qt._plan(x, Fp4Format.NVFP4, layout, None, True, wgs, None)
+            assert len(launches) == 1, "a small dynamic quantization should be one launch"
+            one = qt.quantize_activation(x, Fp4Format.NVFP4, layout, None, wgs)
+            saved = qt.ONE_PASS_MAX_ELEMS
+            qt.ONE_PASS_MAX_ELEMS = 0
+            try:
+                assert len(qt._plan(x, Fp4Format.NVFP4, layout, None, True, wgs, None)[0]) == 2
+                two = qt.quantize_activation(x, Fp4Format.NVFP4, layout, None, wgs)
+            finally:
+                qt.ONE_PASS_MAX_ELEMS = saved
+            g_ref = fp4core.compute_global_scale(x_cpu)
+            q_ref, sf_ref = fp4core.nvfp4_quantize(x_cpu, g_ref, layout)
+            alpha_ref = torch.reciprocal(g_ref.reshape(1) * wgs.cpu())
+            for label, (q, sf, alpha) in (("one launch", one), ("two launches", two)):
+                assert torch.equal(q.cpu(), q_ref), (label, dtype, (q.cpu() != q_ref).nonzero()[:5])
+                assert torch.equal(sf.cpu(), sf_ref), (label, dtype, (sf.cpu() != sf_ref).nonzero()[:5])
+                assert torch.equal(alpha.cpu(), alpha_ref), (label, dtype, alpha, alpha_ref)
+
+
+@pytest.mark.gpu
+def test_small_dynamic_quantization_is_one_launch_with_the_same_bytes():
+    check_one_pass("cuda")
+
+
+@pytest.mark.skipif(not _has_triton() or torch.cuda.is_available(),
+                    reason="needs triton; with a GPU the GPU test above runs the real kernels")
+def test_small_dynamic_quantization_is_one_launch_in_the_triton_interpreter():
+    script = (f"import sys; sys.path.insert(0, {os.path.dirname(os.path.abspath(__file__))!r})\n"
+              "from test_quantize_gpu import check_one_pass\ncheck_one_pass('cpu')\nprint('one pass: all equal')\n")
+    env = dict(os.environ, TRITON_INTERPRET="1")
+    res = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=900)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    assert "all equal" in res.stdout
+
+
+def test_one_pass_limit_from_the_environment_is_checked():
+    if not _has_triton():
+        pytest.skip("needs triton")
+    env = dict(os.environ, FP4CORE_QUANT_ONE_PASS_MAX="lots", TRITON_INTERPRET="1")
+    res = subprocess.run([sys.executable, "-c", "import fp4core.formats.kernels.quantize_triton"],
+                         env=env, capture_output=True, text=True, timeout=300)
+    assert res.returncode != 0 and "FP4CORE_QUANT_ONE_PASS_MAX='lots'" in res.stderr
+    env["FP4CORE_QUANT_ONE_PASS_MAX"] = "0"
+    res = subprocess.run([sys.executable, "-c", "from fp4core.formats.kernels import quantize_triton as qt; "
+                          "print(qt.ONE_PASS_MAX_ELEMS)"], env=env, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0 and res.stdout.strip() == "0", res.stderr[-2000:]

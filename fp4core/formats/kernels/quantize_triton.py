@@ -13,7 +13,11 @@ Byte-for-byte the recipe of ``fp4core.formats.quantize`` (the CPU reference), in
 * ``global_scale="auto"``: ``gs = 2688 * (1 / amax)`` over the finite values of ``|x|``
   (``compute_global_scale``; NaN and Inf only mark their own blocks), from a first pass in
   which each program writes the maximum of its tiles; every program of the quantization
-  pass reduces those few partial maxima itself, so the pair is two launches.
+  pass reduces those few partial maxima itself, so the pair is two launches. An input of at
+  most ``ONE_PASS_MAX_ELEMS`` elements (a decode batch) takes one launch instead: each
+  program of the quantization pass reads the whole input for its maximum (a few KB from L2),
+  which costs less than a kernel boundary. Both give the same bits (a maximum does not depend
+  on the order it is taken in).
 
 Each program quantizes a tile of ``BM`` rows x ``BC`` scale blocks and writes its codes and
 its scale bytes at their swizzled offsets (128x4, 8x4 or linear), zeros in the padding, so
@@ -135,6 +139,23 @@ def _load_pairs(xp_ptr, offs, mask, IN_KIND: tl.constexpr):
 
 
 @triton.jit
+def _whole_amax(xp_ptr, stride_pm, M, KP, IN_KIND: tl.constexpr, CHUNK: tl.constexpr):
+    # The finite maximum of |x| over all M x 2*KP elements, CHUNK pairs per step over the
+    # flattened (row, pair) index, so a one-row decode input uses every lane.
+    acc = tl.zeros([CHUNK], dtype=tl.float32)
+    total = M * KP
+    for start in range(0, total, CHUNK):
+        i = start + tl.arange(0, CHUNK)
+        row = i // KP
+        lo, hi, _ = _load_pairs(xp_ptr, row.to(tl.int64) * stride_pm + (i - row * KP), i < total, IN_KIND)
+        # each element filtered on its own: a NaN beside a finite value must not hide it
+        lo = tl.abs(lo)
+        hi = tl.abs(hi)
+        acc = tl.maximum(acc, tl.maximum(tl.where(lo < float("inf"), lo, 0.0), tl.where(hi < float("inf"), hi, 0.0)))
+    return tl.max(acc, axis=0)
+
+
+@triton.jit
 def _quant_kernel(xp_ptr, stride_pm, q_ptr, sf_ptr, gs_ptr, gs_out_ptr, wgs_ptr, alpha_ptr, NPART,
                   M, KP, NB, PROWS, PCOL, PROGS_C,
                   IN_KIND: tl.constexpr, IS_NV: tl.constexpr, BLOCK: tl.constexpr,
@@ -142,7 +163,8 @@ def _quant_kernel(xp_ptr, stride_pm, q_ptr, sf_ptr, gs_ptr, gs_out_ptr, wgs_ptr,
                   PART: tl.constexpr, BM: tl.constexpr, BC: tl.constexpr, USE_GDC: tl.constexpr):
     # GS_MODE: 0 none (MXFP4), 1 gs_ptr holds the float32 global scale, 2 gs_ptr holds NPART
     # partial maxima of |x| (``_partial_amax_kernel``) and the global scale is derived here
-    # (programs run in reverse order then, to meet the amax pass's last tiles in L2).
+    # (programs run in reverse order then, to meet the amax pass's last tiles in L2), 3 every
+    # program takes the maximum of the whole (small) input itself: no amax launch.
     # ALPHA: program 0 also writes the GEMM's alpha = 1 / (gs * gs_w), gs_w at wgs_ptr.
     # A program owns BM rows x BC scale blocks, laid out as BM * BC block rows of BLOCK / 2
     # pairs: the block reductions stay inside a thread or a pair of threads, and the codes
@@ -172,6 +194,13 @@ def _quant_kernel(xp_ptr, stride_pm, q_ptr, sf_ptr, gs_ptr, gs_out_ptr, wgs_ptr,
         if GS_MODE == 2:
             parts = tl.arange(0, PART)
             am = tl.max(tl.load(gs_ptr + parts, mask=parts < NPART, other=0.0), axis=0)
+            gs = tl.where(am > 0, tl.math.div_rn(1.0, am) * 2688.0, 1.0)
+            if pid == 0:
+                tl.store(gs_out_ptr, gs)
+        elif GS_MODE == 3:
+            am = 0.0
+            if pid_m * BM < M:  # programs that only write scale padding need no scale
+                am = _whole_amax(xp_ptr, stride_pm, M, KP, IN_KIND, 4096)
             gs = tl.where(am > 0, tl.math.div_rn(1.0, am) * 2688.0, 1.0)
             if pid == 0:
                 tl.store(gs_out_ptr, gs)
@@ -236,6 +265,28 @@ def _tiles_from_env() -> None:
 _tiles_from_env()
 
 
+#: the largest input (rows x K elements) that a dynamic NVFP4 quantization handles in one
+#: launch, each program reading the whole input for its maximum: at most eight steps of 4096
+#: pairs (64 KB of bf16) per program. FP4CORE_QUANT_ONE_PASS_MAX overrides it (0: always two
+#: launches, a partial-maxima pass first).
+ONE_PASS_MAX_ELEMS = 1 << 15
+
+
+def _one_pass_from_env() -> None:
+    import os
+    global ONE_PASS_MAX_ELEMS
+    raw = os.environ.get("FP4CORE_QUANT_ONE_PASS_MAX", "").strip()
+    if raw:
+        try:
+            ONE_PASS_MAX_ELEMS = int(raw)
+        except ValueError:
+            raise ValueError(f"FP4CORE_QUANT_ONE_PASS_MAX={raw!r}: expected a whole number of elements "
+                             f"(0 turns the one-launch dynamic quantization off)") from None
+
+
+_one_pass_from_env()
+
+
 _PAIR_DTYPE = {torch.float32: (torch.int64, 0), torch.bfloat16: (torch.int32, 1), torch.float16: (torch.int32, 2)}
 
 
@@ -284,7 +335,8 @@ def _plan(x: torch.Tensor, fmt: Fp4Format, layout: SfLayout, global_scale: torch
     abm, abk = 32, 256
     tiles_k = -(-k // abk)
     tiles = -(-rows // abm) * tiles_k
-    npart = _amax_programs(x, tiles) if auto and rows and k else 0
+    one_pass = auto and rows * k <= ONE_PASS_MAX_ELEMS
+    npart = _amax_programs(x, tiles) if auto and not one_pass and rows and k else 0
     if buffers is None:
         dev = x.device
         q = torch.empty((rows, k // 2), dtype=torch.uint8, device=dev)
@@ -303,7 +355,7 @@ def _plan(x: torch.Tensor, fmt: Fp4Format, layout: SfLayout, global_scale: torch
         if npart:
             launches.append((_fast_amax, npart, (x, x.stride(0), rows, k, gs_in, tiles_k, tiles),
                              dict(BM=abm, BK=abk, USE_GDC=gdc, num_warps=4, launch_pdl=gdc)))
-        mode = 2
+        mode = 3 if one_pass else 2
     elif nv:
         gs_in = gs_out = global_scale.reshape(1).to(torch.float32)
         mode = 1
@@ -457,7 +509,8 @@ def quantize(x: torch.Tensor, fmt: Fp4Format, layout: SfLayout, global_scale: to
              auto_global_scale: bool, config: tuple[int, int, int] | None = None
              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Quantize a 2-D CUDA tensor; see the module docstring. One launch, or two with
-    ``auto_global_scale`` (partial maxima, then the quantization pass reduces them).
+    ``auto_global_scale`` above ``ONE_PASS_MAX_ELEMS`` elements (partial maxima, then the
+    quantization pass reduces them).
 
     Args:
         x: (rows, K) float32/float16/bfloat16 with unit stride along K; K a multiple of the
@@ -488,7 +541,8 @@ def quantize_activation(x: torch.Tensor, fmt: Fp4Format, layout: SfLayout,
         x: (rows, K) float32/float16/bfloat16, unit stride along K.
         fmt, layout: format and scale layout.
         global_scale: NVFP4: a float32 (1,) tensor (a static, calibrated scale: one launch) or
-            None (from ``x``'s amax: two launches). Ignored for MXFP4.
+            None (from ``x``'s amax: two launches, one up to ``ONE_PASS_MAX_ELEMS``
+            elements). Ignored for MXFP4.
         weight_global_scale: NVFP4: the weight's float32 (1,) global scale; alpha is then
             ``1 / (gs_x * gs_w)``, bit-equal to that torch expression. None: no alpha.
     Returns:
