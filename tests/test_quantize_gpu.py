@@ -329,3 +329,27 @@ def test_one_pass_limit_from_the_environment_is_checked():
     res = subprocess.run([sys.executable, "-c", "from fp4core.formats.kernels import quantize_triton as qt; "
                           "print(qt.ONE_PASS_MAX_ELEMS)"], env=env, capture_output=True, text=True, timeout=300)
     assert res.returncode == 0 and res.stdout.strip() == "0", res.stderr[-2000:]
+
+
+@pytest.mark.skipif(not _has_triton(), reason="needs triton")
+@pytest.mark.parametrize("rows,k", [(5, 512), (1, 8192), (64, 4096)], ids=["one-pass", "one-row", "two-pass"])
+@pytest.mark.parametrize("gs_mode", ["dynamic", "static", "mxfp4"])
+def test_every_planned_pointer_is_one_a_bound_quantizer_can_keep(rows, k, gs_mode):
+    """ActivationQuantizer binds a plan only if each tensor argument is the input, a scale the
+    caller passes, or memory inside the outputs it keeps (codes, scales, scratch); otherwise every
+    call falls back to the slow generic path. Checked on the plan itself (no launch needed)."""
+    from fp4core.formats.kernels import quantize_triton as qt
+    fmt = Fp4Format.MXFP4 if gs_mode == "mxfp4" else Fp4Format.NVFP4
+    x = torch.randn(rows, k, dtype=torch.bfloat16)
+    gs = torch.tensor([3.5e3]) if gs_mode == "static" else None
+    wgs = torch.tensor([0.37]) if fmt is Fp4Format.NVFP4 else None
+    launches, outputs = qt._plan(x, fmt, SfLayout.layout_128x4, gs, gs_mode == "dynamic", wgs, None)
+    assert len(launches) == (2 if gs_mode == "dynamic" and rows * k > qt.ONE_PASS_MAX_ELEMS else 1)
+    callers = {x.data_ptr(), x.view(torch.int32).data_ptr()} | {t.data_ptr() for t in (gs, wgs) if t is not None}
+    kept = [(t.untyped_storage().data_ptr(), t.untyped_storage().nbytes())
+            for t in outputs if isinstance(t, torch.Tensor)]
+    for _, _, args, _ in launches:
+        for i, a in enumerate(args):
+            if isinstance(a, torch.Tensor) and a.data_ptr() not in callers:
+                assert any(base <= a.data_ptr() < base + size for base, size in kept), \
+                    f"argument {i} points outside the kept outputs ({gs_mode}, {rows}x{k})"

@@ -351,7 +351,9 @@ def _plan(x: torch.Tensor, fmt: Fp4Format, layout: SfLayout, global_scale: torch
     launches = []
     if auto:
         gs_out = scratch[:1]
-        gs_in = scratch[4:4 + npart]  # the partial maxima
+        # the partial maxima; one pass reads none, and gets a pointer inside the scratch (an
+        # empty slice would point past its end, which a bound quantizer cannot keep)
+        gs_in = scratch[4:4 + npart] if npart else gs_out
         if npart:
             launches.append((_fast_amax, npart, (x, x.stride(0), rows, k, gs_in, tiles_k, tiles),
                              dict(BM=abm, BK=abk, USE_GDC=gdc, num_warps=4, launch_pdl=gdc)))
