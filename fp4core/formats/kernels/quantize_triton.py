@@ -266,10 +266,11 @@ _tiles_from_env()
 
 
 #: the largest input (rows x K elements) that a dynamic NVFP4 quantization handles in one
-#: launch, each program reading the whole input for its maximum: at most eight steps of 4096
-#: pairs (64 KB of bf16) per program. FP4CORE_QUANT_ONE_PASS_MAX overrides it (0: always two
-#: launches, a partial-maxima pass first).
-ONE_PASS_MAX_ELEMS = 1 << 15
+#: launch, each program reading the whole input for its maximum first: at most two dependent
+#: steps of 4096 pairs (32 KB of bf16, from L2) per program, well under the cost of a kernel
+#: boundary; more steps would put their L2 latencies in every program's path. Not yet timed
+#: on a GPU. FP4CORE_QUANT_ONE_PASS_MAX overrides it (0: always two launches).
+ONE_PASS_MAX_ELEMS = 1 << 14
 
 
 def _one_pass_from_env() -> None:
