@@ -23,6 +23,9 @@
 #                tactic), TRTLLM_W16_CAP (per version)
 #   pdl-ab       PDL_AB_M, PDL_AB_SHAPES, PDL_AB_VARIANTS, PDL_AB_BACKENDS (trtllm,cutlass), PDL_AB_CAP:
 #                layers with programmatic dependent launch off and on, interleaved, beside bf16
+#   one-pass-ab  ONE_PASS_AB_M (1,7), ONE_PASS_AB_SHAPES (2880x1024,7168x2048), ONE_PASS_AB_CAP (each run):
+#                the small W4A4 layers with one-launch dynamic quantization, then with two
+#                (FP4CORE_QUANT_ONE_PASS_MAX=0, the first run's tactics), each beside bf16
 #   layer        LAYER_M, LAYER_CAP              auto       AUTO_M, AUTO_CAP
 #   w4a16        W4A16_M, W4A16_BACKENDS (default trtllm,cutlass; auto always runs), W4A16_LAYER_M,
 #                W4A16_CAP (each of the two benches; both tuned)
@@ -44,7 +47,7 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
-STEP_ORDER=(tests host bind-host pdl-ab quant layer auto w4a16 trtllm-w16 e2e decode prefill trtllm trtllm-mx trtllm-sanitizer cudnn
+STEP_ORDER=(tests host bind-host pdl-ab one-pass-ab quant layer auto w4a16 trtllm-w16 e2e decode prefill trtllm trtllm-mx trtllm-sanitizer cudnn
             cudnn-split cudnn-graph cudnn-interleave cutlass backends torch standard sanitizer probes ncu)
 # step -> the docs/benchmarks.md section(s) it reproduces ("; " between sections)
 declare -A SECTION=(
@@ -54,6 +57,7 @@ declare -A SECTION=(
   [bind-host]="2026-12-06 (third session), NVIDIA H100 — the bound cutlass launcher and the bf16 word code"
   [trtllm-w16]="2026-12-06 (third session), NVIDIA H100 — the bound cutlass launcher and the bf16 word code"
   [pdl-ab]="2026-12-06 (fourth session) — Programmatic dependent launch"
+  [one-pass-ab]="2026-12-07 — One-launch dynamic quantization"
   [layer]="Fp4Linear against bf16 nn.Linear; Host time per call"
   [auto]="auto on a prepared weight"
   [w4a16]="2026-12-06 — W4A16 on Hopper"
@@ -126,6 +130,17 @@ step_pdl-ab() {  # layers with PDL off and on, interleaved graph replays and eag
     --shapes "${PDL_AB_SHAPES:-8192x8192,28672x8192,8192x28672}" --variants "${PDL_AB_VARIANTS:-nvfp4,w4a16-nvfp4}" \
     --json "$W/pdl-ab.json" > "$W/pdl-ab.txt" 2> "$W/pdl-ab-progress.log"
   done_line pdl-ab $?; cat "$W/pdl-ab.txt"
+}
+
+step_one-pass-ab() {  # small W4A4 layers: one-launch dynamic quantization, then two launches
+  local run env args=(--m "${ONE_PASS_AB_M:-1,7}" --shapes "${ONE_PASS_AB_SHAPES:-2880x1024,7168x2048}" --variants nvfp4)
+  for run in one two; do
+    env=(); [ $run = two ] && env=(FP4CORE_QUANT_ONE_PASS_MAX=0) && args+=(--no-tune)  # the first run's tactics
+    env "${env[@]}" FP4CORE_BACKENDS=${PDL_AB_BACKENDS:-trtllm,cutlass} timeout ${ONE_PASS_AB_CAP:-120} \
+      python3 benchmarks/pdl_ab.py "${args[@]}" --json "$W/one-pass-ab-$run.json" > "$W/one-pass-ab-$run.txt" \
+      2> "$W/one-pass-ab-$run-progress.log"
+    done_line "one-pass-ab $run" $?; cat "$W/one-pass-ab-$run.txt"
+  done
 }
 
 step_trtllm-w16() {  # every weight-only trtllm tactic by graph replay, no tuning cache involved
