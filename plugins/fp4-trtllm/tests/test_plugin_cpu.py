@@ -2,6 +2,7 @@
 source compiles for sm_90a and sm_100a (compile-only, needs nvcc)."""
 
 import json
+import re
 from importlib import metadata
 
 import pytest
@@ -245,3 +246,40 @@ def test_prepare_records_the_word_code_and_calls_of_the_other_kind_are_refused(a
     mx = be.prepare(fp4core.make_problem(None, 256, 512, use_nvfp4=False, device="cpu", prepared=True, act_dtype=act),
                     fp4core.dispatch.problem.Operands(None, None, *random_weight(256, 512, Fp4Format.MXFP4, "cpu")))
     assert mx.extra["fp4_trtllm"]["code"] is None  # MXFP4 keeps the natural codes
+
+
+# PTX instructions that touch global memory (or copy from it into shared memory); a
+# prefetch.global.L2 returns no data and is allowed before the wait.
+_GLOBAL_ACCESS = re.compile(r"^\s*(?:@!?%p\d+\s+)?(?:ld\.global|st\.global|cp\.async|atom\.global|red\.global|ld\.volatile\.global)")
+
+
+def _kernels(ptx: str) -> dict[str, list[str]]:
+    """Each .entry's body lines, in the PTX's (program) order."""
+    out, name, body = {}, None, []
+    for line in ptx.splitlines():
+        m = re.match(r"^(?:\.visible\s+)?\.entry (\S+)\(", line)
+        if m:
+            name, body = m.group(1), []
+            out[name] = body
+        elif name is not None:
+            body.append(line)
+    return out
+
+
+@needs_nvcc
+@pytest.mark.parametrize("source", launcher.SOURCES, ids=lambda p: p.name)
+def test_no_kernel_reads_global_memory_before_the_pdl_wait(source, tmp_path, monkeypatch):
+    """With programmatic dependent launch a kernel may start while the kernel ahead still runs
+    (it may be the prepare that wrote the weight), so nothing but parameters and L2 prefetches
+    may come before griddepcontrol.wait, in every kernel the library compiles (sm_90a PTX, in
+    program order: the waits sit in straight-line prologues)."""
+    monkeypatch.setenv(jit.ENV_CACHE, str(tmp_path))
+    ptx = jit.build("fp4_trtllm_pdl_check", [source], arch="sm_90a", kind="ptx", flags=list(launcher.FLAGS),
+                    progress=False).read_text()
+    kernels = _kernels(ptx)
+    assert kernels, "no kernels in the PTX"
+    for name, body in kernels.items():
+        waits = [i for i, line in enumerate(body) if "griddepcontrol.wait" in line]
+        assert waits, f"{name}: no griddepcontrol.wait"
+        early = [line.strip() for line in body[:waits[0]] if _GLOBAL_ACCESS.match(line)]
+        assert not early, f"{name}: global memory touched before the PDL wait: {early[:3]}"

@@ -5,13 +5,20 @@
 // A kernel launched with PDL (launch_pdl(..., pdl = true)) may start while the kernel ahead of
 // it on the stream still runs. Until it calls pdl_wait() it must not read anything another
 // kernel may write (activations, scales, alpha, workspaces, counters) nor write anything
-// (its output may still be read by the kernel ahead). Index math and the prefetch of the
-// prepared weight are fine. pdl_wait() returns once the kernels it depends on have finished
-// and their writes are visible; without PDL (or below SM90) it is a no-op.
+// (its output may still be read by the kernel ahead). Index math and an L2 prefetch
+// (prefetch.global.L2: no data returns) are always fine. pdl_wait() returns once the kernel
+// ahead has finished and its writes are visible; without PDL (or below SM90) it is a no-op.
+//
+// Reading the prepared weight itself before the wait (into registers or shared memory) is
+// safe only where the kernel ahead is always one of ours that calls pdl_launch_dependents()
+// after its own pdl_wait(): then this kernel starts only after everything before that one
+// has finished, the kernel that prepared the weight included. fp4-cutlass's GEMM relies on
+// this (its pre-pass always runs first); fp4-trtllm's kernels, which may directly follow a
+// prepare, only prefetch into L2.
 //
 // pdl_launch_dependents() lets the next PDL-launched kernel be scheduled once every CTA of
 // this grid has called it or exited: its CTAs then take SM room that this grid leaves free and
-// wait in their own pdl_wait(), so calling it early costs nothing in correctness.
+// wait in their own pdl_wait(). Call it after pdl_wait(), never before: the rule above needs it.
 #pragma once
 #include <cuda_runtime.h>
 

@@ -391,8 +391,11 @@ fp4_gemm_kernel(const __grid_constant__ CUtensorMap tm_act, const __grid_constan
           cute::SM90_BULK_COPY_G2S::copy(sf_src, &full[st], stage + S::kAct + S::kW, sf_bytes);
         }
       };
-      // The first stages' weights before waiting for the kernel ahead (PDL): nothing writes them.
-      const int pre = iters < ST ? iters : ST;
+      // PDL: the first stages' weights before waiting for the kernel ahead, which is always
+      // this call's pre-pass: it triggers only after its own wait, so whatever prepared the
+      // weight has finished (fp4core/pdl.cuh). Without PDL, the order of before: per stage,
+      // activation tile then weight.
+      const int pre = p.pdl ? (iters < ST ? iters : ST) : 0;
       for (int it = 0; it < pre; ++it) {
         expect(it);
         load_weight(it);
@@ -424,7 +427,7 @@ fp4_gemm_kernel(const __grid_constant__ CUtensorMap tm_act, const __grid_constan
     fp4core::pdl_launch_dependents();
   } else {
     cutlass::arch::warpgroup_reg_alloc<232>();
-    fp4core::pdl_wait();  // before the epilogue's reads (alpha) and writes (out, partial)
+    fp4core::pdl_wait();  // at the start: before the epilogue's reads (alpha) and writes (out, partial)
     fp4core::pdl_launch_dependents();
     const int cw = wg - 1;                 // consumer index 0/1
     const int warp = (threadIdx.x / 32) % 4;

@@ -312,7 +312,8 @@ __global__ void __launch_bounds__(256, (T * NT <= 4) ? 2 : 1) fp4_sk_kernel(cons
     };
 
     // NVFP4 weight operands are value * 2^-14 (decode_nv_weight): alpha carries 2^14, exactly.
-    const float alpha = (p.alpha ? __ldg(p.alpha) : 1.0f) * weight_scale<MX>();
+    // Read after pdl_wait (below): the kernel ahead (the activation quantizer) writes it.
+    float alpha = 1.0f;
     auto store = [&](const float (&v)[T][NT][4], int mb, int gi) {
 #pragma unroll
         for (int i = 0; i < T; ++i) {
@@ -400,6 +401,7 @@ __global__ void __launch_bounds__(256, (T * NT <= 4) ? 2 : 1) fp4_sk_kernel(cons
     // PDL (fp4core/pdl.cuh): every read (A, scales, workspace, counters) comes after this.
     fp4core::pdl_wait();
     fp4core::pdl_launch_dependents();
+    alpha = (p.alpha ? __ldg(p.alpha) : 1.0f) * weight_scale<MX>();
 #pragma unroll 1
     for (int k = 0; k < STAGES - 1; ++k) issue(k);
     zero_acc();
@@ -460,12 +462,18 @@ template <bool MX, int T, int NT>
 int occupancy(int warps) {
     const unsigned smem = Smem<T, NT>::make(warps).total;
     if ((int)smem > smem_limit<T, NT>()) return 0;
+    // A failure is reported as -1 and cleared: left pending, the next launch check (ours or
+    // torch's) would blame it on another kernel.
     if (cudaFuncSetAttribute(fp4_sk_kernel<MX, T, NT>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                             smem_limit<T, NT>()) != cudaSuccess)
+                             smem_limit<T, NT>()) != cudaSuccess) {
+        cudaGetLastError();
         return -1;
+    }
     int n = 0;
-    if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, fp4_sk_kernel<MX, T, NT>, 32 * warps, smem) != cudaSuccess)
+    if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, fp4_sk_kernel<MX, T, NT>, 32 * warps, smem) != cudaSuccess) {
+        cudaGetLastError();
         return -1;
+    }
     return n;
 }
 

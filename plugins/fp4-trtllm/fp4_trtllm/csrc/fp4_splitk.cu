@@ -32,10 +32,10 @@
 // fp16 activations take NVFP4 weights only (E8M0 scales need bf16's range): the bf16 patterns
 // move to fp16 ones (nv_bf16_to_f16, value * 2^-14) and the fp16 path of the W4A4 kernel runs.
 //
-// Programmatic dependent launch (p.pdl, SM90+; fp4core/pdl.cuh): the ring kernels issue the
-// copies of their first RING - 1 weight chunks, then wait for the kernel ahead, then copy the
-// activations; the register pipeline waits before its first load. Nothing another kernel
-// writes (A, its scales, alpha, out, workspace, counters) is touched before the wait.
+// Programmatic dependent launch (p.pdl, SM90+; fp4core/pdl.cuh): the ring kernels prefetch
+// their first RING - 1 weight chunks into L2, then wait for the kernel ahead, then start the
+// ring's copies as without PDL; the register pipeline waits before its first load. Nothing is
+// read into the SM before the wait: the kernel ahead may be the one that prepared the weight.
 //
 // Split-K: gridDim.y CTAs share one tile of rows; each writes its fp32 partial to a
 // workspace, and the last to arrive (an integer counter per tile, reset by that CTA) sums
@@ -101,6 +101,10 @@ template <int BYTES>
 __device__ __forceinline__ void cp_async_small(void* dst, const void* src) {
     asm volatile("cp.async.ca.shared.global [%0], [%1], %2;"
                  :: "r"((uint32_t)__cvta_generic_to_shared(dst)), "l"(src), "n"(BYTES) : "memory");
+}
+// A hint that the line holding `p` be in L2 soon; no data returns, no ordering is implied.
+__device__ __forceinline__ void prefetch_l2(const void* p) {
+    asm volatile("prefetch.global.L2 [%0];" :: "l"(p));
 }
 __device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;" ::: "memory"); }
 template <int N>
@@ -319,7 +323,7 @@ fp4_splitk_kernel(const Fp4SplitKParams p) {
         for (int i = 0; i < T; ++i)
             sfb[i] = reinterpret_cast<const uint8_t*>(sp[i] - (MX ? lane >> 1 : lane));
         constexpr int kSfLanes = R::kWsf / 16;
-        // The weight's part of a chunk (read-only between calls: may precede pdl_wait).
+        // The weight's part of a chunk.
         auto issue_w = [&](uint8_t* slot) {
 #pragma unroll
             for (int i = 0; i < T; ++i) {
@@ -376,16 +380,26 @@ fp4_splitk_kernel(const Fp4SplitKParams p) {
                 }
             }
         };
-        // The first RING - 1 weight chunks join group 0 (with chunk 0's activations), so the
-        // wait for chunk c (group c) still covers chunk c's weight.
+        // PDL: while the kernel ahead drains, pull the first RING - 1 weight chunks into L2 only.
+        // A prefetch returns no data, so it cannot see a weight that kernel is still writing (a
+        // prepare right before this launch); the copies into the ring come after the wait.
+        if (p.pdl) {
 #pragma unroll
-        for (int s = 0; s < RING - 1; ++s)
-            if (c_begin + s < c_end) issue_w(ring + s * R::kBytes);
+            for (int s = 0; s < RING - 1; ++s) {
+                if (c_begin + s < c_end) {
+#pragma unroll
+                    for (int i = 0; i < T; ++i) {
+                        prefetch_l2(wp[i] + (size_t)s * kTileGroup * 32);
+                        if (lane < kSfLanes) prefetch_l2(sfb[i] + (size_t)s * kTileGroup * R::kWsf + lane * 16);
+                    }
+                }
+            }
+        }
         fp4core::pdl_wait();
         fp4core::pdl_launch_dependents();
 #pragma unroll
         for (int s = 0; s < RING - 1; ++s) {
-            if (c_begin + s < c_end) issue_a(ring + s * R::kBytes, c_begin + s);
+            if (c_begin + s < c_end) issue(ring + s * R::kBytes, c_begin + s);
             cp_async_commit();  // one group per chunk, empty past the end: the wait count stays fixed
         }
         int slot = 0;
