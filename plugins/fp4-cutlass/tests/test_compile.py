@@ -4,6 +4,7 @@ hook and ``fp4core build`` (the JIT cache makes re-runs cheap). Skipped cleanly 
 without the CUTLASS headers. The Blackwell objects are compile-only: not verified on hardware."""
 
 import concurrent.futures
+import re
 
 import pytest
 
@@ -49,3 +50,46 @@ def test_build_skips_unknown_archs():
 def test_blackwell_arch_names():
     with pytest.raises(ValueError, match="sm_100a, sm_120a"):
         blackwell.build("sm_90a")
+
+
+def _kernel_bodies(ptx: str) -> dict[str, list[str]]:
+    """Each .entry's body lines, in the PTX's (program) order."""
+    out, name = {}, None
+    for line in ptx.splitlines():
+        m = re.match(r"^(?:\.visible\s+)?\.entry (\S+)\(", line)
+        if m:
+            name = m.group(1)
+            out[name] = []
+        elif name is not None:
+            out[name].append(line)
+    return out
+
+
+# global memory reads and writes, and copies from global into shared memory
+_LOADS_STORES = r"ld\.global|st\.global|atom\.global|red\.global|ld\.volatile\.global"
+_ANY_GLOBAL = re.compile(rf"^\s*(?:@!?%p\d+\s+)?(?:{_LOADS_STORES}|cp\.async)")
+_PLAIN_GLOBAL = re.compile(rf"^\s*(?:@!?%p\d+\s+)?(?:{_LOADS_STORES})")
+
+
+@needs_toolchain
+def test_nothing_is_read_before_the_pdl_wait_but_the_gemm_weight_copies():
+    """Programmatic dependent launch: the pre-passes and the split-K reduce touch no global
+    memory before griddepcontrol.wait; the GEMM issues only its bulk/TMA copies there (the
+    weight and its scales: its kernel ahead is always its own pre-pass, which triggers after
+    its own wait; fp4core/pdl.cuh), no plain load or store (sm_90a PTX, program order)."""
+    ptx = jit.build("fp4_cutlass_pdl_check", [launcher.SM90_SOURCE], arch="sm_90a", flags=list(launcher.FLAGS),
+                    include_dirs=launcher.include_dirs(), kind="ptx", progress=False).read_text()
+    kernels = _kernel_bodies(ptx)
+    kinds = {"prepass": 0, "reduce": 0, "gemm": 0}
+    for name, body in kernels.items():
+        waits = [i for i, line in enumerate(body) if "griddepcontrol.wait" in line]
+        assert waits, f"{name}: no griddepcontrol.wait"
+        before = body[:waits[0]]
+        if "act_dequant" in name or "act_permute" in name or "splitk_reduce" in name:
+            kinds["reduce" if "reduce" in name else "prepass"] += 1
+            early = [line.strip() for line in before if _ANY_GLOBAL.match(line)]
+        else:
+            kinds["gemm"] += 1
+            early = [line.strip() for line in before if _PLAIN_GLOBAL.match(line)]
+        assert not early, f"{name}: global memory touched before the PDL wait: {early[:3]}"
+    assert all(kinds.values()), kinds
