@@ -12,7 +12,9 @@ compares with the exact reference (relative error <= 1e-2), through the backend'
 CUDA-graph replay must make none). ``check_back_to_back`` runs dependent launches eagerly
 without programmatic dependent launch and in a CUDA graph with it, and wants the same bits
 (a kernel that touches its inputs, output or workspace before ``pdl_wait`` fails it).
-``guarded_copy`` puts a CPU tensor right before an unreadable page, so a Triton kernel run in
+``global_access_before_pdl_wait`` reads a PTX text (``fp4core.kit.jit.build(..., kind="ptx")``,
+no GPU needed) for the global-memory instructions each kernel issues before its first
+``griddepcontrol.wait``. ``guarded_copy`` puts a CPU tensor right before an unreadable page, so a Triton kernel run in
 the interpreter (``TRITON_INTERPRET=1``) that reads or writes past the tensor's end dies with
 SIGSEGV instead of passing by luck.
 """
@@ -23,6 +25,7 @@ import contextlib
 import ctypes
 import dataclasses
 import mmap
+import re
 from typing import Any, Callable, Iterator, Sequence
 
 import torch
@@ -259,3 +262,39 @@ def check_back_to_back(calls: Sequence[Callable[[], Any]], outputs: Sequence[tor
             assert torch.equal(bits(w), bits(g)), (
                 f"{label}: output {i} differs {way} from the eager run without PDL "
                 f"({int((bits(w) != bits(g)).sum())} of {w.numel()} elements)")
+
+
+# Global-memory instructions of PTX: loads, stores, atomics and reductions, and (unless only
+# plain accesses are asked for) copies into shared memory (cp.async, bulk and tensor copies).
+# A prefetch.global.L2 returns no data and is not one.
+_PTX_PLAIN = r"ld\.global|st\.global|atom\.global|red\.global|ld\.volatile\.global"
+_PTX_ACCESS = {False: re.compile(rf"^\s*(?:@!?%p\d+\s+)?(?:{_PTX_PLAIN}|cp\.async)"),
+               True: re.compile(rf"^\s*(?:@!?%p\d+\s+)?(?:{_PTX_PLAIN})")}
+
+
+def global_access_before_pdl_wait(ptx: str, plain_only: bool = False) -> dict[str, list[str] | None]:
+    """For each kernel (``.entry``) of a PTX text: its global-memory instructions that come
+    before its first ``griddepcontrol.wait`` in program order, or None if it has no wait.
+
+    Under programmatic dependent launch a kernel may start while the kernel ahead still runs,
+    so a kernel that must not touch memory before the wait should map to an empty list.
+    ``plain_only``: count loads, stores and atomics only, not copies into shared memory (for a
+    kernel allowed to start its weight's bulk copies early). Program order is what the source
+    says for straight-line prologues; a wait in one branch does not cover another branch
+    placed after it in the text.
+    """
+    bodies: dict[str, list[str]] = {}
+    name = None
+    for line in ptx.splitlines():
+        m = re.match(r"^(?:\.visible\s+)?\.entry (\S+)\(", line)
+        if m:
+            name = m.group(1)
+            bodies[name] = []
+        elif name is not None:
+            bodies[name].append(line)
+    access = _PTX_ACCESS[plain_only]
+    out: dict[str, list[str] | None] = {}
+    for name, body in bodies.items():
+        wait = next((i for i, line in enumerate(body) if "griddepcontrol.wait" in line), None)
+        out[name] = None if wait is None else [line.strip() for line in body[:wait] if access.match(line)]
+    return out

@@ -71,3 +71,29 @@ def test_old_torch_without_requested_bytes_is_an_error_not_a_zero(monkeypatch):
     with pytest.raises(RuntimeError, match="requested_bytes.all.allocated"):
         with device_allocations():
             pass
+
+
+def test_global_access_before_pdl_wait_reads_each_kernel_of_a_ptx_text():
+    from fp4core.testing import global_access_before_pdl_wait
+    ptx = "\n".join([
+        ".visible .entry early(",
+        "\tld.param.u64 %rd1, [early_param_0];",
+        "\tprefetch.global.L2 [%rd1];",
+        "\t@%p1 ld.global.nc.f32 %f1, [%rd1];",
+        "\tcp.async.bulk.tensor.2d.shared::cluster.global [%r1], [%rd2, {%r2, %r3}], [%r4];",
+        "\tgriddepcontrol.wait;",
+        "\tst.global.f32 [%rd1], %f1;",
+        "}",
+        ".entry late(",
+        "\tgriddepcontrol.wait;",
+        "\tcp.async.cg.shared.global [%r1], [%rd1], 16;",
+        "}",
+        ".entry nowait(",
+        "\tld.global.f32 %f1, [%rd1];",
+        "}",
+    ])
+    got = global_access_before_pdl_wait(ptx)
+    assert got == {"early": ["@%p1 ld.global.nc.f32 %f1, [%rd1];",
+                             "cp.async.bulk.tensor.2d.shared::cluster.global [%r1], [%rd2, {%r2, %r3}], [%r4];"],
+                   "late": [], "nowait": None}
+    assert global_access_before_pdl_wait(ptx, plain_only=True)["early"] == ["@%p1 ld.global.nc.f32 %f1, [%rd1];"]

@@ -9,8 +9,8 @@ the wait, which returns once the kernel ahead has finished and its writes are vi
 changes when work starts, never a result; in CUDA-graph replay it hides the gap between
 back-to-back kernels.
 
-Off by default for now: the kernels' side has not yet run on a GPU (no device could be had
-the session it was written), so ``FP4CORE_PDL=1`` opts in for the process and
+Off by default for now: the kernels' side has not yet run on a GPU (no device could be had in
+the sessions since it was written), so ``FP4CORE_PDL=1`` opts in for the process and
 ``with fp4core.kit.pdl.override(True):`` for the calls of one thread (both on SM90+ devices
 only); ``override(False)`` turns it off for a thread (what ``mm_bf16_fp4(enable_pdl=False)``
 does). The GPU tests (``test_pdl_*``, ``fp4core.testing.check_back_to_back``) force it on. A backend's

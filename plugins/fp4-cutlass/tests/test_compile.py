@@ -4,12 +4,12 @@ hook and ``fp4core build`` (the JIT cache makes re-runs cheap). Skipped cleanly 
 without the CUTLASS headers. The Blackwell objects are compile-only: not verified on hardware."""
 
 import concurrent.futures
-import re
 
 import pytest
 
 import fp4core
 from fp4core.kit import jit
+from fp4core.testing import global_access_before_pdl_wait
 
 from fp4_cutlass import blackwell, launcher
 from fp4_cutlass.plugin import CutlassBackend
@@ -52,25 +52,6 @@ def test_blackwell_arch_names():
         blackwell.build("sm_90a")
 
 
-def _kernel_bodies(ptx: str) -> dict[str, list[str]]:
-    """Each .entry's body lines, in the PTX's (program) order."""
-    out, name = {}, None
-    for line in ptx.splitlines():
-        m = re.match(r"^(?:\.visible\s+)?\.entry (\S+)\(", line)
-        if m:
-            name = m.group(1)
-            out[name] = []
-        elif name is not None:
-            out[name].append(line)
-    return out
-
-
-# global memory reads and writes, and copies from global into shared memory
-_LOADS_STORES = r"ld\.global|st\.global|atom\.global|red\.global|ld\.volatile\.global"
-_ANY_GLOBAL = re.compile(rf"^\s*(?:@!?%p\d+\s+)?(?:{_LOADS_STORES}|cp\.async)")
-_PLAIN_GLOBAL = re.compile(rf"^\s*(?:@!?%p\d+\s+)?(?:{_LOADS_STORES})")
-
-
 @needs_toolchain
 def test_nothing_is_read_before_the_pdl_wait_but_the_gemm_weight_copies():
     """Programmatic dependent launch: the pre-passes and the split-K reduce touch no global
@@ -79,17 +60,16 @@ def test_nothing_is_read_before_the_pdl_wait_but_the_gemm_weight_copies():
     its own wait; fp4core/pdl.cuh), no plain load or store (sm_90a PTX, program order)."""
     ptx = jit.build("fp4_cutlass_pdl_check", [launcher.SM90_SOURCE], arch="sm_90a", flags=list(launcher.FLAGS),
                     include_dirs=launcher.include_dirs(), kind="ptx", progress=False).read_text()
-    kernels = _kernel_bodies(ptx)
+    prepasses = ("act_dequant", "act_permute", "splitk_reduce")
+    strict = global_access_before_pdl_wait(ptx)
+    plain = global_access_before_pdl_wait(ptx, plain_only=True)
     kinds = {"prepass": 0, "reduce": 0, "gemm": 0}
-    for name, body in kernels.items():
-        waits = [i for i, line in enumerate(body) if "griddepcontrol.wait" in line]
-        assert waits, f"{name}: no griddepcontrol.wait"
-        before = body[:waits[0]]
-        if "act_dequant" in name or "act_permute" in name or "splitk_reduce" in name:
+    for name, lines in strict.items():
+        assert lines is not None, f"{name}: no griddepcontrol.wait"
+        if any(k in name for k in prepasses):
             kinds["reduce" if "reduce" in name else "prepass"] += 1
-            early = [line.strip() for line in before if _ANY_GLOBAL.match(line)]
         else:
             kinds["gemm"] += 1
-            early = [line.strip() for line in before if _PLAIN_GLOBAL.match(line)]
-        assert not early, f"{name}: global memory touched before the PDL wait: {early[:3]}"
+            lines = plain[name]  # its bulk/TMA weight copies may come first
+        assert not lines, f"{name}: global memory touched before the PDL wait: {lines[:3]}"
     assert all(kinds.values()), kinds

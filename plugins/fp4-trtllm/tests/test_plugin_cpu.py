@@ -2,7 +2,6 @@
 source compiles for sm_90a and sm_100a (compile-only, needs nvcc)."""
 
 import json
-import re
 from importlib import metadata
 
 import pytest
@@ -12,6 +11,7 @@ import fp4core
 from fp4core.kit import jit
 from fp4core.dispatch.problem import DeviceInfo
 from fp4core.dispatch.synthetic import random_weight
+from fp4core.testing import global_access_before_pdl_wait
 from fp4core.formats.fp4 import Fp4Format
 
 from fp4_trtllm import launcher
@@ -248,24 +248,6 @@ def test_prepare_records_the_word_code_and_calls_of_the_other_kind_are_refused(a
     assert mx.extra["fp4_trtllm"]["code"] is None  # MXFP4 keeps the natural codes
 
 
-# PTX instructions that touch global memory (or copy from it into shared memory); a
-# prefetch.global.L2 returns no data and is allowed before the wait.
-_GLOBAL_ACCESS = re.compile(r"^\s*(?:@!?%p\d+\s+)?(?:ld\.global|st\.global|cp\.async|atom\.global|red\.global|ld\.volatile\.global)")
-
-
-def _kernels(ptx: str) -> dict[str, list[str]]:
-    """Each .entry's body lines, in the PTX's (program) order."""
-    out, name, body = {}, None, []
-    for line in ptx.splitlines():
-        m = re.match(r"^(?:\.visible\s+)?\.entry (\S+)\(", line)
-        if m:
-            name, body = m.group(1), []
-            out[name] = body
-        elif name is not None:
-            body.append(line)
-    return out
-
-
 @needs_nvcc
 @pytest.mark.parametrize("source", launcher.SOURCES, ids=lambda p: p.name)
 def test_no_kernel_reads_global_memory_before_the_pdl_wait(source, tmp_path, monkeypatch):
@@ -276,10 +258,8 @@ def test_no_kernel_reads_global_memory_before_the_pdl_wait(source, tmp_path, mon
     monkeypatch.setenv(jit.ENV_CACHE, str(tmp_path))
     ptx = jit.build("fp4_trtllm_pdl_check", [source], arch="sm_90a", kind="ptx", flags=list(launcher.FLAGS),
                     progress=False).read_text()
-    kernels = _kernels(ptx)
-    assert kernels, "no kernels in the PTX"
-    for name, body in kernels.items():
-        waits = [i for i, line in enumerate(body) if "griddepcontrol.wait" in line]
-        assert waits, f"{name}: no griddepcontrol.wait"
-        early = [line.strip() for line in body[:waits[0]] if _GLOBAL_ACCESS.match(line)]
-        assert not early, f"{name}: global memory touched before the PDL wait: {early[:3]}"
+    early = global_access_before_pdl_wait(ptx)
+    assert early, "no kernels in the PTX"
+    for name, lines in early.items():
+        assert lines is not None, f"{name}: no griddepcontrol.wait"
+        assert not lines, f"{name}: global memory touched before the PDL wait: {lines[:3]}"
