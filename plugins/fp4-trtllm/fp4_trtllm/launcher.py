@@ -31,10 +31,15 @@ SOURCE = Path(__file__).parent / "csrc" / "fp4_gemv.cu"
 #: Both kernels, linked into one library: stream-K (fp4_gemv.cu) and split-K (fp4_splitk.cu).
 SOURCES = (SOURCE, Path(__file__).parent / "csrc" / "fp4_splitk.cu")
 LIB_NAME = "fp4_trtllm_gemv"
-ABI_VERSION = 8  # 4: NVFP4 weights word-encoded (wordcode.py); 5: tiles in groups of 16; 6: W4A16 entry;
-# 7: weight-only NVFP4 weights in the bf16 word code; 8: the params' pdl field
+ABI_VERSION = 9  # 4: NVFP4 weights word-encoded (wordcode.py); 5: tiles in groups of 16; 6: W4A16 entry;
+# 7: weight-only NVFP4 weights in the bf16 word code; 8: the params' pdl field; 9: fused quantization
 #: The W4A16 kernels' activation codes (fp4_trtllm_splitk_w16's ``act``), by torch dtype.
 ACT_CODES = {torch.bfloat16: 1, torch.float16: 2}
+#: The fused-quantization kernels' activation codes (fp4_trtllm_splitk_fused_quant's ``act``).
+FUSED_QUANT_ACT_CODES = {torch.bfloat16: 3, torch.float16: 4}
+#: Largest M of the fused-quantization kernels (activation passes of up to 4 tiles of 8 rows;
+#: the 8-tile variant would spill).
+FUSED_QUANT_MAX_M = 32
 #: nvcc flags of the library (the build hook and ``library`` must agree: same JIT cache key).
 FLAGS = ("-lineinfo",)
 #: Activation rows per CTA pass, by the kernel's template parameter NT (8 rows per MMA tile).
@@ -56,7 +61,7 @@ class _SplitKParams(ctypes.Structure):
                 ("a", "a_sf", "b", "b_sf", "alpha", "out", "ws", "counters")] + \
                [(name, ctypes.c_int) for name in
                 ("m", "n", "k", "a_sf_8x4", "a_sf_col_tiles", "out_fp16", "splits", "warps", "m_tiles",
-                 "pdl")]
+                 "pdl")] + [("w_gs", ctypes.c_void_p)]
 
 
 # the nvcc target of a device (kept here by name: tests and the build hook use it)
@@ -76,6 +81,9 @@ def library(arch: str) -> ctypes.CDLL:
     lib.fp4_trtllm_splitk_w16.restype = ctypes.c_int
     lib.fp4_trtllm_splitk_w16.argtypes = [ctypes.POINTER(_SplitKParams), ctypes.c_int, ctypes.c_int,
                                           ctypes.c_int, ctypes.c_int, ctypes.c_void_p]
+    lib.fp4_trtllm_splitk_fused_quant.restype = ctypes.c_int
+    lib.fp4_trtllm_splitk_fused_quant.argtypes = [ctypes.POINTER(_SplitKParams), ctypes.c_int, ctypes.c_int,
+                                                  ctypes.c_int, ctypes.c_void_p]
     lib.fp4_trtllm_occupancy.restype = ctypes.c_int
     lib.fp4_trtllm_occupancy.argtypes = [ctypes.c_int] * 4
     lib.fp4_trtllm_error_string.restype = ctypes.c_char_p
@@ -296,4 +304,45 @@ def bind(*, w: torch.Tensor, w_sf: torch.Tensor, m: int, n: int, k: int, mx: boo
         err = fn(ref, mode, t, nt, grid, raw_stream(index))
         if err:
             raise launch_error(lib, err, "kernel", what)
+    return launch
+
+
+def bind_fused_quant(*, w: torch.Tensor, w_sf: torch.Tensor, m: int, n: int, k: int, t: int, warps: int,
+                     splits: int, act_dtype: torch.dtype, out_fp16: bool, device: torch.device):
+    """``launch(x, w_gs, out)``: dynamic NVFP4 quantization of the activations and the split-K ring
+    GEMM in one kernel, for repeated calls of one shape and tactic.
+
+    ``x`` is the contiguous (m, k) bf16/fp16 activation (16-byte aligned), ``w_gs`` the weight's
+    float32 (1,) global scale, ``out`` (m, n) bf16/fp16; ``w``/``w_sf`` the NVFP4 weight as
+    ``layout.prepare_weight`` makes it for FP4 activations (the f16 word code). The result is
+    bit-identical to ``ActivationQuantizer`` (dynamic global scale, alpha) followed by the
+    split-K ring tactic (t, warps, splits): every CTA takes the input's maximum itself, so it is
+    meant for small inputs (decode batches). m <= ``FUSED_QUANT_MAX_M``. Not yet offered by the
+    plugin's hooks: ``benchmarks/fused_quant_ab.py`` measures it first."""
+    if m > FUSED_QUANT_MAX_M:
+        raise ValueError(f"fp4-trtllm: fused quantization takes m <= {FUSED_QUANT_MAX_M}, got m={m}")
+    act = FUSED_QUANT_ACT_CODES.get(act_dtype)
+    if act is None:
+        raise ValueError(f"fp4-trtllm: fused quantization takes bf16 or fp16 activations, got {act_dtype}")
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    lib = _device_lib(index)
+    raw_stream, pdl_on = kit.raw_stream, pdl.enabled
+    nt = nt_for(m)
+    ws = cnt = None
+    if splits > 1:
+        gx, _, gz = splitk_grid(m, n, t, warps, splits)
+        ws, cnt = workspace_pointers(device, gx * splits * gz * warps * t * nt * 128, gx * gz)
+    p = _SplitKParams(None, None, w.data_ptr(), w_sf.data_ptr(), None, None, ws, cnt, m, n, k,
+                      0, 0, int(out_fp16), splits, warps, (n + 15) // 16)
+    fn, ref = lib.fp4_trtllm_splitk_fused_quant, ctypes.byref(p)
+    what = f"fused-quantization split-K m={m} n={n} k={k} t={t} warps={warps} splits={splits}"
+
+    def launch(x, w_gs, out):
+        p.a, p.w_gs, p.out = x.data_ptr(), w_gs.data_ptr(), out.data_ptr()
+        if p.a % 16:
+            _check_alignment_w16(p.a)
+        p.pdl = pdl_on(index)
+        err = fn(ref, act, t, nt, raw_stream(index))
+        if err:
+            raise launch_error(lib, err, "fused-quantization kernel", what)
     return launch

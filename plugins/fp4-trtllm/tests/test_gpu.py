@@ -327,3 +327,115 @@ def test_pdl_w4a16_chain_is_bit_identical(m, nv, act):
         torch.cuda.synchronize()
         assert torch.isfinite(ys[4]).all(), "the chain overflowed: the check needs finite values"
         check_back_to_back(calls, ys[1:], label=f"m={m} {tactic}")
+
+
+# ---- fused dynamic quantization (launcher.bind_fused_quant; not yet offered by the hooks) -------
+FUSED_SHAPES = [(1, 2880, 1024), (7, 1280, 2880), (16, 7168, 2048), (32, 2048, 512)]
+
+
+def _fused_setup(m, n, k, act, seed):
+    """(backend, W4A4 problem with `act` output, prepared weight, encode global scale of the weight)."""
+    from fp4core.formats.quantize import compute_global_scale, nvfp4_quantize
+    be = TrtllmBackend()
+    problem = _problem(m, n, k, out=act)
+    g = torch.Generator(device="cuda").manual_seed(seed)
+    w = torch.randn(n, k, device="cuda", generator=g)
+    gw = compute_global_scale(w)
+    b, bsf = nvfp4_quantize(w, gw)
+    prepared = be.prepare(problem.with_m(None), fp4core.Operands(None, None, b, bsf))
+    return be, problem, prepared, gw, (b, bsf), g
+
+
+def _two_kernel_and_fused(be, problem, prepared, gw, x, tactic):
+    """(quantizer + ring GEMM output, fused kernel output) for one tactic, outputs poisoned first."""
+    from fp4core.formats.kernels.quantize_triton import quantize_activation
+    from fp4core.formats.layouts import SfLayout
+    from fp4_trtllm import launcher
+    m, n, k = problem.m, problem.n, problem.k
+    two = torch.full((m, n), float("nan"), dtype=problem.out_dtype, device="cuda")
+    fused = torch.full((m, n), float("nan"), dtype=problem.out_dtype, device="cuda")
+    a, a_sf, alpha = quantize_activation(x, fp4core.Fp4Format.NVFP4, SfLayout.layout_128x4, None, gw)
+    be.run(problem, prepared.with_activation(a, a_sf.view(-1), alpha), tactic, two)
+    launch = launcher.bind_fused_quant(w=prepared.b, w_sf=prepared.b_scale, m=m, n=n, k=k, t=tactic.t,
+                                       warps=tactic.warps, splits=tactic.split_k or 1, act_dtype=x.dtype,
+                                       out_fp16=problem.out_dtype == torch.float16, device=x.device)
+    launch(x, gw, fused)
+    torch.cuda.synchronize()
+    return two, fused
+
+
+def _ring_tactics(be, problem):
+    return [t for t in be.tactics(problem) if t.kernel == "splitk" and t.ring]
+
+
+@pytest.mark.parametrize("act", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
+@pytest.mark.parametrize("m,n,k", FUSED_SHAPES)
+def test_fused_quantization_is_the_two_kernel_path_bit_for_bit(m, n, k, act):
+    """Quantizing inside the GEMM gives the quantizer + GEMM output exactly (every ring tactic),
+    and both are within tolerance of float64 on the CPU recipe's quantized activations."""
+    from fp4core.formats.quantize import compute_global_scale, nvfp4_quantize
+    be, problem, prepared, gw, (b, bsf), g = _fused_setup(m, n, k, act, 60 + m + n)
+    x = (torch.randn(m, k, device="cuda", generator=g) * 3).to(act)
+    gx = compute_global_scale(x)
+    a_ref, asf_ref = nvfp4_quantize(x, gx)
+    alpha = (1.0 / (gx * gw)).float()
+    ref = reference_mm(problem, fp4core.Operands(a_ref, asf_ref, b, bsf, alpha))
+    tactics = _ring_tactics(be, problem)
+    assert tactics
+    for tactic in tactics:
+        two, fused = _two_kernel_and_fused(be, problem, prepared, gw, x, tactic)
+        assert torch.equal(two.view(torch.int16), fused.view(torch.int16)), \
+            f"{problem.describe()} {tactic.label()}: {(two != fused).sum().item()} outputs differ"
+        err = relative_error(fused, ref)
+        assert err <= TOLERANCE, f"{problem.describe()} {tactic.label()}: rel err {err:.3g}"
+
+
+@pytest.mark.parametrize("act", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
+@pytest.mark.parametrize("case", ["zeros", "nan_inf", "tiny", "spread", "gs_overflow"])
+def test_fused_quantization_special_inputs_match_the_two_kernel_path(case, act):
+    """Zero input (gs = 1), NaN/Inf (their blocks only: NaN scale, zero codes), tiny values
+    (E4M3 subnormal block scales), magnitudes spread over 8 decades (zero blocks beside
+    saturated ones), and an amax so small that the global scale overflows (every block
+    marked): the same bits as quantizer + GEMM, NaN patterns included."""
+    m, n, k = 7, 1280, 1024
+    be, problem, prepared, gw, _, g = _fused_setup(m, n, k, act, 70)
+    x = torch.randn(m, k, device="cuda", generator=g)
+    if case == "zeros":
+        x = torch.zeros_like(x)
+    elif case == "nan_inf":
+        x[0, 5], x[3, 700], x[6, 1023] = float("nan"), float("inf"), -float("inf")
+    elif case == "tiny":
+        x = x * 1e-6
+    elif case == "spread":
+        x = x * torch.logspace(-4, 4, k, device="cuda")
+    elif case == "gs_overflow":
+        if act == torch.float16:
+            pytest.skip("fp16 holds no value whose reciprocal overflows float32")
+        x = x * 1e-38
+    x = x.to(act)
+    for tactic in _ring_tactics(be, problem)[:4]:
+        two, fused = _two_kernel_and_fused(be, problem, prepared, gw, x, tactic)
+        assert torch.equal(two.view(torch.int16), fused.view(torch.int16)), f"{case} {tactic.label()}"
+    if case == "nan_inf":
+        assert fused[[0, 3, 6]].isnan().all() and not fused[[1, 2, 4, 5]].isnan().any()
+
+
+@pytest.mark.parametrize("m", [1, 16])
+def test_pdl_fused_quantization_chain_is_bit_identical(m):
+    """Four fused layers, each quantizing the previous one's output (N = K): with PDL each may
+    start while the one before drains and must wait before reading its input's maximum."""
+    from fp4_trtllm import launcher
+    n = k = 2048
+    be, problem, prepared, gw, _, g = _fused_setup(m, n, k, torch.bfloat16, 80 + m)
+    ys = [torch.randn(m, k, device="cuda", generator=g).to(torch.bfloat16)] + \
+         [torch.empty(m, n, dtype=torch.bfloat16, device="cuda") for _ in range(4)]
+    for tactic in _ring_tactics(be, problem)[:3]:
+        launch = launcher.bind_fused_quant(w=prepared.b, w_sf=prepared.b_scale, m=m, n=n, k=k, t=tactic.t,
+                                           warps=tactic.warps, splits=tactic.split_k or 1,
+                                           act_dtype=torch.bfloat16, out_fp16=False, device=ys[0].device)
+        calls = [lambda i=i: launch(ys[i], gw, ys[i + 1]) for i in range(4)]
+        for c in calls:
+            c()
+        torch.cuda.synchronize()
+        assert torch.isfinite(ys[4]).all()
+        check_back_to_back(calls, ys[1:], label=f"m={m} {tactic.label()}")

@@ -263,3 +263,33 @@ def test_no_kernel_reads_global_memory_before_the_pdl_wait(source, tmp_path, mon
     for name, lines in early.items():
         assert lines is not None, f"{name}: no griddepcontrol.wait"
         assert not lines, f"{name}: global memory touched before the PDL wait: {lines[:3]}"
+
+
+def _c_struct_fields(source: str, struct: str) -> list[str]:
+    body = source.split(f"struct {struct} {{", 1)[1].split("};", 1)[0]
+    fields = []
+    for line in body.splitlines():
+        decl = line.split("//", 1)[0].strip().rstrip(";")
+        if decl:
+            fields += [part.strip().lstrip("*").split()[-1].lstrip("*") for part in decl.split(",")]
+    return fields
+
+
+@pytest.mark.parametrize("struct,mirror,source", [
+    ("Fp4SplitKParams", launcher._SplitKParams, launcher.SOURCES[1]),
+    ("Fp4GemvParams", launcher._Params, launcher.SOURCES[0])])
+def test_param_blocks_mirror_the_c_structs(struct, mirror, source):
+    """The ctypes parameter blocks name the C structs' fields in the same order (a field added
+    on one side only would shift every later one)."""
+    assert [name for name, _ in mirror._fields_] == _c_struct_fields(source.read_text(), struct)
+
+
+def test_fused_quantization_launcher_refuses_what_it_cannot_run():
+    """Checked before the library is touched: M past one 32-row activation pass, FP4 or
+    float32 activations."""
+    kw = dict(w=None, w_sf=None, n=2880, k=1024, t=2, warps=4, splits=1, out_fp16=False,
+              device=torch.device("cuda", 0))
+    with pytest.raises(ValueError, match="m <= 32, got m=33"):
+        launcher.bind_fused_quant(m=33, act_dtype=torch.bfloat16, **kw)
+    with pytest.raises(ValueError, match="bf16 or fp16 activations, got torch.float32"):
+        launcher.bind_fused_quant(m=7, act_dtype=torch.float32, **kw)

@@ -551,5 +551,5 @@ const char* fp4_trtllm_error_string(int code) {
     return cudaGetErrorString(static_cast<cudaError_t>(code));
 }
 
-int fp4_trtllm_abi_version(void) { return 8; }
+int fp4_trtllm_abi_version(void) { return 9; }
 }

@@ -32,6 +32,17 @@
 // fp16 activations take NVFP4 weights only (E8M0 scales need bf16's range): the bf16 patterns
 // move to fp16 ones (nv_bf16_to_f16, value * 2^-14) and the fp16 path of the W4A4 kernel runs.
 //
+// Fused dynamic quantization (ACT = 3 bf16, 4 fp16; NVFP4 only, ring tactics only; not the
+// public API yet, see docs/benchmarks.md): A is the plain (M, K) activation of a W4A4 layer whose
+// activations are quantized per call with a global scale from their own amax. The ring copies
+// the raw values as in the weight-only path; every CTA first takes the finite maximum of |A|
+// over the whole (small) input, gs = 2688 / amax, and each lane then quantizes its 16 values
+// (exactly one NVFP4 block) with the recipe of fp4core's Triton quantizer, bit for bit
+// (quantize_nv_block), and feeds the codes and scale byte to the W4A4 path's decode. The weight
+// is the W4A4 one (f16 word code), alpha = 1 / (gs * w_gs) as the quantizer writes it, so the
+// output is bit-identical to quantizer + this kernel's W4A4 ring tactic of the same shape, in
+// one launch instead of two.
+//
 // Programmatic dependent launch (p.pdl, SM90+; fp4core/pdl.cuh): the ring kernels prefetch
 // their first RING - 1 weight chunks into L2, then wait for the kernel ahead, then start the
 // ring's copies as without PDL; the register pipeline waits before its first load. Nothing is
@@ -67,6 +78,7 @@ struct Fp4SplitKParams {
     int warps;             // warps per CTA
     int m_tiles;           // ceil(N / 16): tiles of weight rows
     int pdl;               // host side: launch with programmatic dependent launch (SM90+)
+    const float* w_gs;     // fused dynamic quantization (ACT 3/4): the weight's global scale
 };
 }
 
@@ -135,11 +147,16 @@ struct RingSlot {
     static constexpr int kBytes = kAs + (ACT ? 0 : NT * 128);
 };
 
+// ACT: 0 packed FP4 activations with scales; 1/2 weight-only bf16/fp16; 3/4 bf16/fp16 quantized
+// to NVFP4 in the kernel. 1..4 copy the plain activation rows into the ring.
+__host__ __device__ constexpr bool weight_only(int act) { return act == 1 || act == 2; }
+__host__ __device__ constexpr bool fused_quant(int act) { return act >= 3; }
+
 // One stored weight word -> 4 registers of MMA operand pairs: bf16 (BF) or fp16 patterns.
-// NVFP4 weights of weight-only calls (ACT > 0) are in the bf16 word code, others in the f16 one.
+// NVFP4 weights of weight-only calls (ACT 1/2) are in the bf16 word code, others in the f16 one.
 template <bool MX, bool BF, int ACT>
 __device__ __forceinline__ void decode_weight_as(uint32_t w, uint32_t (&r)[4], const Tables& tb) {
-    if constexpr (!MX && ACT > 0) {
+    if constexpr (!MX && weight_only(ACT)) {
         decode_nv_weight_bf16(w, r);
         if constexpr (!BF) {
 #pragma unroll
@@ -163,14 +180,141 @@ __device__ __forceinline__ uint32_t weight_scales2(uint32_t two) {
 template <bool MX, int ACT>
 constexpr bool kBf16Mma = ACT == 1 || (ACT == 0 && MX);
 
+// --- Fused dynamic NVFP4 quantization (ACT 3/4): fp4core's Triton quantizer, bit for bit
+// (fp4core/formats/kernels/quantize_triton.py: _e4m3_byte, _e4m3_value, _e2m1_magnitude,
+// _quant_kernel's NVFP4 branch). Every rounding step is an explicit _rn intrinsic so nvcc cannot
+// contract it differently; where the quantizer's expression may be contracted by Triton, the
+// product is exact (a power-of-two multiple) and both forms round alike.
+
+// 16-bit activation pattern (magnitude bits only or full) -> float32, exact.
+template <int ACT>
+__device__ __forceinline__ float act_to_float(uint32_t h) {
+    if constexpr (ACT == 3) return __uint_as_float(h << 16);
+    else return __half2float(__ushort_as_half((unsigned short)h));
+}
+
+// Both halves' |x| patterns, kept only where finite (positive bf16/fp16 order like their bits).
+template <int ACT>
+__device__ __forceinline__ uint32_t finite_abs2(uint32_t w) {
+    constexpr uint32_t kInf2 = ACT == 3 ? 0x7F807F80u : 0x7C007C00u;
+    const uint32_t v = w & 0x7FFF7FFFu;
+    return v & __vcmpltu2(v, kInf2);
+}
+
+// Non-negative float32 (<= 448) -> E4M3 byte, round to nearest even, subnormals kept.
+__device__ __forceinline__ uint32_t e4m3_byte(float v) {
+    const uint32_t bits = __float_as_uint(v);
+    const uint32_t normal = ((bits + 0x7FFFFu + ((bits >> 20) & 1u)) >> 20) - 960u;
+    const uint32_t sub = (uint32_t)(int)__fadd_rn(__fmaf_rn(v, 512.0f, 8388608.0f), -8388608.0f);
+    return v < 0.015625f ? sub : normal;
+}
+
+// E4M3 byte (0..0x7E) -> float32, exact.
+__device__ __forceinline__ float e4m3_value(uint32_t b) {
+    const uint32_t e = b >> 3, m = b & 7u;
+    return e == 0 ? __fmul_rn((float)m, 0.001953125f) : __uint_as_float(((e + 120u) << 23) | (m << 20));
+}
+
+// E2M1 magnitude code (0..7, RNE, saturating at 6) of |q|: min(rint(2a), rint(a) + 2, rint(a/2) + 4)
+// with each rint one add of 2^23 (see the quantizer's _e2m1_magnitude).
+__device__ __forceinline__ uint32_t e2m1_magnitude(float q) {
+    const float a = fminf(fabsf(q), 6.0f);
+    const uint32_t y1 = __float_as_uint(__fmaf_rn(a, 2.0f, 8388608.0f));
+    const uint32_t y2 = __float_as_uint(__fadd_rn(a, 8388610.0f));
+    const uint32_t y3 = __float_as_uint(__fmaf_rn(a, 0.5f, 8388612.0f));
+    return min(min(y1, y2), y3) & 0xFu;
+}
+
+// One NVFP4 block (16 bf16/fp16 values in two 16-byte halves, in k order) with global scale gs ->
+// its 8 code bytes (value 2i in the low nibble of byte i, as the quantizer packs them) and its
+// E4M3 scale byte. A block holding NaN/Inf, or a non-finite gs, gets 0x7F and zero codes.
+template <int ACT>
+__device__ __forceinline__ uint32_t quantize_nv_block(const uint4 (&x)[2], float gs, bool gs_bad, uint2& codes) {
+    const uint32_t w[8] = {x[0].x, x[0].y, x[0].z, x[0].w, x[1].x, x[1].y, x[1].z, x[1].w};
+    constexpr uint32_t kInf = ACT == 3 ? 0x7F80u : 0x7C00u;
+    uint32_t m2 = 0;
+#pragma unroll
+    for (int q = 0; q < 8; ++q) m2 = __vmaxu2(m2, w[q] & 0x7FFF7FFFu);
+    const uint32_t am16 = max(m2 & 0xFFFFu, m2 >> 16);
+    const float amax = act_to_float<ACT>(am16);
+    float sf = amax > 0.0f ? __fdiv_rn(__fmul_rn(amax, gs), 6.0f) : 0.0f;
+    sf = fminf(sf, 448.0f);
+    uint32_t sbyte = e4m3_byte(sf);
+    const float sv = e4m3_value(sbyte);
+    const float mult = sv > 0.0f ? __fdiv_rn(gs, sv) : 0.0f;
+    uint32_t out[2];
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+        uint32_t word = 0;
+#pragma unroll
+        for (int q = 0; q < 4; ++q) {
+            const uint32_t pr = w[4 * h + q];
+            const uint32_t lo = e2m1_magnitude(__fmul_rn(act_to_float<ACT>(pr & 0xFFFFu), mult));
+            const uint32_t hi = e2m1_magnitude(__fmul_rn(act_to_float<ACT>(pr >> 16), mult));
+            const uint32_t byte = (hi << 4) | lo | ((pr >> 12) & 0x8u) | ((pr >> 24) & 0x80u);
+            word |= byte << (8 * q);
+        }
+        out[h] = word;
+    }
+    if (am16 >= kInf || gs_bad) {
+        out[0] = out[1] = 0;
+        sbyte = 0x7Fu;
+    }
+    codes = make_uint2(out[0], out[1]);
+    return sbyte;
+}
+
+// The quantizer's global scale of the whole (m, k) input, for every thread of the CTA:
+// gs = 2688 / amax over the finite values (1 if none is nonzero). Reads m * k values (from L2:
+// every CTA reads the same small input); ends with a CTA barrier.
+template <int ACT>
+__device__ float whole_input_gs(const uint8_t* a, int m, int k) {
+    const uint4* v = reinterpret_cast<const uint4*>(a);
+    const long long n16 = (long long)m * k / 8;  // 16-byte pieces (k % 64 == 0)
+    const int stride = blockDim.x;
+    uint32_t acc = 0;
+    for (long long i = threadIdx.x; i < n16; i += 4LL * stride) {
+        uint4 x[4];
+#pragma unroll
+        for (int u = 0; u < 4; ++u)  // four loads in flight before any use
+            x[u] = i + (long long)u * stride < n16 ? __ldcg(v + i + (long long)u * stride) : make_uint4(0, 0, 0, 0);
+#pragma unroll
+        for (int u = 0; u < 4; ++u)
+            acc = __vmaxu2(__vmaxu2(acc, finite_abs2<ACT>(x[u].x)), __vmaxu2(finite_abs2<ACT>(x[u].y),
+                  __vmaxu2(finite_abs2<ACT>(x[u].z), finite_abs2<ACT>(x[u].w))));
+    }
+    acc = __reduce_max_sync(0xFFFFFFFFu, max(acc & 0xFFFFu, acc >> 16));
+    __shared__ uint32_t warp_max[8];
+    if ((threadIdx.x & 31) == 0) warp_max[threadIdx.x >> 5] = acc;
+    __syncthreads();
+    uint32_t am = 0;
+    for (int w = 0; w < (int)(blockDim.x >> 5); ++w) am = max(am, warp_max[w]);
+    const float amax = act_to_float<ACT>(am);
+    return amax > 0.0f ? __fmul_rn(__fdiv_rn(1.0f, amax), 2688.0f) : 1.0f;
+}
+
 template <bool MX, int T, int NT, int ACT = 0>
-__device__ __forceinline__ void compute(const Stage<T, NT>& st, float (&acc)[T][NT][4], const Tables& tb) {
+__device__ __forceinline__ void compute(const Stage<T, NT>& st, float (&acc)[T][NT][4], const Tables& tb,
+                                        float gs = 1.0f, bool gs_bad = false) {
     static_assert(!(MX && ACT == 2), "MXFP4 weights take bf16 activations only");
+    static_assert(!(MX && fused_quant(ACT)), "fused quantization is NVFP4 only");
     constexpr bool BF = kBf16Mma<MX, ACT>;
     uint32_t av[NT][8];
 #pragma unroll
     for (int j = 0; j < NT; ++j) {
-        if constexpr (ACT > 0) {
+        if constexpr (fused_quant(ACT)) {
+            // The same operands as the W4A4 path gets from the quantizer's bytes.
+            uint2 codes;
+            const uint32_t sbyte = quantize_nv_block<ACT>(st.a16[j], gs, gs_bad, codes);
+            const uint32_t s = bcast(scales2<false>(sbyte), true);
+            uint32_t r[4];
+            decode_word<false>(codes.x, r, tb);
+#pragma unroll
+            for (int q = 0; q < 4; ++q) av[j][q] = mul2<false>(r[q], s);
+            decode_word<false>(codes.y, r, tb);
+#pragma unroll
+            for (int q = 0; q < 4; ++q) av[j][4 + q] = mul2<false>(r[q], s);
+        } else if constexpr (ACT > 0) {
             av[j][0] = st.a16[j][0].x; av[j][1] = st.a16[j][0].y; av[j][2] = st.a16[j][0].z; av[j][3] = st.a16[j][0].w;
             av[j][4] = st.a16[j][1].x; av[j][5] = st.a16[j][1].y; av[j][6] = st.a16[j][1].z; av[j][7] = st.a16[j][1].w;
         } else {
@@ -225,7 +369,7 @@ constexpr int min_ctas_8_warps() {
 template <bool MX, int T, int NT, int STAGES, int RING, int ACT = 0>
 __global__ void __launch_bounds__(256, (min_ctas_8_warps<MX, T, NT, RING>()))
 fp4_splitk_kernel(const Fp4SplitKParams p) {
-    static_assert(ACT == 0 || RING > 0, "W4A16 runs through the shared-memory ring only");
+    static_assert(ACT == 0 || RING > 0, "plain activations run through the shared-memory ring only");
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     const int g = lane >> 2, t = lane & 3;
     const int chunks = p.k >> 6;
@@ -310,6 +454,7 @@ fp4_splitk_kernel(const Fp4SplitKParams p) {
 #pragma unroll
             for (int r = 0; r < 4; ++r) acc[i][j][r] = 0.f;
 
+    float gs = 1.0f;  // fused quantization: the activations' global scale (whole_input_gs)
     if constexpr (RING > 0) {
         // Shared-memory ring of RING chunks per warp, filled with cp.async: RING - 1 chunks are
         // in flight per lane without holding registers (the register pipeline below needs
@@ -402,6 +547,9 @@ fp4_splitk_kernel(const Fp4SplitKParams p) {
             if (c_begin + s < c_end) issue(ring + s * R::kBytes, c_begin + s);
             cp_async_commit();  // one group per chunk, empty past the end: the wait count stays fixed
         }
+        // While those copies fly, the whole input's maximum (the raw copies need no scale).
+        if constexpr (fused_quant(ACT)) gs = whole_input_gs<ACT>(p.a, p.m, p.k);
+        const bool gs_bad = !(fabsf(gs) < INFINITY);
         int slot = 0;
         for (int c = c_begin; c < c_end; ++c) {
             cp_async_wait<RING - 2>();  // this lane's copies of chunk c have landed
@@ -411,7 +559,7 @@ fp4_splitk_kernel(const Fp4SplitKParams p) {
             cp_async_commit();
             Stage<T, NT> st;
             read(ring + slot * R::kBytes, c, st);
-            compute<MX, T, NT, ACT>(st, acc, tb);
+            compute<MX, T, NT, ACT>(st, acc, tb, gs, gs_bad);
             slot = slot == RING - 1 ? 0 : slot + 1;
         }
     } else if constexpr (ACT == 0) {
@@ -437,8 +585,10 @@ fp4_splitk_kernel(const Fp4SplitKParams p) {
 
     // NVFP4 weight operands are value * 2^-14 (decode_nv_weight), or value * scale * 2^-7 on the
     // bf16 path (decode_nv_weight_bf16, scales2_nv_bf16): alpha carries 2^14 or 2^7, exactly.
-    const float alpha = (p.alpha ? __ldg(p.alpha) : 1.0f) *
-                        ((!MX && kBf16Mma<MX, ACT>) ? kNvBf16WeightScale : weight_scale<MX>());
+    // Fused quantization: alpha = 1 / (gs * w_gs), the quantizer's expression.
+    const float alpha_in = fused_quant(ACT) ? __fdiv_rn(1.0f, __fmul_rn(gs, __ldg(p.w_gs)))
+                                            : (p.alpha ? __ldg(p.alpha) : 1.0f);
+    const float alpha = alpha_in * ((!MX && kBf16Mma<MX, ACT>) ? kNvBf16WeightScale : weight_scale<MX>());
     auto store = [&](float (&v)[T][NT][4]) {
 #pragma unroll
         for (int i = 0; i < T; ++i) {
@@ -592,7 +742,7 @@ cudaError_t dispatch_ring(const Fp4SplitKParams& p, int t, int nt, int ring, cud
 
 // W4A16 (ring only): (t, nt) as the W4A4 ring kernels, nt = 8 only with t <= 2.
 template <bool MX, int ACT, int T>
-cudaError_t w16_nt(const Fp4SplitKParams& p, int nt, cudaStream_t s) {
+cudaError_t plain_act_nt(const Fp4SplitKParams& p, int nt, cudaStream_t s) {
     switch (nt) {
         case 1: return launch<MX, T, 1, ring_chunks(T), ACT>(p, s);
         case 2: return launch<MX, T, 2, ring_chunks(T), ACT>(p, s);
@@ -603,11 +753,32 @@ cudaError_t w16_nt(const Fp4SplitKParams& p, int nt, cudaStream_t s) {
 }
 
 template <bool MX, int ACT>
-cudaError_t w16_t(const Fp4SplitKParams& p, int t, int nt, cudaStream_t s) {
+cudaError_t plain_act_t(const Fp4SplitKParams& p, int t, int nt, cudaStream_t s) {
     switch (t) {
-        case 1: return w16_nt<MX, ACT, 1>(p, nt, s);
-        case 2: return w16_nt<MX, ACT, 2>(p, nt, s);
-        case 4: return w16_nt<MX, ACT, 4>(p, nt, s);
+        case 1: return plain_act_nt<MX, ACT, 1>(p, nt, s);
+        case 2: return plain_act_nt<MX, ACT, 2>(p, nt, s);
+        case 4: return plain_act_nt<MX, ACT, 4>(p, nt, s);
+    }
+    return cudaErrorInvalidValue;
+}
+
+// Fused quantization (NVFP4, ring only): nt <= 4 (the 8-tile variant would spill).
+template <int ACT, int T>
+cudaError_t fused_quant_nt(const Fp4SplitKParams& p, int nt, cudaStream_t s) {
+    switch (nt) {
+        case 1: return launch<false, T, 1, ring_chunks(T), ACT>(p, s);
+        case 2: return launch<false, T, 2, ring_chunks(T), ACT>(p, s);
+        case 4: return launch<false, T, 4, ring_chunks(T), ACT>(p, s);
+    }
+    return cudaErrorInvalidValue;
+}
+
+template <int ACT>
+cudaError_t fused_quant_t(const Fp4SplitKParams& p, int t, int nt, cudaStream_t s) {
+    switch (t) {
+        case 1: return fused_quant_nt<ACT, 1>(p, nt, s);
+        case 2: return fused_quant_nt<ACT, 2>(p, nt, s);
+        case 4: return fused_quant_nt<ACT, 4>(p, nt, s);
     }
     return cudaErrorInvalidValue;
 }
@@ -629,6 +800,19 @@ int fp4_trtllm_splitk(const Fp4SplitKParams* p, int mx, int t, int nt, int ring,
     return (int)(mx ? dispatch_ring<true>(*p, t, nt, ring, s) : dispatch_ring<false>(*p, t, nt, ring, s));
 }
 
+// Fused dynamic NVFP4 quantization + GEMM on `stream`: a is the plain (M, K) row-major activation,
+// 16-byte aligned; act: 3 bf16, 4 fp16; p->w_gs the weight's global scale (p->alpha, p->a_sf
+// unused); the weight prepared as for fp4_trtllm_splitk (NVFP4); t, nt as there; always the ring.
+// Returns a cudaError_t (0 = launched).
+int fp4_trtllm_splitk_fused_quant(const Fp4SplitKParams* p, int act, int t, int nt, void* stream) {
+    if (p->warps < 1 || p->warps > 8 || p->splits < 1 || (p->k & 63) || p->m < 1 || p->n < 1 ||
+        (act != 3 && act != 4) || p->w_gs == nullptr)
+        return (int)cudaErrorInvalidValue;
+    if (reinterpret_cast<uintptr_t>(p->a) & 15) return (int)cudaErrorMisalignedAddress;
+    cudaStream_t s = reinterpret_cast<cudaStream_t>(stream);
+    return (int)(act == 3 ? fused_quant_t<3>(*p, t, nt, s) : fused_quant_t<4>(*p, t, nt, s));
+}
+
 // Weight-only (W4A16) launch on `stream`: a is (M, K) row-major, 16-byte aligned; act: 1 bf16,
 // 2 fp16 (NVFP4 weights only); mx, t, nt as fp4_trtllm_splitk; always the shared-memory ring.
 // Returns a cudaError_t (0 = launched).
@@ -638,7 +822,7 @@ int fp4_trtllm_splitk_w16(const Fp4SplitKParams* p, int mx, int act, int t, int 
         return (int)cudaErrorInvalidValue;
     if (reinterpret_cast<uintptr_t>(p->a) & 15) return (int)cudaErrorMisalignedAddress;
     cudaStream_t s = reinterpret_cast<cudaStream_t>(stream);
-    if (mx) return (int)w16_t<true, 1>(*p, t, nt, s);
-    return (int)(act == 1 ? w16_t<false, 1>(*p, t, nt, s) : w16_t<false, 2>(*p, t, nt, s));
+    if (mx) return (int)plain_act_t<true, 1>(*p, t, nt, s);
+    return (int)(act == 1 ? plain_act_t<false, 1>(*p, t, nt, s) : plain_act_t<false, 2>(*p, t, nt, s));
 }
 }
