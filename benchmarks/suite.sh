@@ -26,6 +26,9 @@
 #   one-pass-ab  ONE_PASS_AB_M (1,7), ONE_PASS_AB_SHAPES (2880x1024,7168x2048), ONE_PASS_AB_CAP (each run):
 #                the small W4A4 layers with one-launch dynamic quantization, then with two
 #                (FP4CORE_QUANT_ONE_PASS_MAX=0, the first run's tactics), each beside bf16
+#   fused-ab     FUSED_AB_SHAPES (MxNxK list; default: the script's), FUSED_AB_CAP: small W4A4 layers with
+#                the quantization inside the trtllm ring GEMM (one kernel) against quantizer + GEMM
+#                (every ring tactic: bits must match), beside bf16 and the Fp4Linear layer
 #   layer        LAYER_M, LAYER_CAP              auto       AUTO_M, AUTO_CAP
 #   w4a16        W4A16_M, W4A16_BACKENDS (default trtllm,cutlass; auto always runs), W4A16_LAYER_M,
 #                W4A16_CAP (each of the two benches; both tuned)
@@ -47,7 +50,7 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
-STEP_ORDER=(tests host bind-host pdl-ab one-pass-ab quant layer auto w4a16 trtllm-w16 e2e decode prefill trtllm trtllm-mx trtllm-sanitizer cudnn
+STEP_ORDER=(tests host bind-host pdl-ab one-pass-ab fused-ab quant layer auto w4a16 trtllm-w16 e2e decode prefill trtllm trtllm-mx trtllm-sanitizer cudnn
             cudnn-split cudnn-graph cudnn-interleave cutlass backends torch standard sanitizer probes ncu)
 # step -> the docs/benchmarks.md section(s) it reproduces ("; " between sections)
 declare -A SECTION=(
@@ -58,6 +61,7 @@ declare -A SECTION=(
   [trtllm-w16]="2026-12-06 (third session), NVIDIA H100 — the bound cutlass launcher and the bf16 word code"
   [pdl-ab]="2026-12-06 (fourth session) — Programmatic dependent launch"
   [one-pass-ab]="2026-12-07 — One-launch dynamic quantization"
+  [fused-ab]="2026-12-07 (second session) — Quantization inside the GEMM"
   [layer]="Fp4Linear against bf16 nn.Linear; Host time per call"
   [auto]="auto on a prepared weight"
   [w4a16]="2026-12-06 — W4A16 on Hopper"
@@ -141,6 +145,12 @@ step_one-pass-ab() {  # small W4A4 layers: one-launch dynamic quantization, then
       2> "$W/one-pass-ab-$run-progress.log"
     done_line "one-pass-ab $run" $?; cat "$W/one-pass-ab-$run.txt"
   done
+}
+
+step_fused-ab() {  # small W4A4 layers: quantization inside the trtllm ring GEMM vs quantizer + GEMM
+  FP4CORE_BACKENDS=${PDL_AB_BACKENDS:-trtllm,cutlass} timeout ${FUSED_AB_CAP:-240} python3 benchmarks/fused_quant_ab.py \
+    ${FUSED_AB_SHAPES:+--shapes "$FUSED_AB_SHAPES"} --json "$W/fused-ab.json" > "$W/fused-ab.txt" 2> "$W/fused-ab-progress.log"
+  done_line fused-ab $?; cat "$W/fused-ab.txt"
 }
 
 step_trtllm-w16() {  # every weight-only trtllm tactic by graph replay, no tuning cache involved

@@ -263,3 +263,112 @@ def test_fp4linear_chain_with_pdl_in_a_graph_equals_eager_without(m, fmt, act):
         torch.cuda.synchronize()
         assert torch.isfinite(ys[3]).all()
         check_back_to_back(calls, ys[1:], label=f"{fmt} {act} m={m}")
+
+
+_FUSED_SCRIPT = r"""
+import torch, fp4core
+from fp4core.dispatch.selector import selector
+from fp4core.formats.kernels.quantize_triton import quantize_activation
+from fp4core.formats.reference import reference_mm
+from fp4core.pytorch import linear_plan
+from fp4core.pytorch.nn import Fp4Linear
+from fp4core.testing import registered
+
+assert linear_plan.FUSED_QUANT_MAX_ELEMS == 4096, linear_plan.FUSED_QUANT_MAX_ELEMS
+calls, fail = [], []
+
+
+class Fuser:
+    # A top-priority backend whose fused launch is the two steps, recorded: it tests when the
+    # plan takes bind_quantizing's launcher, not a kernel.
+    @fp4core.hookimpl
+    def backend_info(self):
+        return fp4core.BackendInfo(name="fuser", version="1",
+                                   priority={"decode": 99, "small": 99, "medium": 99, "large": 99})
+
+    @fp4core.hookimpl
+    def supports(self, problem):
+        return fp4core.Support.yes()
+
+    @fp4core.hookimpl
+    def run(self, problem, operands, tactic, out):
+        out.copy_(reference_mm(problem, operands, torch.float32).to(out.dtype))
+
+    @fp4core.hookimpl
+    def bind_quantizing(self, problem, operands, tactic, act_dtype):
+        if act_dtype is not torch.bfloat16:
+            return None
+
+        def launch(x, w_gs, out):
+            calls.append(x.shape[0])
+            if fail:
+                raise RuntimeError("fused launch failed")
+            a, a_sf, alpha = quantize_activation(x, problem.fmt, problem.a_sf_layout, None, w_gs)
+            self.run(problem, fp4core.Operands(a, a_sf.view(-1), operands.b, operands.b_scale, alpha), tactic, out)
+        return launch
+
+
+torch.manual_seed(0)
+with registered(Fuser()):
+    lin = torch.nn.Linear(256, 48, bias=False, dtype=torch.bfloat16)
+    layer = Fp4Linear.from_linear(lin)
+    x = torch.randn(7, 256, dtype=torch.bfloat16)
+    y = layer(x)
+    assert calls == [7], calls
+    assert layer._plans[(7, torch.bfloat16)].backend.name == "fuser"
+    assert torch.equal(y, layer._op_gemm(x, torch.bfloat16))
+    layer(x)
+    assert calls == [7, 7], "the plan's fused launcher is not reused"
+    # above the limit (32 x 256 > 4096), float32 input (the hook declines), a misaligned view,
+    # the static scale, MXFP4: the two steps
+    for xx in (torch.randn(32, 256, dtype=torch.bfloat16), torch.randn(6, 256),
+               torch.randn(6 * 256 + 1, dtype=torch.bfloat16)[1:].view(6, 256)):
+        y = layer(xx)
+        assert torch.equal(y, layer._op_gemm(xx, y.dtype if xx.dtype != torch.float32 else torch.bfloat16).to(y.dtype))
+    assert calls == [7, 7], calls
+    layer.set_input_global_scale(20.0)
+    layer(x)
+    assert calls == [7, 7], "a static input scale must not take the dynamic fused path"
+    mx = Fp4Linear.from_linear(lin, format="mxfp4")
+    mx(x)
+    assert calls == [7, 7], "MXFP4 has no fused path"
+    # a failing fused launch: auto leaves the backend out and redoes the call in two steps
+    layer = Fp4Linear.from_linear(lin)
+    fail.append(True)
+    x = torch.randn(5, 256, dtype=torch.bfloat16)
+    y = layer(x)
+    assert calls[-1] == 5
+    assert torch.equal(y, layer._op_gemm(x, torch.bfloat16)), "the fallback changed the result"
+    assert any(name == "fuser" and "fused launch failed" in why for (_, name), why in selector.failures().items())
+print("fused plans: ok")
+"""
+
+
+@pytest.mark.skipif(not __import__("importlib").util.find_spec("triton") or torch.cuda.is_available(),
+                    reason="needs triton (the interpreter); with a GPU the GPU tests cover the path")
+def test_small_dynamic_layers_take_the_backends_quantizing_launcher():
+    """FP4CORE_FUSED_QUANT_MAX set: a dynamic NVFP4 layer whose input has at most that many
+    elements runs the chosen backend's ``bind_quantizing`` launcher (once bound, reused), with
+    the bytes of the two-step op path; larger inputs, float32 inputs the hook declines,
+    misaligned inputs, the static scale and MXFP4 take the two steps; a failing fused launch
+    falls back without changing the result."""
+    env = dict(os.environ, TRITON_INTERPRET="1", FP4CORE_DISABLE_PLUGIN_AUTOLOAD="1", FP4CORE_FUSED_QUANT_MAX="4096")
+    res = subprocess.run([sys.executable, "-c", _FUSED_SCRIPT], env=env, capture_output=True, text=True,
+                         timeout=900)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    assert "fused plans: ok" in res.stdout
+
+
+def test_fused_quant_limit_from_the_environment():
+    """FP4CORE_FUSED_QUANT_MAX: unset is 0 (off), a number is taken, anything else is refused
+    with the variable's name."""
+    from fp4core.pytorch import linear_plan
+    code = "from fp4core.pytorch import linear_plan as p; print(p.FUSED_QUANT_MAX_ELEMS)"
+    for value, want in (("", "0"), ("16384", "16384")):
+        env = dict(os.environ, FP4CORE_FUSED_QUANT_MAX=value)
+        res = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+        assert res.stdout.strip() == want, res.stderr[-2000:]
+    env = dict(os.environ, FP4CORE_FUSED_QUANT_MAX="lots")
+    res = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert res.returncode != 0 and "FP4CORE_FUSED_QUANT_MAX='lots'" in res.stderr
+    assert linear_plan.FUSED_QUANT_MAX_ELEMS >= 0

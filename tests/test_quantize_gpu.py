@@ -353,3 +353,18 @@ def test_every_planned_pointer_is_one_a_bound_quantizer_can_keep(rows, k, gs_mod
             if isinstance(a, torch.Tensor) and a.data_ptr() not in callers:
                 assert any(base <= a.data_ptr() < base + size for base, size in kept), \
                     f"argument {i} points outside the kept outputs ({gs_mode}, {rows}x{k})"
+
+
+@pytest.mark.skipif(not _has_triton(), reason="needs triton")
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
+def test_a_contiguous_view_at_an_odd_offset_is_read_as_pairs_from_a_copy(dtype):
+    """The kernels read the input as one integer per pair of elements: a contiguous view that
+    starts at an odd element (a slice of a larger buffer) cannot be viewed so and must be
+    copied; ``contiguous()`` returned it unchanged and the view raised."""
+    from fp4core.formats.kernels import quantize_triton as qt
+    base = torch.randn(6 * 64 + 1, dtype=dtype)
+    x = base[1:].view(6, 64)
+    assert x.is_contiguous() and x.storage_offset() == 1
+    pairs, _ = qt._as_pairs(x)
+    assert pairs.shape == (6, 32)
+    assert torch.equal(pairs.view(dtype), x)

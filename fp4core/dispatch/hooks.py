@@ -9,6 +9,7 @@ instantiates with no arguments) whose methods carry ``@fp4core.hookimpl``:
     tactics(problem)                        -> list[Tactic]       optional ([tactic_type()] if absent)
     prepare(problem, operands)              -> Operands           optional (identity)
     bind(problem, operands, tactic)         -> callable           optional (calls run)
+    bind_quantizing(problem, operands, tactic, act_dtype) -> callable | None   optional (None)
 
 Plugins are registered in pluggy under their backend names. fp4core calls each hook for one
 named backend at a time, through a pluggy hook caller restricted to that plugin (``run`` alone
@@ -158,6 +159,22 @@ class BackendSpec:
         would with those tensors (same shapes, dtypes and alpha presence as ``problem``),
         doing the per-shape work (grid, workspace, argument packing) once here. Keep what
         it closes over valid across calls (e.g. a workspace that never shrinks).
+        """
+
+    @hookspec(firstresult=True)
+    def bind_quantizing(self, problem: Problem, operands: Operands, tactic: Tactic, act_dtype: Any) -> Any:
+        """Optional: the activation quantization fused into the GEMM, for ``Fp4Linear``'s
+        dynamic NVFP4 layers (one kernel where the core runs two: quantizer, then GEMM).
+
+        ``problem`` is the layer's W4A4 NVFP4 problem (``has_alpha``, ``act_dtype`` None) and
+        ``operands`` its weight as ``bind`` gets it; ``act_dtype`` (torch.bfloat16 or
+        torch.float16) is the dtype of the layer's input. Return ``launch(x, w_gs, out) ->
+        None``, where ``x`` is the contiguous (m, k) input, ``w_gs`` the weight's float32 (1,)
+        global scale and ``out`` the (m, n) output: it must write exactly the bits of
+        ``fp4core``'s dynamic quantization of ``x`` (global scale ``2688 / amax`` over the finite
+        values, ``alpha = 1 / (gs * w_gs)``: ``fp4core.formats.kernels.quantize_triton``) followed
+        by ``run`` with ``tactic``. Return None where the backend has no such path for this
+        (problem, tactic, dtype); the core then runs the two steps.
         """
 
     @hookspec(firstresult=True)

@@ -213,6 +213,32 @@ class Backend:
                 raise BackendFailedError(name, "run", exc) from exc
         return checked
 
+    def bind_quantizing(self, problem: Problem, weight: Operands, tactic: Tactic,
+                        act_dtype: Any) -> Callable[..., None] | None:
+        """``launch(x, w_gs, out)``: the backend's ``bind_quantizing`` hook (the dynamic NVFP4
+        activation quantization inside the GEMM), or None when it has none or declines this
+        (problem, tactic, dtype). Failures of the hook and of a launch raise BackendFailedError
+        naming the backend."""
+        if "bind_quantizing" not in self._hooks:
+            return None
+        try:
+            launch = self._call("bind_quantizing", problem=self.sees(problem), operands=weight, tactic=tactic,
+                                act_dtype=act_dtype)
+            if launch is not None and not callable(launch):
+                raise TypeError(f"bind_quantizing() must return a callable or None, got {type(launch).__name__}")
+        except Exception as exc:
+            raise BackendFailedError(self.name, "bind_quantizing", exc) from exc
+        if launch is None:
+            return None
+        name = self.name
+
+        def checked(x, w_gs, out):
+            try:
+                launch(x, w_gs, out)
+            except Exception as exc:
+                raise BackendFailedError(name, "run", exc) from exc
+        return checked
+
     @property
     def can_build(self) -> bool:
         """Whether the backend implements the optional ``build`` hook."""
@@ -347,7 +373,7 @@ class Registry:
 
     def _wrap(self, plugin: Any, info: BackendInfo, origin: str) -> Backend:
         impls: dict[str, pluggy.HookImpl] = {}
-        for hook_name in ("supports", "prepare", "tactics", "run", "build", "bind"):
+        for hook_name in ("supports", "prepare", "tactics", "run", "build", "bind", "bind_quantizing"):
             for impl in getattr(self._pm.hook, hook_name).get_hookimpls():
                 if impl.plugin is plugin:
                     impls[hook_name] = impl

@@ -8,6 +8,10 @@ the plan reuses), allocate the output, launch. No
 argument validation (the module owns the weight; the input was checked by shape), no
 ``torch.library`` dispatch, no PreparedWeight lookup.
 
+A dynamic NVFP4 plan of a small input (M x K <= ``FUSED_QUANT_MAX_ELEMS``) whose chosen backend
+quantizes inside its GEMM (the optional ``bind_quantizing`` hook, bit-identical to the two
+steps with the same tactic) runs one launch instead: ``fused(x, w_gs, out)``.
+
 A plan is valid while its ``signature`` matches: the selector's generation (backends,
 tuning cache, tuning mode, failures), the weight's identity and version counters, the
 requested backend and the activation-scale mode. ``LayerPlans`` keeps one layer's plans; the
@@ -20,6 +24,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 from typing import Callable
 
 import torch
@@ -40,6 +45,23 @@ log = logging.getLogger("fp4core")
 MAX_PLANS = 64
 
 
+def _fused_quant_max_from_env() -> int:
+    raw = os.environ.get("FP4CORE_FUSED_QUANT_MAX", "").strip()
+    if not raw:
+        return 0
+    try:
+        return int(raw)
+    except ValueError:
+        raise ValueError(f"FP4CORE_FUSED_QUANT_MAX={raw!r}: expected a whole number of input elements "
+                         f"(M x K; 0 turns the quantization inside the GEMM off)") from None
+
+
+#: the largest layer input (M x K elements) whose dynamic NVFP4 quantization runs inside the
+#: GEMM when the chosen backend can (``bind_quantizing``); 0 (the default until it is measured
+#: on a GPU): never. FP4CORE_FUSED_QUANT_MAX sets it, read at import.
+FUSED_QUANT_MAX_ELEMS = _fused_quant_max_from_env()
+
+
 @dataclasses.dataclass(frozen=True, eq=False)
 class LinearPlan:
     """Everything one eager ``Fp4Linear`` call at a given M needs, decided once.
@@ -57,6 +79,8 @@ class LinearPlan:
             alpha)``, the activation quantization bound to this M (an
             ``ActivationQuantizer``; its outputs are reused by the next call); None for a
             weight-only plan (the activation goes to the GEMM as it is).
+        fused: ``fused(x, w_gs, out)``, the backend's GEMM with the dynamic quantization inside
+            (``Backend.bind_quantizing``) for inputs of dtype ``fused_dtype``; None if not.
     """
 
     signature: tuple
@@ -69,6 +93,8 @@ class LinearPlan:
     prepared: PreparedWeight
     launch: Callable[..., None]
     quantize: Callable[..., tuple] | None
+    fused: Callable[..., None] | None = None
+    fused_dtype: torch.dtype | None = None
 
     def run(self, a: torch.Tensor, a_scale: torch.Tensor, alpha: torch.Tensor | None,
             out: torch.Tensor) -> None:
@@ -84,14 +110,27 @@ class LinearPlan:
             selector.run(self.selected, Operands(a, a_scale, w.b, w.b_scale, alpha), self.prepared,
                          "auto", out)
 
+    def run_fused(self, x: torch.Tensor, w_gs: torch.Tensor, out: torch.Tensor) -> None:
+        """Quantize ``x`` (M, K) dynamically and run the GEMM in one launch (``fused``). On a
+        backend failure it is left out as in ``run`` and the call is redone in two steps."""
+        try:
+            self.fused(x, w_gs, out)
+        except BackendFailedError as exc:
+            selector.after_failure(self.requested, self.selected, self.backend, exc)
+            a, a_scale, alpha = self.quantize(x, None, w_gs)
+            w = self.weight
+            selector.run(self.selected, Operands(a, a_scale, w.b, w.b_scale, alpha), self.prepared,
+                         "auto", out)
+
 
 def make_plan(weight_signature: tuple, prepared: PreparedWeight, m: int, fmt: Fp4Format,
               out_dtype: torch.dtype, layout: SfLayout, has_alpha: bool, device: torch.device,
               backend: str, quantize: Callable[..., tuple] | None,
-              act_dtype: torch.dtype | None = None) -> LinearPlan:
+              act_dtype: torch.dtype | None = None, fuse_dtype: torch.dtype | None = None) -> LinearPlan:
     """Choose (backend, tactic) for an (m, N, K) call on ``prepared`` and freeze it, with
     ``quantize`` as the plan's activation quantizer (``act_dtype`` set: a weight-only plan,
-    no quantizer)."""
+    no quantizer). ``fuse_dtype``: the input dtype of a dynamic NVFP4 plan that may quantize
+    inside the GEMM (asked of the chosen backend when m x K <= ``FUSED_QUANT_MAX_ELEMS``)."""
     selected = problem_of(m, prepared.n, prepared.k, fmt, out_dtype, layout, has_alpha, device, True,
                           act_dtype)
     choice = selector.choose(selected, backend)
@@ -101,8 +140,11 @@ def make_plan(weight_signature: tuple, prepared: PreparedWeight, m: int, fmt: Fp
     # selector's answer may change (backends, tuning cache or mode, failures)
     sig = (weight_signature, selector.generation)
     launch = choice.backend.bind(run_problem, weight, choice.tactic)
+    fused = None
+    if fuse_dtype is not None and m * prepared.k <= FUSED_QUANT_MAX_ELEMS:
+        fused = choice.backend.bind_quantizing(run_problem, weight, choice.tactic, fuse_dtype)
     return LinearPlan(sig, backend, choice.backend, choice.tactic, run_problem, selected, weight, prepared,
-                      launch, quantize)
+                      launch, quantize, fused, fuse_dtype if fused is not None else None)
 
 
 class LayerPlans:
@@ -145,7 +187,12 @@ class LayerPlans:
                 self.entry.epoch, backend, static)
         plan = self.plans.get((m, out_dtype))
         if plan is None or plan.signature != (wsig, selector.generation):
-            plan = self._new_plan(kernels, m, out_dtype, wsig, weight_fp4, weight_scale, backend)
+            plan = self._new_plan(kernels, m, out_dtype, wsig, weight_fp4, weight_scale, backend,
+                                  None if static or not nv else x2.dtype)
+        if plan.fused is not None and x2.dtype is plan.fused_dtype and not x2.data_ptr() & 15 and x2.is_contiguous():
+            out = torch.empty((m, self.n), dtype=out_dtype, device=x2.device)
+            plan.run_fused(x2, weight_global_scale, out)
+            return out
         if static:
             a, a_sf, _ = plan.quantize(x2, input_global_scale, None)
             alpha = static_alpha
@@ -183,14 +230,14 @@ class LayerPlans:
         return out
 
     def _new_plan(self, kernels, m: int, out_dtype: torch.dtype, wsig: tuple, weight_fp4: torch.Tensor,
-                  weight_scale: torch.Tensor, backend: str) -> LinearPlan:
+                  weight_scale: torch.Tensor, backend: str, fuse_dtype: torch.dtype | None) -> LinearPlan:
         nv = self.fmt is Fp4Format.NVFP4
         prepared = self.entry.resolve(weight_fp4, weight_scale, nv, out_dtype,
                                       self.layout is SfLayout.layout_8x4, nv)
         if prepared is None:  # changed during capture: take the canonical weight this once
             prepared = self._canonical(weight_fp4, weight_scale, self.fmt)
         plan = make_plan(wsig, prepared, m, self.fmt, out_dtype, self.layout, nv, weight_fp4.device,
-                         backend, kernels.ActivationQuantizer(self.fmt, self.layout))
+                         backend, kernels.ActivationQuantizer(self.fmt, self.layout), fuse_dtype=fuse_dtype)
         if len(self.plans) >= MAX_PLANS:
             self.plans.clear()
         self.plans[(m, out_dtype)] = plan

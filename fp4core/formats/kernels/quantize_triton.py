@@ -293,10 +293,11 @@ _PAIR_DTYPE = {torch.float32: (torch.int64, 0), torch.bfloat16: (torch.int32, 1)
 
 def _as_pairs(x: torch.Tensor) -> tuple[torch.Tensor, int]:
     """``x`` viewed as one integer per pair of elements (a copy only for odd row strides or
-    offsets, which a zero-copy view cannot express)."""
+    offsets, which a zero-copy view cannot express; ``contiguous()`` would keep a contiguous
+    view's odd offset)."""
     pair_dtype, kind = _PAIR_DTYPE[x.dtype]
     if x.stride(1) != 1 or x.stride(0) % 2 or x.storage_offset() % 2:
-        x = x.contiguous()
+        x = x.clone(memory_format=torch.contiguous_format)
     return x.view(pair_dtype), kind
 
 

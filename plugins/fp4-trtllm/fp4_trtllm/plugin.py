@@ -259,6 +259,22 @@ class TrtllmBackend:
         return launcher.bind(**args, out_fp16=problem.out_dtype == torch.float16, device=operands.b.device,
                              splitk=splitk)
 
+    @hookimpl
+    def bind_quantizing(self, problem: Problem, operands: Operands, tactic: TrtllmTactic, act_dtype):
+        """The split-K ring kernel with the dynamic NVFP4 quantization inside
+        (``launcher.bind_fused_quant``: one launch, the bits of quantizer + this tactic) for
+        NVFP4 W4A4 problems with alpha, m <= 32, bf16/fp16 inputs and split-K ring tactics;
+        None for anything else."""
+        if (problem.fmt is not Fp4Format.NVFP4 or problem.act_dtype is not None or not problem.has_alpha
+                or problem.m is None or problem.m > launcher.FUSED_QUANT_MAX_M
+                or act_dtype not in launcher.FUSED_QUANT_ACT_CODES or tactic.kernel != SPLITK or not tactic.ring):
+            return None
+        _, args = self._launch_args(problem, operands, tactic)  # checks the weight's layout and code
+        return launcher.bind_fused_quant(w=args["w"], w_sf=args["w_sf"], m=problem.m, n=problem.n, k=problem.k,
+                                         t=args["t"], warps=args["warps"], splits=args["splits"],
+                                         act_dtype=act_dtype, out_fp16=problem.out_dtype == torch.float16,
+                                         device=operands.b.device)
+
     def _launch_args(self, problem: Problem, operands: Operands, tactic: TrtllmTactic):
         """(launcher function, its arguments but the activation, alpha and out)."""
         meta = operands.extra.get(EXTRA_KEY)

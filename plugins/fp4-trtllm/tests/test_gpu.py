@@ -439,3 +439,27 @@ def test_pdl_fused_quantization_chain_is_bit_identical(m):
         torch.cuda.synchronize()
         assert torch.isfinite(ys[4]).all()
         check_back_to_back(calls, ys[1:], label=f"m={m} {tactic.label()}")
+
+
+@pytest.mark.parametrize("act", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
+def test_fp4linear_small_dynamic_layer_quantizes_inside_the_gemm(monkeypatch, act):
+    """With the fused path allowed (FUSED_QUANT_MAX_ELEMS), a small dynamic NVFP4 Fp4Linear on
+    trtllm runs one kernel per call, eagerly and in graph replay, with the two-step bytes."""
+    from fp4core.pytorch import linear_plan
+    monkeypatch.setattr(linear_plan, "FUSED_QUANT_MAX_ELEMS", 1 << 15)
+    torch.manual_seed(5)
+    lin = torch.nn.Linear(1024, 2880, bias=False, device="cuda", dtype=act)
+    layer = fp4core.pytorch.nn.Fp4Linear.from_linear(lin, backend="trtllm")
+    for m in (1, 7, 16):
+        x = torch.randn(m, 1024, device="cuda", dtype=act)
+        y = layer(x)
+        plan = layer._plans[(m, act)]
+        assert plan.fused is not None and plan.fused_dtype is act, plan.tactic
+        assert torch.equal(y, layer._op_gemm(x, act)), m
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            yg = layer(x)
+        x.copy_(torch.randn_like(x))
+        graph.replay()
+        torch.cuda.synchronize()
+        assert torch.equal(yg, layer._op_gemm(x, act)), m
