@@ -7,8 +7,10 @@ path runs today) and as ``launcher.bind_fused_quant`` (the quantization inside t
 the same prepared weight. The outputs must be bit-identical (outputs poisoned with NaN first;
 random, NaN-holding, all-zero, tiny and huge inputs, bf16 and fp16). Then CUDA-graph replays
 of back-to-back calls over rotating weight copies, timed in alternating batches: bf16
-``nn.Linear``, the ``Fp4Linear`` layer as ``auto`` runs it (tuned unless --no-tune), and the
-best two-kernel and best fused tactic. Ratios are bf16 time / time.
+``nn.Linear``, the ``Fp4Linear`` layer as ``auto`` runs it (tuned unless --no-tune), the same
+layer with the fused path allowed (``FUSED_QUANT_MAX_ELEMS``; it fuses where auto chose a trtllm
+ring tactic; a * marks rows where it did not), and the best two-kernel and best fused tactic.
+Ratios are bf16 time / time.
 
     python benchmarks/fused_quant_ab.py [--shapes 1x2880x1024,7x2880x1024,...] [--no-tune] [--json f]
 """
@@ -27,6 +29,7 @@ from fp4core.dispatch.timing import graph_replay_interleaved_us, rotation_sets
 from fp4core.formats.fp4 import Fp4Format
 from fp4core.formats.kernels.quantize_triton import quantize_activation
 from fp4core.formats.layouts import SfLayout
+from fp4core.pytorch import linear_plan
 from fp4core.pytorch.nn import Fp4Linear
 from fp4core.tools.layer_bench import tune_layers
 
@@ -80,8 +83,8 @@ def main() -> None:
     device = torch.device("cuda", torch.cuda.current_device())
     backend = TrtllmBackend()
     rows, bad = [], 0
-    print(f"{'M':>4} {'N':>6} {'K':>6} | {'bf16 us':>8} {'layer':>7} {'x':>5} | {'2-kernel':>8} {'x':>5} "
-          f"{'fused':>7} {'x':>5} | exact  best fused tactic")
+    print(f"{'M':>4} {'N':>6} {'K':>6} | {'bf16 us':>8} {'layer':>7} {'x':>5} {'+fused':>7} {'x':>5} | "
+          f"{'2-kernel':>8} {'x':>5} {'fused':>7} {'x':>5} | exact  best fused tactic")
     for shape in args.shapes.split(","):
         m, n, k = (int(v) for v in shape.split("x"))
         if m > launcher.FUSED_QUANT_MAX_M:
@@ -91,6 +94,7 @@ def main() -> None:
         copies = rotation_sets(2 * n * k, True, max_sets=8)
         lins = [nn.Linear(k, n, bias=False, device="cuda", dtype=torch.bfloat16) for _ in range(copies)]
         layers = [Fp4Linear.from_linear(lin) for lin in lins]
+        layers_f = [Fp4Linear.from_linear(lin) for lin in lins]
         if not args.no_tune:
             tune_layers([(n, k)], [m], variants=(("nvfp4", "nvfp4", "dynamic"),), progress=say)
         preps = [prepare_weight(f.weight_fp4, f.weight_scale.view(-1), Fp4Format.NVFP4, code="f16") for f in layers]
@@ -123,24 +127,37 @@ def main() -> None:
         # timing: back-to-back calls over the weight copies, in CUDA graphs
         xs = [torch.randn(m, k, device="cuda", dtype=torch.bfloat16) for _ in range(copies)]
         outs = [torch.empty(m, n, device="cuda", dtype=torch.bfloat16) for _ in range(copies)]
-        runs = [(lambda i: lins[i](xs[i]), copies), (lambda i: layers[i](xs[i]), copies)]
+        def fused_layer(i):  # its plans are made (on the warm-up call) with the fused path allowed
+            old, linear_plan.FUSED_QUANT_MAX_ELEMS = linear_plan.FUSED_QUANT_MAX_ELEMS, 1 << 20
+            try:
+                return layers_f[i](xs[i])
+            finally:
+                linear_plan.FUSED_QUANT_MAX_ELEMS = old
+
+        runs = [(lambda i: lins[i](xs[i]), copies), (lambda i: layers[i](xs[i]), copies), (fused_layer, copies)]
         for tac in tactics:
             two = [_two_kernel(preps[i], m, n, k, tac, wgs[i], device) for i in range(copies)]
             fused = [_fused(preps[i], m, n, k, tac, torch.bfloat16, device) for i in range(copies)]
             runs.append((lambda i, two=two: two[i](xs[i], outs[i]), copies))
             runs.append((lambda i, fused=fused: fused[i](xs[i], wgs[i], outs[i]), copies))
         us = graph_replay_interleaved_us(runs)
-        bf16_us, layer_us = us[0], us[1]
-        two_us, fused_us = us[2::2], us[3::2]
+        bf16_us, layer_us, layer_f_us = us[0], us[1], us[2]
+        two_us, fused_us = us[3::2], us[4::2]
+        plan_f = layers_f[0]._plans.get((m, torch.bfloat16))
         bt = min(range(len(tactics)), key=lambda i: two_us[i])
         bf = min(range(len(tactics)), key=lambda i: fused_us[i])
-        row = dict(m=m, n=n, k=k, bf16_us=bf16_us, layer_us=layer_us, two_kernel_us=two_us[bt],
+        row = dict(m=m, n=n, k=k, bf16_us=bf16_us, layer_us=layer_us, layer_fused_us=layer_f_us,
+                   layer_backend=plan_f.backend.name if plan_f else None,
+                   layer_tactic=plan_f.tactic.label() if plan_f else None,
+                   layer_fused=bool(plan_f and plan_f.fused), two_kernel_us=two_us[bt],
                    two_kernel_tactic=tactics[bt].label(), fused_us=fused_us[bf], fused_tactic=tactics[bf].label(),
                    exact=exact, per_tactic={t.label(): (a, b) for t, a, b in zip(tactics, two_us, fused_us)})
         rows.append(row)
-        print(f"{m:>4} {n:>6} {k:>6} | {bf16_us:8.2f} {layer_us:7.2f} {bf16_us / layer_us:5.2f} | "
+        print(f"{m:>4} {n:>6} {k:>6} | {bf16_us:8.2f} {layer_us:7.2f} {bf16_us / layer_us:5.2f} "
+              f"{layer_f_us:7.2f} {bf16_us / layer_f_us:5.2f}{'' if row['layer_fused'] else '*'}| "
               f"{two_us[bt]:8.2f} {bf16_us / two_us[bt]:5.2f} {fused_us[bf]:7.2f} {bf16_us / fused_us[bf]:5.2f} | "
-              f"{'yes' if exact else 'NO':5}  {tactics[bf].label()}", flush=True)
+              f"{'yes' if exact else 'NO':5}  {tactics[bf].label()}  (layer: {row['layer_backend']} "
+              f"{row['layer_tactic']})", flush=True)
     if args.json:
         with open(args.json, "w") as f:
             json.dump(rows, f, indent=1)
