@@ -9,7 +9,7 @@ Weights shuffled by FlashInfer for its trtllm path are accepted through
 ``prepare_flashinfer_shuffled``.
 """
 
-__version__ = "0.7.0"
+__version__ = "0.8.0"
 
 from .layout import prepare_weight, unprepare_weight, unshuffle_flashinfer  # noqa: E402
 from .flashinfer import prepare_flashinfer_shuffled  # noqa: E402
