@@ -115,7 +115,7 @@ def main() -> None:
                                          splitk=True, splits=tac.split_k, ring=True)
                     a, a_sf, alpha = quantize_activation(x, Fp4Format.NVFP4, SfLayout.layout_128x4, None, wgs[0])
                     gemm(a, a_sf.view(-1), alpha, ref16)
-                    _fused(preps[0], m, n, k, tac, dtype, device)(x, wgs[0], got)
+                    _fused(preps[0], m, n, k, tac, dtype, device)(x, None, wgs[0], None, got)
                     torch.cuda.synchronize()
                     same = torch.equal(ref16.view(torch.int16), got.view(torch.int16))
                     if not same:
@@ -139,7 +139,7 @@ def main() -> None:
             two = [_two_kernel(preps[i], m, n, k, tac, wgs[i], device) for i in range(copies)]
             fused = [_fused(preps[i], m, n, k, tac, torch.bfloat16, device) for i in range(copies)]
             runs.append((lambda i, two=two: two[i](xs[i], outs[i]), copies))
-            runs.append((lambda i, fused=fused: fused[i](xs[i], wgs[i], outs[i]), copies))
+            runs.append((lambda i, fused=fused: fused[i](xs[i], None, wgs[i], None, outs[i]), copies))
         us = graph_replay_interleaved_us(runs)
         bf16_us, layer_us, layer_f_us = us[0], us[1], us[2]
         two_us, fused_us = us[3::2], us[4::2]

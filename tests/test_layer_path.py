@@ -299,11 +299,13 @@ class Fuser:
         if act_dtype is not torch.bfloat16:
             return None
 
-        def launch(x, w_gs, out):
-            calls.append(x.shape[0])
+        def launch(x, gs, w_gs, alpha, out):
+            calls.append((x.shape[0], "static" if gs is not None else "dynamic"))
+            assert (gs is None) == (alpha is None) == (w_gs is not None), (gs, w_gs, alpha)
             if fail:
                 raise RuntimeError("fused launch failed")
-            a, a_sf, alpha = quantize_activation(x, problem.fmt, problem.a_sf_layout, None, w_gs)
+            a, a_sf, computed = quantize_activation(x, problem.fmt, problem.a_sf_layout, gs, w_gs)
+            alpha = computed if gs is None else alpha
             self.run(problem, fp4core.Operands(a, a_sf.view(-1), operands.b, operands.b_scale, alpha), tactic, out)
         return launch
 
@@ -314,30 +316,32 @@ with registered(Fuser()):
     layer = Fp4Linear.from_linear(lin)
     x = torch.randn(7, 256, dtype=torch.bfloat16)
     y = layer(x)
-    assert calls == [7], calls
+    assert calls == [(7, "dynamic")], calls
     assert layer._plans[(7, torch.bfloat16)].backend.name == "fuser"
     assert torch.equal(y, layer._op_gemm(x, torch.bfloat16))
     layer(x)
-    assert calls == [7, 7], "the plan's fused launcher is not reused"
+    assert len(calls) == 2, "the plan's fused launcher is not reused"
     # above the limit (32 x 256 > 4096), float32 input (the hook declines), a misaligned view,
-    # the static scale, MXFP4: the two steps
+    # MXFP4: the two steps
     for xx in (torch.randn(32, 256, dtype=torch.bfloat16), torch.randn(6, 256),
                torch.randn(6 * 256 + 1, dtype=torch.bfloat16)[1:].view(6, 256)):
         y = layer(xx)
         assert torch.equal(y, layer._op_gemm(xx, y.dtype if xx.dtype != torch.float32 else torch.bfloat16).to(y.dtype))
-    assert calls == [7, 7], calls
-    layer.set_input_global_scale(20.0)
-    layer(x)
-    assert calls == [7, 7], "a static input scale must not take the dynamic fused path"
+    assert len(calls) == 2, calls
     mx = Fp4Linear.from_linear(lin, format="mxfp4")
     mx(x)
-    assert calls == [7, 7], "MXFP4 has no fused path"
+    assert len(calls) == 2, "MXFP4 has no fused path"
+    # the static input scale: fused too, with the layer's scale and alpha
+    layer.set_input_global_scale(20.0)
+    y = layer(x)
+    assert calls[-1] == (7, "static"), calls
+    assert torch.equal(y, layer._op_gemm(x, torch.bfloat16))
     # a failing fused launch: auto leaves the backend out and redoes the call in two steps
     layer = Fp4Linear.from_linear(lin)
     fail.append(True)
     x = torch.randn(5, 256, dtype=torch.bfloat16)
     y = layer(x)
-    assert calls[-1] == 5
+    assert calls[-1] == (5, "dynamic")
     assert torch.equal(y, layer._op_gemm(x, torch.bfloat16)), "the fallback changed the result"
     assert any(name == "fuser" and "fused launch failed" in why for (_, name), why in selector.failures().items())
 print("fused plans: ok")
@@ -347,11 +351,11 @@ print("fused plans: ok")
 @pytest.mark.skipif(not __import__("importlib").util.find_spec("triton") or torch.cuda.is_available(),
                     reason="needs triton (the interpreter); with a GPU the GPU tests cover the path")
 def test_small_dynamic_layers_take_the_backends_quantizing_launcher():
-    """FP4CORE_FUSED_QUANT_MAX set: a dynamic NVFP4 layer whose input has at most that many
-    elements runs the chosen backend's ``bind_quantizing`` launcher (once bound, reused), with
-    the bytes of the two-step op path; larger inputs, float32 inputs the hook declines,
-    misaligned inputs, the static scale and MXFP4 take the two steps; a failing fused launch
-    falls back without changing the result."""
+    """FP4CORE_FUSED_QUANT_MAX set: an NVFP4 layer whose input has at most that many elements
+    runs the chosen backend's ``bind_quantizing`` launcher (once bound, reused; dynamic and
+    static scales, each with its arguments), with the bytes of the two-step op path; larger
+    inputs, float32 inputs the hook declines, misaligned inputs and MXFP4 take the two steps;
+    a failing fused launch falls back without changing the result."""
     env = dict(os.environ, TRITON_INTERPRET="1", FP4CORE_DISABLE_PLUGIN_AUTOLOAD="1", FP4CORE_FUSED_QUANT_MAX="4096")
     res = subprocess.run([sys.executable, "-c", _FUSED_SCRIPT], env=env, capture_output=True, text=True,
                          timeout=900)

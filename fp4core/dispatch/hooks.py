@@ -9,7 +9,7 @@ instantiates with no arguments) whose methods carry ``@fp4core.hookimpl``:
     tactics(problem)                        -> list[Tactic]       optional ([tactic_type()] if absent)
     prepare(problem, operands)              -> Operands           optional (identity)
     bind(problem, operands, tactic)         -> callable           optional (calls run)
-    bind_quantizing(problem, operands, tactic, act_dtype) -> callable | None   optional (None)
+    bind_quantizing(problem, operands, tactic, act_dtype) -> callable | None  optional (None)
 
 Plugins are registered in pluggy under their backend names. fp4core calls each hook for one
 named backend at a time, through a pluggy hook caller restricted to that plugin (``run`` alone
@@ -164,17 +164,19 @@ class BackendSpec:
     @hookspec(firstresult=True)
     def bind_quantizing(self, problem: Problem, operands: Operands, tactic: Tactic, act_dtype: Any) -> Any:
         """Optional: the activation quantization fused into the GEMM, for ``Fp4Linear``'s
-        dynamic NVFP4 layers (one kernel where the core runs two: quantizer, then GEMM).
+        NVFP4 layers (one kernel where the core runs two: quantizer, then GEMM).
 
         ``problem`` is the layer's W4A4 NVFP4 problem (``has_alpha``, ``act_dtype`` None) and
         ``operands`` its weight as ``bind`` gets it; ``act_dtype`` (torch.bfloat16 or
-        torch.float16) is the dtype of the layer's input. Return ``launch(x, w_gs, out) ->
-        None``, where ``x`` is the contiguous (m, k) input, ``w_gs`` the weight's float32 (1,)
-        global scale and ``out`` the (m, n) output: it must write exactly the bits of
-        ``fp4core``'s dynamic quantization of ``x`` (global scale ``2688 / amax`` over the finite
-        values, ``alpha = 1 / (gs * w_gs)``: ``fp4core.formats.kernels.quantize_triton``) followed
-        by ``run`` with ``tactic``. Return None where the backend has no such path for this
-        (problem, tactic, dtype); the core then runs the two steps.
+        torch.float16) is the dtype of the layer's input. Return
+        ``launch(x, global_scale, weight_global_scale, alpha, out) -> None``: ``x`` the
+        contiguous, 16-byte aligned (m, k) input, ``out`` the (m, n) output, the rest float32
+        (1,) tensors or None. Static scale: ``global_scale`` and ``alpha`` given. Dynamic:
+        ``weight_global_scale`` given, the global scale ``2688 / amax`` over the finite values
+        of ``x`` and ``alpha = 1 / (gs * weight_global_scale)``. It must write exactly the bits
+        of ``fp4core``'s quantizer with those arguments (``fp4core.formats.kernels.quantize_triton``)
+        followed by ``run`` with ``tactic``. Return None where the backend has no such path for
+        this (problem, tactic, dtype); the core then runs the two steps.
         """
 
     @hookspec(firstresult=True)

@@ -215,9 +215,9 @@ class Backend:
 
     def bind_quantizing(self, problem: Problem, weight: Operands, tactic: Tactic,
                         act_dtype: Any) -> Callable[..., None] | None:
-        """``launch(x, w_gs, out)``: the backend's ``bind_quantizing`` hook (the dynamic NVFP4
-        activation quantization inside the GEMM), or None when it has none or declines this
-        (problem, tactic, dtype). Failures of the hook and of a launch raise BackendFailedError
+        """``launch(x, global_scale, weight_global_scale, alpha, out)``: the backend's
+        ``bind_quantizing`` hook (the NVFP4 activation quantization inside the GEMM), or None
+        when it has none or declines this (problem, tactic, dtype). Failures of the hook and of a launch raise BackendFailedError
         naming the backend."""
         if "bind_quantizing" not in self._hooks:
             return None
@@ -232,9 +232,9 @@ class Backend:
             return None
         name = self.name
 
-        def checked(x, w_gs, out):
+        def checked(x, global_scale, weight_global_scale, alpha, out):
             try:
-                launch(x, w_gs, out)
+                launch(x, global_scale, weight_global_scale, alpha, out)
             except Exception as exc:
                 raise BackendFailedError(name, "run", exc) from exc
         return checked

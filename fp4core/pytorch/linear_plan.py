@@ -8,9 +8,9 @@ the plan reuses), allocate the output, launch. No
 argument validation (the module owns the weight; the input was checked by shape), no
 ``torch.library`` dispatch, no PreparedWeight lookup.
 
-A dynamic NVFP4 plan of a small input (M x K <= ``FUSED_QUANT_MAX_ELEMS``) whose chosen backend
+An NVFP4 plan of a small input (M x K <= ``FUSED_QUANT_MAX_ELEMS``) whose chosen backend
 quantizes inside its GEMM (the optional ``bind_quantizing`` hook, bit-identical to the two
-steps with the same tactic) runs one launch instead: ``fused(x, w_gs, out)``.
+steps with the same tactic) runs one launch instead: ``fused(x, gs, w_gs, alpha, out)``.
 
 A plan is valid while its ``signature`` matches: the selector's generation (backends,
 tuning cache, tuning mode, failures), the weight's identity and version counters, the
@@ -56,9 +56,9 @@ def _fused_quant_max_from_env() -> int:
                          f"(M x K; 0 turns the quantization inside the GEMM off)") from None
 
 
-#: the largest layer input (M x K elements) whose dynamic NVFP4 quantization runs inside the
-#: GEMM when the chosen backend can (``bind_quantizing``); 0 (the default until it is measured
-#: on a GPU): never. FP4CORE_FUSED_QUANT_MAX sets it, read at import.
+#: the largest layer input (M x K elements) whose NVFP4 quantization (dynamic or static scale)
+#: runs inside the GEMM when the chosen backend can (``bind_quantizing``); 0 (the default until
+#: it is measured on a GPU): never. FP4CORE_FUSED_QUANT_MAX sets it, read at import.
 FUSED_QUANT_MAX_ELEMS = _fused_quant_max_from_env()
 
 
@@ -79,8 +79,9 @@ class LinearPlan:
             alpha)``, the activation quantization bound to this M (an
             ``ActivationQuantizer``; its outputs are reused by the next call); None for a
             weight-only plan (the activation goes to the GEMM as it is).
-        fused: ``fused(x, w_gs, out)``, the backend's GEMM with the dynamic quantization inside
-            (``Backend.bind_quantizing``) for inputs of dtype ``fused_dtype``; None if not.
+        fused: ``fused(x, global_scale, weight_global_scale, alpha, out)``, the backend's GEMM
+            with the quantization inside (``Backend.bind_quantizing``) for inputs of dtype
+            ``fused_dtype``; None if not.
     """
 
     signature: tuple
@@ -110,14 +111,17 @@ class LinearPlan:
             selector.run(self.selected, Operands(a, a_scale, w.b, w.b_scale, alpha), self.prepared,
                          "auto", out)
 
-    def run_fused(self, x: torch.Tensor, w_gs: torch.Tensor, out: torch.Tensor) -> None:
-        """Quantize ``x`` (M, K) dynamically and run the GEMM in one launch (``fused``). On a
+    def run_fused(self, x: torch.Tensor, global_scale: torch.Tensor | None, weight_global_scale: torch.Tensor | None,
+                  alpha: torch.Tensor | None, out: torch.Tensor) -> None:
+        """Quantize ``x`` (M, K) and run the GEMM in one launch (``fused``): static scale
+        (``global_scale``, ``alpha``) or dynamic (``weight_global_scale``; alpha computed). On a
         backend failure it is left out as in ``run`` and the call is redone in two steps."""
         try:
-            self.fused(x, w_gs, out)
+            self.fused(x, global_scale, weight_global_scale, alpha, out)
         except BackendFailedError as exc:
             selector.after_failure(self.requested, self.selected, self.backend, exc)
-            a, a_scale, alpha = self.quantize(x, None, w_gs)
+            a, a_scale, computed = self.quantize(x, global_scale, weight_global_scale)
+            alpha = alpha if global_scale is not None else computed
             w = self.weight
             selector.run(self.selected, Operands(a, a_scale, w.b, w.b_scale, alpha), self.prepared,
                          "auto", out)
@@ -129,7 +133,7 @@ def make_plan(weight_signature: tuple, prepared: PreparedWeight, m: int, fmt: Fp
               act_dtype: torch.dtype | None = None, fuse_dtype: torch.dtype | None = None) -> LinearPlan:
     """Choose (backend, tactic) for an (m, N, K) call on ``prepared`` and freeze it, with
     ``quantize`` as the plan's activation quantizer (``act_dtype`` set: a weight-only plan,
-    no quantizer). ``fuse_dtype``: the input dtype of a dynamic NVFP4 plan that may quantize
+    no quantizer). ``fuse_dtype``: the input dtype of an NVFP4 plan that may quantize
     inside the GEMM (asked of the chosen backend when m x K <= ``FUSED_QUANT_MAX_ELEMS``)."""
     selected = problem_of(m, prepared.n, prepared.k, fmt, out_dtype, layout, has_alpha, device, True,
                           act_dtype)
@@ -188,10 +192,13 @@ class LayerPlans:
         plan = self.plans.get((m, out_dtype))
         if plan is None or plan.signature != (wsig, selector.generation):
             plan = self._new_plan(kernels, m, out_dtype, wsig, weight_fp4, weight_scale, backend,
-                                  None if static or not nv else x2.dtype)
+                                  x2.dtype if nv else None)
         if plan.fused is not None and x2.dtype is plan.fused_dtype and not x2.data_ptr() & 15 and x2.is_contiguous():
             out = torch.empty((m, self.n), dtype=out_dtype, device=x2.device)
-            plan.run_fused(x2, weight_global_scale, out)
+            if static:
+                plan.run_fused(x2, input_global_scale, None, static_alpha, out)
+            else:
+                plan.run_fused(x2, None, weight_global_scale, None, out)
             return out
         if static:
             a, a_sf, _ = plan.quantize(x2, input_global_scale, None)

@@ -61,7 +61,7 @@ class _SplitKParams(ctypes.Structure):
                 ("a", "a_sf", "b", "b_sf", "alpha", "out", "ws", "counters")] + \
                [(name, ctypes.c_int) for name in
                 ("m", "n", "k", "a_sf_8x4", "a_sf_col_tiles", "out_fp16", "splits", "warps", "m_tiles",
-                 "pdl")] + [("w_gs", ctypes.c_void_p)]
+                 "pdl")] + [("w_gs", ctypes.c_void_p), ("a_gs", ctypes.c_void_p)]
 
 
 # the nvcc target of a device (kept here by name: tests and the build hook use it)
@@ -309,16 +309,17 @@ def bind(*, w: torch.Tensor, w_sf: torch.Tensor, m: int, n: int, k: int, mx: boo
 
 def bind_fused_quant(*, w: torch.Tensor, w_sf: torch.Tensor, m: int, n: int, k: int, t: int, warps: int,
                      splits: int, act_dtype: torch.dtype, out_fp16: bool, device: torch.device):
-    """``launch(x, w_gs, out)``: dynamic NVFP4 quantization of the activations and the split-K ring
-    GEMM in one kernel, for repeated calls of one shape and tactic.
+    """``launch(x, global_scale, weight_global_scale, alpha, out)``: NVFP4 quantization of the
+    activations and the split-K ring GEMM in one kernel, for repeated calls of one shape and tactic.
 
-    ``x`` is the contiguous (m, k) bf16/fp16 activation (16-byte aligned), ``w_gs`` the weight's
-    float32 (1,) global scale, ``out`` (m, n) bf16/fp16; ``w``/``w_sf`` the NVFP4 weight as
-    ``layout.prepare_weight`` makes it for FP4 activations (the f16 word code). The result is
-    bit-identical to ``ActivationQuantizer`` (dynamic global scale, alpha) followed by the
-    split-K ring tactic (t, warps, splits): every CTA takes the input's maximum itself, so it is
-    meant for small inputs (decode batches). m <= ``FUSED_QUANT_MAX_M``. Not yet offered by the
-    plugin's hooks: ``benchmarks/fused_quant_ab.py`` measures it first."""
+    ``x`` is the contiguous (m, k) bf16/fp16 activation (16-byte aligned), ``out`` (m, n)
+    bf16/fp16; ``w``/``w_sf`` the NVFP4 weight as ``layout.prepare_weight`` makes it for FP4
+    activations (the f16 word code). Static scale: ``global_scale`` and ``alpha`` float32 (1,),
+    ``weight_global_scale`` None. Dynamic: ``global_scale`` and ``alpha`` None,
+    ``weight_global_scale`` the weight's float32 (1,) global scale; every CTA then takes the
+    input's maximum itself, so it is meant for small inputs (decode batches). The result is
+    bit-identical to ``ActivationQuantizer`` with the same scale arguments followed by the
+    split-K ring tactic (t, warps, splits). m <= ``FUSED_QUANT_MAX_M``."""
     if m > FUSED_QUANT_MAX_M:
         raise ValueError(f"fp4-trtllm: fused quantization takes m <= {FUSED_QUANT_MAX_M}, got m={m}")
     act = FUSED_QUANT_ACT_CODES.get(act_dtype)
@@ -337,8 +338,11 @@ def bind_fused_quant(*, w: torch.Tensor, w_sf: torch.Tensor, m: int, n: int, k: 
     fn, ref = lib.fp4_trtllm_splitk_fused_quant, ctypes.byref(p)
     what = f"fused-quantization split-K m={m} n={n} k={k} t={t} warps={warps} splits={splits}"
 
-    def launch(x, w_gs, out):
-        p.a, p.w_gs, p.out = x.data_ptr(), w_gs.data_ptr(), out.data_ptr()
+    def launch(x, global_scale, weight_global_scale, alpha, out):
+        p.a, p.out = x.data_ptr(), out.data_ptr()
+        p.a_gs = global_scale.data_ptr() if global_scale is not None else None
+        p.w_gs = weight_global_scale.data_ptr() if weight_global_scale is not None else None
+        p.alpha = alpha.data_ptr() if alpha is not None else None
         if p.a % 16:
             _check_alignment_w16(p.a)
         p.pdl = pdl_on(index)

@@ -261,10 +261,10 @@ class TrtllmBackend:
 
     @hookimpl
     def bind_quantizing(self, problem: Problem, operands: Operands, tactic: TrtllmTactic, act_dtype):
-        """The split-K ring kernel with the dynamic NVFP4 quantization inside
-        (``launcher.bind_fused_quant``: one launch, the bits of quantizer + this tactic) for
-        NVFP4 W4A4 problems with alpha, m <= 32, bf16/fp16 inputs and split-K ring tactics;
-        None for anything else."""
+        """The split-K ring kernel with the NVFP4 activation quantization inside (static or
+        dynamic scale; ``launcher.bind_fused_quant``: one launch, the bits of quantizer + this
+        tactic) for NVFP4 W4A4 problems with alpha, m <= 32, bf16/fp16 inputs and split-K ring
+        tactics; None for anything else."""
         if (problem.fmt is not Fp4Format.NVFP4 or problem.act_dtype is not None or not problem.has_alpha
                 or problem.m is None or problem.m > launcher.FUSED_QUANT_MAX_M
                 or act_dtype not in launcher.FUSED_QUANT_ACT_CODES or tactic.kernel != SPLITK or not tactic.ring):

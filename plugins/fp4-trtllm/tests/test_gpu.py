@@ -346,20 +346,24 @@ def _fused_setup(m, n, k, act, seed):
     return be, problem, prepared, gw, (b, bsf), g
 
 
-def _two_kernel_and_fused(be, problem, prepared, gw, x, tactic):
-    """(quantizer + ring GEMM output, fused kernel output) for one tactic, outputs poisoned first."""
+def _two_kernel_and_fused(be, problem, prepared, gw, x, tactic, gs=None):
+    """(quantizer + ring GEMM output, fused kernel output) for one tactic, outputs poisoned
+    first; dynamic global scale, or the static ``gs`` with alpha = 1 / (gs * gw)."""
     from fp4core.formats.kernels.quantize_triton import quantize_activation
     from fp4core.formats.layouts import SfLayout
     from fp4_trtllm import launcher
     m, n, k = problem.m, problem.n, problem.k
     two = torch.full((m, n), float("nan"), dtype=problem.out_dtype, device="cuda")
     fused = torch.full((m, n), float("nan"), dtype=problem.out_dtype, device="cuda")
-    a, a_sf, alpha = quantize_activation(x, fp4core.Fp4Format.NVFP4, SfLayout.layout_128x4, None, gw)
+    a, a_sf, alpha = quantize_activation(x, fp4core.Fp4Format.NVFP4, SfLayout.layout_128x4, gs, gw)
     be.run(problem, prepared.with_activation(a, a_sf.view(-1), alpha), tactic, two)
     launch = launcher.bind_fused_quant(w=prepared.b, w_sf=prepared.b_scale, m=m, n=n, k=k, t=tactic.t,
                                        warps=tactic.warps, splits=tactic.split_k or 1, act_dtype=x.dtype,
                                        out_fp16=problem.out_dtype == torch.float16, device=x.device)
-    launch(x, gw, fused)
+    if gs is None:
+        launch(x, None, gw, None, fused)
+    else:
+        launch(x, gs, None, alpha, fused)
     torch.cuda.synchronize()
     return two, fused
 
@@ -368,24 +372,27 @@ def _ring_tactics(be, problem):
     return [t for t in be.tactics(problem) if t.kernel == "splitk" and t.ring]
 
 
+@pytest.mark.parametrize("scale", ["dynamic", "static"])
 @pytest.mark.parametrize("act", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
 @pytest.mark.parametrize("m,n,k", FUSED_SHAPES)
-def test_fused_quantization_is_the_two_kernel_path_bit_for_bit(m, n, k, act):
+def test_fused_quantization_is_the_two_kernel_path_bit_for_bit(m, n, k, act, scale):
     """Quantizing inside the GEMM gives the quantizer + GEMM output exactly (every ring tactic),
-    and both are within tolerance of float64 on the CPU recipe's quantized activations."""
+    and both are within tolerance of float64 on the CPU recipe's quantized activations. The
+    static scale is half the dynamic one's range, so some blocks saturate."""
     from fp4core.formats.quantize import compute_global_scale, nvfp4_quantize
     be, problem, prepared, gw, (b, bsf), g = _fused_setup(m, n, k, act, 60 + m + n)
     x = (torch.randn(m, k, device="cuda", generator=g) * 3).to(act)
-    gx = compute_global_scale(x)
+    gx = compute_global_scale(x) * (2.0 if scale == "static" else 1.0)
+    gs = gx if scale == "static" else None
     a_ref, asf_ref = nvfp4_quantize(x, gx)
     alpha = (1.0 / (gx * gw)).float()
     ref = reference_mm(problem, fp4core.Operands(a_ref, asf_ref, b, bsf, alpha))
     tactics = _ring_tactics(be, problem)
     assert tactics
     for tactic in tactics:
-        two, fused = _two_kernel_and_fused(be, problem, prepared, gw, x, tactic)
+        two, fused = _two_kernel_and_fused(be, problem, prepared, gw, x, tactic, gs)
         assert torch.equal(two.view(torch.int16), fused.view(torch.int16)), \
-            f"{problem.describe()} {tactic.label()}: {(two != fused).sum().item()} outputs differ"
+            f"{problem.describe()} {scale} {tactic.label()}: {(two != fused).sum().item()} outputs differ"
         err = relative_error(fused, ref)
         assert err <= TOLERANCE, f"{problem.describe()} {tactic.label()}: rel err {err:.3g}"
 
@@ -433,7 +440,7 @@ def test_pdl_fused_quantization_chain_is_bit_identical(m):
         launch = launcher.bind_fused_quant(w=prepared.b, w_sf=prepared.b_scale, m=m, n=n, k=k, t=tactic.t,
                                            warps=tactic.warps, splits=tactic.split_k or 1,
                                            act_dtype=torch.bfloat16, out_fp16=False, device=ys[0].device)
-        calls = [lambda i=i: launch(ys[i], gw, ys[i + 1]) for i in range(4)]
+        calls = [lambda i=i: launch(ys[i], None, gw, None, ys[i + 1]) for i in range(4)]
         for c in calls:
             c()
         torch.cuda.synchronize()
@@ -442,14 +449,17 @@ def test_pdl_fused_quantization_chain_is_bit_identical(m):
 
 
 @pytest.mark.parametrize("act", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
-def test_fp4linear_small_dynamic_layer_quantizes_inside_the_gemm(monkeypatch, act):
-    """With the fused path allowed (FUSED_QUANT_MAX_ELEMS), a small dynamic NVFP4 Fp4Linear on
-    trtllm runs one kernel per call, eagerly and in graph replay, with the two-step bytes."""
+@pytest.mark.parametrize("scale", ["dynamic", "static"])
+def test_fp4linear_small_layer_quantizes_inside_the_gemm(monkeypatch, act, scale):
+    """With the fused path allowed (FUSED_QUANT_MAX_ELEMS), a small NVFP4 Fp4Linear on trtllm
+    runs one kernel per call, eagerly and in graph replay, with the two-step bytes."""
     from fp4core.pytorch import linear_plan
     monkeypatch.setattr(linear_plan, "FUSED_QUANT_MAX_ELEMS", 1 << 15)
     torch.manual_seed(5)
     lin = torch.nn.Linear(1024, 2880, bias=False, device="cuda", dtype=act)
     layer = fp4core.pytorch.nn.Fp4Linear.from_linear(lin, backend="trtllm")
+    if scale == "static":
+        layer.set_input_global_scale(fp4core.compute_global_scale(torch.randn(64, 1024, device="cuda")))
     for m in (1, 7, 16):
         x = torch.randn(m, 1024, device="cuda", dtype=act)
         y = layer(x)

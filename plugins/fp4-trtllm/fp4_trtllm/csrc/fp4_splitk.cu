@@ -32,16 +32,16 @@
 // fp16 activations take NVFP4 weights only (E8M0 scales need bf16's range): the bf16 patterns
 // move to fp16 ones (nv_bf16_to_f16, value * 2^-14) and the fp16 path of the W4A4 kernel runs.
 //
-// Fused dynamic quantization (ACT = 3 bf16, 4 fp16; NVFP4 only, ring tactics only; not the
-// public API yet, see docs/benchmarks.md): A is the plain (M, K) activation of a W4A4 layer whose
-// activations are quantized per call with a global scale from their own amax. The ring copies
-// the raw values as in the weight-only path; every CTA first takes the finite maximum of |A|
-// over the whole (small) input, gs = 2688 / amax, and each lane then quantizes its 16 values
-// (exactly one NVFP4 block) with the recipe of fp4core's Triton quantizer, bit for bit
+// Fused quantization (ACT = 3 bf16, 4 fp16; NVFP4 only, ring tactics only): A is the plain
+// (M, K) activation of a W4A4 layer whose activations are quantized per call, with a static
+// global scale (p.a_gs) or a dynamic one from their own amax (p.a_gs null). The ring copies the
+// raw values as in the weight-only path; in the dynamic case every CTA first takes the finite
+// maximum of |A| over the whole (small) input, gs = 2688 / amax. Each lane then quantizes its
+// 16 values (exactly one NVFP4 block) with the recipe of fp4core's Triton quantizer, bit for bit
 // (quantize_nv_block), and feeds the codes and scale byte to the W4A4 path's decode. The weight
-// is the W4A4 one (f16 word code), alpha = 1 / (gs * w_gs) as the quantizer writes it, so the
-// output is bit-identical to quantizer + this kernel's W4A4 ring tactic of the same shape, in
-// one launch instead of two.
+// is the W4A4 one (f16 word code); alpha is p.alpha when static, else 1 / (gs * w_gs) as the
+// quantizer writes it. So the output is bit-identical to quantizer + this kernel's W4A4 ring
+// tactic of the same shape, in one launch instead of two.
 //
 // Programmatic dependent launch (p.pdl, SM90+; fp4core/pdl.cuh): the ring kernels prefetch
 // their first RING - 1 weight chunks into L2, then wait for the kernel ahead, then start the
@@ -78,7 +78,8 @@ struct Fp4SplitKParams {
     int warps;             // warps per CTA
     int m_tiles;           // ceil(N / 16): tiles of weight rows
     int pdl;               // host side: launch with programmatic dependent launch (SM90+)
-    const float* w_gs;     // fused dynamic quantization (ACT 3/4): the weight's global scale
+    const float* w_gs;     // fused dynamic quantization (ACT 3/4, a_gs null): the weight's global scale
+    const float* a_gs;     // fused static quantization: the activations' global scale (alpha: p.alpha)
 };
 }
 
@@ -548,7 +549,7 @@ fp4_splitk_kernel(const Fp4SplitKParams p) {
             cp_async_commit();  // one group per chunk, empty past the end: the wait count stays fixed
         }
         // While those copies fly, the whole input's maximum (the raw copies need no scale).
-        if constexpr (fused_quant(ACT)) gs = whole_input_gs<ACT>(p.a, p.m, p.k);
+        if constexpr (fused_quant(ACT)) gs = p.a_gs ? __ldg(p.a_gs) : whole_input_gs<ACT>(p.a, p.m, p.k);
         const bool gs_bad = !(fabsf(gs) < INFINITY);
         int slot = 0;
         for (int c = c_begin; c < c_end; ++c) {
@@ -585,9 +586,9 @@ fp4_splitk_kernel(const Fp4SplitKParams p) {
 
     // NVFP4 weight operands are value * 2^-14 (decode_nv_weight), or value * scale * 2^-7 on the
     // bf16 path (decode_nv_weight_bf16, scales2_nv_bf16): alpha carries 2^14 or 2^7, exactly.
-    // Fused quantization: alpha = 1 / (gs * w_gs), the quantizer's expression.
-    const float alpha_in = fused_quant(ACT) ? __fdiv_rn(1.0f, __fmul_rn(gs, __ldg(p.w_gs)))
-                                            : (p.alpha ? __ldg(p.alpha) : 1.0f);
+    // Fused dynamic quantization: alpha = 1 / (gs * w_gs), the quantizer's expression.
+    const float alpha_in = fused_quant(ACT) && !p.a_gs ? __fdiv_rn(1.0f, __fmul_rn(gs, __ldg(p.w_gs)))
+                                                       : (p.alpha ? __ldg(p.alpha) : 1.0f);
     const float alpha = alpha_in * ((!MX && kBf16Mma<MX, ACT>) ? kNvBf16WeightScale : weight_scale<MX>());
     auto store = [&](float (&v)[T][NT][4]) {
 #pragma unroll
@@ -800,13 +801,14 @@ int fp4_trtllm_splitk(const Fp4SplitKParams* p, int mx, int t, int nt, int ring,
     return (int)(mx ? dispatch_ring<true>(*p, t, nt, ring, s) : dispatch_ring<false>(*p, t, nt, ring, s));
 }
 
-// Fused dynamic NVFP4 quantization + GEMM on `stream`: a is the plain (M, K) row-major activation,
-// 16-byte aligned; act: 3 bf16, 4 fp16; p->w_gs the weight's global scale (p->alpha, p->a_sf
-// unused); the weight prepared as for fp4_trtllm_splitk (NVFP4); t, nt as there; always the ring.
-// Returns a cudaError_t (0 = launched).
+// NVFP4 quantization of the activations + GEMM on `stream`: a is the plain (M, K) row-major
+// activation, 16-byte aligned; act: 3 bf16, 4 fp16; static: p->a_gs the activations' global
+// scale and p->alpha the GEMM's alpha; dynamic (p->a_gs null): p->w_gs the weight's global
+// scale. p->a_sf unused; the weight prepared as for fp4_trtllm_splitk (NVFP4); t, nt (<= 4) as
+// there; always the ring. Returns a cudaError_t (0 = launched).
 int fp4_trtllm_splitk_fused_quant(const Fp4SplitKParams* p, int act, int t, int nt, void* stream) {
     if (p->warps < 1 || p->warps > 8 || p->splits < 1 || (p->k & 63) || p->m < 1 || p->n < 1 ||
-        (act != 3 && act != 4) || p->w_gs == nullptr)
+        (act != 3 && act != 4) || (p->a_gs == nullptr && p->w_gs == nullptr))
         return (int)cudaErrorInvalidValue;
     if (reinterpret_cast<uintptr_t>(p->a) & 15) return (int)cudaErrorMisalignedAddress;
     cudaStream_t s = reinterpret_cast<cudaStream_t>(stream);
