@@ -204,6 +204,15 @@ def splitk_grid(m: int, n: int, t: int, warps: int, splits: int) -> tuple[int, i
     return math.ceil(m_tiles / (warps * t)), splits, math.ceil(m / (8 * nt_for(m)))
 
 
+def _splitk_workspace(device: torch.device, m: int, n: int, t: int, warps: int, splits: int
+                      ) -> tuple[int | None, int | None]:
+    """(partials, counters) pointers of a split-K launch; (None, None) without a split."""
+    if splits <= 1:
+        return None, None
+    gx, _, gz = splitk_grid(m, n, t, warps, splits)
+    return workspace_pointers(device, gx * splits * gz * warps * t * nt_for(m) * 128, gx * gz)
+
+
 def launch_splitk(*, a: torch.Tensor, a_sf: torch.Tensor | None, w: torch.Tensor, w_sf: torch.Tensor,
                   alpha: torch.Tensor | None, out: torch.Tensor, m: int, n: int, k: int, mx: bool,
                   a_sf_8x4: bool, a_sf_cols: int, t: int, warps: int, splits: int,
@@ -221,10 +230,7 @@ def launch_splitk(*, a: torch.Tensor, a_sf: torch.Tensor | None, w: torch.Tensor
     lib = _device_lib(index)
     nt = nt_for(m)
     m_tiles = (n + 15) // 16
-    ws = cnt = None
-    if splits > 1:
-        gx, _, gz = splitk_grid(m, n, t, warps, splits)
-        ws, cnt = workspace_pointers(out.device, gx * splits * gz * warps * t * nt * 128, gx * gz)
+    ws, cnt = _splitk_workspace(out.device, m, n, t, warps, splits)
     if act:
         _check_alignment_w16(a.data_ptr())
     else:
@@ -256,10 +262,7 @@ def bind(*, w: torch.Tensor, w_sf: torch.Tensor, m: int, n: int, k: int, mx: boo
     raw_stream, pdl_on = kit.raw_stream, pdl.enabled  # locals: the closures below run per call
     if splitk:
         nt = nt_for(m)
-        ws = cnt = None
-        if splits > 1:
-            gx, _, gz = splitk_grid(m, n, t, warps, splits)
-            ws, cnt = workspace_pointers(device, gx * splits * gz * warps * t * nt * 128, gx * gz)
+        ws, cnt = _splitk_workspace(device, m, n, t, warps, splits)
         p = _SplitKParams(None, None, w.data_ptr(), w_sf.data_ptr(), None, None, ws, cnt, m, n, k,
                           int(a_sf_8x4), a_sf_cols // 4, int(out_fp16), splits, warps, (n + 15) // 16)
         fn, ref, mode = lib.fp4_trtllm_splitk, ctypes.byref(p), int(mx)
@@ -329,10 +332,7 @@ def bind_fused_quant(*, w: torch.Tensor, w_sf: torch.Tensor, m: int, n: int, k: 
     lib = _device_lib(index)
     raw_stream, pdl_on = kit.raw_stream, pdl.enabled
     nt = nt_for(m)
-    ws = cnt = None
-    if splits > 1:
-        gx, _, gz = splitk_grid(m, n, t, warps, splits)
-        ws, cnt = workspace_pointers(device, gx * splits * gz * warps * t * nt * 128, gx * gz)
+    ws, cnt = _splitk_workspace(device, m, n, t, warps, splits)
     p = _SplitKParams(None, None, w.data_ptr(), w_sf.data_ptr(), None, None, ws, cnt, m, n, k,
                       0, 0, int(out_fp16), splits, warps, (n + 15) // 16)
     fn, ref = lib.fp4_trtllm_splitk_fused_quant, ctypes.byref(p)
