@@ -274,13 +274,16 @@ __device__ float whole_input_gs(const uint8_t* a, int m, int k) {
     const long long n16 = (long long)m * k / 8;  // 16-byte pieces (k % 64 == 0)
     const int stride = blockDim.x;
     uint32_t acc = 0;
-    for (long long i = threadIdx.x; i < n16; i += 4LL * stride) {
-        uint4 x[4];
+    // Eight 16-byte loads in flight per thread before any use: a 16384-element input is one
+    // round trip to L2 for a CTA of 8 warps, two for 4 (the latency is the cost, not the bytes).
+    constexpr int kInFlight = 8;
+    for (long long i = threadIdx.x; i < n16; i += (long long)kInFlight * stride) {
+        uint4 x[kInFlight];
 #pragma unroll
-        for (int u = 0; u < 4; ++u)  // four loads in flight before any use
+        for (int u = 0; u < kInFlight; ++u)
             x[u] = i + (long long)u * stride < n16 ? __ldcg(v + i + (long long)u * stride) : make_uint4(0, 0, 0, 0);
 #pragma unroll
-        for (int u = 0; u < 4; ++u)
+        for (int u = 0; u < kInFlight; ++u)
             acc = __vmaxu2(__vmaxu2(acc, finite_abs2<ACT>(x[u].x)), __vmaxu2(finite_abs2<ACT>(x[u].y),
                   __vmaxu2(finite_abs2<ACT>(x[u].z), finite_abs2<ACT>(x[u].w))));
     }
