@@ -298,6 +298,8 @@ class Fuser:
     def bind_quantizing(self, problem, operands, tactic, act_dtype):
         if act_dtype is not torch.bfloat16:
             return None
+        if "bind" in fail:
+            raise RuntimeError("cannot bind")
 
         def launch(x, gs, w_gs, alpha, out):
             calls.append((x.shape[0], "static" if gs is not None else "dynamic"))
@@ -336,9 +338,18 @@ with registered(Fuser()):
     y = layer(x)
     assert calls[-1] == (7, "static"), calls
     assert torch.equal(y, layer._op_gemm(x, torch.bfloat16))
+    # a hook that raises while binding: a warning, and the two steps
+    layer = Fp4Linear.from_linear(lin)
+    fail.append("bind")
+    x = torch.randn(3, 256, dtype=torch.bfloat16)
+    n_calls = len(calls)
+    y = layer(x)
+    assert len(calls) == n_calls and layer._plans[(3, torch.bfloat16)].fused is None
+    assert torch.equal(y, layer._op_gemm(x, torch.bfloat16))
+    fail.clear()
     # a failing fused launch: auto leaves the backend out and redoes the call in two steps
     layer = Fp4Linear.from_linear(lin)
-    fail.append(True)
+    fail.append("launch")
     x = torch.randn(5, 256, dtype=torch.bfloat16)
     y = layer(x)
     assert calls[-1] == (5, "dynamic")

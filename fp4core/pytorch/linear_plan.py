@@ -146,7 +146,11 @@ def make_plan(weight_signature: tuple, prepared: PreparedWeight, m: int, fmt: Fp
     launch = choice.backend.bind(run_problem, weight, choice.tactic)
     fused = None
     if fuse_dtype is not None and m * prepared.k <= FUSED_QUANT_MAX_ELEMS:
-        fused = choice.backend.bind_quantizing(run_problem, weight, choice.tactic, fuse_dtype)
+        try:
+            fused = choice.backend.bind_quantizing(run_problem, weight, choice.tactic, fuse_dtype)
+        except BackendFailedError as exc:  # an optimisation only: the two steps still run
+            log.warning("fp4core: %s could not bind its quantizing launcher for %s (%s); quantizing "
+                        "separately", choice.backend.name, run_problem.describe(), exc.__cause__ or exc)
     return LinearPlan(sig, backend, choice.backend, choice.tactic, run_problem, selected, weight, prepared,
                       launch, quantize, fused, fuse_dtype if fused is not None else None)
 
