@@ -345,6 +345,9 @@ def bind_fused_quant(*, w: torch.Tensor, w_sf: torch.Tensor, m: int, n: int, k: 
         p.alpha = alpha.data_ptr() if alpha is not None else None
         if p.a % 16:
             _check_alignment_w16(p.a)
+        if not x.is_contiguous():  # the kernel reads rows m * k elements apart
+            raise ValueError(f"fp4-trtllm: fused quantization needs a contiguous (m, k) input, got strides "
+                             f"{tuple(x.stride())}")
         p.pdl = pdl_on(index)
         err = fn(ref, act, t, nt, raw_stream(index))
         if err:
