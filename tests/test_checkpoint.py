@@ -303,6 +303,10 @@ def test_errors_name_the_tensor():
     nan_sf[3, 1] = 0x7F
     with pytest.raises(ValueError, match=r"weight_scale: holds NaN"):
         fp4linear_from_modelopt(packed, nan_sf, s2)
+    neg_sf = sf.view(torch.uint8).clone()
+    neg_sf[2, 0] |= 0x80  # -scale: the kernels would lose or apply the sign, silently
+    with pytest.raises(ValueError, match=r"weight_scale: holds negative block scales"):
+        fp4linear_from_modelopt(packed, neg_sf, s2)
 
 
 def _small():
@@ -414,3 +418,14 @@ def test_w4a16_bf16_activations():
         ref = x.double() @ deq[name].t() + (biases[name].double() if biases[name] is not None else 0)
         # the input is not quantized: only bf16 output rounding and float32 accumulation remain
         assert relative_error(y, ref) <= 1e-2
+
+
+def test_a_mis_shaped_tensor_beside_the_linears_leaves_the_model_as_it_was():
+    """The shapes of the non-FP4 tensors are checked before any nn.Linear is swapped: a bad
+    one used to raise from load_state_dict after the model had been changed."""
+    model, sd, _, _ = _make_checkpoint((128, 1280, 160, 48), seed=9)
+    sd["norm.weight"] = torch.ones(129)
+    before = {name: type(mod) for name, mod in model.named_modules()}
+    with pytest.raises(ValueError, match=r"norm.weight: the model's tensor has shape \(128,\), the checkpoint's \(129,\)"):
+        load_modelopt_checkpoint(model, sd, backend="torch")
+    assert {name: type(mod) for name, mod in model.named_modules()} == before

@@ -97,6 +97,14 @@ def check_out(out, m: int, n: int, out_dtype: torch.dtype, device: torch.device)
         raise ValueError(f"out: expected a tensor on {device} (where a is), got {out.device}")
     if not out.is_contiguous():
         raise ValueError(f"out: expected a contiguous tensor, got strides {out.stride()}")
+    # A backend writes out in place: refuse here what torch would refuse inside a backend's
+    # run, where the error would read as a backend failure and auto would leave it out.
+    if out.requires_grad and torch.is_grad_enabled():
+        raise ValueError("out: expected a tensor that does not require grad (it is written in place), "
+                         "got one with requires_grad=True")
+    if out.is_inference() and not torch.is_inference_mode_enabled():
+        raise ValueError("out: got an inference tensor outside torch.inference_mode(); it cannot be "
+                         "written in place there")
 
 
 # Metadata of argument tensors that passed the checks -> what the checks derived. A model calls

@@ -30,6 +30,10 @@ def _gpu_kernels(x: torch.Tensor):
 
 
 def _unit_stride(x: torch.Tensor) -> torch.Tensor:
+    """``x`` as the Triton kernels take it: unit stride along K, float32/bf16/fp16 (other float
+    dtypes as float32, which is what the CPU code below computes in)."""
+    if x.dtype not in (torch.float32, torch.bfloat16, torch.float16):
+        x = x.float()
     return x if x.stride(1) == 1 else x.contiguous()
 
 
@@ -104,6 +108,9 @@ def nvfp4_quantize(x: torch.Tensor, global_scale: torch.Tensor | float,
     if sf_vec_size != 16:
         raise ValueError(f"nvfp4_quantize: NVFP4 uses sf_vec_size=16, got {sf_vec_size}")
     _check_input(x, 16, "nvfp4_quantize")
+    if not isinstance(global_scale, (torch.Tensor, float, int)) or isinstance(global_scale, bool):
+        raise TypeError(f"nvfp4_quantize: global_scale must be a number or a float32 tensor with one element "
+                        f"(fp4core.compute_global_scale(x) gives the usual one), got {global_scale!r}")
     gs = torch.as_tensor(global_scale, dtype=torch.float32, device=x.device).reshape(-1)
     if gs.numel() != 1:
         raise ValueError(f"nvfp4_quantize: global_scale must have one element, got {gs.numel()}")

@@ -143,6 +143,9 @@ def _convert(weight: torch.Tensor, weight_scale: torch.Tensor, weight_scale_2: t
     sf = sf if sf.dtype == torch.uint8 else sf.view(torch.uint8)
     if bool(((sf & 0x7F) == 0x7F).any()):  # 0x7F / 0xFF: E4M3 NaN
         raise ValueError(f"{sn}: holds NaN block scales (E4M3 bytes 0x7f/0xff)")
+    if bool((sf >= 0x80).any()):  # the kernels take scales as magnitudes: a sign would be lost or flip blocks
+        raise ValueError(f"{sn}: holds negative block scales (E4M3 bytes with the sign bit set); "
+                         "NVFP4 block scales are positive")
     s2 = _scalar(weight_scale_2, s2n)
     s_in = _scalar(input_scale, isn) if input_scale is not None else None
     if bias is not None:
@@ -337,8 +340,13 @@ def load_modelopt_checkpoint(model: nn.Module, source, *, activations: str = "fp
         used.update(k for k in (_key(prefix, p) for p in (*_PARTS, "bias")) if k in tensors)
     rest = {k: v for k, v in tensors.items() if k not in used}
     inside = tuple(p + "." for p in replaced_prefixes)
-    expected = {k for k in model.state_dict() if not k.startswith(inside)}
+    current = model.state_dict()
+    expected = {k for k in current if not k.startswith(inside)}
     unused = sorted(k for k in rest if k not in expected)
+    for k in sorted(set(rest) & expected):  # before any module is swapped: a bad shape leaves the model as it was
+        if isinstance(rest[k], torch.Tensor) and tuple(rest[k].shape) != tuple(current[k].shape):
+            raise ValueError(f"{k}: the model's tensor has shape {tuple(current[k].shape)}, the checkpoint's "
+                             f"{tuple(rest[k].shape)}")
     if strict and (unused or incomplete):
         parts = []
         if incomplete:

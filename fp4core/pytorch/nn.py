@@ -39,6 +39,10 @@ def _after_load(module: "Fp4Linear", incompatible_keys) -> None:
 
 
 _ACT_SCALES = ("dynamic", "static")
+_INPUT_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+#: buffers that stay float32 through module dtype casts (.half(), .to(torch.bfloat16)): the
+#: scales must be exact, and float16 cannot even hold a typical global scale
+_FLOAT32_BUFFERS = ("weight_global_scale", "input_global_scale", "_static_alpha", "_weight_alpha", "_calib_amax")
 
 
 def _canonical(b: torch.Tensor, b_sf: torch.Tensor, fmt: Fp4Format) -> PreparedWeight:
@@ -91,6 +95,8 @@ class Fp4Linear(nn.Module):
                              f"got {in_features}")
         if out_features <= 0:
             raise ValueError(f"out_features: expected a positive size, got {out_features}")
+        if not isinstance(backend, str):
+            raise TypeError(f"backend: expected a backend name or 'auto', got {backend!r}")
         self.in_features, self.out_features = in_features, out_features
         self.format, self.backend, self.act_sf_layout = fmt.value, backend, layout.value
         self.act_scale = act_scale
@@ -195,11 +201,14 @@ class Fp4Linear(nn.Module):
         an empty result, as ``nn.Linear``)."""
         if x.shape[-1] != self.in_features:
             raise ValueError(f"Fp4Linear: expected input (..., {self.in_features}), got {tuple(x.shape)}")
+        if x.dtype not in _INPUT_DTYPES:
+            raise TypeError(f"Fp4Linear: expected a float32, bfloat16 or float16 input, got {x.dtype}")
         lead = x.shape[:-1]
         x2 = x.reshape(-1, self.in_features)
         out_dtype = x.dtype if x.dtype in (torch.bfloat16, torch.float16) else torch.bfloat16
         if self._calib_amax is not None:  # inside fp4core.pytorch.nn.calibrate(): record the input range
-            amax = x2.detach().float().abs().nan_to_num(nan=0.0).amax().reshape(1) if x2.numel() \
+            a = x2.detach().float().abs()  # finite values only, as compute_global_scale
+            amax = torch.where(a < float("inf"), a, 0.0).amax().reshape(1) if x2.numel() \
                 else x2.new_zeros(1, dtype=torch.float32)
             torch.maximum(self._calib_amax, amax, out=self._calib_amax)
         if x2.shape[0] == 0:
@@ -248,7 +257,13 @@ class Fp4Linear(nn.Module):
     def _apply(self, fn, recurse=True):
         # .to() / .cuda() / .half() replace the buffers: the plans name the old ones
         self._layer.clear()
-        return super()._apply(fn, recurse)
+        scales = {name: self._buffers[name] for name in _FLOAT32_BUFFERS if self._buffers.get(name) is not None}
+        out = super()._apply(fn, recurse)
+        for name, old in scales.items():
+            new = self._buffers[name]
+            if new.dtype != torch.float32:  # a dtype cast: keep the exact float32 value, take the move
+                self._buffers[name] = old.to(device=new.device)
+        return out
 
     def dequantized_weight(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
         """The weight as the GEMM sees it, (N, K) in ``dtype`` (exact in float32/float64)."""

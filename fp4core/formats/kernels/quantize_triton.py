@@ -295,6 +295,8 @@ def _as_pairs(x: torch.Tensor) -> tuple[torch.Tensor, int]:
     """``x`` viewed as one integer per pair of elements (a copy only for odd row strides or
     offsets, which a zero-copy view cannot express; ``contiguous()`` would keep a contiguous
     view's odd offset)."""
+    if x.dtype not in _PAIR_DTYPE:
+        raise TypeError(f"fp4core quantization kernels take float32, bfloat16 or float16 input, got {x.dtype}")
     pair_dtype, kind = _PAIR_DTYPE[x.dtype]
     if x.stride(1) != 1 or x.stride(0) % 2 or x.storage_offset() % 2:
         x = x.clone(memory_format=torch.contiguous_format)

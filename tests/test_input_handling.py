@@ -1,0 +1,108 @@
+"""Inputs that used to crash deep inside, come back wrong, or disable a backend for good (a
+review of the public entry points, 2026-12-07): each is refused up front with the argument
+named, or handled as the documented contract says."""
+
+import pytest
+import torch
+
+import fp4core
+from fp4core.dispatch.selector import selector
+from fp4core.formats.quantize import compute_global_scale
+from fp4core.pytorch.nn import Fp4Linear, calibrate
+
+
+def _operands(m=4, n=8, k=64, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(m, k, generator=g)
+    w = torch.randn(n, k, generator=g)
+    gx, gw = compute_global_scale(x), compute_global_scale(w)
+    a, a_sf = fp4core.nvfp4_quantize(x, gx)
+    b, b_sf = fp4core.nvfp4_quantize(w, gw)
+    return a, b, a_sf, b_sf, (1.0 / (gx * gw)).float()
+
+
+@pytest.mark.parametrize("kind", ["requires_grad", "inference"])
+def test_an_out_that_cannot_be_written_in_place_is_refused_and_no_backend_is_left_out(kind):
+    a, b, a_sf, b_sf, alpha = _operands()
+    if kind == "requires_grad":
+        out, match = torch.empty(4, 8, dtype=torch.bfloat16, requires_grad=True), "out: expected a tensor that does not"
+    else:
+        with torch.inference_mode():
+            out = torch.empty(4, 8, dtype=torch.bfloat16)
+        match = "out: got an inference tensor"
+    failures = dict(selector.failures())
+    with pytest.raises(ValueError, match=match):
+        fp4core.mm_fp4(a, b.T, a_sf, b_sf.T, alpha, out=out)
+    assert selector.failures() == failures, "a refused argument must not leave a backend out of auto"
+    y = fp4core.mm_fp4(a, b.T, a_sf, b_sf.T, alpha)  # the next valid call runs
+    assert y.shape == (4, 8) and torch.isfinite(y).all()
+    with torch.no_grad():  # written in place without autograd: allowed
+        if kind == "requires_grad":
+            fp4core.mm_fp4(a, b.T, a_sf, b_sf.T, alpha, out=out)
+            assert torch.equal(out, y)
+
+
+@pytest.mark.parametrize("cast", ["half", "bfloat16"])
+def test_a_dtype_cast_of_the_model_keeps_the_float32_scales(cast):
+    """model.half() used to turn weight_global_scale (2688 / amax of the weight, ~1e4 for small
+    weights) into float16 inf and every output into zeros."""
+    torch.manual_seed(1)
+    lin = torch.nn.Linear(4096, 8, bias=False)
+    with torch.no_grad():
+        lin.weight.mul_(1e-3)  # a global scale beyond float16's range
+    layer = Fp4Linear.from_linear(lin)
+    scales = {n: getattr(layer, n).clone() for n in ("weight_global_scale", "input_global_scale", "_static_alpha")}
+    dtype = torch.float16 if cast == "half" else torch.bfloat16
+    x = torch.randn(3, 4096).to(dtype)
+    want = layer(x)
+    getattr(layer, cast)()
+    for name, value in scales.items():
+        got = getattr(layer, name)
+        assert got.dtype == torch.float32 and torch.equal(got, value), name
+    y = layer(x)
+    assert y.dtype == dtype and torch.equal(y, want)
+    assert y.abs().sum() > 0
+
+
+def test_calibration_ignores_inf_as_compute_global_scale_does():
+    torch.manual_seed(2)
+    layer = Fp4Linear.from_linear(torch.nn.Linear(64, 16, bias=False))
+    x = torch.randn(8, 64)
+    bad = x.clone()
+    bad[0, 0] = float("inf")
+    bad[1, 1] = float("nan")
+    with calibrate(layer):
+        layer(bad)
+    assert layer.act_scale == "static"
+    assert torch.equal(layer.input_global_scale, compute_global_scale(bad))
+    assert torch.isfinite(layer(x)).all() and layer(x).abs().sum() > 0
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.int32])
+@pytest.mark.parametrize("activations", ["fp4", "bf16"])
+def test_fp4linear_refuses_input_dtypes_it_does_not_take(dtype, activations):
+    layer = Fp4Linear(64, 16, bias=False, activations=activations)
+    x = torch.ones(2, 64).to(dtype)
+    with pytest.raises(TypeError, match=f"Fp4Linear: expected a float32, bfloat16 or float16 input, got {dtype}"):
+        layer(x)
+
+
+def test_bad_argument_types_are_named():
+    with pytest.raises(TypeError, match="backend: expected a backend name or 'auto', got None"):
+        Fp4Linear(64, 16, backend=None)
+    x = torch.randn(2, 32)
+    for gs in (None, "auto", True):
+        with pytest.raises(TypeError, match="nvfp4_quantize: global_scale must be a number or a float32 tensor"):
+            fp4core.nvfp4_quantize(x, gs)
+    a, sf = fp4core.nvfp4_quantize(x, 3.5)  # numbers are still taken
+    assert a.shape == (2, 16)
+
+
+def test_the_triton_quantizer_names_the_dtypes_it_takes():
+    pytest.importorskip("triton")
+    from fp4core.formats.kernels import quantize_triton as qt
+    with pytest.raises(TypeError, match="take float32, bfloat16 or float16 input, got torch.float64"):
+        qt._as_pairs(torch.zeros(2, 32, dtype=torch.float64))
+    from fp4core.formats import quantize
+    x = torch.randn(2, 32, dtype=torch.float64)
+    assert quantize._unit_stride(x).dtype == torch.float32  # what the GPU path hands the kernels
