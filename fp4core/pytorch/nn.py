@@ -71,9 +71,10 @@ class Fp4Linear(nn.Module):
     Buffers (all in ``state_dict``, with ``act_scale`` as extra state): ``weight_fp4`` uint8
     (N, K/2), ``weight_scale`` uint8 (round_up(N, 128), round_up(K/block, 4)) in the 128x4
     layout, ``weight_global_scale`` float32 (1,) (ones for MXFP4), ``input_global_scale``
-    float32 (1,), ``bias`` (N,) or None.
-    Input (..., K) float32/bfloat16/float16; output (..., N) of the input's dtype (the GEMM
-    writes bf16 for float32 inputs, fp16/bf16 otherwise).
+    float32 (1,), ``bias`` (N,) or None. Module dtype casts (``.half()``, ``.to(torch.bfloat16)``)
+    convert the bias only: the scales stay float32 (float16 cannot hold a typical global scale).
+    Input (..., K) float32/bfloat16/float16 (other dtypes: TypeError); output (..., N) of the
+    input's dtype (the GEMM writes bf16 for float32 inputs, fp16/bf16 otherwise).
     """
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True, format: str = "nvfp4",
