@@ -105,14 +105,32 @@ def _check_backend_arg(backend) -> None:
         raise TypeError(f"backend: expected 'auto' or a backend name, got {type(backend).__name__}")
 
 
+#: the address alignment every backend may assume for the tensors of a call (TMA and 16-byte
+#: vector loads); torch's own allocations are 256-byte aligned, views at odd offsets are not
+ALIGNMENT = 16
+
+
+def _aligned(t: torch.Tensor | None) -> torch.Tensor | None:
+    return t if t is None or not t.data_ptr() % ALIGNMENT else t.clone(memory_format=torch.contiguous_format)
+
+
 def _run(problem: Problem, ops: Operands, weight: PreparedWeight | None, backend: str,
          out: torch.Tensor | None, device: torch.device) -> torch.Tensor:
     """Allocate ``out`` if needed and hand the validated call to the selector (an empty
-    problem launches nothing)."""
+    problem launches nothing). A tensor that is not ``ALIGNMENT``-byte aligned (a view at an
+    odd offset) is copied first, and a misaligned ``out`` is written through a copy: a backend
+    that needs aligned addresses would otherwise raise, and ``auto`` leave it out of every later
+    call of the problem."""
     if out is None:
         out = torch.empty((problem.m, problem.n), dtype=problem.out_dtype, device=device)
     if problem.m == 0 or problem.n == 0:
         return out
+    if ops.a.data_ptr() % ALIGNMENT or any(t is not None and t.data_ptr() % ALIGNMENT
+                                           for t in (ops.a_scale, ops.b, ops.b_scale)):
+        ops = dataclasses.replace(ops, a=_aligned(ops.a), a_scale=_aligned(ops.a_scale), b=_aligned(ops.b),
+                                  b_scale=_aligned(ops.b_scale))
+    if out.data_ptr() % ALIGNMENT:
+        return out.copy_(selector.run(problem, ops, weight, backend, torch.empty_like(out)))
     return selector.run(problem, ops, weight, backend, out)
 
 

@@ -106,3 +106,50 @@ def test_the_triton_quantizer_names_the_dtypes_it_takes():
     from fp4core.formats import quantize
     x = torch.randn(2, 32, dtype=torch.float64)
     assert quantize._unit_stride(x).dtype == torch.float32  # what the GPU path hands the kernels
+
+
+class _Recorder:
+    """A top-priority backend that records how the tensors of each call are aligned."""
+
+    seen = []
+
+    @fp4core.hookimpl
+    def backend_info(self):
+        return fp4core.BackendInfo(name="recorder", version="1",
+                                   priority={"decode": 99, "small": 99, "medium": 99, "large": 99})
+
+    @fp4core.hookimpl
+    def supports(self, problem):
+        return fp4core.Support.yes()
+
+    @fp4core.hookimpl
+    def run(self, problem, operands, tactic, out):
+        from fp4core.formats.reference import reference_mm
+        self.seen.append([t.data_ptr() % 16 for t in (operands.a, operands.a_scale, operands.b, operands.b_scale, out)])
+        out.copy_(reference_mm(problem, operands, torch.float32).to(out.dtype))
+
+
+def _odd(t: torch.Tensor) -> torch.Tensor:
+    """The same values in a contiguous view that starts one byte past an aligned address."""
+    base = torch.empty(t.numel() * t.element_size() + t.element_size(), dtype=torch.uint8)
+    v = base[t.element_size():].view(t.dtype).view(t.shape)
+    return v.copy_(t)
+
+
+def test_misaligned_views_reach_backends_aligned():
+    """A view at an odd offset (a slice of a larger buffer) is valid input; backends get every
+    tensor 16-byte aligned (copies), and a misaligned out is written through a copy, so a backend
+    that needs alignment never fails on it (under auto it would be left out for good)."""
+    from fp4core.testing import registered
+    a, b, a_sf, b_sf, alpha = _operands(m=5, n=16, k=128, seed=3)
+    want = fp4core.mm_fp4(a, b.T, a_sf, b_sf.T, alpha, backend="torch")
+    with registered(_Recorder()):
+        _Recorder.seen.clear()
+        oa, ob, oasf, obsf = _odd(a), _odd(b), _odd(a_sf), _odd(b_sf)
+        out = _odd(torch.zeros(5, 16, dtype=torch.bfloat16))
+        assert oa.data_ptr() % 16 and out.data_ptr() % 16
+        got = fp4core.mm_fp4(oa, ob.T, oasf, obsf.T, alpha, out=out, backend="recorder")
+        assert got is out and torch.equal(out, want)
+        assert _Recorder.seen == [[0, 0, 0, 0, 0]]
+        fp4core.mm_fp4(a, b.T, a_sf, b_sf.T, alpha, backend="recorder")  # aligned: no copies needed
+        assert _Recorder.seen[-1] == [0, 0, 0, 0, 0]

@@ -236,8 +236,8 @@ class Fp4Linear(nn.Module):
         """W4A16: x2 (M, K) as bf16/fp16 (float32 inputs in bf16) straight into the GEMM; NVFP4's
         alpha is the weight's dequantization scale, 1 / weight_global_scale."""
         a = x2.detach().to(out_dtype)
-        if not a.is_contiguous():
-            a = a.contiguous()
+        if not a.is_contiguous() or a.data_ptr() % 16:  # the kernels' 16-byte loads (a view at an odd offset)
+            a = a.clone(memory_format=torch.contiguous_format)
         nv = self.format == "nvfp4"
         if not torch.compiler.is_compiling():  # eager: this M's plan, no torch.library dispatch
             y = self._layer.weight_only_gemm(a, self.weight_fp4, self.weight_scale,
