@@ -153,3 +153,14 @@ def test_misaligned_views_reach_backends_aligned():
         assert _Recorder.seen == [[0, 0, 0, 0, 0]]
         fp4core.mm_fp4(a, b.T, a_sf, b_sf.T, alpha, backend="recorder")  # aligned: no copies needed
         assert _Recorder.seen[-1] == [0, 0, 0, 0, 0]
+
+
+def test_a_linear_shared_under_two_names_becomes_one_shared_fp4_layer():
+    from fp4core.pytorch.nn import quantize_linears
+    torch.manual_seed(4)
+    lin = torch.nn.Linear(64, 64, bias=False)
+    model = torch.nn.Sequential(lin, torch.nn.ReLU(), lin)
+    quantize_linears(model)
+    assert isinstance(model[0], Fp4Linear) and model[2] is model[0]
+    x = torch.randn(3, 64)
+    assert torch.equal(model(x), model[2](torch.relu(model[0](x))))

@@ -300,11 +300,12 @@ def quantize_linears(model: nn.Module, format: str = "nvfp4",
         activations: "fp4" (W4A4) or "bf16" (weight-only W4A16 layers: no activation
             quantization).
     Layers whose ``in_features`` is not a multiple of the format's block size (16 NVFP4,
-    32 MXFP4) are kept, each with an INFO log line that names it and says why.
+    32 MXFP4) are kept, each with an INFO log line that names it and says why. A Linear
+    registered under several names becomes one Fp4Linear under all of them.
     """
     block = Fp4Format(format).block_size
     targets = []
-    for name, mod in model.named_modules():
+    for name, mod in model.named_modules(remove_duplicate=False):  # every name of a shared Linear
         if type(mod) is not nn.Linear:  # subclasses may change forward; leave them alone
             continue
         if filter is not None and not filter(name, mod):
@@ -314,14 +315,18 @@ def quantize_linears(model: nn.Module, format: str = "nvfp4",
             log.info("fp4core.pytorch.nn: keeping %s as nn.Linear: in_features=%d is not a multiple of the %s "
                      "block size %d", name, mod.in_features, format, block)
             continue
-        targets.append(name)
-    for name in targets:
+        targets.append((name, mod))
+    converted: dict[int, Fp4Linear] = {}  # a Linear used under several names stays one (shared) layer
+    for name, mod in targets:
+        layer = converted.get(id(mod))
+        if layer is None:
+            layer = converted[id(mod)] = Fp4Linear.from_linear(mod, format, backend, act_sf_layout, quantize,
+                                                               act_scale, activations)
         if not name:  # the model itself is a Linear
-            return Fp4Linear.from_linear(model, format, backend, act_sf_layout, quantize, act_scale, activations)
+            return layer
         parent_name, _, child = name.rpartition(".")
         parent = model.get_submodule(parent_name) if parent_name else model
-        setattr(parent, child, Fp4Linear.from_linear(getattr(parent, child), format, backend,
-                                                     act_sf_layout, quantize, act_scale, activations))
+        setattr(parent, child, layer)
     return model
 
 
