@@ -46,7 +46,8 @@ def mm_fp4(a: torch.Tensor, b: torch.Tensor | PreparedWeight, a_descale: torch.T
         use_8x4_sf_layout: A's scales are in the 8x4 layout.
         backend: "auto" or an installed backend's name (see ``fp4core.backends()``).
         use_nvfp4: NVFP4 (True) or MXFP4 (False).
-        skip_check: skip argument validation (saves a few microseconds per call).
+        skip_check: skip argument validation and the alignment copies (saves a few microseconds
+            per call; every tensor must then be 16-byte aligned, as fresh allocations are).
     Returns:
         ``out``, (M, N) of ``out_dtype``.
     Raises:
@@ -58,7 +59,7 @@ def mm_fp4(a: torch.Tensor, b: torch.Tensor | PreparedWeight, a_descale: torch.T
         _check_backend_arg(backend)
     problem, ops, weight = _validated(a, b, a_descale, b_descale, alpha, out_dtype, out, block_size,
                                       use_8x4_sf_layout, use_nvfp4, check)
-    return _run(problem, ops, weight, backend, out, a.device)
+    return _run(problem, ops, weight, backend, out, a.device, check)
 
 
 def mm_bf16_fp4(a: torch.Tensor, b: torch.Tensor | PreparedWeight, b_descale: torch.Tensor | None,
@@ -83,7 +84,8 @@ def mm_bf16_fp4(a: torch.Tensor, b: torch.Tensor | PreparedWeight, b_descale: to
             leaves the process setting in force (``FP4CORE_PDL``, SM90+ kernels of fp4-trtllm
             and fp4-cutlass; off by default until verified on hardware). It never changes
             the result (see ``fp4core.kit.pdl``).
-        skip_check: skip argument validation (saves a few microseconds per call).
+        skip_check: skip argument validation and the alignment copies (saves a few microseconds
+            per call; every tensor must then be 16-byte aligned, as fresh allocations are).
     Returns:
         ``out``, (M, N) of ``out_dtype``.
     Raises:
@@ -95,9 +97,9 @@ def mm_bf16_fp4(a: torch.Tensor, b: torch.Tensor | PreparedWeight, b_descale: to
         _check_backend_arg(backend)
     problem, ops, weight = _validated_bf16(a, b, b_descale, alpha, out_dtype, out, block_size, check)
     if enable_pdl:
-        return _run(problem, ops, weight, backend, out, a.device)
+        return _run(problem, ops, weight, backend, out, a.device, check)
     with pdl.override(False):
-        return _run(problem, ops, weight, backend, out, a.device)
+        return _run(problem, ops, weight, backend, out, a.device, check)
 
 
 def _check_backend_arg(backend) -> None:
@@ -115,22 +117,25 @@ def _aligned(t: torch.Tensor | None) -> torch.Tensor | None:
 
 
 def _run(problem: Problem, ops: Operands, weight: PreparedWeight | None, backend: str,
-         out: torch.Tensor | None, device: torch.device) -> torch.Tensor:
+         out: torch.Tensor | None, device: torch.device, align: bool) -> torch.Tensor:
     """Allocate ``out`` if needed and hand the validated call to the selector (an empty
-    problem launches nothing). A tensor that is not ``ALIGNMENT``-byte aligned (a view at an
-    odd offset) is copied first, and a misaligned ``out`` is written through a copy: a backend
-    that needs aligned addresses would otherwise raise, and ``auto`` leave it out of every later
-    call of the problem."""
+    problem launches nothing). With ``align`` (calls that are checked), a tensor that is not
+    ``ALIGNMENT``-byte aligned (a view at an odd offset) is copied first, and a misaligned
+    ``out`` is written through a copy: a backend that needs aligned addresses would otherwise
+    raise, and ``auto`` leave it out of every later call of the problem."""
     if out is None:
         out = torch.empty((problem.m, problem.n), dtype=problem.out_dtype, device=device)
     if problem.m == 0 or problem.n == 0:
         return out
-    if ops.a.data_ptr() % ALIGNMENT or any(t is not None and t.data_ptr() % ALIGNMENT
-                                           for t in (ops.a_scale, ops.b, ops.b_scale)):
-        ops = dataclasses.replace(ops, a=_aligned(ops.a), a_scale=_aligned(ops.a_scale), b=_aligned(ops.b),
-                                  b_scale=_aligned(ops.b_scale))
-    if out.data_ptr() % ALIGNMENT:
-        return out.copy_(selector.run(problem, ops, weight, backend, torch.empty_like(out)))
+    if align:
+        ptrs = ops.a.data_ptr() | ops.b.data_ptr() | ops.b_scale.data_ptr()  # one test for all: OR the addresses
+        if ops.a_scale is not None:
+            ptrs |= ops.a_scale.data_ptr()
+        if ptrs % ALIGNMENT:
+            ops = dataclasses.replace(ops, a=_aligned(ops.a), a_scale=_aligned(ops.a_scale), b=_aligned(ops.b),
+                                      b_scale=_aligned(ops.b_scale))
+        if out.data_ptr() % ALIGNMENT:
+            return out.copy_(selector.run(problem, ops, weight, backend, torch.empty_like(out)))
     return selector.run(problem, ops, weight, backend, out)
 
 
