@@ -31,7 +31,7 @@ from typing import Any, Callable, Iterator, Sequence
 import torch
 
 from fp4core.dispatch.selector import selector
-from fp4core.dispatch.hooks import Tactic
+from fp4core.dispatch.hooks import REGIMES, BackendInfo, Tactic
 from fp4core.dispatch.problem import Operands, Problem
 from fp4core.formats.reference import TOLERANCE, reference_mm, relative_error
 from fp4core.dispatch.synthetic import random_operands
@@ -71,6 +71,13 @@ def registered(plugin: Any) -> Iterator[Any]:
         yield backend
     finally:
         selector.registry.unregister(backend.name)
+
+
+def first_in_auto(name: str, version: str = "1", **fields: Any) -> BackendInfo:
+    """A ``BackendInfo`` for a test backend that ``auto`` orders before every installed one, in
+    every M regime (priority 99), so the test knows which backend a call reaches. ``fields``:
+    any other BackendInfo field."""
+    return BackendInfo(name=name, version=version, priority={r: 99 for r in REGIMES}, **fields)
 
 
 @dataclasses.dataclass

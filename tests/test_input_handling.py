@@ -9,6 +9,7 @@ import fp4core
 from fp4core.dispatch.selector import selector
 from fp4core.formats.quantize import compute_global_scale
 from fp4core.pytorch.nn import Fp4Linear, calibrate
+from fp4core.testing import first_in_auto, registered
 
 
 def _operands(m=4, n=8, k=64, seed=0):
@@ -115,8 +116,7 @@ class _Recorder:
 
     @fp4core.hookimpl
     def backend_info(self):
-        return fp4core.BackendInfo(name="recorder", version="1",
-                                   priority={"decode": 99, "small": 99, "medium": 99, "large": 99})
+        return first_in_auto("recorder")
 
     @fp4core.hookimpl
     def supports(self, problem):
@@ -140,7 +140,6 @@ def test_misaligned_views_reach_backends_aligned():
     """A view at an odd offset (a slice of a larger buffer) is valid input; backends get every
     tensor 16-byte aligned (copies), and a misaligned out is written through a copy, so a backend
     that needs alignment never fails on it (under auto it would be left out for good)."""
-    from fp4core.testing import registered
     a, b, a_sf, b_sf, alpha = _operands(m=5, n=16, k=128, seed=3)
     want = fp4core.mm_fp4(a, b.T, a_sf, b_sf.T, alpha, backend="torch")
     with registered(_Recorder()):

@@ -12,7 +12,7 @@ import torch
 import fp4core
 from fp4core.dispatch.selector import selector
 from fp4core.dispatch.problem import DeviceInfo
-from fp4core.testing import registered
+from fp4core.testing import first_in_auto, registered
 
 SM90 = DeviceInfo("cuda", 0, "fake H200", (9, 0), 132)
 SM100 = DeviceInfo("cuda", 0, "fake B200", (10, 0), 148)
@@ -47,8 +47,7 @@ class CanonicalOnly:
 
     @fp4core.hookimpl
     def backend_info(self):
-        return fp4core.BackendInfo(name="canonical", version="1",
-                                   priority={"decode": 99, "small": 99, "medium": 99, "large": 99})
+        return first_in_auto("canonical")
 
     @fp4core.hookimpl
     def supports(self, problem):
@@ -272,7 +271,7 @@ from fp4core.formats.kernels.quantize_triton import quantize_activation
 from fp4core.formats.reference import reference_mm
 from fp4core.pytorch import linear_plan
 from fp4core.pytorch.nn import Fp4Linear
-from fp4core.testing import registered
+from fp4core.testing import first_in_auto, registered
 
 assert linear_plan.FUSED_QUANT_MAX_ELEMS == 4096, linear_plan.FUSED_QUANT_MAX_ELEMS
 calls, fail = [], []
@@ -283,8 +282,7 @@ class Fuser:
     # plan takes bind_quantizing's launcher, not a kernel.
     @fp4core.hookimpl
     def backend_info(self):
-        return fp4core.BackendInfo(name="fuser", version="1",
-                                   priority={"decode": 99, "small": 99, "medium": 99, "large": 99})
+        return first_in_auto("fuser")
 
     @fp4core.hookimpl
     def supports(self, problem):

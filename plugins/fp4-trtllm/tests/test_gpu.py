@@ -329,7 +329,7 @@ def test_pdl_w4a16_chain_is_bit_identical(m, nv, act):
         check_back_to_back(calls, ys[1:], label=f"m={m} {tactic}")
 
 
-# ---- fused dynamic quantization (launcher.bind_fused_quant; not yet offered by the hooks) -------
+# ---- quantization inside the GEMM (launcher.bind_fused_quant, the bind_quantizing hook) ---------
 FUSED_SHAPES = [(1, 2880, 1024), (7, 1280, 2880), (16, 7168, 2048), (32, 2048, 512)]
 
 
